@@ -1,0 +1,581 @@
+//! Batch and transaction bundles, and the writer for every Bundle the engine returns.
+//!
+//! A **transaction** is all-or-nothing: every resource is validated, ids are assigned,
+//! `urn:uuid:` full URLs and conditional references (`Practitioner?identifier=…`) are
+//! resolved, and all writes go to the store as one [`tessera_store::Transaction`], whose
+//! preconditions the store checks atomically. A lost optimistic race is retried from the
+//! start; a failed client precondition (`ifMatch`) fails the transaction with 412.
+//!
+//! A **batch** runs each entry on its own (concurrently, so their writes share group
+//! commits); one entry's failure is reported in its response entry.
+
+use crate::criteria;
+use crate::prepare::{format_instant, new_id, prepare_delete, prepare_write};
+use crate::{Engine, FhirError, ReturnPreference, VersionedResource};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use tessera_fhir::IssueType;
+use tessera_store::{Precondition, StoreError, Write};
+
+const RETRIES: usize = 8;
+
+/// Writes a Bundle as JSON bytes, embedding stored resources without re-parsing them.
+pub struct BundleWriter {
+    out: Vec<u8>,
+    entries: usize,
+}
+
+impl BundleWriter {
+    pub fn new(bundle_type: &str, total: Option<u64>, links: &[(&str, String)]) -> Self {
+        let mut head = json!({
+            "resourceType": "Bundle",
+            "id": new_id(),
+            "meta": {"lastUpdated": format_instant(tessera_store::now_micros())},
+            "type": bundle_type,
+        });
+        if let Some(t) = total {
+            head["total"] = json!(t);
+        }
+        if !links.is_empty() {
+            head["link"] = links.iter().map(|(rel, url)| json!({"relation": rel, "url": url})).collect();
+        }
+        let mut out = serde_json::to_vec(&head).expect("bundle head serialises");
+        out.pop(); // the closing brace
+        out.extend_from_slice(b",\"entry\":[");
+        BundleWriter { out, entries: 0 }
+    }
+
+    /// Adds an entry. `resource` is raw resource JSON; `extra` holds `search`, `request`,
+    /// `response` members.
+    pub fn entry(&mut self, full_url: Option<&str>, resource: Option<&[u8]>, extra: &[(&str, Value)]) {
+        if self.entries > 0 {
+            self.out.push(b',');
+        }
+        self.entries += 1;
+        self.out.push(b'{');
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+        };
+        if let Some(url) = full_url {
+            sep(&mut self.out);
+            self.out.extend_from_slice(b"\"fullUrl\":");
+            serde_json::to_writer(&mut self.out, url).expect("string serialises");
+        }
+        if let Some(r) = resource.filter(|r| !r.is_empty()) {
+            sep(&mut self.out);
+            self.out.extend_from_slice(b"\"resource\":");
+            self.out.extend_from_slice(r);
+        }
+        for (name, value) in extra {
+            sep(&mut self.out);
+            serde_json::to_writer(&mut self.out, name).expect("string serialises");
+            self.out.push(b':');
+            serde_json::to_writer(&mut self.out, value).expect("value serialises");
+        }
+        self.out.push(b'}');
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        if self.entries == 0 {
+            // `entry` must not be empty: drop `,"entry":[`.
+            self.out.truncate(self.out.len() - ",\"entry\":[".len());
+            self.out.push(b'}');
+        } else {
+            self.out.extend_from_slice(b"]}");
+        }
+        self.out
+    }
+}
+
+/// The parsed `request` of a bundle entry.
+#[derive(Debug, Clone)]
+struct EntryRequest {
+    method: String,
+    resource_type: String,
+    id: Option<String>,
+    version: Option<String>,
+    query: Option<String>,
+    if_none_exist: Option<String>,
+    if_match: Option<u64>,
+}
+
+/// Parses `[base/]Type[/id[/_history/vid]][?query]`.
+fn parse_url(base: &str, url: &str) -> Option<(String, Option<String>, Option<String>, Option<String>)> {
+    let url = url.strip_prefix(base).unwrap_or(url).trim_start_matches('/');
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_string())),
+        None => (url, None),
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        [ty] => Some((ty.to_string(), None, None, query)),
+        [ty, id] => Some((ty.to_string(), Some(id.to_string()), None, query)),
+        [ty, id, "_history", v] => Some((ty.to_string(), Some(id.to_string()), Some(v.to_string()), query)),
+        _ => None,
+    }
+}
+
+fn parse_etag(s: &str) -> Option<u64> {
+    s.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
+}
+
+fn entry_request(base: &str, entry: &Value, at: &str) -> Result<EntryRequest, FhirError> {
+    let request = entry.get("request").ok_or_else(|| FhirError::bad_request("entry has no request").at(format!("{at}.request")))?;
+    let method = request
+        .get("method")
+        .and_then(Value::as_str)
+        .ok_or_else(|| FhirError::bad_request("entry request has no method").at(format!("{at}.request.method")))?;
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| FhirError::bad_request("entry request has no url").at(format!("{at}.request.url")))?;
+    let (resource_type, id, version, query) =
+        parse_url(base, url).ok_or_else(|| FhirError::bad_request(format!("cannot interpret request url '{url}'")).at(format!("{at}.request.url")))?;
+    if !tessera_fhir::definitions::is_resource_type(&resource_type) {
+        return Err(FhirError::bad_request(format!("'{resource_type}' is not a resource type")).at(format!("{at}.request.url")));
+    }
+    let if_match = match request.get("ifMatch").and_then(Value::as_str) {
+        Some(s) => Some(parse_etag(s).ok_or_else(|| FhirError::bad_request(format!("bad ifMatch '{s}'")).at(format!("{at}.request.ifMatch")))?),
+        None => None,
+    };
+    Ok(EntryRequest {
+        method: method.to_string(),
+        resource_type,
+        id,
+        version,
+        query,
+        if_none_exist: request.get("ifNoneExist").and_then(Value::as_str).map(str::to_string),
+        if_match,
+    })
+}
+
+fn status_line(status: u16) -> String {
+    let reason = match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        409 => "Conflict",
+        410 => "Gone",
+        412 => "Precondition Failed",
+        422 => "Unprocessable Entity",
+        _ => "",
+    };
+    format!("{status} {reason}").trim_end().to_string()
+}
+
+fn response_member(r: &VersionedResource, status: u16) -> Value {
+    let mut resp = json!({"status": status_line(status), "etag": r.etag(), "lastModified": r.last_updated()});
+    if status == 201 || status == 200 {
+        resp["location"] = json!(r.versioned_reference());
+    }
+    resp
+}
+
+/// What one transaction entry will do.
+enum Plan {
+    /// Write this version (index into the writes).
+    Write { write: usize, status: u16 },
+    /// A conditional create that matched an existing resource.
+    Existing { resource_type: String, id: String },
+    /// A delete of an absent or already deleted resource: nothing to write.
+    Noop,
+    /// Read after the writes.
+    Get(EntryRequest),
+}
+
+impl Engine {
+    /// Processes a `batch` or `transaction` Bundle and returns the response Bundle JSON.
+    pub async fn bundle(&self, body: Value, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+        let Value::Object(mut bundle) = body else {
+            return Err(FhirError::bad_request("the body must be a Bundle resource"));
+        };
+        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+            return Err(FhirError::bad_request("only a Bundle can be posted to the base URL").at("resourceType"));
+        }
+        let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+        let entries = match bundle.remove("entry") {
+            None => Vec::new(),
+            Some(Value::Array(e)) => e,
+            Some(_) => return Err(FhirError::bad_request("Bundle.entry must be an array").at("Bundle.entry")),
+        };
+        match kind.as_str() {
+            "transaction" => self.transaction(entries, prefer).await,
+            "batch" => Ok(self.batch(entries, prefer).await),
+            other => Err(FhirError::bad_request(format!("a Bundle of type '{other}' cannot be processed; use batch or transaction")).at("Bundle.type")),
+        }
+    }
+
+    async fn transaction(&self, entries: Vec<Value>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+        let base = self.config().base_url.clone();
+        // Parse and validate everything first: a transaction with any invalid entry stores nothing.
+        let mut requests = Vec::with_capacity(entries.len());
+        let mut resources: Vec<Option<Map<String, Value>>> = Vec::with_capacity(entries.len());
+        let mut full_urls = Vec::with_capacity(entries.len());
+        let mut issues = Vec::new();
+        for (i, mut entry) in entries.into_iter().enumerate() {
+            let at = format!("Bundle.entry[{i}]");
+            let req = entry_request(&base, &entry, &at)?;
+            full_urls.push(entry.get("fullUrl").and_then(Value::as_str).map(str::to_string));
+            let resource = match (req.method.as_str(), entry.get_mut("resource").map(Value::take)) {
+                ("POST" | "PUT", Some(r)) => match self.validated(&req.resource_type, r) {
+                    Ok(map) => Some(map),
+                    Err(e) => {
+                        issues.extend(e.within(&format!("{at}.resource")).issues);
+                        None
+                    }
+                },
+                ("POST" | "PUT", None) => return Err(FhirError::bad_request(format!("{} entry has no resource", req.method)).at(format!("{at}.resource"))),
+                ("DELETE" | "GET" | "HEAD", _) => None,
+                (m, _) => return Err(FhirError::bad_request(format!("method '{m}' is not supported in a transaction")).at(format!("{at}.request.method"))),
+            };
+            requests.push(req);
+            resources.push(resource);
+        }
+        if !issues.is_empty() {
+            return Err(FhirError::invalid(issues));
+        }
+
+        for _attempt in 0..RETRIES {
+            match self.try_transaction(&requests, &resources, &full_urls).await {
+                Ok((plans, writes)) => {
+                    let written: Vec<VersionedResource> = writes.iter().map(crate::rest::written).collect();
+                    match self.store().commit(writes).await {
+                        Ok(()) => return self.transaction_response(plans, written, prefer).await,
+                        Err(StoreError::Conflict { index, reason, .. }) => {
+                            if let Some(req) = user_precondition(&plans, &requests, index) {
+                                return Err(FhirError::precondition_failed(format!(
+                                    "{}/{}: {reason}",
+                                    req.resource_type,
+                                    req.id.as_deref().unwrap_or("")
+                                )));
+                            }
+                            continue; // lost a race: plan again against the new state
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FhirError::new(409, IssueType::Conflict, "the transaction kept conflicting with concurrent writes; try again"))
+    }
+
+    /// Plans a transaction against the current state: ids, references, versions, preconditions.
+    async fn try_transaction(
+        &self,
+        requests: &[EntryRequest],
+        resources: &[Option<Map<String, Value>>],
+        full_urls: &[Option<String>],
+    ) -> Result<(Vec<Plan>, Vec<Write>), FhirError> {
+        let store = self.store();
+        // 1. Decide the id of every written entry.
+        let mut ids: Vec<Option<String>> = vec![None; requests.len()];
+        let mut plans: Vec<Option<Plan>> = (0..requests.len()).map(|_| None).collect();
+        let mut preconditions: Vec<Precondition> = vec![Precondition::None; requests.len()];
+        for (i, req) in requests.iter().enumerate() {
+            let at = format!("Bundle.entry[{i}].request");
+            match req.method.as_str() {
+                "POST" => match &req.if_none_exist {
+                    Some(q) => {
+                        let criteria = criteria::parse(&req.resource_type, q).map_err(|e| e.at(format!("{at}.ifNoneExist")))?;
+                        match store.find(&criteria).await?.as_slice() {
+                            [] => {
+                                ids[i] = Some(new_id());
+                                preconditions[i] = Precondition::NoneMatching(criteria);
+                            }
+                            [id] => {
+                                ids[i] = Some(id.clone());
+                                plans[i] = Some(Plan::Existing { resource_type: req.resource_type.clone(), id: id.clone() });
+                            }
+                            _ => return Err(multiple(&req.resource_type, q).at(format!("{at}.ifNoneExist"))),
+                        }
+                    }
+                    None => {
+                        ids[i] = Some(new_id());
+                        preconditions[i] = Precondition::Absent;
+                    }
+                },
+                "PUT" | "DELETE" => match (&req.id, &req.query) {
+                    (Some(id), _) => ids[i] = Some(id.clone()),
+                    (None, Some(q)) => {
+                        let criteria = criteria::parse(&req.resource_type, q).map_err(|e| e.at(format!("{at}.url")))?;
+                        match store.find(&criteria).await?.as_slice() {
+                            [] if req.method == "PUT" => {
+                                let body_id = resources[i].as_ref().and_then(|r| r.get("id")).and_then(Value::as_str);
+                                ids[i] = Some(body_id.map(str::to_string).unwrap_or_else(new_id));
+                                preconditions[i] = Precondition::NoneMatching(criteria);
+                            }
+                            [] => plans[i] = Some(Plan::Noop),
+                            [id] => ids[i] = Some(id.clone()),
+                            _ => return Err(multiple(&req.resource_type, q).at(format!("{at}.url"))),
+                        }
+                    }
+                    (None, None) => return Err(FhirError::bad_request(format!("{} needs an id or criteria", req.method)).at(format!("{at}.url"))),
+                },
+                _ => plans[i] = Some(Plan::Get(req.clone())),
+            }
+        }
+        // 2. Map full URLs to the assigned ids; a resource may be written only once.
+        let mut resolved: HashMap<String, String> = HashMap::new();
+        let mut touched = std::collections::HashSet::new();
+        for (i, req) in requests.iter().enumerate() {
+            let Some(id) = &ids[i] else { continue };
+            if req.method != "GET" && !matches!(plans[i], Some(Plan::Existing { .. })) && !touched.insert((req.resource_type.clone(), id.clone())) {
+                return Err(FhirError::bad_request(format!("{}/{id} is changed by more than one entry", req.resource_type))
+                    .at(format!("Bundle.entry[{i}]")));
+            }
+            if let Some(full) = &full_urls[i] {
+                resolved.insert(full.clone(), format!("{}/{id}", req.resource_type));
+            }
+        }
+        // 3. Rewrite references and prepare the writes.
+        let mut conditional_cache: HashMap<String, String> = HashMap::new();
+        let mut writes = Vec::new();
+        let mut out_plans = Vec::with_capacity(requests.len());
+        for (i, req) in requests.iter().enumerate() {
+            if let Some(plan) = plans[i].take() {
+                out_plans.push(plan);
+                continue;
+            }
+            let id = ids[i].clone().expect("every write has an id");
+            let current = match req.method.as_str() {
+                "POST" => None,
+                _ => store.read(&req.resource_type, &id).await?,
+            };
+            if let (Some(expected), cur) = (req.if_match, &current) {
+                if cur.as_ref().map(|c| c.version) != Some(expected) {
+                    return Err(FhirError::precondition_failed(format!(
+                        "{}/{id}: ifMatch expected version {expected}, current is {}",
+                        req.resource_type,
+                        cur.as_ref().map(|c| c.version.to_string()).unwrap_or_else(|| "absent".into())
+                    ))
+                    .at(format!("Bundle.entry[{i}].request.ifMatch")));
+                }
+            }
+            let (version, precondition, status) = match &current {
+                Some(c) => (c.version + 1, Precondition::Version(c.version), if c.deleted { 201 } else { 200 }),
+                None => {
+                    let p = std::mem::replace(&mut preconditions[i], Precondition::None);
+                    (1, if matches!(p, Precondition::None) { Precondition::Absent } else { p }, 201)
+                }
+            };
+            if req.method == "DELETE" {
+                match &current {
+                    Some(c) if !c.deleted => {
+                        writes.push(prepare_delete(&req.resource_type, &id, version, precondition));
+                        out_plans.push(Plan::Write { write: writes.len() - 1, status: 204 });
+                    }
+                    _ => out_plans.push(Plan::Noop),
+                }
+                continue;
+            }
+            if req.method == "PUT" && current.is_none() && !self.config().update_create {
+                return Err(FhirError::method_not_allowed(format!("{}/{id} does not exist and this server does not create resources by update", req.resource_type))
+                    .at(format!("Bundle.entry[{i}].request")));
+            }
+            let mut value = Value::Object(resources[i].clone().expect("validated resource"));
+            if req.method == "PUT" {
+                if let (Some(url_id), Some(body_id)) = (&req.id, value.get("id").and_then(Value::as_str)) {
+                    if url_id != body_id {
+                        return Err(FhirError::bad_request(format!("resource id '{body_id}' does not match the request url id '{url_id}'"))
+                            .at(format!("Bundle.entry[{i}].resource.id")));
+                    }
+                }
+            }
+            self.resolve_references(&mut value, &resolved, &mut conditional_cache, i).await?;
+            let Value::Object(map) = value else { unreachable!() };
+            writes.push(prepare_write(map, &id, version, precondition)?);
+            out_plans.push(Plan::Write { write: writes.len() - 1, status });
+        }
+        Ok((out_plans, writes))
+    }
+
+    /// Rewrites `urn:uuid:`/full-URL references to the entries' ids and resolves
+    /// conditional references (`Type?criteria`), which must match exactly one resource.
+    async fn resolve_references(
+        &self,
+        value: &mut Value,
+        resolved: &HashMap<String, String>,
+        cache: &mut HashMap<String, String>,
+        entry: usize,
+    ) -> Result<(), FhirError> {
+        let mut conditional = Vec::new();
+        let mut unresolved = None;
+        tessera_fhir::reference::for_each_reference_mut(value, &mut |r| {
+            if let Some(target) = resolved.get(r.as_str()) {
+                *r = target.clone();
+            } else if let Some(target) = cache.get(r.as_str()) {
+                *r = target.clone();
+            } else if r.starts_with("urn:uuid:") || r.starts_with("urn:oid:") {
+                unresolved.get_or_insert_with(|| r.clone());
+            } else if criteria::split_conditional_reference(r).is_some() {
+                conditional.push(r.clone());
+            }
+        });
+        if let Some(r) = unresolved {
+            return Err(FhirError::bad_request(format!("reference '{r}' does not match the fullUrl of any entry in the transaction"))
+                .at(format!("Bundle.entry[{entry}].resource")));
+        }
+        if conditional.is_empty() {
+            return Ok(());
+        }
+        for r in conditional {
+            if cache.contains_key(&r) {
+                continue;
+            }
+            let (ty, query) = criteria::split_conditional_reference(&r).expect("checked above");
+            let criteria = criteria::parse(ty, query).map_err(|e| e.at(format!("Bundle.entry[{entry}].resource")))?;
+            let ids = self.store().find(&criteria).await?;
+            match ids.as_slice() {
+                [id] => {
+                    cache.insert(r.clone(), format!("{ty}/{id}"));
+                }
+                [] => {
+                    return Err(FhirError::new(400, IssueType::NotFound, format!("conditional reference '{r}' matches no resource"))
+                        .at(format!("Bundle.entry[{entry}].resource")))
+                }
+                _ => return Err(multiple(ty, query).at(format!("Bundle.entry[{entry}].resource"))),
+            }
+        }
+        tessera_fhir::reference::for_each_reference_mut(value, &mut |r| {
+            if let Some(target) = cache.get(r.as_str()) {
+                *r = target.clone();
+            }
+        });
+        Ok(())
+    }
+
+    async fn transaction_response(&self, plans: Vec<Plan>, written: Vec<VersionedResource>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+        let mut out = BundleWriter::new("transaction-response", None, &[]);
+        let base = &self.config().base_url;
+        for plan in plans {
+            match plan {
+                Plan::Write { write, status } => {
+                    let r = &written[write];
+                    let body = (prefer == Some(ReturnPreference::Representation) && !r.deleted).then_some(r.json.as_slice());
+                    let full_url = (!r.deleted).then(|| format!("{base}/{}/{}", r.resource_type, r.id));
+                    out.entry(full_url.as_deref(), body, &[("response", response_member(r, status))]);
+                }
+                Plan::Existing { resource_type, id } => {
+                    let r = self.read(&resource_type, &id).await?;
+                    let body = (prefer == Some(ReturnPreference::Representation)).then_some(r.json.as_slice());
+                    out.entry(Some(&format!("{base}/{resource_type}/{id}")), body, &[("response", response_member(&r, 200))]);
+                }
+                Plan::Noop => out.entry(None, None, &[("response", json!({"status": status_line(204)}))]),
+                Plan::Get(req) => {
+                    let (status, body) = match self.get_entry(&req).await {
+                        Ok(json) => (200, json),
+                        Err(e) => (e.status, serde_json::to_vec(&e.outcome()).expect("outcome serialises")),
+                    };
+                    out.entry(None, Some(&body), &[("response", json!({"status": status_line(status)}))]);
+                }
+            }
+        }
+        Ok(out.finish())
+    }
+
+    async fn get_entry(&self, req: &EntryRequest) -> Result<Vec<u8>, FhirError> {
+        match (&req.id, &req.version) {
+            (Some(id), Some(v)) => Ok(self.vread(&req.resource_type, id, v).await?.json),
+            (Some(id), None) => Ok(self.read(&req.resource_type, id).await?.json),
+            (None, _) => self.search_identifiers(&req.resource_type, req.query.as_deref().unwrap_or("")).await,
+        }
+    }
+
+    async fn batch(&self, entries: Vec<Value>, prefer: Option<ReturnPreference>) -> Vec<u8> {
+        let base = self.config().base_url.clone();
+        let futures = entries.into_iter().enumerate().map(|(i, mut entry)| {
+            let base = base.clone();
+            async move {
+                let at = format!("Bundle.entry[{i}]");
+                let req = entry_request(&base, &entry, &at)?;
+                let resource = entry.get_mut("resource").map(Value::take);
+                self.batch_entry(req, resource, i).await.map_err(|e| e.within_entry(i))
+            }
+        });
+        let results = futures::future::join_all(futures).await;
+        let mut out = BundleWriter::new("batch-response", None, &[]);
+        for result in results {
+            match result {
+                Ok((status, Some(r))) => {
+                    let body = (prefer == Some(ReturnPreference::Representation) && !r.deleted).then_some(r.json.as_slice());
+                    let full_url = (!r.deleted).then(|| format!("{base}/{}/{}", r.resource_type, r.id));
+                    out.entry(full_url.as_deref(), body, &[("response", response_member(&r, status))]);
+                }
+                Ok((status, None)) => out.entry(None, None, &[("response", json!({"status": status_line(status)}))]),
+                Err(e) => out.entry(None, None, &[("response", json!({"status": status_line(e.status), "outcome": e.outcome()}))]),
+            }
+        }
+        out.finish()
+    }
+
+    async fn batch_entry(&self, req: EntryRequest, resource: Option<Value>, i: usize) -> Result<(u16, Option<VersionedResource>), FhirError> {
+        let need = |r: Option<Value>| r.ok_or_else(|| FhirError::bad_request(format!("{} entry has no resource", req.method)).at(format!("Bundle.entry[{i}].resource")));
+        match req.method.as_str() {
+            "POST" => {
+                let mut value = need(resource)?;
+                self.resolve_references(&mut value, &HashMap::new(), &mut HashMap::new(), i).await?;
+                let w = self.create(&req.resource_type, value, req.if_none_exist.as_deref()).await?;
+                Ok((w.status, Some(w.resource)))
+            }
+            "PUT" => {
+                let mut value = need(resource)?;
+                self.resolve_references(&mut value, &HashMap::new(), &mut HashMap::new(), i).await?;
+                let w = match (&req.id, &req.query) {
+                    (Some(id), _) => self.update(&req.resource_type, id, value, req.if_match).await?,
+                    (None, Some(q)) => self.conditional_update(&req.resource_type, q, value, req.if_match).await?,
+                    (None, None) => return Err(FhirError::bad_request("PUT needs an id or criteria")),
+                };
+                Ok((w.status, Some(w.resource)))
+            }
+            "DELETE" => {
+                let r = match (&req.id, &req.query) {
+                    (Some(id), _) => self.delete(&req.resource_type, id, req.if_match).await?,
+                    (None, Some(q)) => self.conditional_delete(&req.resource_type, q).await?,
+                    (None, None) => return Err(FhirError::bad_request("DELETE needs an id or criteria")),
+                };
+                Ok((204, r))
+            }
+            "GET" | "HEAD" => {
+                let json = self.get_entry(&req).await?;
+                let (ty, id) = (req.resource_type.clone(), req.id.clone().unwrap_or_default());
+                Ok((200, Some(VersionedResource { resource_type: ty, id, version: 0, last_updated_micros: 0, deleted: false, json })))
+            }
+            m => Err(FhirError::bad_request(format!("method '{m}' is not supported in a batch"))),
+        }
+    }
+}
+
+impl FhirError {
+    fn within_entry(self, i: usize) -> Self {
+        // Errors from the single-resource path name `Type.element`; place them in the entry.
+        let prefix = format!("Bundle.entry[{i}].resource");
+        let mut e = self;
+        for issue in &mut e.issues {
+            for ex in &mut issue.expression {
+                if !ex.starts_with("Bundle.") {
+                    let rest = ex.split_once('.').map(|(_, r)| r).unwrap_or("");
+                    *ex = if rest.is_empty() { prefix.clone() } else { format!("{prefix}.{rest}") };
+                }
+            }
+        }
+        e
+    }
+}
+
+fn multiple(resource_type: &str, query: &str) -> FhirError {
+    FhirError::new(412, IssueType::MultipleMatches, format!("more than one {resource_type} matches '{query}'"))
+}
+
+/// If write `index` failed on a precondition the client set (`ifMatch`), that request.
+fn user_precondition<'a>(plans: &[Plan], requests: &'a [EntryRequest], index: usize) -> Option<&'a EntryRequest> {
+    plans.iter().zip(requests).find_map(|(p, r)| match p {
+        Plan::Write { write, .. } if *write == index && r.if_match.is_some() => Some(r),
+        _ => None,
+    })
+}

@@ -1,0 +1,55 @@
+//! The CapabilityStatement: what this server really does, generated from the same tables
+//! the engine uses.
+
+use crate::Engine;
+use serde_json::{json, Value};
+
+impl Engine {
+    /// `GET /metadata`
+    pub fn capability_statement(&self) -> Value {
+        let update_create = self.config().update_create;
+        let resources: Vec<Value> = tessera_fhir::definitions::resource_types()
+            .map(|t| {
+                let interactions: Vec<Value> =
+                    ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
+                        .iter()
+                        .map(|c| json!({"code": c}))
+                        .collect();
+                json!({
+                    "type": t,
+                    "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
+                    "interaction": interactions,
+                    "versioning": "versioned-update",
+                    "readHistory": true,
+                    "updateCreate": update_create,
+                    "conditionalCreate": true,
+                    "conditionalRead": "not-supported",
+                    "conditionalUpdate": true,
+                    "conditionalDelete": "single",
+                    "referencePolicy": ["literal", "logical"],
+                    "searchParam": [
+                        {"name": "_id", "type": "token", "documentation": "Logical id of the resource"},
+                        {"name": "identifier", "type": "token", "documentation": "Business identifier (system|value)"},
+                    ],
+                })
+            })
+            .collect();
+        json!({
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": &crate::prepare::format_instant(tessera_store::now_micros())[..10],
+            "publisher": "Tessera",
+            "kind": "instance",
+            "software": {"name": "Tessera", "version": env!("CARGO_PKG_VERSION")},
+            "implementation": {"description": "Tessera shared-domain EHR — FHIR R4 API", "url": self.config().base_url},
+            "fhirVersion": "4.0.1",
+            "format": ["application/fhir+json", "json"],
+            "patchFormat": ["application/json-patch+json"],
+            "rest": [{
+                "mode": "server",
+                "resource": resources,
+                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            }],
+        })
+    }
+}

@@ -1,0 +1,148 @@
+//! FHIR interactions, independent of transport.
+//!
+//! The HTTP layer (`tessera-http`), the importer and later the HL7 v2 interfaces all call
+//! the [`Engine`]; none of them touches the store directly. That makes the engine the one
+//! place where every read and write passes, and so the place where access policy and audit
+//! are enforced.
+//!
+//! Modules, one per FHIR concern:
+//! * [`rest`] — read, vread, create, update, patch, delete, conditional variants.
+//! * [`bundle`] — batch and transaction bundles.
+//! * [`history`] — instance, type and system history.
+//! * [`criteria`] — the query strings the engine itself understands
+//!   (conditional create/update/delete/references: `_id` and `identifier`).
+//! * [`capability`] — the CapabilityStatement.
+//! * [`prepare`] — turning a validated resource into a stored version.
+
+pub mod bundle;
+pub mod capability;
+pub mod criteria;
+pub mod error;
+pub mod history;
+pub mod prepare;
+pub mod rest;
+
+pub use error::FhirError;
+
+use std::sync::Arc;
+use tessera_fhir::validation::Limits;
+use tessera_store::DynStore;
+
+/// How the engine behaves.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Absolute base URL of the FHIR API, e.g. `http://127.0.0.1:8080/fhir` (no trailing slash).
+    pub base_url: String,
+    /// Whether `PUT` on an absent id creates the resource (update-as-create).
+    pub update_create: bool,
+    /// Validation limits.
+    pub limits: Limits,
+    /// Largest `_count` a client may ask for.
+    pub max_page_size: usize,
+    /// Page size when `_count` is not given.
+    pub default_page_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            base_url: "http://127.0.0.1:8080/fhir".into(),
+            update_create: true,
+            limits: Limits::default(),
+            max_page_size: 1000,
+            default_page_size: 50,
+        }
+    }
+}
+
+/// What the client wants back from a write (`Prefer: return=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReturnPreference {
+    Minimal,
+    #[default]
+    Representation,
+    OperationOutcome,
+}
+
+/// The FHIR engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: DynStore,
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(store: DynStore, config: EngineConfig) -> Self {
+        Engine { inner: Arc::new(Inner { store, config }) }
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+}
+
+/// A resource version as the engine hands it out: its JSON bytes and the facts the
+/// transport needs for headers (`ETag`, `Last-Modified`, `Location`).
+#[derive(Debug, Clone)]
+pub struct VersionedResource {
+    pub resource_type: String,
+    pub id: String,
+    pub version: u64,
+    pub last_updated_micros: i64,
+    pub deleted: bool,
+    /// The resource JSON (empty for a deletion).
+    pub json: Vec<u8>,
+}
+
+impl From<tessera_store::Stored> for VersionedResource {
+    fn from(s: tessera_store::Stored) -> Self {
+        VersionedResource {
+            resource_type: s.resource_type,
+            id: s.id,
+            version: s.version,
+            last_updated_micros: s.last_updated_micros,
+            deleted: s.deleted,
+            json: s.json,
+        }
+    }
+}
+
+impl VersionedResource {
+    /// `W/"<version>"`
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+
+    /// `Type/id/_history/version`
+    pub fn versioned_reference(&self) -> String {
+        format!("{}/{}/_history/{}", self.resource_type, self.id, self.version)
+    }
+
+    /// `meta.lastUpdated` as a FHIR instant.
+    pub fn last_updated(&self) -> String {
+        prepare::format_instant(self.last_updated_micros)
+    }
+}
+
+/// The result of a write.
+#[derive(Debug, Clone)]
+pub struct WriteOutcome {
+    /// 200 (updated, or a conditional create that matched), 201 (created).
+    pub status: u16,
+    pub resource: VersionedResource,
+}
+
+#[allow(dead_code)]
+fn assert_futures_are_send(e: &Engine) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(e.bundle(serde_json::Value::Null, None));
+    is_send(e.search_identifiers("", ""));
+}

@@ -1,0 +1,106 @@
+//! The on-disk format of `definitions/r4.json.gz`, shared by the generator
+//! (`tessera-gen-definitions`) and the runtime loader.
+//!
+//! The file is deliberately small: only what validation, search and compartment
+//! membership need, with elements stored as short JSON arrays.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole shipped file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DefinitionsFile {
+    /// Always `4.0.1`.
+    pub fhir_version: String,
+    /// Primitive data types and the regex of their value (from the
+    /// `http://hl7.org/fhir/StructureDefinition/regex` extension), if any.
+    pub primitives: Vec<PrimitiveRow>,
+    /// Resources, complex data types and their nested (BackboneElement) element tables.
+    pub types: Vec<TypeRow>,
+    /// The R4 search parameters.
+    pub search_parameters: Vec<SearchParameter>,
+    /// The Patient CompartmentDefinition, resolved into element paths.
+    pub patient_compartment: Vec<CompartmentRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrimitiveRow {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// What a [`TypeRow`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TypeKind {
+    /// A resource type (`Patient`).
+    Resource,
+    /// A complex data type (`HumanName`, also the abstract `Element`).
+    Complex,
+    /// A nested element table, named by its path (`Patient.contact`, `Timing.repeat`).
+    Backbone,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TypeRow {
+    pub name: String,
+    pub kind: TypeKind,
+    pub elements: Vec<ElementRow>,
+}
+
+/// `[name, types, min, max]`, e.g. `["value[x]", ["Quantity", "string"], 0, "1"]`.
+///
+/// * `name` ends in `[x]` for choice elements.
+/// * `types` are primitive or complex type names, `Resource` for an embedded resource,
+///   or the name of a nested element table (it contains a dot: `Patient.contact`,
+///   also the target of a `contentReference` such as `Questionnaire.item`).
+/// * `max` is `"1"` or `"*"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ElementRow(pub String, pub Vec<String>, pub u32, pub String);
+
+/// One R4 `SearchParameter`, reduced to what a server needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchParameter {
+    pub id: String,
+    pub url: String,
+    pub name: String,
+    pub code: String,
+    /// `number`, `date`, `string`, `token`, `reference`, `composite`, `quantity`, `uri`, `special`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub base: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modifier: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comparator: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub component: Vec<SearchComponent>,
+}
+
+/// A component of a composite search parameter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchComponent {
+    /// Canonical URL of the component's SearchParameter.
+    pub definition: String,
+    pub expression: String,
+}
+
+/// The parameters that put a resource type in the patient compartment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompartmentRow {
+    pub resource: String,
+    /// In CompartmentDefinition order.
+    pub params: Vec<CompartmentParamRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompartmentParamRow {
+    pub code: String,
+    /// Dotted element paths below the resource, e.g. `participant.actor`.
+    pub paths: Vec<String>,
+}

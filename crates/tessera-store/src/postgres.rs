@@ -1,0 +1,931 @@
+//! The PostgreSQL backend.
+//!
+//! * A connection pool (deadpool) serves reads; every read is a single statement, so it
+//!   sees one consistent snapshot.
+//! * One writer task group-commits: it drains every queued [`Transaction`] (up to
+//!   [`MAX_BATCH_WRITES`] writes), checks all preconditions, writes the accepted ones with a
+//!   handful of array (`unnest`) statements, commits once (one WAL flush) and then
+//!   acknowledges each caller.
+//! * The schema is created on connect, idempotently, under an advisory lock so that any
+//!   number of servers may start at the same time.
+//!
+//! # Tables, and how they distribute on a Citus-class engine
+//!
+//! The patient compartment is the distribution key: clinical data (by far the bulk) is
+//! partitioned by patient, so everything about one patient lives on one shard. The
+//! schema below runs unchanged on plain PostgreSQL; every unique key already includes the
+//! column its table would be distributed by, so distributing is a matter of:
+//!
+//! ```sql
+//! SELECT create_distributed_table('resource_version', 'compartment');
+//! SELECT create_distributed_table('resource_current', 'id');
+//! SELECT create_distributed_table('identifier_index', 'value');
+//! SELECT create_reference_table('tessera_meta');
+//! ```
+//!
+//! * `resource_version`: every version ever written, the resource JSON zstd-compressed
+//!   (see [`crate::codec`]; the column is `STORAGE EXTERNAL` so PostgreSQL does not try to
+//!   compress it a second time). Key `(res_type, id, version, compartment)`: the
+//!   compartment is last so that `(res_type, id[, version])` lookups (vread, instance
+//!   history) use the key's prefix on one node, and it is in the key at all because a
+//!   distributed unique key must contain the distribution column. Resources outside any
+//!   patient compartment (Organization, Practitioner, …) use the compartment `''` and
+//!   so share one shard; they are a small fraction of the data.
+//!   Uniqueness of `(res_type, id, version)` itself is guaranteed by the writer (a
+//!   version must be greater than the current one, checked against `resource_current`),
+//!   which is what would hold on a distributed engine too.
+//!   Two more indexes, kept because each serves a history listing that would otherwise
+//!   scan: `(seq)` for system history and `(res_type, seq)` for type history.
+//!   `last_updated` is not indexed (`_since` filters while walking `seq`, which grows with
+//!   it).
+//! * `resource_current`: the *locator*, one row per resource: its current version, commit
+//!   sequence, deleted flag, compartment, owner and current identifiers. Reads by
+//!   `(type, id)` do not know the compartment, so this table is keyed and would be
+//!   distributed by `id` (a router query to one shard), and tells where the version row
+//!   lives. On plain PostgreSQL a read is one join; on Citus it becomes two router
+//!   queries (locator, then the version row with its compartment). The identifiers of
+//!   the current version are kept here (a small JSON array) so that an update can remove
+//!   exactly the index rows it replaces by primary key, without an extra
+//!   `(res_type, id)` index on `identifier_index` (which on Citus would also fan out to
+//!   every shard).
+//! * `identifier_index`: `(res_type, value, system, id)` for each business identifier of
+//!   each current, non-deleted resource; conditional creates and `identifier=` searches
+//!   look values up, so it would be distributed by `value` (router lookups).
+//! * `tessera_meta`: a tiny key/value table for server state; a reference table
+//!   (replicated to every node).
+//! * `resource_seq`: the global commit sequence (`seq`), drawn by the single writer.
+//!
+//! The writer takes a transaction-level advisory lock for each group commit, so writers
+//! in several server processes against one database are serialised too and the
+//! precondition checks stay race-free; on Citus that lock lives on the coordinator.
+//!
+//! Per resource, a typical version row is its compressed JSON plus ~150 bytes, and the
+//! three indexes, the locator row and its key add roughly 350 bytes more, plus ~100
+//! bytes per business identifier.
+
+use crate::{
+    codec, token_matches, ConflictReason, Criteria, HistoryQuery, Precondition, Result, Store, StoreError,
+    StoreMetrics, StoreStats, Stored, Transaction, Write,
+};
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+const SCHEMA: &str = r#"
+CREATE SEQUENCE IF NOT EXISTS resource_seq AS bigint;
+CREATE TABLE IF NOT EXISTS resource_version (
+    seq          bigint  NOT NULL,
+    version      bigint  NOT NULL,
+    last_updated bigint  NOT NULL,
+    deleted      boolean NOT NULL,
+    compartment  text    NOT NULL DEFAULT '',
+    res_type     text    NOT NULL,
+    id           text    NOT NULL,
+    owner        text,
+    data         bytea   NOT NULL,
+    PRIMARY KEY (res_type, id, version, compartment)
+);
+ALTER TABLE resource_version ALTER COLUMN data SET STORAGE EXTERNAL;
+CREATE INDEX IF NOT EXISTS resource_version_seq ON resource_version (seq);
+CREATE INDEX IF NOT EXISTS resource_version_type_seq ON resource_version (res_type, seq);
+CREATE TABLE IF NOT EXISTS resource_current (
+    version     bigint  NOT NULL,
+    seq         bigint  NOT NULL,
+    deleted     boolean NOT NULL,
+    res_type    text    NOT NULL,
+    id          text    NOT NULL,
+    compartment text    NOT NULL DEFAULT '',
+    owner       text,
+    identifiers text,
+    PRIMARY KEY (res_type, id)
+);
+CREATE TABLE IF NOT EXISTS identifier_index (
+    res_type text NOT NULL,
+    value    text NOT NULL,
+    system   text NOT NULL,
+    id       text NOT NULL,
+    PRIMARY KEY (res_type, value, system, id)
+);
+CREATE TABLE IF NOT EXISTS tessera_meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
+"#;
+
+/// Advisory lock class ids (first key of the two-key form; the second is the schema).
+const LOCK_SCHEMA: i32 = 0x5445_5353; // "TESS"
+const LOCK_WRITER: i32 = 0x5445_5357; // "TESW"
+
+/// Upper bound of writes per group commit.
+pub const MAX_BATCH_WRITES: usize = 20_000;
+/// Upper bound of (compressed) resource bytes per group commit.
+const MAX_BATCH_BYTES: usize = 64 << 20;
+/// Upper bound of bytes bound to one multi-row statement.
+const MAX_STATEMENT_BYTES: usize = 16 << 20;
+/// Queued transactions beyond which `commit` waits (back pressure).
+const QUEUE_DEPTH: usize = 4096;
+const POOL_SIZE: usize = 16;
+
+type Job = (Transaction, oneshot::Sender<Result<()>>);
+
+pub struct PostgresStore {
+    pool: Pool,
+    writer: Option<mpsc::Sender<Job>>,
+    metrics: Arc<StoreMetrics>,
+    /// For stores opened with [`PostgresStore::connect_isolated`]: the schema to drop.
+    isolated: Option<(tokio_postgres::Config, String)>,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (a `postgres://` URL or a `key=value` string),
+    /// creating the schema if needed.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config = parse_config(url)?;
+        Self::start(config, None).await
+    }
+
+    /// Connects and works in a fresh schema of its own (for tests). The schema is dropped,
+    /// best effort, when the store is dropped.
+    pub async fn connect_isolated(url: &str) -> Result<Self> {
+        let base = parse_config(url)?;
+        let schema = unique_schema_name();
+        let (client, conn) = base
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {}", pg_message(&e))))?;
+        let conn_task = tokio::spawn(conn);
+        client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.map_err(pg)?;
+        drop(client);
+        let _ = conn_task.await;
+        let mut config = base.clone();
+        let options = match base.get_options() {
+            Some(o) if !o.trim().is_empty() => format!("{o} -csearch_path={schema}"),
+            _ => format!("-csearch_path={schema}"),
+        };
+        config.options(&options);
+        Self::start(config, Some((base, schema))).await
+    }
+
+    async fn start(config: tokio_postgres::Config, isolated: Option<(tokio_postgres::Config, String)>) -> Result<Self> {
+        let mut config = config;
+        if config.get_application_name().is_none() {
+            config.application_name("tessera");
+        }
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot create PostgreSQL pool: {e}")))?;
+        create_schema(&pool).await?;
+        let metrics = Arc::new(StoreMetrics::default());
+        let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
+        tokio::spawn(writer_loop(pool.clone(), rx, metrics.clone()));
+        Ok(PostgresStore { pool, writer: Some(tx), metrics, isolated })
+    }
+
+    /// The schema an isolated store works in.
+    pub fn schema(&self) -> Option<&str> {
+        self.isolated.as_ref().map(|(_, s)| s.as_str())
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has finished what it holds.
+        self.writer.take();
+        self.pool.close();
+        let Some((config, schema)) = self.isolated.take() else { return };
+        // Drop the test schema on a thread of its own: `drop` may run inside (or outside)
+        // an async runtime, and must not block it for long.
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new().name("tessera-pg-drop-schema".into()).spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async move {
+                    if let Ok((client, conn)) = config.connect(NoTls).await {
+                        let task = tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .await;
+                        drop(client);
+                        let _ = task.await;
+                    }
+                });
+            }
+            let _ = done_tx.send(());
+        });
+        if spawned.is_ok() {
+            let _ = done_rx.recv_timeout(std::time::Duration::from_secs(15));
+        }
+    }
+}
+
+fn parse_config(url: &str) -> Result<tokio_postgres::Config> {
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL connection string: {}", pg_message(&e))))
+}
+
+fn unique_schema_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // Mix so that names from processes started in the same nanosecond still differ.
+    let mut x = nanos ^ ((std::process::id() as u64) << 32) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    format!("tessera_test_{x:016x}{n:x}")
+}
+
+async fn create_schema(pool: &Pool) -> Result<()> {
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {}", pool_message(&e))))?;
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", &[&LOCK_SCHEMA])
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot create the schema: {}", pg_message(&e))))?;
+    tx.batch_execute(SCHEMA)
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot create the schema: {}", pg_message(&e))))?;
+    tx.commit().await.map_err(pg)?;
+    Ok(())
+}
+
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut m = format!("{} ({})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            m.push_str(": ");
+            m.push_str(detail);
+        }
+        return m;
+    }
+    match std::error::Error::source(e) {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Backend(format!("postgresql: {}", pg_message(&e)))
+}
+
+fn pool_message(e: &PoolError) -> String {
+    match e {
+        PoolError::Backend(e) => pg_message(e),
+        other => other.to_string(),
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    StoreError::Backend(format!("postgresql pool: {}", pool_message(&e)))
+}
+
+const COLUMNS: &str = "v.res_type, v.id, v.version, v.seq, v.last_updated, v.deleted, v.compartment, v.owner, v.data";
+
+fn row_to_stored(row: &tokio_postgres::Row) -> Result<Stored> {
+    let get_err = |e: tokio_postgres::Error| StoreError::Backend(format!("postgresql: unexpected row: {}", pg_message(&e)));
+    let data: &[u8] = row.try_get(8).map_err(get_err)?;
+    let compartment: String = row.try_get(6).map_err(get_err)?;
+    Ok(Stored {
+        resource_type: row.try_get(0).map_err(get_err)?,
+        id: row.try_get(1).map_err(get_err)?,
+        version: row.try_get::<_, i64>(2).map_err(get_err)? as u64,
+        seq: row.try_get(3).map_err(get_err)?,
+        last_updated_micros: row.try_get(4).map_err(get_err)?,
+        deleted: row.try_get(5).map_err(get_err)?,
+        compartment: (!compartment.is_empty()).then_some(compartment),
+        owner: row.try_get(7).map_err(get_err)?,
+        json: codec::decode(data)?,
+    })
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+fn param_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
+fn history_filter(q: &HistoryQuery, paged: bool) -> (String, Vec<Param>) {
+    let mut clauses = vec!["TRUE".to_string()];
+    let mut args: Vec<Param> = Vec::new();
+    if let Some(t) = &q.resource_type {
+        args.push(Box::new(t.clone()));
+        clauses.push(format!("v.res_type = ${}", args.len()));
+    }
+    if let Some(id) = &q.id {
+        args.push(Box::new(id.clone()));
+        clauses.push(format!("v.id = ${}", args.len()));
+    }
+    if let Some(since) = q.since_micros {
+        args.push(Box::new(since));
+        clauses.push(format!("v.last_updated >= ${}", args.len()));
+    }
+    if paged {
+        if let Some(before) = q.before_seq {
+            args.push(Box::new(before));
+            clauses.push(format!("v.seq < ${}", args.len()));
+        }
+    }
+    (clauses.join(" AND "), args)
+}
+
+/// Ids of current, non-deleted resources matching the criteria (one statement).
+async fn find_ids<C: GenericClient>(c: &C, criteria: &Criteria) -> Result<Vec<String>> {
+    let mut sql = String::from("SELECT r.id FROM resource_current r WHERE r.res_type = $1 AND NOT r.deleted");
+    let mut args: Vec<Param> = vec![Box::new(criteria.resource_type.clone())];
+    if let Some(id) = &criteria.id {
+        args.push(Box::new(id.clone()));
+        sql.push_str(&format!(" AND r.id = ${}", args.len()));
+    }
+    for m in &criteria.identifiers {
+        args.push(Box::new(m.value.clone()));
+        sql.push_str(&format!(
+            " AND r.id IN (SELECT i.id FROM identifier_index i WHERE i.res_type = $1 AND i.value = ${}",
+            args.len()
+        ));
+        if let Some(system) = &m.system {
+            args.push(Box::new(system.clone()));
+            sql.push_str(&format!(" AND i.system = ${}", args.len()));
+        }
+        sql.push(')');
+    }
+    if criteria.id.is_some() || !criteria.identifiers.is_empty() {
+        sql.push_str(" ORDER BY r.id");
+    }
+    let stmt = c.prepare_cached(&sql).await.map_err(pg)?;
+    let rows = c.query(&stmt, &param_refs(&args)).await.map_err(pg)?;
+    rows.iter().map(|r| r.try_get::<_, String>(0).map_err(pg)).collect()
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM resource_current r JOIN resource_version v \
+                 ON v.res_type = r.res_type AND v.id = r.id AND v.version = r.version AND v.compartment = r.compartment \
+                 WHERE r.res_type = $1 AND r.id = $2"
+            ))
+            .await
+            .map_err(pg)?;
+        c.query_opt(&stmt, &[&resource_type, &id]).await.map_err(pg)?.as_ref().map(row_to_stored).transpose()
+    }
+
+    async fn vread(&self, resource_type: &str, id: &str, version: u64) -> Result<Option<Stored>> {
+        let Ok(version) = i64::try_from(version) else { return Ok(None) };
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM resource_version v WHERE v.res_type = $1 AND v.id = $2 AND v.version = $3 \
+                 ORDER BY v.seq DESC LIMIT 1"
+            ))
+            .await
+            .map_err(pg)?;
+        c.query_opt(&stmt, &[&resource_type, &id, &version]).await.map_err(pg)?.as_ref().map(row_to_stored).transpose()
+    }
+
+    async fn history(&self, q: &HistoryQuery) -> Result<Vec<Stored>> {
+        if q.count == 0 {
+            return Ok(Vec::new());
+        }
+        let (filter, mut args) = history_filter(q, true);
+        args.push(Box::new(i64::try_from(q.count).unwrap_or(i64::MAX)));
+        let sql = format!("SELECT {COLUMNS} FROM resource_version v WHERE {filter} ORDER BY v.seq DESC LIMIT ${}", args.len());
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(&sql).await.map_err(pg)?;
+        let rows = c.query(&stmt, &param_refs(&args)).await.map_err(pg)?;
+        rows.iter().map(row_to_stored).collect()
+    }
+
+    async fn history_count(&self, q: &HistoryQuery) -> Result<u64> {
+        let (filter, args) = history_filter(q, false);
+        let sql = format!("SELECT count(*) FROM resource_version v WHERE {filter}");
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(&sql).await.map_err(pg)?;
+        let row = c.query_one(&stmt, &param_refs(&args)).await.map_err(pg)?;
+        Ok(row.try_get::<_, i64>(0).map_err(pg)? as u64)
+    }
+
+    async fn find(&self, criteria: &Criteria) -> Result<Vec<String>> {
+        let c = self.client().await?;
+        find_ids(&c, criteria).await
+    }
+
+    async fn commit(&self, tx: Transaction) -> Result<()> {
+        if tx.is_empty() {
+            return Ok(());
+        }
+        let mut tx = tx;
+        for w in &mut tx {
+            w.json = codec::encode(&w.json)?;
+        }
+        let (ack, done) = oneshot::channel();
+        let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        writer.send((tx, ack)).await.map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        let c = self.client().await?;
+        let stmt = c.prepare_cached("SELECT value FROM tessera_meta WHERE key = $1").await.map_err(pg)?;
+        match c.query_opt(&stmt, &[&key]).await.map_err(pg)? {
+            Some(row) => Ok(Some(row.try_get(0).map_err(pg)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "INSERT INTO tessera_meta (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .await
+            .map_err(pg)?;
+        c.execute(&stmt, &[&key, &value]).await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM resource_current WHERE NOT deleted), \
+                        (SELECT count(*) FROM resource_version), \
+                        (pg_total_relation_size('resource_version'::regclass) \
+                         + pg_total_relation_size('resource_current'::regclass) \
+                         + pg_total_relation_size('identifier_index'::regclass) \
+                         + pg_total_relation_size('tessera_meta'::regclass))::bigint",
+                &[],
+            )
+            .await
+            .map_err(pg)?;
+        let get = |i: usize| row.try_get::<_, i64>(i).map(|n| n.max(0) as u64).map_err(pg);
+        Ok(StoreStats { current_resources: get(0)?, versions: get(1)?, bytes: get(2)? })
+    }
+
+    fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgresql"
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The writer
+// ---------------------------------------------------------------------------------------
+
+async fn writer_loop(pool: Pool, mut rx: mpsc::Receiver<Job>, metrics: Arc<StoreMetrics>) {
+    while let Some(first) = rx.recv().await {
+        let mut writes = first.0.len();
+        let mut bytes: usize = first.0.iter().map(|w| w.json.len()).sum();
+        let mut jobs = vec![first];
+        while writes < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(job) => {
+                    writes += job.0.len();
+                    bytes += job.0.iter().map(|w| w.json.len()).sum::<usize>();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let txs: Vec<&Transaction> = jobs.iter().map(|(t, _)| t).collect();
+        match group_commit(&pool, &txs).await {
+            Ok(results) => {
+                let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+                let written: u64 =
+                    txs.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(t, _)| t.len() as u64).sum();
+                metrics.record_batch(ok, written);
+                for ((_, ack), result) in jobs.into_iter().zip(results) {
+                    let _ = ack.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "group commit failed");
+                let message = match &e {
+                    StoreError::Backend(m) => m.clone(),
+                    other => other.to_string(),
+                };
+                for (_, ack) in jobs {
+                    let _ = ack.send(Err(StoreError::Backend(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Commits the jobs in one database transaction. Returns each job's outcome, or an error
+/// if nothing was committed.
+///
+/// Preconditions are evaluated for the whole batch up front (the current state of every
+/// resource involved is fetched in one statement, and the effect of each accepted job is
+/// tracked in memory), so a job whose precondition fails never touches the database and
+/// the accepted writes go in with a few multi-row statements. Should that fast path hit a
+/// database error (for instance a constraint violated by data written outside this
+/// writer), the batch is retried with each job in a savepoint of its own, so that the
+/// error is reported to the job that caused it only.
+async fn group_commit(pool: &Pool, jobs: &[&Transaction]) -> Result<Vec<Result<()>>> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let fast = async {
+        let tx = client.transaction().await.map_err(pg)?;
+        lock_writer(&tx).await?;
+        let results = apply_jobs(&tx, jobs).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok::<_, StoreError>(results)
+    }
+    .await;
+    match fast {
+        Ok(results) => Ok(results),
+        Err(e) if jobs.len() == 1 => Ok(vec![Err(e)]),
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = jobs.len(), "group commit failed; retrying each transaction in a savepoint");
+            if client.is_closed() {
+                drop(client);
+                client = pool.get().await.map_err(pool_error)?;
+            }
+            let mut tx = client.transaction().await.map_err(pg)?;
+            lock_writer(&tx).await?;
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let sp = tx.savepoint("job").await.map_err(pg)?;
+                match apply_jobs(&sp, std::slice::from_ref(job)).await {
+                    Ok(mut r) => {
+                        sp.commit().await.map_err(pg)?;
+                        results.push(r.pop().unwrap_or(Ok(())));
+                    }
+                    Err(e) => {
+                        sp.rollback().await.map_err(pg)?;
+                        results.push(Err(e));
+                    }
+                }
+            }
+            tx.commit().await.map_err(pg)?;
+            Ok(results)
+        }
+    }
+}
+
+async fn lock_writer(tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", &[&LOCK_WRITER]).await.map_err(pg)?;
+    Ok(())
+}
+
+type Key = (String, String);
+
+/// What a precondition needs to know of a resource's current version.
+#[derive(Debug, Clone)]
+struct Current {
+    version: u64,
+    deleted: bool,
+    /// `(system, value)`, sorted and distinct; empty when deleted.
+    identifiers: Vec<(String, String)>,
+}
+
+/// The state of the resources a batch touches: as stored before the batch, overlaid with
+/// the effect of the jobs accepted so far.
+struct Plan {
+    stored: HashMap<Key, Current>,
+    overlay: HashMap<Key, Current>,
+    /// `(type, identifier value)` → ids in the overlay that had it at some point (checked
+    /// against the overlay before use).
+    overlay_by_value: HashMap<(String, String), HashSet<String>>,
+}
+
+impl Plan {
+    fn current(&self, key: &Key) -> Option<&Current> {
+        self.overlay.get(key).or_else(|| self.stored.get(key))
+    }
+
+    fn set(&mut self, key: Key, state: Current, undo: &mut Vec<(Key, Option<Current>)>) {
+        for (_, value) in &state.identifiers {
+            self.overlay_by_value.entry((key.0.clone(), value.clone())).or_default().insert(key.1.clone());
+        }
+        let previous = self.overlay.insert(key.clone(), state);
+        undo.push((key, previous));
+    }
+
+    fn undo(&mut self, undo: Vec<(Key, Option<Current>)>) {
+        for (key, previous) in undo.into_iter().rev() {
+            match previous {
+                Some(p) => self.overlay.insert(key, p),
+                None => self.overlay.remove(&key),
+            };
+        }
+    }
+
+    /// First id matching `criteria` now, given the ids that matched before the batch.
+    fn first_match(&self, criteria: &Criteria, stored_matches: &[String]) -> Option<String> {
+        let ty = &criteria.resource_type;
+        for id in stored_matches {
+            if !self.overlay.contains_key(&(ty.clone(), id.clone())) {
+                return Some(id.clone());
+            }
+        }
+        let matches = |id: &String| {
+            self.overlay.get(&(ty.clone(), id.clone())).is_some_and(|s| {
+                !s.deleted
+                    && criteria.id.as_ref().is_none_or(|want| want == id)
+                    && criteria
+                        .identifiers
+                        .iter()
+                        .all(|m| s.identifiers.iter().any(|(system, value)| token_matches(m, system, value)))
+            })
+        };
+        if let Some(id) = &criteria.id {
+            return matches(id).then(|| id.clone());
+        }
+        if let Some(m) = criteria.identifiers.first() {
+            let mut ids: Vec<&String> = self
+                .overlay_by_value
+                .get(&(ty.clone(), m.value.clone()))
+                .map(|s| s.iter().collect())
+                .unwrap_or_default();
+            ids.sort();
+            return ids.into_iter().find(|id| matches(id)).cloned();
+        }
+        let mut ids: Vec<&String> = self.overlay.keys().filter(|(t, _)| t == ty).map(|(_, id)| id).collect();
+        ids.sort();
+        ids.into_iter().find(|id| matches(id)).cloned()
+    }
+}
+
+fn identifier_set(w: &Write) -> Vec<(String, String)> {
+    if w.deleted {
+        return Vec::new();
+    }
+    w.identifiers.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// Checks every job's preconditions and writes the accepted jobs, inside `tx`. Returns
+/// each job's outcome (`Err(Conflict)` for a failed precondition), or a database error.
+async fn apply_jobs(tx: &deadpool_postgres::Transaction<'_>, jobs: &[&Transaction]) -> Result<Vec<Result<()>>> {
+    // 1. The stored state of every resource the batch writes, in one statement.
+    let mut keys: HashSet<(&str, &str)> = HashSet::new();
+    for w in jobs.iter().flat_map(|j| j.iter()) {
+        keys.insert((&w.resource_type, &w.id));
+    }
+    let (key_types, key_ids): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
+    let stmt = tx
+        .prepare_cached(
+            "SELECT r.res_type, r.id, r.version, r.deleted, r.identifiers FROM resource_current r \
+             JOIN unnest($1::text[], $2::text[]) AS k(res_type, id) ON r.res_type = k.res_type AND r.id = k.id",
+        )
+        .await
+        .map_err(pg)?;
+    // 2. Before-batch matches of every conditional create's criteria, pipelined with 1.
+    let criteria: Vec<&Criteria> = jobs
+        .iter()
+        .flat_map(|j| j.iter())
+        .filter_map(|w| match &w.precondition {
+            Precondition::NoneMatching(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    let (rows, stored_matches) = futures::try_join!(
+        async { tx.query(&stmt, &[&key_types, &key_ids]).await.map_err(pg) },
+        futures::future::try_join_all(criteria.iter().map(|c| find_ids(tx, c))),
+    )?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let identifiers: Option<&str> = row.try_get(4).map_err(pg)?;
+        let identifiers: Vec<(String, String)> = match identifiers {
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| StoreError::Backend(format!("postgresql: malformed identifiers in resource_current: {e}")))?,
+            None => Vec::new(),
+        };
+        stored.insert(
+            (row.try_get::<_, String>(0).map_err(pg)?, row.try_get::<_, String>(1).map_err(pg)?),
+            Current {
+                version: row.try_get::<_, i64>(2).map_err(pg)? as u64,
+                deleted: row.try_get(3).map_err(pg)?,
+                identifiers,
+            },
+        );
+    }
+    let mut plan = Plan { stored, overlay: HashMap::new(), overlay_by_value: HashMap::new() };
+
+    // 3. Preconditions, job by job, each seeing the jobs accepted before it.
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut accepted: Vec<&Write> = Vec::new();
+    let mut criteria_slot = 0; // index into `stored_matches` of the next conditional create
+    for job in jobs {
+        let mut undo = Vec::new();
+        let mut outcome = Ok(());
+        let job_criteria_end =
+            criteria_slot + job.iter().filter(|w| matches!(w.precondition, Precondition::NoneMatching(_))).count();
+        for (index, w) in job.iter().enumerate() {
+            let key = (w.resource_type.clone(), w.id.clone());
+            let current = plan.current(&key);
+            let current_version = current.map(|c| c.version);
+            let failed = match &w.precondition {
+                Precondition::None => None,
+                Precondition::Absent => current.map(|_| ConflictReason::Exists),
+                Precondition::AbsentOrDeleted => match current {
+                    Some(c) if !c.deleted => Some(ConflictReason::Exists),
+                    _ => None,
+                },
+                Precondition::Version(v) => {
+                    (current_version != Some(*v)).then_some(ConflictReason::VersionMismatch { current: current_version })
+                }
+                Precondition::NoneMatching(criteria) => {
+                    let before = &stored_matches[criteria_slot];
+                    criteria_slot += 1;
+                    plan.first_match(criteria, before).map(ConflictReason::Matches)
+                }
+            };
+            // Versions are strictly increasing per resource whatever the caller computed.
+            let failed = failed.or_else(|| match current_version {
+                Some(cur) if w.version <= cur => Some(ConflictReason::VersionMismatch { current: Some(cur) }),
+                _ => None,
+            });
+            if let Some(reason) = failed {
+                outcome = Err(StoreError::Conflict { index, resource_type: w.resource_type.clone(), id: w.id.clone(), reason });
+                break;
+            }
+            plan.set(key, Current { version: w.version, deleted: w.deleted, identifiers: identifier_set(w) }, &mut undo);
+        }
+        criteria_slot = job_criteria_end;
+        if outcome.is_err() {
+            plan.undo(undo);
+        } else {
+            accepted.extend(job.iter());
+        }
+        results.push(outcome);
+    }
+    if accepted.is_empty() {
+        return Ok(results);
+    }
+
+    // 4. Write the accepted versions.
+    write_accepted(tx, &plan, &accepted).await?;
+    Ok(results)
+}
+
+async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, accepted: &[&Write]) -> Result<()> {
+    // Commit sequence numbers, in write order.
+    let n = i64::try_from(accepted.len()).unwrap_or(i64::MAX);
+    let stmt = tx.prepare_cached("SELECT nextval('resource_seq') FROM generate_series(1, $1::bigint)").await.map_err(pg)?;
+    let mut seqs: Vec<i64> =
+        tx.query(&stmt, &[&n]).await.map_err(pg)?.iter().map(|r| r.try_get::<_, i64>(0)).collect::<std::result::Result<_, _>>().map_err(pg)?;
+    if seqs.len() != accepted.len() {
+        return Err(StoreError::Backend("postgresql: could not allocate commit sequence numbers".into()));
+    }
+    seqs.sort_unstable();
+
+    // The last write of each resource determines its locator row.
+    let mut last: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, w) in accepted.iter().enumerate() {
+        last.insert((&w.resource_type, &w.id), i);
+    }
+    let mut finals: Vec<usize> = last.into_values().collect();
+    finals.sort_unstable();
+
+    // Identifier index changes: remove what the stored version had and the final one has
+    // not, add the reverse.
+    let mut del: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    let mut ins: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    let mut cur_identifiers: Vec<Option<String>> = Vec::with_capacity(finals.len());
+    for &i in &finals {
+        let w = accepted[i];
+        let key = (w.resource_type.clone(), w.id.clone());
+        let new: &[(String, String)] = plan.overlay.get(&key).map(|c| c.identifiers.as_slice()).unwrap_or(&[]);
+        let old: &[(String, String)] = plan.stored.get(&key).map(|c| c.identifiers.as_slice()).unwrap_or(&[]);
+        for (system, value) in old {
+            if new.binary_search(&(system.clone(), value.clone())).is_err() {
+                del.0.push(&w.resource_type);
+                del.1.push(value);
+                del.2.push(system);
+                del.3.push(&w.id);
+            }
+        }
+        for (system, value) in new {
+            if old.binary_search(&(system.clone(), value.clone())).is_err() {
+                ins.0.push(&w.resource_type);
+                ins.1.push(value);
+                ins.2.push(system);
+                ins.3.push(&w.id);
+            }
+        }
+        cur_identifiers.push(if new.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(new).map_err(|e| StoreError::Backend(format!("identifiers: {e}")))?)
+        });
+    }
+
+    let versions = async {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO resource_version (seq, version, last_updated, deleted, compartment, res_type, id, owner, data) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::boolean[], $5::text[], $6::text[], \
+                                      $7::text[], $8::text[], $9::bytea[])",
+            )
+            .await
+            .map_err(pg)?;
+        let mut start = 0;
+        while start < accepted.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < accepted.len() && (end == start || bytes + accepted[end].json.len() <= MAX_STATEMENT_BYTES) {
+                bytes += accepted[end].json.len() + 128;
+                end += 1;
+            }
+            let chunk = &accepted[start..end];
+            let seq: Vec<i64> = seqs[start..end].to_vec();
+            let version: Vec<i64> = chunk.iter().map(|w| w.version as i64).collect();
+            let last_updated: Vec<i64> = chunk.iter().map(|w| w.last_updated_micros).collect();
+            let deleted: Vec<bool> = chunk.iter().map(|w| w.deleted).collect();
+            let compartment: Vec<&str> = chunk.iter().map(|w| w.compartment.as_deref().unwrap_or("")).collect();
+            let res_type: Vec<&str> = chunk.iter().map(|w| w.resource_type.as_str()).collect();
+            let id: Vec<&str> = chunk.iter().map(|w| w.id.as_str()).collect();
+            let owner: Vec<Option<&str>> = chunk.iter().map(|w| w.owner.as_deref()).collect();
+            let data: Vec<&[u8]> = chunk.iter().map(|w| w.json.as_slice()).collect();
+            tx.execute(&stmt, &[&seq, &version, &last_updated, &deleted, &compartment, &res_type, &id, &owner, &data])
+                .await
+                .map_err(pg)?;
+            start = end;
+        }
+        Ok::<_, StoreError>(())
+    };
+
+    let current = async {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO resource_current (version, seq, deleted, res_type, id, compartment, owner, identifiers) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::boolean[], $4::text[], $5::text[], $6::text[], \
+                                      $7::text[], $8::text[]) \
+                 ON CONFLICT (res_type, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, \
+                 deleted = excluded.deleted, compartment = excluded.compartment, owner = excluded.owner, \
+                 identifiers = excluded.identifiers",
+            )
+            .await
+            .map_err(pg)?;
+        let version: Vec<i64> = finals.iter().map(|&i| accepted[i].version as i64).collect();
+        let seq: Vec<i64> = finals.iter().map(|&i| seqs[i]).collect();
+        let deleted: Vec<bool> = finals.iter().map(|&i| accepted[i].deleted).collect();
+        let res_type: Vec<&str> = finals.iter().map(|&i| accepted[i].resource_type.as_str()).collect();
+        let id: Vec<&str> = finals.iter().map(|&i| accepted[i].id.as_str()).collect();
+        let compartment: Vec<&str> = finals.iter().map(|&i| accepted[i].compartment.as_deref().unwrap_or("")).collect();
+        let owner: Vec<Option<&str>> = finals.iter().map(|&i| accepted[i].owner.as_deref()).collect();
+        tx.execute(&stmt, &[&version, &seq, &deleted, &res_type, &id, &compartment, &owner, &cur_identifiers])
+            .await
+            .map_err(pg)?;
+        Ok::<_, StoreError>(())
+    };
+
+    let delete_identifiers = async {
+        if del.0.is_empty() {
+            return Ok(());
+        }
+        let stmt = tx
+            .prepare_cached(
+                "DELETE FROM identifier_index i USING unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+                 AS d(res_type, value, system, id) \
+                 WHERE i.res_type = d.res_type AND i.value = d.value AND i.system = d.system AND i.id = d.id",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&del.0, &del.1, &del.2, &del.3]).await.map_err(pg)?;
+        Ok::<_, StoreError>(())
+    };
+
+    let insert_identifiers = async {
+        if ins.0.is_empty() {
+            return Ok(());
+        }
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO identifier_index (res_type, value, system, id) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&ins.0, &ins.1, &ins.2, &ins.3]).await.map_err(pg)?;
+        Ok::<_, StoreError>(())
+    };
+
+    // Independent statements: issued together, they are pipelined on the connection.
+    futures::try_join!(versions, current, delete_identifiers, insert_identifiers)?;
+    Ok(())
+}

@@ -1,0 +1,498 @@
+//! The storage conformance suite: every backend must pass every test here.
+//!
+//! SQLite runs always (a real database file in a temporary directory). PostgreSQL runs when
+//! `TESSERA_TEST_DATABASE_URL` is set; each test then works in a schema of its own.
+
+use std::sync::Arc;
+use tessera_store::*;
+
+mod backends {
+    use super::*;
+
+    pub struct Backend {
+        pub store: DynStore,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    pub async fn sqlite() -> Option<Backend> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = tessera_store::sqlite::SqliteStore::open(dir.path()).unwrap();
+        Some(Backend { store: Arc::new(store), _dir: Some(dir) })
+    }
+
+    pub async fn postgres() -> Option<Backend> {
+        let url = match std::env::var("TESSERA_TEST_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => {
+                eprintln!("TESSERA_TEST_DATABASE_URL is not set: PostgreSQL conformance test not run");
+                return None;
+            }
+        };
+        let store = tessera_store::postgres::PostgresStore::connect_isolated(&url).await.expect("connect to PostgreSQL");
+        Some(Backend { store: Arc::new(store), _dir: None })
+    }
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(b) = super::backends::sqlite().await { super::$name(&b.store).await; }
+            }
+        )* }
+        mod postgres { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(b) = super::backends::postgres().await { super::$name(&b.store).await; }
+            }
+        )* }
+    };
+}
+
+conformance!(
+    create_read_vread,
+    update_keeps_history,
+    delete_is_a_version,
+    preconditions_are_atomic,
+    conditional_create_precondition,
+    find_by_identifier,
+    history_levels_and_paging,
+    history_since,
+    group_commit_many_concurrent,
+    meta_and_stats,
+    concurrent_conflicting_writes,
+    same_resource_twice_in_one_transaction,
+    conditional_create_sees_earlier_writes,
+    identifiers_follow_updates_and_deletes,
+    vread_deleted_and_large_unicode_round_trip,
+);
+
+fn write(ty: &str, id: &str, version: u64, body: serde_json::Value) -> Write {
+    let json = serde_json::to_vec(&body).unwrap();
+    Write {
+        resource_type: ty.into(),
+        id: id.into(),
+        version,
+        last_updated_micros: now_micros(),
+        deleted: false,
+        compartment: body.get("subject").and_then(|s| s["reference"].as_str()).map(|r| r.trim_start_matches("Patient/").to_string()),
+        owner: Some("Organization/o1".into()),
+        identifiers: body["identifier"]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .map(|i| (i["system"].as_str().unwrap_or("").to_string(), i["value"].as_str().unwrap_or("").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        json,
+        precondition: Precondition::None,
+    }
+}
+
+fn deletion(ty: &str, id: &str, version: u64) -> Write {
+    Write {
+        resource_type: ty.into(),
+        id: id.into(),
+        version,
+        last_updated_micros: now_micros(),
+        deleted: true,
+        compartment: None,
+        owner: None,
+        json: Vec::new(),
+        identifiers: Vec::new(),
+        precondition: Precondition::None,
+    }
+}
+
+async fn create_read_vread(s: &DynStore) {
+    let body = serde_json::json!({"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"}});
+    s.commit(vec![write("Observation", "o1", 1, body.clone())]).await.unwrap();
+    let got = s.read("Observation", "o1").await.unwrap().expect("stored");
+    assert_eq!(got.version, 1);
+    assert!(!got.deleted);
+    assert_eq!(got.compartment.as_deref(), Some("p1"));
+    assert_eq!(got.owner.as_deref(), Some("Organization/o1"));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&got.json).unwrap(), body);
+    assert_eq!(s.vread("Observation", "o1", 1).await.unwrap().unwrap().json, got.json);
+    assert!(s.vread("Observation", "o1", 2).await.unwrap().is_none());
+    assert!(s.read("Observation", "nope").await.unwrap().is_none());
+    assert!(s.read("Patient", "o1").await.unwrap().is_none());
+}
+
+async fn update_keeps_history(s: &DynStore) {
+    s.commit(vec![write("Patient", "p", 1, serde_json::json!({"resourceType": "Patient", "active": true}))]).await.unwrap();
+    s.commit(vec![write("Patient", "p", 2, serde_json::json!({"resourceType": "Patient", "active": false}))]).await.unwrap();
+    let cur = s.read("Patient", "p").await.unwrap().unwrap();
+    assert_eq!(cur.version, 2);
+    let v1 = s.vread("Patient", "p", 1).await.unwrap().unwrap();
+    assert!(String::from_utf8(v1.json).unwrap().contains("true"));
+    // A version that does not increase is refused.
+    let err = s.commit(vec![write("Patient", "p", 2, serde_json::json!({"resourceType": "Patient"}))]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+}
+
+async fn delete_is_a_version(s: &DynStore) {
+    s.commit(vec![write("Patient", "d", 1, serde_json::json!({"resourceType": "Patient", "identifier": [{"system": "s", "value": "v"}]}))])
+        .await
+        .unwrap();
+    s.commit(vec![deletion("Patient", "d", 2)]).await.unwrap();
+    let cur = s.read("Patient", "d").await.unwrap().unwrap();
+    assert!(cur.deleted);
+    assert_eq!(cur.version, 2);
+    assert!(cur.json.is_empty());
+    assert!(s.vread("Patient", "d", 1).await.unwrap().is_some());
+    let found = s
+        .find(&Criteria { resource_type: "Patient".into(), identifiers: vec![TokenMatch { system: None, value: "v".into() }], ..Default::default() })
+        .await
+        .unwrap();
+    assert!(found.is_empty(), "deleted resources are not found");
+}
+
+async fn preconditions_are_atomic(s: &DynStore) {
+    s.commit(vec![write("Patient", "a", 1, serde_json::json!({"resourceType": "Patient"}))]).await.unwrap();
+    // Second write's precondition fails: the first must not be stored either.
+    let mut w2 = write("Patient", "a", 2, serde_json::json!({"resourceType": "Patient"}));
+    w2.precondition = Precondition::Version(7);
+    let err = s.commit(vec![write("Patient", "b", 1, serde_json::json!({"resourceType": "Patient"})), w2]).await.unwrap_err();
+    match err {
+        StoreError::Conflict { index, reason, .. } => {
+            assert_eq!(index, 1);
+            assert_eq!(reason, ConflictReason::VersionMismatch { current: Some(1) });
+        }
+        other => panic!("{other}"),
+    }
+    assert!(s.read("Patient", "b").await.unwrap().is_none(), "nothing of a failed transaction is stored");
+    let mut absent = write("Patient", "a", 2, serde_json::json!({"resourceType": "Patient"}));
+    absent.precondition = Precondition::Absent;
+    assert!(matches!(s.commit(vec![absent]).await, Err(StoreError::Conflict { reason: ConflictReason::Exists, .. })));
+    let mut ok = write("Patient", "a", 2, serde_json::json!({"resourceType": "Patient"}));
+    ok.precondition = Precondition::Version(1);
+    s.commit(vec![ok]).await.unwrap();
+    s.commit(vec![deletion("Patient", "a", 3)]).await.unwrap();
+    let mut again = write("Patient", "a", 4, serde_json::json!({"resourceType": "Patient"}));
+    again.precondition = Precondition::AbsentOrDeleted;
+    s.commit(vec![again]).await.unwrap();
+}
+
+async fn conditional_create_precondition(s: &DynStore) {
+    let body = serde_json::json!({"resourceType": "Practitioner", "identifier": [{"system": "npi", "value": "42"}]});
+    let criteria = Criteria {
+        resource_type: "Practitioner".into(),
+        identifiers: vec![TokenMatch { system: Some("npi".into()), value: "42".into() }],
+        ..Default::default()
+    };
+    let mut first = write("Practitioner", "x1", 1, body.clone());
+    first.precondition = Precondition::NoneMatching(criteria.clone());
+    let mut second = write("Practitioner", "x2", 1, body.clone());
+    second.precondition = Precondition::NoneMatching(criteria.clone());
+    // Concurrent conditional creates: exactly one wins.
+    let (a, b) = tokio::join!(s.commit(vec![first]), s.commit(vec![second]));
+    assert!(a.is_ok() ^ b.is_ok(), "exactly one conditional create succeeds: {a:?} {b:?}");
+    let loser = if a.is_ok() { b } else { a };
+    assert!(matches!(loser, Err(StoreError::Conflict { reason: ConflictReason::Matches(_), .. })));
+    assert_eq!(s.find(&criteria).await.unwrap().len(), 1);
+}
+
+async fn find_by_identifier(s: &DynStore) {
+    let a = serde_json::json!({"resourceType": "Organization", "identifier": [{"system": "sys", "value": "1"}, {"value": "nosys"}]});
+    let b = serde_json::json!({"resourceType": "Organization", "identifier": [{"system": "other", "value": "1"}]});
+    s.commit(vec![write("Organization", "a", 1, a), write("Organization", "b", 1, b)]).await.unwrap();
+    let q = |system: Option<&str>, value: &str| Criteria {
+        resource_type: "Organization".into(),
+        identifiers: vec![TokenMatch { system: system.map(String::from), value: value.into() }],
+        ..Default::default()
+    };
+    let mut any = s.find(&q(None, "1")).await.unwrap();
+    any.sort();
+    assert_eq!(any, vec!["a", "b"]);
+    assert_eq!(s.find(&q(Some("sys"), "1")).await.unwrap(), vec!["a"]);
+    assert_eq!(s.find(&q(Some(""), "nosys")).await.unwrap(), vec!["a"]);
+    assert!(s.find(&q(Some("sys"), "2")).await.unwrap().is_empty());
+    let by_id = Criteria { resource_type: "Organization".into(), id: Some("b".into()), ..Default::default() };
+    assert_eq!(s.find(&by_id).await.unwrap(), vec!["b"]);
+    // Updating replaces the identifiers.
+    s.commit(vec![write("Organization", "a", 2, serde_json::json!({"resourceType": "Organization"}))]).await.unwrap();
+    assert!(s.find(&q(Some("sys"), "1")).await.unwrap().is_empty());
+}
+
+async fn history_levels_and_paging(s: &DynStore) {
+    for v in 1..=5u64 {
+        s.commit(vec![write("Patient", "h", v, serde_json::json!({"resourceType": "Patient", "n": v}))]).await.unwrap();
+    }
+    s.commit(vec![write("Observation", "h", 1, serde_json::json!({"resourceType": "Observation"}))]).await.unwrap();
+    let inst = HistoryQuery { resource_type: Some("Patient".into()), id: Some("h".into()), count: 3, ..Default::default() };
+    let page1 = s.history(&inst).await.unwrap();
+    assert_eq!(page1.iter().map(|v| v.version).collect::<Vec<_>>(), vec![5, 4, 3]);
+    let page2 = s.history(&HistoryQuery { before_seq: Some(page1[2].seq), ..inst.clone() }).await.unwrap();
+    assert_eq!(page2.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2, 1]);
+    assert_eq!(s.history_count(&inst).await.unwrap(), 5);
+    let ty = HistoryQuery { resource_type: Some("Observation".into()), count: 10, ..Default::default() };
+    assert_eq!(s.history(&ty).await.unwrap().len(), 1);
+    let sys = HistoryQuery { count: 100, ..Default::default() };
+    let all = s.history(&sys).await.unwrap();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0].resource_type, "Observation", "newest first");
+    assert!(all.windows(2).all(|w| w[0].seq > w[1].seq));
+}
+
+async fn history_since(s: &DynStore) {
+    s.commit(vec![write("Patient", "s1", 1, serde_json::json!({"resourceType": "Patient"}))]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let cut = now_micros();
+    s.commit(vec![write("Patient", "s2", 1, serde_json::json!({"resourceType": "Patient"}))]).await.unwrap();
+    let q = HistoryQuery { resource_type: Some("Patient".into()), since_micros: Some(cut), count: 10, ..Default::default() };
+    let got = s.history(&q).await.unwrap();
+    assert_eq!(got.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), vec!["s2"]);
+    assert_eq!(s.history_count(&q).await.unwrap(), 1);
+}
+
+async fn group_commit_many_concurrent(s: &DynStore) {
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let writes = (0..20)
+                .map(|i| write("Observation", &format!("g{t}-{i}"), 1, serde_json::json!({"resourceType": "Observation", "t": t})))
+                .collect();
+            s.commit(writes).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let stats = s.stats().await.unwrap();
+    assert_eq!(stats.current_resources, 64 * 20);
+    let m = s.metrics();
+    assert_eq!(m.transactions.load(std::sync::atomic::Ordering::Relaxed), 64);
+    assert!(m.commit_batches.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+async fn meta_and_stats(s: &DynStore) {
+    assert_eq!(s.get_meta("k").await.unwrap(), None);
+    s.set_meta("k", "v1").await.unwrap();
+    s.set_meta("k", "v2").await.unwrap();
+    assert_eq!(s.get_meta("k").await.unwrap().as_deref(), Some("v2"));
+    s.commit(vec![write("Patient", "m", 1, serde_json::json!({"resourceType": "Patient"}))]).await.unwrap();
+    s.commit(vec![deletion("Patient", "m", 2)]).await.unwrap();
+    let stats = s.stats().await.unwrap();
+    assert_eq!(stats.current_resources, 0);
+    assert_eq!(stats.versions, 2);
+    assert!(!s.backend().is_empty());
+}
+
+async fn concurrent_conflicting_writes(s: &DynStore) {
+    // Many transactions that race for the same resource (likely in one group commit):
+    // exactly one of each kind wins, the others get a conflict and leave no trace.
+    s.commit(vec![write("Patient", "race", 1, serde_json::json!({"resourceType": "Patient"}))]).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..16u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut update = write("Patient", "race", 2, serde_json::json!({"resourceType": "Patient", "t": t}));
+            update.precondition = Precondition::Version(1);
+            let mut create = write("Patient", "fresh", 1, serde_json::json!({"resourceType": "Patient", "t": t}));
+            create.precondition = Precondition::Absent;
+            let ok = write("Patient", &format!("ok{t}"), 1, serde_json::json!({"resourceType": "Patient"}));
+            let (a, b, c) = tokio::join!(s.commit(vec![update]), s.commit(vec![create]), s.commit(vec![ok]));
+            c.unwrap();
+            (a, b)
+        }));
+    }
+    let (mut updates, mut creates) = (0, 0);
+    for task in tasks {
+        let (a, b) = task.await.unwrap();
+        match a {
+            Ok(()) => updates += 1,
+            Err(StoreError::Conflict { index: 0, reason: ConflictReason::VersionMismatch { current: Some(2) }, .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        match b {
+            Ok(()) => creates += 1,
+            Err(StoreError::Conflict { index: 0, reason: ConflictReason::Exists, .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!((updates, creates), (1, 1));
+    let race = HistoryQuery { resource_type: Some("Patient".into()), id: Some("race".into()), count: 100, ..Default::default() };
+    assert_eq!(s.history_count(&race).await.unwrap(), 2);
+    let fresh = HistoryQuery { id: Some("fresh".into()), ..race.clone() };
+    assert_eq!(s.history_count(&fresh).await.unwrap(), 1);
+    assert_eq!(s.stats().await.unwrap().current_resources, 2 + 16);
+    for t in 0..16 {
+        assert!(s.read("Patient", &format!("ok{t}")).await.unwrap().is_some());
+    }
+}
+
+async fn same_resource_twice_in_one_transaction(s: &DynStore) {
+    let v1 = write("Device", "twice", 1, serde_json::json!({"resourceType": "Device", "identifier": [{"system": "s", "value": "first"}]}));
+    let v2 = write("Device", "twice", 2, serde_json::json!({"resourceType": "Device", "identifier": [{"system": "s", "value": "second"}]}));
+    s.commit(vec![v1, v2]).await.unwrap();
+    let cur = s.read("Device", "twice").await.unwrap().unwrap();
+    assert_eq!(cur.version, 2);
+    let hist = s
+        .history(&HistoryQuery { resource_type: Some("Device".into()), id: Some("twice".into()), count: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(hist.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2, 1]);
+    let q = |value: &str| Criteria {
+        resource_type: "Device".into(),
+        identifiers: vec![TokenMatch { system: Some("s".into()), value: value.into() }],
+        ..Default::default()
+    };
+    assert!(s.find(&q("first")).await.unwrap().is_empty());
+    assert_eq!(s.find(&q("second")).await.unwrap(), vec!["twice"]);
+    // A transaction whose second write refuses the first's version is refused whole.
+    let mut v3 = write("Device", "twice", 3, serde_json::json!({"resourceType": "Device"}));
+    v3.precondition = Precondition::Version(2);
+    let mut v4 = write("Device", "twice", 4, serde_json::json!({"resourceType": "Device"}));
+    v4.precondition = Precondition::Version(2);
+    let err = s.commit(vec![v3, v4]).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { index: 1, reason: ConflictReason::VersionMismatch { current: Some(3) }, .. }),
+        "{err}"
+    );
+    assert_eq!(s.read("Device", "twice").await.unwrap().unwrap().version, 2);
+    assert_eq!(s.find(&q("second")).await.unwrap(), vec!["twice"]);
+}
+
+async fn conditional_create_sees_earlier_writes(s: &DynStore) {
+    let body = serde_json::json!({"resourceType": "Location", "identifier": [{"system": "loc", "value": "L1"}]});
+    let criteria = Criteria {
+        resource_type: "Location".into(),
+        identifiers: vec![TokenMatch { system: Some("loc".into()), value: "L1".into() }],
+        ..Default::default()
+    };
+    // Within one transaction, a conditional create sees the earlier write.
+    let mut second = write("Location", "l2", 1, body.clone());
+    second.precondition = Precondition::NoneMatching(criteria.clone());
+    let err = s.commit(vec![write("Location", "l1", 1, body.clone()), second]).await.unwrap_err();
+    match err {
+        StoreError::Conflict { index, reason, .. } => {
+            assert_eq!(index, 1);
+            assert_eq!(reason, ConflictReason::Matches("l1".into()));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(s.read("Location", "l1").await.unwrap().is_none());
+    // Many concurrent conditional creates on the same identifier: exactly one wins.
+    let mut tasks = Vec::new();
+    for t in 0..24 {
+        let (s, body, criteria) = (s.clone(), body.clone(), criteria.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut w = write("Location", &format!("c{t}"), 1, body);
+            w.precondition = Precondition::NoneMatching(criteria);
+            s.commit(vec![w]).await
+        }));
+    }
+    let mut winners = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => winners += 1,
+            Err(StoreError::Conflict { reason: ConflictReason::Matches(_), .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(winners, 1);
+    let found = s.find(&criteria).await.unwrap();
+    assert_eq!(found.len(), 1);
+    // Once the match is deleted, a conditional create succeeds again.
+    let winner = s.read("Location", &found[0]).await.unwrap().unwrap();
+    s.commit(vec![deletion("Location", &found[0], winner.version + 1)]).await.unwrap();
+    let mut again = write("Location", "again", 1, body);
+    again.precondition = Precondition::NoneMatching(criteria.clone());
+    s.commit(vec![again]).await.unwrap();
+    assert_eq!(s.find(&criteria).await.unwrap(), vec!["again"]);
+}
+
+async fn identifiers_follow_updates_and_deletes(s: &DynStore) {
+    let q = |system: Option<&str>, value: &str| Criteria {
+        resource_type: "Patient".into(),
+        identifiers: vec![TokenMatch { system: system.map(String::from), value: value.into() }],
+        ..Default::default()
+    };
+    let both = |a: (&str, &str), b: (&str, &str)| Criteria {
+        resource_type: "Patient".into(),
+        identifiers: vec![
+            TokenMatch { system: Some(a.0.into()), value: a.1.into() },
+            TokenMatch { system: Some(b.0.into()), value: b.1.into() },
+        ],
+        ..Default::default()
+    };
+    let p = |ids: serde_json::Value| serde_json::json!({"resourceType": "Patient", "identifier": ids});
+    s.commit(vec![write("Patient", "i", 1, p(serde_json::json!([{"system": "mrn", "value": "1"}, {"system": "ssn", "value": "9"}])))])
+        .await
+        .unwrap();
+    s.commit(vec![write("Patient", "j", 1, p(serde_json::json!([{"system": "mrn", "value": "2"}, {"system": "ssn", "value": "9"}])))])
+        .await
+        .unwrap();
+    assert_eq!(s.find(&both(("mrn", "1"), ("ssn", "9"))).await.unwrap(), vec!["i"]);
+    assert!(s.find(&both(("mrn", "1"), ("ssn", "8"))).await.unwrap().is_empty());
+    // Keep one identifier, change the other, repeat one.
+    s.commit(vec![write(
+        "Patient",
+        "i",
+        2,
+        p(serde_json::json!([{"system": "mrn", "value": "1"}, {"system": "ssn", "value": "7"}, {"system": "mrn", "value": "1"}])),
+    )])
+    .await
+    .unwrap();
+    assert_eq!(s.find(&q(Some("mrn"), "1")).await.unwrap(), vec!["i"]);
+    assert_eq!(s.find(&q(None, "9")).await.unwrap(), vec!["j"]);
+    assert_eq!(s.find(&q(Some("ssn"), "7")).await.unwrap(), vec!["i"]);
+    // `_id` and identifiers together.
+    let by_id = Criteria { id: Some("j".into()), ..q(Some("ssn"), "9") };
+    assert_eq!(s.find(&by_id).await.unwrap(), vec!["j"]);
+    let wrong_id = Criteria { id: Some("i".into()), ..q(Some("ssn"), "9") };
+    assert!(s.find(&wrong_id).await.unwrap().is_empty());
+    // Deleting removes them; re-creating brings them back.
+    s.commit(vec![deletion("Patient", "i", 3)]).await.unwrap();
+    assert!(s.find(&q(Some("mrn"), "1")).await.unwrap().is_empty());
+    s.commit(vec![write("Patient", "i", 4, p(serde_json::json!([{"system": "mrn", "value": "1"}])))]).await.unwrap();
+    assert_eq!(s.find(&q(Some("mrn"), "1")).await.unwrap(), vec!["i"]);
+    // No criteria at all: every current resource of the type.
+    let mut all = s.find(&Criteria { resource_type: "Patient".into(), ..Default::default() }).await.unwrap();
+    all.sort();
+    assert_eq!(all, vec!["i", "j"]);
+}
+
+async fn vread_deleted_and_large_unicode_round_trip(s: &DynStore) {
+    // Ids, identifiers and content beyond ASCII, and a resource of more than 1 MB.
+    let id = "ünïcødé-😀-日本";
+    let text: String = (0..200_000).map(|i| format!("{:x}é", i * 7919 % 65_521)).collect();
+    assert!(text.len() > 1_000_000);
+    let body = serde_json::json!({
+        "resourceType": "DocumentReference",
+        "identifier": [{"system": "urn:sys|with|pipes", "value": "värde 値\t%|"}],
+        "description": text,
+        "subject": {"reference": "Patient/пациент"},
+    });
+    let w = write("DocumentReference", id, 1, body.clone());
+    let json = w.json.clone();
+    s.commit(vec![w]).await.unwrap();
+    let got = s.read("DocumentReference", id).await.unwrap().unwrap();
+    assert_eq!(got.json, json, "stored bytes come back exactly");
+    assert_eq!(got.compartment.as_deref(), Some("пациент"));
+    let found = s
+        .find(&Criteria {
+            resource_type: "DocumentReference".into(),
+            identifiers: vec![TokenMatch { system: Some("urn:sys|with|pipes".into()), value: "värde 値\t%|".into() }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(found, vec![id]);
+    // The deletion is itself a version that vread returns; the version before it stays.
+    s.commit(vec![deletion("DocumentReference", id, 2)]).await.unwrap();
+    let del = s.vread("DocumentReference", id, 2).await.unwrap().unwrap();
+    assert!(del.deleted);
+    assert!(del.json.is_empty());
+    assert_eq!(del.compartment, None);
+    assert_eq!(s.vread("DocumentReference", id, 1).await.unwrap().unwrap().json, json);
+    let hist = s
+        .history(&HistoryQuery { resource_type: Some("DocumentReference".into()), id: Some(id.into()), count: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(hist.iter().map(|v| (v.version, v.deleted)).collect::<Vec<_>>(), vec![(2, true), (1, false)]);
+}

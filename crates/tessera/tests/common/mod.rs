@@ -1,0 +1,160 @@
+//! Test harness: a real Tessera HTTP server on a loopback port, over a real SQLite file or
+//! the real PostgreSQL (when `TESSERA_TEST_DATABASE_URL` is set), and a small HTTP client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::sync::Arc;
+use tessera_engine::{Engine, EngineConfig};
+
+pub struct Server {
+    pub base: String,
+    pub engine: Engine,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().to_string())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Starts a server on `backend`, or `None` (with a note) when PostgreSQL is not configured.
+pub async fn start(backend: Backend) -> Option<Server> {
+    start_with(backend, EngineConfig::default()).await
+}
+
+pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<Server> {
+    let (store, dir): (tessera_store::DynStore, _) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            (Arc::new(tessera_store::sqlite::SqliteStore::open(dir.path()).unwrap()), Some(dir))
+        }
+        Backend::Postgres => {
+            let url = match std::env::var("TESSERA_TEST_DATABASE_URL") {
+                Ok(u) if !u.is_empty() => u,
+                _ => {
+                    eprintln!("TESSERA_TEST_DATABASE_URL is not set: PostgreSQL variant not run");
+                    return None;
+                }
+            };
+            (Arc::new(tessera_store::postgres::PostgresStore::connect_isolated(&url).await.unwrap()), None)
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}/fhir");
+    let engine = Engine::new(store, EngineConfig { base_url: base.clone(), ..config });
+    let router = tessera_http::router(engine.clone(), tessera_http::HttpConfig { max_body_bytes: 8 * 1024 * 1024 });
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tessera_http::serve(listener, router, async move {
+        let _ = rx.await;
+    }));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    Some(Server { base, engine, client, shutdown: Some(tx), _dir: dir })
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Server {
+    /// `path` is relative to the FHIR base (`Patient/1`) or absolute from the host (`/healthz`).
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+        let url = if path.starts_with('/') {
+            format!("{}{path}", self.base.trim_end_matches("/fhir"))
+        } else if path.is_empty() {
+            self.base.clone()
+        } else {
+            format!("{}/{path}", self.base)
+        };
+        let mut req = http::Request::builder().method(method).uri(url);
+        let mut has_ct = false;
+        for (k, v) in headers {
+            has_ct |= k.eq_ignore_ascii_case("content-type");
+            req = req.header(*k, *v);
+        }
+        if body.is_some() && !has_ct {
+            req = req.header("content-type", "application/fhir+json");
+        }
+        let req = req.body(Full::new(Bytes::copy_from_slice(body.unwrap_or(b"")))).unwrap();
+        let resp = self.client.request(req).await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, &[], None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Reply {
+        self.request("POST", path, &[], Some(&serde_json::to_vec(body).unwrap())).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Reply {
+        self.request("PUT", path, &[], Some(&serde_json::to_vec(body).unwrap())).await
+    }
+}
+
+/// Declares each async test fn once per backend: `mod sqlite { … }` and `mod postgres { … }`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(s) = $crate::common::start($crate::common::Backend::Sqlite).await { super::$name(&s).await; }
+            }
+        )* }
+        mod postgres { $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                if let Some(s) = $crate::common::start($crate::common::Backend::Postgres).await { super::$name(&s).await; }
+            }
+        )* }
+    };
+}
+
+/// The shared test data folder (`../shared/data` from the repository root).
+pub fn shared_data() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let candidates = [root.join("../shared/data"), root.join("shared/data")];
+    candidates.into_iter().find(|p| p.exists()).expect("../shared/data is present")
+}
+
+/// Reads a `.json` or `.json.bz2` file.
+pub fn read_json(path: &std::path::Path) -> Value {
+    let bytes = if path.extension().is_some_and(|e| e == "bz2") {
+        let out = std::process::Command::new("bzcat").arg(path).output().expect("bzcat");
+        out.stdout
+    } else {
+        std::fs::read(path).unwrap()
+    };
+    serde_json::from_slice(&bytes).unwrap()
+}
