@@ -1,12 +1,132 @@
-//! Load generators behind `tessera bench`.
+//! Load generators behind `tessera bench`, run against a live server over HTTP.
+//!
+//! * [`ingest`] posts FHIR Bundles (`.json`, `.json.gz`, `.json.bz2`; folders walked
+//!   recursively) to the FHIR base URL with `Prefer: return=minimal`. All files are read
+//!   and decompressed into memory **before** the clock starts, so the figure is the
+//!   server's. Bundles whose file name contains `hospital` or `practitioner` are sent
+//!   first, one at a time (the others reference what they create); the rest go out over
+//!   `clients` concurrent keep-alive clients (hyper's pooled client), each taking the next
+//!   unsent bundle. Throughput counts the entries of accepted bundles.
+//! * [`read`] discovers up to 1000 ids with a search, then runs `connections` tasks, each
+//!   owning one HTTP/1.1 keep-alive connection (no pool, no locks on the hot path), reading
+//!   `Type/id` round-robin until the time is up. Every successful request's latency is
+//!   kept, so percentiles are exact.
+//!
+//! The client side is kept lean because it usually shares the machine with the server.
+
+mod files;
+mod http;
+mod ingest;
+mod read;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub async fn ingest(_url: &str, _paths: &[PathBuf], _clients: usize) -> anyhow::Result<String> {
-    anyhow::bail!("not available in this build")
+/// The result of an ingest run.
+#[derive(Debug, Clone)]
+pub struct IngestReport {
+    pub clients: usize,
+    /// Bundles sent.
+    pub bundles: usize,
+    /// Resources (bundle entries) the server accepted.
+    pub resources: u64,
+    /// Wall time from the first request to the last response.
+    pub seconds: f64,
+    /// Bundles not answered `200 OK`.
+    pub failed_bundles: usize,
+    /// Failed entries inside batch bundles that were answered `200 OK`.
+    pub failed_entries: usize,
+    /// The first failure, with the server's OperationOutcome diagnostics.
+    pub first_failure: Option<String>,
+    /// The slowest bundle's round trip.
+    pub max_latency: Duration,
 }
 
-pub async fn read(_url: &str, _resource_type: &str, _connections: usize, _duration: Duration) -> anyhow::Result<String> {
-    anyhow::bail!("not available in this build")
+impl IngestReport {
+    pub fn resources_per_second(&self) -> f64 {
+        rate(self.resources, self.seconds)
+    }
+}
+
+impl std::fmt::Display for IngestReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "ingest: {} bundles, {} resources, {} clients", self.bundles, self.resources, self.clients)?;
+        writeln!(f, "  time:          {:.2} s", self.seconds)?;
+        writeln!(f, "  throughput:    {:.0} resources/s", self.resources_per_second())?;
+        writeln!(f, "  max latency:   {:.1} ms", ms(self.max_latency))?;
+        write!(f, "  failures:      {} bundles, {} batch entries", self.failed_bundles, self.failed_entries)?;
+        if let Some(first) = &self.first_failure {
+            write!(f, "\n  first failure: {first}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of a read run.
+#[derive(Debug, Clone)]
+pub struct ReadReport {
+    pub resource_type: String,
+    pub connections: usize,
+    /// Distinct ids read (round-robin).
+    pub ids: usize,
+    /// Successful (`200 OK`) reads.
+    pub requests: u64,
+    /// Failed reads and connection failures.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub seconds: f64,
+    pub p50: Duration,
+    pub p95: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl ReadReport {
+    pub fn requests_per_second(&self) -> f64 {
+        rate(self.requests, self.seconds)
+    }
+}
+
+impl std::fmt::Display for ReadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "read {}/[id] ({} ids), {} connections", self.resource_type, self.ids, self.connections)?;
+        writeln!(f, "  requests:    {} in {:.2} s", self.requests, self.seconds)?;
+        writeln!(f, "  throughput:  {:.0} req/s", self.requests_per_second())?;
+        writeln!(
+            f,
+            "  latency:     p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            ms(self.p50),
+            ms(self.p95),
+            ms(self.p99),
+            ms(self.max)
+        )?;
+        write!(f, "  errors:      {}", self.errors)?;
+        if let Some(first) = &self.first_error {
+            write!(f, " (first: {first})")?;
+        }
+        Ok(())
+    }
+}
+
+fn rate(count: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Posts the bundles in `paths` to the FHIR base `url` with `clients` concurrent clients.
+pub async fn ingest(url: &str, paths: &[PathBuf], clients: usize) -> anyhow::Result<IngestReport> {
+    ingest::ingest(url, paths, clients).await
+}
+
+/// Reads `resource_type` resources by id from the FHIR base `url` over `connections`
+/// keep-alive connections for `duration`.
+pub async fn read(url: &str, resource_type: &str, connections: usize, duration: Duration) -> anyhow::Result<ReadReport> {
+    read::read(url, resource_type, connections, duration).await
 }
