@@ -12,7 +12,7 @@
 use crate::criteria;
 use crate::prepare::{format_instant, new_id, prepare_delete, prepare_write};
 use crate::{Engine, FhirError, ReturnPreference, VersionedResource};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use tessera_fhir::IssueType;
 use tessera_store::{Precondition, StoreError, Write};
@@ -122,8 +122,8 @@ fn parse_etag(s: &str) -> Option<u64> {
     s.trim().trim_start_matches("W/").trim_matches('"').parse().ok()
 }
 
-fn entry_request(base: &str, entry: &Value, at: &str) -> Result<EntryRequest, FhirError> {
-    let request = entry.get("request").ok_or_else(|| FhirError::bad_request("entry has no request").at(format!("{at}.request")))?;
+fn entry_request(base: &str, request: Option<&Value>, at: &str) -> Result<EntryRequest, FhirError> {
+    let request = request.ok_or_else(|| FhirError::bad_request("entry has no request").at(format!("{at}.request")))?;
     let method = request
         .get("method")
         .and_then(Value::as_str)
@@ -188,88 +188,106 @@ enum Plan {
     Get(EntryRequest),
 }
 
+/// A bundle as received: the shell is parsed, each entry's resource stays raw JSON text
+/// until its turn, so a large bundle never exists as one big JSON tree in memory.
+#[derive(serde::Deserialize)]
+struct BundleIn<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(borrow, default)]
+    entry: Vec<EntryIn<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryIn<'a> {
+    #[serde(rename = "fullUrl")]
+    full_url: Option<String>,
+    #[serde(borrow)]
+    resource: Option<&'a serde_json::value::RawValue>,
+    request: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: Option<String>,
+}
+
+/// Parses a raw resource of an entry.
+fn parse_resource(raw: &serde_json::value::RawValue, at: &str) -> Result<Value, FhirError> {
+    serde_json::from_str(raw.get()).map_err(|e| FhirError::bad_request(format!("the resource is not valid JSON: {e}")).at(format!("{at}.resource")))
+}
+
 impl Engine {
-    /// Processes a `batch` or `transaction` Bundle and returns the response Bundle JSON.
+    /// Processes a `batch` or `transaction` Bundle given as a JSON value.
     pub async fn bundle(&self, body: Value, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
-        let Value::Object(mut bundle) = body else {
-            return Err(FhirError::bad_request("the body must be a Bundle resource"));
-        };
-        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
+        let bytes = serde_json::to_vec(&body).map_err(|e| FhirError::internal(format!("cannot serialise bundle: {e}")))?;
+        self.bundle_json(&bytes, prefer).await
+    }
+
+    /// Processes a `batch` or `transaction` Bundle given as JSON text and returns the
+    /// response Bundle JSON.
+    pub async fn bundle_json(&self, body: &[u8], prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+        let bundle: BundleIn<'_> = serde_json::from_slice(body).map_err(|e| {
+            let what = if e.to_string().contains("recursion limit") { "the JSON is nested too deeply".to_string() } else { format!("the body is not a valid Bundle: {e}") };
+            FhirError::new(400, IssueType::Structure, what).at(format!("line {}, column {}", e.line(), e.column()))
+        })?;
+        if bundle.resource_type.as_deref() != Some("Bundle") {
             return Err(FhirError::bad_request("only a Bundle can be posted to the base URL").at("resourceType"));
         }
-        let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("").to_string();
-        let entries = match bundle.remove("entry") {
-            None => Vec::new(),
-            Some(Value::Array(e)) => e,
-            Some(_) => return Err(FhirError::bad_request("Bundle.entry must be an array").at("Bundle.entry")),
-        };
-        match kind.as_str() {
-            "transaction" => self.transaction(entries, prefer).await,
-            "batch" => Ok(self.batch(entries, prefer).await),
+        match bundle.kind.as_deref().unwrap_or("") {
+            "transaction" => self.transaction(bundle.entry, prefer).await,
+            "batch" => Ok(self.batch(bundle.entry, prefer).await),
             other => Err(FhirError::bad_request(format!("a Bundle of type '{other}' cannot be processed; use batch or transaction")).at("Bundle.type")),
         }
     }
 
-    async fn transaction(&self, entries: Vec<Value>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+    async fn transaction(&self, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
         let base = self.config().base_url.clone();
-        // Parse and validate everything first: a transaction with any invalid entry stores nothing.
         let mut requests = Vec::with_capacity(entries.len());
-        let mut resources: Vec<Option<Map<String, Value>>> = Vec::with_capacity(entries.len());
+        let mut raws = Vec::with_capacity(entries.len());
         let mut full_urls = Vec::with_capacity(entries.len());
-        let mut issues = Vec::new();
-        for (i, mut entry) in entries.into_iter().enumerate() {
+        for (i, entry) in entries.into_iter().enumerate() {
             let at = format!("Bundle.entry[{i}]");
-            let req = entry_request(&base, &entry, &at)?;
-            full_urls.push(entry.get("fullUrl").and_then(Value::as_str).map(str::to_string));
-            let resource = match (req.method.as_str(), entry.get_mut("resource").map(Value::take)) {
-                ("POST" | "PUT", Some(r)) => match self.validated(&req.resource_type, r) {
-                    Ok(map) => Some(map),
-                    Err(e) => {
-                        issues.extend(e.within(&format!("{at}.resource")).issues);
-                        None
-                    }
-                },
-                ("POST" | "PUT", None) => return Err(FhirError::bad_request(format!("{} entry has no resource", req.method)).at(format!("{at}.resource"))),
-                ("DELETE" | "GET" | "HEAD", _) => None,
-                (m, _) => return Err(FhirError::bad_request(format!("method '{m}' is not supported in a transaction")).at(format!("{at}.request.method"))),
-            };
-            requests.push(req);
-            resources.push(resource);
-        }
-        if !issues.is_empty() {
-            return Err(FhirError::invalid(issues));
-        }
-
-        for _attempt in 0..RETRIES {
-            match self.try_transaction(&requests, &resources, &full_urls).await {
-                Ok((plans, writes)) => {
-                    let written: Vec<VersionedResource> = writes.iter().map(crate::rest::written).collect();
-                    match self.store().commit(writes).await {
-                        Ok(()) => return self.transaction_response(plans, written, prefer).await,
-                        Err(StoreError::Conflict { index, reason, .. }) => {
-                            if let Some(req) = user_precondition(&plans, &requests, index) {
-                                return Err(FhirError::precondition_failed(format!(
-                                    "{}/{}: {reason}",
-                                    req.resource_type,
-                                    req.id.as_deref().unwrap_or("")
-                                )));
-                            }
-                            continue; // lost a race: plan again against the new state
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+            let req = entry_request(&base, entry.request.as_ref(), &at)?;
+            match (req.method.as_str(), entry.resource) {
+                ("POST" | "PUT", None) => {
+                    return Err(FhirError::bad_request(format!("{} entry has no resource", req.method)).at(format!("{at}.resource")))
                 }
-                Err(e) => return Err(e),
+                ("POST" | "PUT" | "DELETE" | "GET" | "HEAD", _) => {}
+                (m, _) => return Err(FhirError::bad_request(format!("method '{m}' is not supported in a transaction")).at(format!("{at}.request.method"))),
+            }
+            full_urls.push(entry.full_url);
+            raws.push(if matches!(req.method.as_str(), "POST" | "PUT") { entry.resource } else { None });
+            requests.push(req);
+        }
+        for _attempt in 0..RETRIES {
+            let (plans, writes) = self.try_transaction(&requests, &raws, &full_urls).await?;
+            let written: Vec<VersionedResource> = match prefer {
+                Some(ReturnPreference::Representation) => writes.iter().map(crate::rest::written).collect(),
+                _ => writes.iter().map(crate::rest::written_head).collect(),
+            };
+            match self.store().commit(writes).await {
+                Ok(()) => return self.transaction_response(plans, written, prefer).await,
+                Err(StoreError::Conflict { index, reason, .. }) => {
+                    if let Some(req) = user_precondition(&plans, &requests, index) {
+                        return Err(FhirError::precondition_failed(format!("{}/{}: {reason}", req.resource_type, req.id.as_deref().unwrap_or(""))));
+                    }
+                    continue; // lost a race: plan again against the new state
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Err(FhirError::new(409, IssueType::Conflict, "the transaction kept conflicting with concurrent writes; try again"))
     }
 
-    /// Plans a transaction against the current state: ids, references, versions, preconditions.
+    /// Plans a transaction against the current state: ids, references, versions,
+    /// preconditions; parses, validates and serialises each resource in turn.
     async fn try_transaction(
         &self,
         requests: &[EntryRequest],
-        resources: &[Option<Map<String, Value>>],
+        raws: &[Option<&serde_json::value::RawValue>],
         full_urls: &[Option<String>],
     ) -> Result<(Vec<Plan>, Vec<Write>), FhirError> {
         let store = self.store();
@@ -306,8 +324,8 @@ impl Engine {
                         let criteria = criteria::parse(&req.resource_type, q).map_err(|e| e.at(format!("{at}.url")))?;
                         match store.find(&criteria).await?.as_slice() {
                             [] if req.method == "PUT" => {
-                                let body_id = resources[i].as_ref().and_then(|r| r.get("id")).and_then(Value::as_str);
-                                ids[i] = Some(body_id.map(str::to_string).unwrap_or_else(new_id));
+                                let body_id = raws[i].and_then(|r| serde_json::from_str::<IdOnly>(r.get()).ok()).and_then(|b| b.id);
+                                ids[i] = Some(body_id.unwrap_or_else(new_id));
                                 preconditions[i] = Precondition::NoneMatching(criteria);
                             }
                             [] => plans[i] = Some(Plan::Noop),
@@ -326,23 +344,40 @@ impl Engine {
         for (i, req) in requests.iter().enumerate() {
             let Some(id) = &ids[i] else { continue };
             if req.method != "GET" && !matches!(plans[i], Some(Plan::Existing { .. })) && !touched.insert((req.resource_type.clone(), id.clone())) {
-                return Err(FhirError::bad_request(format!("{}/{id} is changed by more than one entry", req.resource_type))
-                    .at(format!("Bundle.entry[{i}]")));
+                return Err(FhirError::bad_request(format!("{}/{id} is changed by more than one entry", req.resource_type)).at(format!("Bundle.entry[{i}]")));
             }
             if let Some(full) = &full_urls[i] {
                 resolved.insert(full.clone(), format!("{}/{id}", req.resource_type));
             }
         }
-        // 3. Rewrite references and prepare the writes.
+        // 3. Parse, validate, rewrite references and prepare the writes, one entry at a time.
         let mut conditional_cache: HashMap<String, String> = HashMap::new();
         let mut writes = Vec::new();
         let mut out_plans = Vec::with_capacity(requests.len());
+        let mut issues = Vec::new();
         for (i, req) in requests.iter().enumerate() {
             if let Some(plan) = plans[i].take() {
                 out_plans.push(plan);
                 continue;
             }
+            let at = format!("Bundle.entry[{i}]");
             let id = ids[i].clone().expect("every write has an id");
+            let map = match raws[i] {
+                Some(raw) => match parse_resource(raw, &at).and_then(|v| self.validated(&req.resource_type, v)) {
+                    Ok(map) => Some(map),
+                    Err(e) => {
+                        issues.extend(e.within(&format!("{at}.resource")).issues);
+                        out_plans.push(Plan::Noop);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if !issues.is_empty() {
+                // Already failing: only keep validating the remaining entries.
+                out_plans.push(Plan::Noop);
+                continue;
+            }
             let current = match req.method.as_str() {
                 "POST" => None,
                 _ => store.read(&req.resource_type, &id).await?,
@@ -354,7 +389,7 @@ impl Engine {
                         req.resource_type,
                         cur.as_ref().map(|c| c.version.to_string()).unwrap_or_else(|| "absent".into())
                     ))
-                    .at(format!("Bundle.entry[{i}].request.ifMatch")));
+                    .at(format!("{at}.request.ifMatch")));
                 }
             }
             let (version, precondition, status) = match &current {
@@ -376,14 +411,14 @@ impl Engine {
             }
             if req.method == "PUT" && current.is_none() && !self.config().update_create {
                 return Err(FhirError::method_not_allowed(format!("{}/{id} does not exist and this server does not create resources by update", req.resource_type))
-                    .at(format!("Bundle.entry[{i}].request")));
+                    .at(format!("{at}.request")));
             }
-            let mut value = Value::Object(resources[i].clone().expect("validated resource"));
+            let mut value = Value::Object(map.expect("POST and PUT carry a resource"));
             if req.method == "PUT" {
                 if let (Some(url_id), Some(body_id)) = (&req.id, value.get("id").and_then(Value::as_str)) {
                     if url_id != body_id {
                         return Err(FhirError::bad_request(format!("resource id '{body_id}' does not match the request url id '{url_id}'"))
-                            .at(format!("Bundle.entry[{i}].resource.id")));
+                            .at(format!("{at}.resource.id")));
                     }
                 }
             }
@@ -391,6 +426,9 @@ impl Engine {
             let Value::Object(map) = value else { unreachable!() };
             writes.push(prepare_write(map, &id, version, precondition)?);
             out_plans.push(Plan::Write { write: writes.len() - 1, status });
+        }
+        if !issues.is_empty() {
+            return Err(FhirError::invalid(issues));
         }
         Ok((out_plans, writes))
     }
@@ -487,14 +525,17 @@ impl Engine {
         }
     }
 
-    async fn batch(&self, entries: Vec<Value>, prefer: Option<ReturnPreference>) -> Vec<u8> {
+    async fn batch(&self, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Vec<u8> {
         let base = self.config().base_url.clone();
-        let futures = entries.into_iter().enumerate().map(|(i, mut entry)| {
+        let futures = entries.into_iter().enumerate().map(|(i, entry)| {
             let base = base.clone();
             async move {
                 let at = format!("Bundle.entry[{i}]");
-                let req = entry_request(&base, &entry, &at)?;
-                let resource = entry.get_mut("resource").map(Value::take);
+                let req = entry_request(&base, entry.request.as_ref(), &at)?;
+                let resource = match entry.resource {
+                    Some(raw) => Some(parse_resource(raw, &at)?),
+                    None => None,
+                };
                 self.batch_entry(req, resource, i).await.map_err(|e| e.within_entry(i))
             }
         });

@@ -143,6 +143,6 @@ pub struct WriteOutcome {
 #[allow(dead_code)]
 fn assert_futures_are_send(e: &Engine) {
     fn is_send<T: Send>(_: T) {}
-    is_send(e.bundle(serde_json::Value::Null, None));
+    is_send(e.bundle_json(b"", None));
     is_send(e.search_identifiers("", ""));
 }

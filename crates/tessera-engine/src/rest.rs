@@ -275,6 +275,18 @@ pub(crate) fn written(w: &tessera_store::Write) -> VersionedResource {
     }
 }
 
+/// Like [`written`] without the resource body (for responses that do not carry it).
+pub(crate) fn written_head(w: &tessera_store::Write) -> VersionedResource {
+    VersionedResource {
+        resource_type: w.resource_type.clone(),
+        id: w.id.clone(),
+        version: w.version,
+        last_updated_micros: w.last_updated_micros,
+        deleted: w.deleted,
+        json: Vec::new(),
+    }
+}
+
 fn stale(resource_type: &str, id: &str, expected: u64, current: Option<u64>) -> FhirError {
     match current {
         Some(c) => FhirError::precondition_failed(format!(

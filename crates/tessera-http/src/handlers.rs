@@ -350,8 +350,14 @@ pub async fn instance_history(
 pub async fn bundle(State(state): State<AppState>, RawQuery(q): RawQuery, req: Request) -> Response {
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
-    let body = try_or_respond!(json_body(&state, req, BodyKind::Json).await);
-    match state.engine.bundle(body, prefer_return(&headers)).await {
+    if try_or_respond!(negotiate::request_body(&headers).map_err(error)) != BodyKind::Json {
+        return error(FhirError::new(415, IssueType::NotSupported, "send the Bundle as application/fhir+json"));
+    }
+    let body = try_or_respond!(read_limited(req.into_body(), state.config.max_body_bytes).await);
+    if body.is_empty() {
+        return error(FhirError::bad_request("the request has no body"));
+    }
+    match state.engine.bundle_json(&body, prefer_return(&headers)).await {
         Ok(b) => fhir(StatusCode::OK, b),
         Err(e) => error(e),
     }

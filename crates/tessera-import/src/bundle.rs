@@ -1,5 +1,6 @@
 //! Loading one Bundle file: a transaction commits atomically, a batch entry by entry.
 
+use crate::commit;
 use crate::files::Source;
 use crate::response::{entry_results, error_messages};
 use crate::{FileOutcome, ImportError};
@@ -10,34 +11,59 @@ use tessera_engine::{Engine, ReturnPreference};
 
 pub async fn load(engine: &Engine, source: &Source, progress: &ProgressBar) -> FileOutcome {
     let error = |entry: Option<usize>, message: String| ImportError { file: source.path.clone(), entry, message };
-    let read = {
-        let source = source.clone();
-        tokio::task::spawn_blocking(move || read_bundle(&source)).await
+    let mut bundle = match read(source).await {
+        Ok(bundle) => bundle,
+        Err(message) => return FileOutcome::failed(vec![error(None, message)]),
     };
-    let bundle = match read {
-        Ok(Ok(bundle)) => bundle,
-        Ok(Err(message)) => return FileOutcome::failed(vec![error(None, message)]),
-        Err(e) => return FileOutcome::failed(vec![error(None, format!("reading the file failed: {e}"))]),
-    };
-    match engine.bundle(bundle, Some(ReturnPreference::Minimal)).await {
-        Ok(response) => match entry_results(&response) {
-            Ok(results) => {
-                let mut outcome = FileOutcome { complete: true, ..FileOutcome::default() };
-                for (i, result) in results.into_iter().enumerate() {
-                    match result {
-                        Ok(()) => outcome.resources += 1,
-                        Err(message) => outcome.errors.push(error(Some(i), message)),
-                    }
+    let results = if bundle.get("type").and_then(Value::as_str) == Some("batch") {
+        let entries = match bundle.get_mut("entry").map(Value::take) {
+            None => Vec::new(),
+            Some(Value::Array(entries)) => entries,
+            Some(_) => return FileOutcome::failed(vec![error(None, "Bundle.entry must be an array".into())]),
+        };
+        commit::batch(engine, entries).await
+    } else {
+        let mut attempt = 0;
+        loop {
+            match engine.bundle(bundle, Some(ReturnPreference::Minimal)).await {
+                Ok(response) => match entry_results(&response) {
+                    Ok(results) => break results.into_iter().map(|r| r.map_err(|(_, message)| message)).collect(),
+                    Err(message) => return FileOutcome::failed(vec![error(None, message)]),
+                },
+                // Nothing of the transaction was stored: try again, or report it. The file
+                // is then not complete, so a later run tries it again as well.
+                Err(e) if commit::is_transient(e.status) && attempt + 1 < commit::ATTEMPTS => {
+                    tracing::warn!(file = %source.path.display(), error = %e, "transaction failed on the server side; retrying");
+                    commit::pause(attempt).await;
+                    attempt += 1;
+                    bundle = match read(source).await {
+                        Ok(bundle) => bundle,
+                        Err(message) => return FileOutcome::failed(vec![error(None, message)]),
+                    };
                 }
-                progress.inc(outcome.resources);
-                outcome
+                Err(e) => {
+                    return FileOutcome::failed(error_messages(&e).into_iter().map(|(entry, message)| error(entry, message)).collect())
+                }
             }
-            Err(message) => FileOutcome::failed(vec![error(None, message)]),
-        },
-        // The whole bundle was refused (a transaction stores nothing): not complete, so a
-        // later run tries it again.
-        Err(e) => FileOutcome::failed(error_messages(&e).into_iter().map(|(entry, message)| error(entry, message)).collect()),
+        }
+    };
+    let mut outcome = FileOutcome { complete: true, ..FileOutcome::default() };
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(()) => outcome.resources += 1,
+            Err(message) => outcome.errors.push(error(Some(i), message)),
+        }
     }
+    progress.inc(outcome.resources);
+    outcome
+}
+
+/// Reads, decompresses and parses the file off the async workers.
+async fn read(source: &Source) -> Result<Value, String> {
+    let source = source.clone();
+    tokio::task::spawn_blocking(move || read_bundle(&source))
+        .await
+        .unwrap_or_else(|e| Err(format!("reading the file failed: {e}")))
 }
 
 /// Reads, decompresses and parses the file; it must hold a Bundle.

@@ -17,6 +17,8 @@
 //!   (Synthea's shared organisations and practitioners, which patient bundles reference
 //!   conditionally) load first, one at a time; then the other files, sorted by path,
 //!   up to [`Options::concurrency`] at a time.
+//! * Failures on the server side (5xx: nothing was stored) are retried a few times before
+//!   they are reported; client errors (4xx) are reported at once.
 //! * Errors are collected, never fatal to other files: each names its file and, when
 //!   known, the Bundle entry index or NDJSON line number.
 //! * Resumable: a file that was read to its end (all entries attempted) is recorded in the
@@ -26,6 +28,7 @@
 //!   recorded after each batch, and an interrupted file resumes after it.
 
 mod bundle;
+mod commit;
 mod files;
 mod ndjson;
 mod response;
@@ -230,8 +233,11 @@ fn progress_bar(files: usize) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new_spinner().with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {human_pos} resources ({per_sec}) {msg}")
-            .expect("valid progress template"),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {human_pos} resources ({rate} resources/s) {msg}")
+            .expect("valid progress template")
+            .with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}", state.per_sec());
+            }),
     );
     bar.set_message(format!("0/{files} files"));
     bar.enable_steady_tick(Duration::from_millis(200));

@@ -2,20 +2,21 @@
 //!
 //! A resource with an id is written with `PUT Type/id` (idempotent: loading a line twice
 //! leaves one resource), one without with `POST Type`. Lines travel in batches of
-//! [`BATCH_LINES`] so the store commits their writes together. A blocking thread reads,
+//! [`BATCH_LINES`] so the store commits their writes together; entries that fail on the
+//! server side (5xx) are retried (see `commit`). A blocking thread reads,
 //! decompresses and parses the next batch while the engine commits the current one.
 //!
 //! After each batch the number of the last line it held is recorded in the store meta; an
 //! interrupted import resumes after that line. Errors on the lines before it were reported
 //! by the earlier run and are not repeated.
 
+use crate::commit;
 use crate::files::{self, Source};
-use crate::response::{entry_results, error_messages};
 use crate::{FileOutcome, ImportError};
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use tessera_engine::{Engine, ReturnPreference};
+use tessera_engine::Engine;
 use tokio::sync::mpsc;
 
 /// Lines per batch Bundle.
@@ -82,30 +83,17 @@ pub async fn load(engine: &Engine, source: &Source, identity: &str, progress: &P
     outcome
 }
 
-/// Sends one batch Bundle and reports each failed entry by its line number. Returns the
-/// number of resources stored.
+/// Commits one batch of lines and reports each failed entry by its line number. Returns
+/// the number of resources stored.
 async fn commit(engine: &Engine, entries: Vec<Value>, numbers: &[usize], failed: &mut impl FnMut(usize, String)) -> u64 {
     if entries.is_empty() {
         return 0;
     }
-    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
     let mut stored = 0;
-    match engine.bundle(batch, Some(ReturnPreference::Minimal)).await {
-        Ok(response) => match entry_results(&response) {
-            Ok(results) => {
-                for (number, result) in numbers.iter().zip(results) {
-                    match result {
-                        Ok(()) => stored += 1,
-                        Err(message) => failed(*number, message),
-                    }
-                }
-            }
-            Err(message) => numbers.iter().for_each(|n| failed(*n, message.clone())),
-        },
-        // The engine refused the batch as a whole (not expected of a well-formed batch).
-        Err(e) => {
-            let message = error_messages(&e).into_iter().map(|(_, m)| m).collect::<Vec<_>>().join("; ");
-            numbers.iter().for_each(|n| failed(*n, message.clone()));
+    for (number, result) in numbers.iter().zip(commit::batch(engine, entries).await) {
+        match result {
+            Ok(()) => stored += 1,
+            Err(message) => failed(*number, message),
         }
     }
     stored

@@ -8,9 +8,12 @@ pub fn status_code(status: &str) -> Option<u16> {
     status.split_whitespace().next()?.parse().ok()
 }
 
-/// The outcome of each entry of a batch- or transaction-response Bundle, in entry order:
-/// `Ok(())` for a 2xx status, otherwise the error message.
-pub fn entry_results(response: &[u8]) -> Result<Vec<Result<(), String>>, String> {
+/// The result of one response entry: `Ok(())` for a 2xx status, otherwise the status
+/// code (0 if unreadable) and the error message.
+pub type EntryResult = Result<(), (u16, String)>;
+
+/// The result of each entry of a batch- or transaction-response Bundle, in entry order.
+pub fn entry_results(response: &[u8]) -> Result<Vec<EntryResult>, String> {
     let bundle: Value = serde_json::from_slice(response).map_err(|e| format!("the engine returned an unreadable response bundle: {e}"))?;
     let entries = bundle.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     Ok(entries
@@ -23,10 +26,11 @@ pub fn entry_results(response: &[u8]) -> Result<Vec<Result<(), String>>, String>
                 _ => {
                     let outcome = response.and_then(|r| r.get("outcome"));
                     let details = outcome.map(outcome_message).filter(|m| !m.is_empty());
-                    Err(match details {
+                    let message = match details {
                         Some(d) => format!("{status}: {d}"),
                         None => format!("response status '{status}'"),
-                    })
+                    };
+                    Err((status_code(status).unwrap_or(0), message))
                 }
             }
         })
@@ -91,7 +95,7 @@ mod tests {
         let results = entry_results(response).unwrap();
         assert_eq!(results.len(), 3);
         assert!(results[0].is_ok() && results[2].is_ok());
-        assert_eq!(results[1].as_ref().unwrap_err(), "400 Bad Request: bad date (at Bundle.entry[1].resource.birthDate)");
+        assert_eq!(results[1].as_ref().unwrap_err(), &(400, "400 Bad Request: bad date (at Bundle.entry[1].resource.birthDate)".to_string()));
     }
 
     #[test]

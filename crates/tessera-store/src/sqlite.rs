@@ -76,10 +76,12 @@ impl SqliteStore {
         let conn = Connection::open(&path).map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; \
-             PRAGMA wal_autocheckpoint=4000; PRAGMA cache_size=-65536;",
+             PRAGMA wal_autocheckpoint=4000; PRAGMA cache_size=-16384;",
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        // Meta writes use their own connection; the writer waits for them rather than failing.
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
         let metrics = Arc::new(StoreMetrics::default());
         let (tx, rx) = mpsc::channel::<Job>();
         let m = metrics.clone();
@@ -111,7 +113,7 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )
                 .map_err(db)?;
-                c.execute_batch("PRAGMA cache_size=-16384;").map_err(db)?;
+                c.execute_batch("PRAGMA cache_size=-4096;").map_err(db)?;
                 c
             }
         };

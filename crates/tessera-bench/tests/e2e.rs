@@ -1,0 +1,55 @@
+//! Both benchmarks against an in-process server on a real SQLite store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_engine::{Engine, EngineConfig};
+
+const SYNTHEA: &str = "/work/shared/data/synthea";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_then_read_against_a_live_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tessera_store::sqlite::SqliteStore::open(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}/fhir");
+    let engine = Engine::new(Arc::new(store), EngineConfig { base_url: url.clone(), ..EngineConfig::default() });
+    let router = tessera_http::router(engine.clone(), tessera_http::HttpConfig::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tessera_http::serve(listener, router, async {
+        let _ = stopped.await;
+    }));
+
+    // Hospital, practitioners and three patients; the patients are named first and must
+    // still be sent after the bundles they reference.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(SYNTHEA).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let (mut prerequisites, mut patients): (Vec<_>, Vec<_>) =
+        files.into_iter().filter(|p| p.to_string_lossy().ends_with(".json.bz2")).partition(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.contains("hospital") || name.contains("practitioner")
+        });
+    patients.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    patients.truncate(3);
+    patients.append(&mut prerequisites);
+
+    let report = tessera_bench::ingest(&url, &patients, 2).await.unwrap();
+    assert_eq!(report.bundles, 5, "{report}");
+    assert_eq!((report.failed_bundles, report.failed_entries), (0, 0), "{report}");
+    let stored = engine.store().stats().await.unwrap().current_resources;
+    assert_eq!(report.resources, stored, "{report}");
+    assert!(report.resources_per_second() > 0.0 && report.to_string().contains("resources/s"));
+
+    let report = tessera_bench::read(&url, "Patient", 2, Duration::from_millis(500)).await.unwrap();
+    assert_eq!(report.ids, 3, "{report}");
+    assert_eq!(report.errors, 0, "{report}");
+    assert!(report.requests > 0, "{report}");
+    assert!(report.p50 <= report.p99 && report.p99 <= report.max, "{report}");
+
+    let missing = tessera_bench::read(&url, "Medication", 1, Duration::from_millis(100)).await;
+    assert!(missing.is_err());
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
