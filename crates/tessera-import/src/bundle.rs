@@ -11,11 +11,16 @@ use tessera_engine::{Engine, ReturnPreference};
 
 pub async fn load(engine: &Engine, source: &Source, progress: &ProgressBar) -> FileOutcome {
     let error = |entry: Option<usize>, message: String| ImportError { file: source.path.clone(), entry, message };
-    let mut bundle = match read(source).await {
-        Ok(bundle) => bundle,
+    let (bytes, kind) = match read(source).await {
+        Ok(read) => read,
         Err(message) => return FileOutcome::failed(vec![error(None, message)]),
     };
-    let results = if bundle.get("type").and_then(Value::as_str) == Some("batch") {
+    let results = if kind == "batch" {
+        let mut bundle: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => return FileOutcome::failed(vec![error(None, format!("not valid JSON: {e}"))]),
+        };
+        drop(bytes);
         let entries = match bundle.get_mut("entry").map(Value::take) {
             None => Vec::new(),
             Some(Value::Array(entries)) => entries,
@@ -25,7 +30,8 @@ pub async fn load(engine: &Engine, source: &Source, progress: &ProgressBar) -> F
     } else {
         let mut attempt = 0;
         loop {
-            match engine.bundle(bundle, Some(ReturnPreference::Minimal)).await {
+            // The engine parses the transaction entry by entry from the text itself.
+            match engine.bundle_json(&bytes, Some(ReturnPreference::Minimal)).await {
                 Ok(response) => match entry_results(&response) {
                     Ok(results) => break results.into_iter().map(|r| r.map_err(|(_, message)| message)).collect(),
                     Err(message) => return FileOutcome::failed(vec![error(None, message)]),
@@ -36,10 +42,6 @@ pub async fn load(engine: &Engine, source: &Source, progress: &ProgressBar) -> F
                     tracing::warn!(file = %source.path.display(), error = %e, "transaction failed on the server side; retrying");
                     commit::pause(attempt).await;
                     attempt += 1;
-                    bundle = match read(source).await {
-                        Ok(bundle) => bundle,
-                        Err(message) => return FileOutcome::failed(vec![error(None, message)]),
-                    };
                 }
                 Err(e) => {
                     return FileOutcome::failed(error_messages(&e).into_iter().map(|(entry, message)| error(entry, message)).collect())
@@ -58,24 +60,33 @@ pub async fn load(engine: &Engine, source: &Source, progress: &ProgressBar) -> F
     outcome
 }
 
-/// Reads, decompresses and parses the file off the async workers.
-async fn read(source: &Source) -> Result<Value, String> {
+/// Reads and decompresses the file off the async workers; returns its text and its
+/// `Bundle.type`.
+async fn read(source: &Source) -> Result<(Vec<u8>, String), String> {
     let source = source.clone();
     tokio::task::spawn_blocking(move || read_bundle(&source))
         .await
         .unwrap_or_else(|e| Err(format!("reading the file failed: {e}")))
 }
 
-/// Reads, decompresses and parses the file; it must hold a Bundle.
-fn read_bundle(source: &Source) -> Result<Value, String> {
+/// Reads and decompresses the file; it must hold a Bundle.
+fn read_bundle(source: &Source) -> Result<(Vec<u8>, String), String> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "resourceType")]
+        resource_type: Option<String>,
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
     let mut bytes = Vec::new();
     source
         .open()
         .and_then(|mut r| r.read_to_end(&mut bytes))
         .map_err(|e| format!("cannot read the file: {e}"))?;
-    let value: Value = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
-    match value.get("resourceType").and_then(Value::as_str) {
-        Some("Bundle") => Ok(value),
+    // Only the head is decoded here (the rest is skipped without building values).
+    let head: Head = serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+    match head.resource_type.as_deref() {
+        Some("Bundle") => Ok((bytes, head.kind.unwrap_or_default())),
         Some(other) => Err(format!("expected a Bundle, found a {other}")),
         None => Err("expected a Bundle: the JSON has no resourceType".into()),
     }

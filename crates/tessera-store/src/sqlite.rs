@@ -363,7 +363,9 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, metrics: &StoreMet
 /// Applies every job in one database transaction, each inside a savepoint. Returns each
 /// job's outcome, or an error if the database transaction itself failed (nothing stored).
 fn apply_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Result<()>>> {
-    let txn = conn.transaction()?;
+    // IMMEDIATE: take the write lock up front, so the busy timeout applies (a deferred
+    // transaction upgrading from read to write would fail at once if another connection wrote).
+    let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(jobs.len());
     for (writes, _) in jobs {
         let sp = txn.unchecked_transaction_savepoint()?;
