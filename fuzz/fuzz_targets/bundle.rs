@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let f = fixture();
     f.runtime.block_on(async {
         let before = f.engine.store().stats().await.unwrap().versions;
-        if let Err(_) = f.engine.bundle_json(data, None).await {
+        if f.engine.bundle_json(&tessera_engine::Access::system("tessera"), data, None).await.is_err() {
             let is_transaction = std::str::from_utf8(data).map(|s| s.contains("\"transaction\"")).unwrap_or(false);
             if is_transaction {
                 assert_eq!(f.engine.store().stats().await.unwrap().versions, before, "a refused transaction stored something");

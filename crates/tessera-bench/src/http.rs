@@ -4,7 +4,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
-use hyper::Uri;
+use hyper::header::HeaderValue;
+use hyper::{StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -31,6 +32,32 @@ impl Base {
         let uri = format!("http://{authority}{}", if path.is_empty() { "/" } else { &path }).parse()?;
         Ok(Base { authority, path, uri })
     }
+}
+
+/// The `Authorization: Bearer …` header value for an access token.
+pub fn bearer(token: &str) -> anyhow::Result<HeaderValue> {
+    let token = token.trim();
+    let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+    anyhow::ensure!(!token.is_empty(), "no access token given; get one with `tessera token --system --data-dir DIR`");
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| anyhow::anyhow!("the access token contains characters not allowed in an HTTP header"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Whether the server refused the request's credentials (401) or their rights (403).
+pub fn is_refusal(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+}
+
+/// The error for a 401/403 answer, with the server's OperationOutcome diagnostics.
+pub fn refusal(status: StatusCode, request: &str, body: &[u8]) -> anyhow::Error {
+    let hint = if status == StatusCode::UNAUTHORIZED {
+        "the access token was not accepted; get one with `tessera token --system --data-dir DIR`"
+    } else {
+        "the access token does not allow this"
+    };
+    anyhow::anyhow!("{hint}: {request}: HTTP {status}: {}", diagnostics(body))
 }
 
 /// Opens one HTTP/1.1 keep-alive connection (no pool) and drives it on a background task.
@@ -75,5 +102,18 @@ mod tests {
         let body = br#"{"resourceType":"OperationOutcome","issue":[{"diagnostics":"a"},{"diagnostics":"b"}]}"#;
         assert_eq!(diagnostics(body), "a; b");
         assert_eq!(diagnostics(b"plain"), "plain");
+    }
+
+    #[test]
+    fn builds_bearer_headers_and_refusals() {
+        assert_eq!(bearer(" abc.def ").unwrap(), "Bearer abc.def");
+        assert_eq!(bearer("Bearer abc").unwrap(), "Bearer abc");
+        assert!(bearer(" ").is_err());
+        assert!(bearer("a\nb").is_err());
+        assert!(is_refusal(StatusCode::UNAUTHORIZED) && is_refusal(StatusCode::FORBIDDEN) && !is_refusal(StatusCode::NOT_FOUND));
+        let body = br#"{"resourceType":"OperationOutcome","issue":[{"diagnostics":"the access token is not valid: expired"}]}"#;
+        let message = refusal(StatusCode::UNAUTHORIZED, "POST /fhir", body).to_string();
+        assert!(message.contains("HTTP 401 Unauthorized: the access token is not valid: expired"), "{message}");
+        assert!(message.contains("tessera token --system"), "{message}");
     }
 }

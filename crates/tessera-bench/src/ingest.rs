@@ -1,20 +1,28 @@
 //! `tessera bench ingest`: POST bundles with concurrent keep-alive clients.
 
 use crate::files::{self, LoadedBundle};
-use crate::http::{diagnostics, Base, FHIR_JSON};
+use crate::http::{bearer, diagnostics, is_refusal, refusal, Base, FHIR_JSON};
 use crate::IngestReport;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{ACCEPT, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// What every client shares: where and how to send, and whether the server has refused
+/// the token (401/403) — the first refusal's message stops the run.
+struct Target {
+    uri: Uri,
+    authorization: HeaderValue,
+    refused: OnceLock<String>,
+}
 
 /// Running totals of one client (merged at the end).
 #[derive(Debug, Default)]
@@ -43,9 +51,11 @@ impl Totals {
         }
     }
 
-    /// Sends one bundle and accounts for the answer.
-    async fn send(&mut self, client: &HttpClient, uri: &Uri, bundle: &LoadedBundle) {
-        let request = Request::post(uri.clone())
+    /// Sends one bundle and accounts for the answer. A 401/403 is not counted: it is
+    /// recorded in `target.refused`, which ends the run.
+    async fn send(&mut self, client: &HttpClient, target: &Target, bundle: &LoadedBundle) {
+        let request = Request::post(target.uri.clone())
+            .header(AUTHORIZATION, target.authorization.clone())
             .header(CONTENT_TYPE, FHIR_JSON)
             .header(ACCEPT, FHIR_JSON)
             .header("prefer", "return=minimal")
@@ -59,6 +69,12 @@ impl Totals {
             anyhow::Ok((status, body))
         }
         .await;
+        if let Ok((status, body)) = &answer {
+            if is_refusal(*status) {
+                let _ = target.refused.set(refusal(*status, &format!("POST {} ({})", target.uri, bundle.name), body).to_string());
+                return;
+            }
+        }
         self.max_latency = self.max_latency.max(started.elapsed());
         self.bundles += 1;
         match answer {
@@ -104,8 +120,9 @@ fn failed_entries(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
-pub async fn ingest(url: &str, paths: &[PathBuf], clients: usize) -> anyhow::Result<IngestReport> {
+pub async fn ingest(url: &str, token: &str, paths: &[PathBuf], clients: usize) -> anyhow::Result<IngestReport> {
     let base = Base::parse(url)?;
+    let target = Arc::new(Target { uri: base.uri.clone(), authorization: bearer(token)?, refused: OnceLock::new() });
     let clients = clients.max(1);
     let files = files::discover(paths)?;
     anyhow::ensure!(!files.is_empty(), "no bundle files (.json, .json.gz, .json.bz2) found");
@@ -119,16 +136,20 @@ pub async fn ingest(url: &str, paths: &[PathBuf], clients: usize) -> anyhow::Res
     let started = Instant::now();
     let mut totals = Totals::default();
     for bundle in &first {
-        totals.send(&client, &base.uri, bundle).await;
+        if target.refused.get().is_some() {
+            break;
+        }
+        totals.send(&client, &target, bundle).await;
     }
     let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..clients)
         .map(|_| {
-            let (client, uri, rest, next) = (client.clone(), base.uri.clone(), rest.clone(), next.clone());
+            let (client, target, rest, next) = (client.clone(), target.clone(), rest.clone(), next.clone());
             tokio::spawn(async move {
                 let mut totals = Totals::default();
-                while let Some(bundle) = rest.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    totals.send(&client, &uri, bundle).await;
+                while target.refused.get().is_none() {
+                    let Some(bundle) = rest.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                    totals.send(&client, &target, bundle).await;
                 }
                 totals
             })
@@ -136,6 +157,9 @@ pub async fn ingest(url: &str, paths: &[PathBuf], clients: usize) -> anyhow::Res
         .collect();
     for worker in workers {
         totals.merge(worker.await?);
+    }
+    if let Some(message) = target.refused.get() {
+        anyhow::bail!("{message}");
     }
     Ok(IngestReport {
         clients,

@@ -12,6 +12,10 @@
 //!   `Type/id` round-robin until the time is up. Every successful request's latency is
 //!   kept, so percentiles are exact.
 //!
+//! Both send `Authorization: Bearer <token>` (get a token with `tessera token --system`);
+//! a 401 or 403 answer ends the run with the server's OperationOutcome diagnostics rather
+//! than being counted as an ordinary failure.
+//!
 //! The client side is kept lean because it usually shares the machine with the server.
 
 mod files;
@@ -120,13 +124,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Posts the bundles in `paths` to the FHIR base `url` with `clients` concurrent clients.
-pub async fn ingest(url: &str, paths: &[PathBuf], clients: usize) -> anyhow::Result<IngestReport> {
-    ingest::ingest(url, paths, clients).await
+/// Posts the bundles in `paths` to the FHIR base `url` with `clients` concurrent clients,
+/// authenticating with the access `token` (`Authorization: Bearer …`). Fails, with the
+/// server's diagnostics, as soon as the server refuses the token (401/403).
+pub async fn ingest(url: &str, token: &str, paths: &[PathBuf], clients: usize) -> anyhow::Result<IngestReport> {
+    ingest::ingest(url, token, paths, clients).await
 }
 
 /// Reads `resource_type` resources by id from the FHIR base `url` over `connections`
-/// keep-alive connections for `duration`.
-pub async fn read(url: &str, resource_type: &str, connections: usize, duration: Duration) -> anyhow::Result<ReadReport> {
-    read::read(url, resource_type, connections, duration).await
+/// keep-alive connections for `duration`, authenticating with the access `token`. Fails,
+/// with the server's diagnostics, as soon as the server refuses the token (401/403).
+pub async fn read(url: &str, token: &str, resource_type: &str, connections: usize, duration: Duration) -> anyhow::Result<ReadReport> {
+    read::read(url, token, resource_type, connections, duration).await
 }

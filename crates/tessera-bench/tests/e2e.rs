@@ -14,8 +14,17 @@ async fn ingest_then_read_against_a_live_server() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}/fhir");
-    let engine = Engine::new(Arc::new(store), EngineConfig { base_url: url.clone(), ..EngineConfig::default() });
-    let router = tessera_http::router(engine.clone(), tessera_http::HttpConfig::default());
+    let mut config = EngineConfig::default();
+    config.base_url = url.clone();
+    let engine = Engine::new(Arc::new(store), config);
+    let auth = tessera_auth::Authenticator::new(&tessera_auth::Authenticator::generate_secret());
+    let token = auth.issue_system_token("system", "tessera", "system/*.*", tessera_auth::now(), 60);
+    // Signed with another key: the server must refuse it.
+    let foreign = tessera_auth::Authenticator::new(&tessera_auth::Authenticator::generate_secret());
+    let forged = foreign.issue_system_token("system", "tessera", "system/*.*", tessera_auth::now(), 60);
+    // Valid, but allowed to read Observations only.
+    let narrow = auth.issue_system_token("system", "tessera", "system/Observation.read", tessera_auth::now(), 60);
+    let router = tessera_http::router(engine.clone(), tessera_http::HttpConfig::new(Arc::new(auth)));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tessera_http::serve(listener, router, async {
         let _ = stopped.await;
@@ -34,21 +43,31 @@ async fn ingest_then_read_against_a_live_server() {
     patients.truncate(3);
     patients.append(&mut prerequisites);
 
-    let report = tessera_bench::ingest(&url, &patients, 2).await.unwrap();
+    // A refused token ends the run with the server's diagnostics, and nothing is stored.
+    let refused = tessera_bench::ingest(&url, &forged, &patients, 2).await.unwrap_err().to_string();
+    assert!(refused.contains("HTTP 401") && refused.contains("the access token is not valid"), "{refused}");
+    assert_eq!(engine.store().stats().await.unwrap().current_resources, 0);
+
+    let report = tessera_bench::ingest(&url, &token, &patients, 2).await.unwrap();
     assert_eq!(report.bundles, 5, "{report}");
     assert_eq!((report.failed_bundles, report.failed_entries), (0, 0), "{report}");
     let stored = engine.store().stats().await.unwrap().current_resources;
     assert_eq!(report.resources, stored, "{report}");
     assert!(report.resources_per_second() > 0.0 && report.to_string().contains("resources/s"));
 
-    let report = tessera_bench::read(&url, "Patient", 2, Duration::from_millis(500)).await.unwrap();
+    let report = tessera_bench::read(&url, &token, "Patient", 2, Duration::from_millis(500)).await.unwrap();
     assert_eq!(report.ids, 3, "{report}");
     assert_eq!(report.errors, 0, "{report}");
     assert!(report.requests > 0, "{report}");
     assert!(report.p50 <= report.p99 && report.p99 <= report.max, "{report}");
 
-    let missing = tessera_bench::read(&url, "Medication", 1, Duration::from_millis(100)).await;
+    let missing = tessera_bench::read(&url, &token, "Medication", 1, Duration::from_millis(100)).await;
     assert!(missing.is_err());
+
+    let refused = tessera_bench::read(&url, &forged, "Patient", 1, Duration::from_millis(100)).await.unwrap_err().to_string();
+    assert!(refused.contains("HTTP 401") && refused.contains("the access token is not valid"), "{refused}");
+    let forbidden = tessera_bench::read(&url, &narrow, "Patient", 1, Duration::from_millis(100)).await.unwrap_err().to_string();
+    assert!(forbidden.contains("HTTP 403") && forbidden.contains("do not allow"), "{forbidden}");
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();

@@ -9,7 +9,10 @@
 //! A **batch** runs each entry on its own (concurrently, so their writes share group
 //! commits); one entry's failure is reported in its response entry.
 
+use crate::access::Access;
 use crate::criteria;
+use crate::guard::Gate;
+use tessera_policy::Action;
 use crate::prepare::{format_instant, new_id, prepare_delete, prepare_write};
 use crate::{Engine, FhirError, ReturnPreference, VersionedResource};
 use serde_json::{json, Value};
@@ -221,14 +224,14 @@ fn parse_resource(raw: &serde_json::value::RawValue, at: &str) -> Result<Value, 
 
 impl Engine {
     /// Processes a `batch` or `transaction` Bundle given as a JSON value.
-    pub async fn bundle(&self, body: Value, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+    pub async fn bundle(&self, access: &Access, body: Value, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
         let bytes = serde_json::to_vec(&body).map_err(|e| FhirError::internal(format!("cannot serialise bundle: {e}")))?;
-        self.bundle_json(&bytes, prefer).await
+        self.bundle_json(access, &bytes, prefer).await
     }
 
     /// Processes a `batch` or `transaction` Bundle given as JSON text and returns the
     /// response Bundle JSON.
-    pub async fn bundle_json(&self, body: &[u8], prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+    pub async fn bundle_json(&self, access: &Access, body: &[u8], prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
         let bundle: BundleIn<'_> = serde_json::from_slice(body).map_err(|e| {
             let what = if e.to_string().contains("recursion limit") { "the JSON is nested too deeply".to_string() } else { format!("the body is not a valid Bundle: {e}") };
             FhirError::new(400, IssueType::Structure, what).at(format!("line {}, column {}", e.line(), e.column()))
@@ -237,13 +240,13 @@ impl Engine {
             return Err(FhirError::bad_request("only a Bundle can be posted to the base URL").at("resourceType"));
         }
         match bundle.kind.as_deref().unwrap_or("") {
-            "transaction" => self.transaction(bundle.entry, prefer).await,
-            "batch" => Ok(self.batch(bundle.entry, prefer).await),
+            "transaction" => self.transaction(access, bundle.entry, prefer).await,
+            "batch" => Ok(self.batch(access, bundle.entry, prefer).await),
             other => Err(FhirError::bad_request(format!("a Bundle of type '{other}' cannot be processed; use batch or transaction")).at("Bundle.type")),
         }
     }
 
-    async fn transaction(&self, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+    async fn transaction(&self, access: &Access, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
         let base = self.config().base_url.clone();
         let mut requests = Vec::with_capacity(entries.len());
         let mut raws = Vec::with_capacity(entries.len());
@@ -262,14 +265,15 @@ impl Engine {
             raws.push(if matches!(req.method.as_str(), "POST" | "PUT") { entry.resource } else { None });
             requests.push(req);
         }
+        let mut gate = self.gate(access);
         for _attempt in 0..RETRIES {
-            let (plans, writes) = self.try_transaction(&requests, &raws, &full_urls).await?;
+            let (plans, writes) = self.try_transaction(&mut gate, &requests, &raws, &full_urls).await?;
             let written: Vec<VersionedResource> = match prefer {
                 Some(ReturnPreference::Representation) => writes.iter().map(crate::rest::written).collect(),
                 _ => writes.iter().map(crate::rest::written_head).collect(),
             };
-            match self.store().commit(writes).await {
-                Ok(()) => return self.transaction_response(plans, written, prefer).await,
+            match self.commit_gated(&mut gate, writes).await {
+                Ok(()) => return self.transaction_response(&mut gate, plans, written, prefer).await,
                 Err(StoreError::Conflict { index, reason, .. }) => {
                     if let Some(req) = user_precondition(&plans, &requests, index) {
                         return Err(FhirError::precondition_failed(format!("{}/{}: {reason}", req.resource_type, req.id.as_deref().unwrap_or(""))));
@@ -286,6 +290,7 @@ impl Engine {
     /// preconditions; parses, validates and serialises each resource in turn.
     async fn try_transaction(
         &self,
+        gate: &mut Gate<'_>,
         requests: &[EntryRequest],
         raws: &[Option<&serde_json::value::RawValue>],
         full_urls: &[Option<String>],
@@ -301,7 +306,7 @@ impl Engine {
                 "POST" => match &req.if_none_exist {
                     Some(q) => {
                         let criteria = criteria::parse(&req.resource_type, q).map_err(|e| e.at(format!("{at}.ifNoneExist")))?;
-                        match store.find(&criteria).await?.as_slice() {
+                        match self.visible_matches(gate, &criteria).await?.as_slice() {
                             [] => {
                                 ids[i] = Some(new_id());
                                 preconditions[i] = Precondition::NoneMatching(criteria);
@@ -322,7 +327,7 @@ impl Engine {
                     (Some(id), _) => ids[i] = Some(id.clone()),
                     (None, Some(q)) => {
                         let criteria = criteria::parse(&req.resource_type, q).map_err(|e| e.at(format!("{at}.url")))?;
-                        match store.find(&criteria).await?.as_slice() {
+                        match self.visible_matches(gate, &criteria).await?.as_slice() {
                             [] if req.method == "PUT" => {
                                 let body_id = raws[i].and_then(|r| serde_json::from_str::<IdOnly>(r.get()).ok()).and_then(|b| b.id);
                                 ids[i] = Some(body_id.unwrap_or_else(new_id));
@@ -355,6 +360,8 @@ impl Engine {
         let mut writes = Vec::new();
         let mut out_plans = Vec::with_capacity(requests.len());
         let mut issues = Vec::new();
+        let mut entities = Vec::new();
+        let mut patients: Vec<String> = Vec::new();
         for (i, req) in requests.iter().enumerate() {
             if let Some(plan) = plans[i].take() {
                 out_plans.push(plan);
@@ -402,7 +409,10 @@ impl Engine {
             if req.method == "DELETE" {
                 match &current {
                     Some(c) if !c.deleted => {
-                        writes.push(prepare_delete(&req.resource_type, &id, version, precondition));
+                        gate.authorize_write(Action::Delete, &req.resource_type, &id, Some(c), None).await.map_err(|e| e.at(format!("{at}")))?;
+                        let w = prepare_delete(&req.resource_type, &id, version, precondition, c);
+                        entities.push(format!("{}/{}/_history/{}", w.resource_type, w.id, w.version));
+                        writes.push(w);
                         out_plans.push(Plan::Write { write: writes.len() - 1, status: 204 });
                     }
                     _ => out_plans.push(Plan::Noop),
@@ -422,14 +432,25 @@ impl Engine {
                     }
                 }
             }
-            self.resolve_references(&mut value, &resolved, &mut conditional_cache, i).await?;
+            self.resolve_references(gate, &mut value, &resolved, &mut conditional_cache, i).await?;
+            let action = if current.as_ref().is_some_and(|c| !c.deleted) { Action::Write } else { Action::Create };
+            gate.authorize_write(action, &req.resource_type, &id, current.as_ref(), Some(&value)).await.map_err(|e| e.at(format!("{at}")))?;
             let Value::Object(map) = value else { unreachable!() };
-            writes.push(prepare_write(map, &id, version, precondition)?);
+            let w = prepare_write(map, &id, version, precondition, &Self::stamp(gate, &req.resource_type, current.as_ref()))?;
+            entities.push(format!("{}/{}/_history/{}", w.resource_type, w.id, w.version));
+            if let Some(p) = if w.resource_type == "Patient" { Some(&w.id) } else { w.compartment.as_ref() } {
+                if !patients.contains(p) {
+                    patients.push(p.clone());
+                }
+            }
+            writes.push(w);
             out_plans.push(Plan::Write { write: writes.len() - 1, status });
         }
         if !issues.is_empty() {
             return Err(FhirError::invalid(issues));
         }
+        gate.take_audit(); // a previous attempt's record
+        gate.record("transaction", true, &entities, patients, false, None);
         Ok((out_plans, writes))
     }
 
@@ -437,6 +458,7 @@ impl Engine {
     /// conditional references (`Type?criteria`), which must match exactly one resource.
     async fn resolve_references(
         &self,
+        gate: &mut Gate<'_>,
         value: &mut Value,
         resolved: &HashMap<String, String>,
         cache: &mut HashMap<String, String>,
@@ -468,7 +490,7 @@ impl Engine {
             }
             let (ty, query) = criteria::split_conditional_reference(&r).expect("checked above");
             let criteria = criteria::parse(ty, query).map_err(|e| e.at(format!("Bundle.entry[{entry}].resource")))?;
-            let ids = self.store().find(&criteria).await?;
+            let ids = self.visible_matches(gate, &criteria).await?;
             match ids.as_slice() {
                 [id] => {
                     cache.insert(r.clone(), format!("{ty}/{id}"));
@@ -488,7 +510,8 @@ impl Engine {
         Ok(())
     }
 
-    async fn transaction_response(&self, plans: Vec<Plan>, written: Vec<VersionedResource>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+    async fn transaction_response(&self, gate: &mut Gate<'_>, plans: Vec<Plan>, written: Vec<VersionedResource>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+        let access = gate.access().clone();
         let mut out = BundleWriter::new("transaction-response", None, &[]);
         let base = &self.config().base_url;
         for plan in plans {
@@ -500,13 +523,13 @@ impl Engine {
                     out.entry(full_url.as_deref(), body, &[("response", response_member(r, status))]);
                 }
                 Plan::Existing { resource_type, id } => {
-                    let r = self.read(&resource_type, &id).await?;
+                    let r = self.read(&access, &resource_type, &id).await?;
                     let body = (prefer == Some(ReturnPreference::Representation)).then_some(r.json.as_slice());
                     out.entry(Some(&format!("{base}/{resource_type}/{id}")), body, &[("response", response_member(&r, 200))]);
                 }
                 Plan::Noop => out.entry(None, None, &[("response", json!({"status": status_line(204)}))]),
                 Plan::Get(req) => {
-                    let (status, body) = match self.get_entry(&req).await {
+                    let (status, body) = match self.get_entry(&access, &req).await {
                         Ok(json) => (200, json),
                         Err(e) => (e.status, serde_json::to_vec(&e.outcome()).expect("outcome serialises")),
                     };
@@ -517,15 +540,15 @@ impl Engine {
         Ok(out.finish())
     }
 
-    async fn get_entry(&self, req: &EntryRequest) -> Result<Vec<u8>, FhirError> {
+    async fn get_entry(&self, access: &Access, req: &EntryRequest) -> Result<Vec<u8>, FhirError> {
         match (&req.id, &req.version) {
-            (Some(id), Some(v)) => Ok(self.vread(&req.resource_type, id, v).await?.json),
-            (Some(id), None) => Ok(self.read(&req.resource_type, id).await?.json),
-            (None, _) => self.search_identifiers(&req.resource_type, req.query.as_deref().unwrap_or("")).await,
+            (Some(id), Some(v)) => Ok(self.vread(access, &req.resource_type, id, v).await?.json),
+            (Some(id), None) => Ok(self.read(access, &req.resource_type, id).await?.json),
+            (None, _) => self.search_identifiers(access, &req.resource_type, req.query.as_deref().unwrap_or("")).await,
         }
     }
 
-    async fn batch(&self, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Vec<u8> {
+    async fn batch(&self, access: &Access, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Vec<u8> {
         let base = self.config().base_url.clone();
         let futures = entries.into_iter().enumerate().map(|(i, entry)| {
             let base = base.clone();
@@ -536,7 +559,7 @@ impl Engine {
                     Some(raw) => Some(parse_resource(raw, &at)?),
                     None => None,
                 };
-                self.batch_entry(req, resource, i).await.map_err(|e| e.within_entry(i))
+                self.batch_entry(access, req, resource, i).await.map_err(|e| e.within_entry(i))
             }
         });
         let results = futures::future::join_all(futures).await;
@@ -555,35 +578,35 @@ impl Engine {
         out.finish()
     }
 
-    async fn batch_entry(&self, req: EntryRequest, resource: Option<Value>, i: usize) -> Result<(u16, Option<VersionedResource>), FhirError> {
+    async fn batch_entry(&self, access: &Access, req: EntryRequest, resource: Option<Value>, i: usize) -> Result<(u16, Option<VersionedResource>), FhirError> {
         let need = |r: Option<Value>| r.ok_or_else(|| FhirError::bad_request(format!("{} entry has no resource", req.method)).at(format!("Bundle.entry[{i}].resource")));
         match req.method.as_str() {
             "POST" => {
                 let mut value = need(resource)?;
-                self.resolve_references(&mut value, &HashMap::new(), &mut HashMap::new(), i).await?;
-                let w = self.create(&req.resource_type, value, req.if_none_exist.as_deref()).await?;
+                self.resolve_references(&mut self.gate(access), &mut value, &HashMap::new(), &mut HashMap::new(), i).await?;
+                let w = self.create(access, &req.resource_type, value, req.if_none_exist.as_deref()).await?;
                 Ok((w.status, Some(w.resource)))
             }
             "PUT" => {
                 let mut value = need(resource)?;
-                self.resolve_references(&mut value, &HashMap::new(), &mut HashMap::new(), i).await?;
+                self.resolve_references(&mut self.gate(access), &mut value, &HashMap::new(), &mut HashMap::new(), i).await?;
                 let w = match (&req.id, &req.query) {
-                    (Some(id), _) => self.update(&req.resource_type, id, value, req.if_match).await?,
-                    (None, Some(q)) => self.conditional_update(&req.resource_type, q, value, req.if_match).await?,
+                    (Some(id), _) => self.update(access, &req.resource_type, id, value, req.if_match).await?,
+                    (None, Some(q)) => self.conditional_update(access, &req.resource_type, q, value, req.if_match).await?,
                     (None, None) => return Err(FhirError::bad_request("PUT needs an id or criteria")),
                 };
                 Ok((w.status, Some(w.resource)))
             }
             "DELETE" => {
                 let r = match (&req.id, &req.query) {
-                    (Some(id), _) => self.delete(&req.resource_type, id, req.if_match).await?,
-                    (None, Some(q)) => self.conditional_delete(&req.resource_type, q).await?,
+                    (Some(id), _) => self.delete(access, &req.resource_type, id, req.if_match).await?,
+                    (None, Some(q)) => self.conditional_delete(access, &req.resource_type, q).await?,
                     (None, None) => return Err(FhirError::bad_request("DELETE needs an id or criteria")),
                 };
                 Ok((204, r))
             }
             "GET" | "HEAD" => {
-                let json = self.get_entry(&req).await?;
+                let json = self.get_entry(access, &req).await?;
                 let (ty, id) = (req.resource_type.clone(), req.id.clone().unwrap_or_default());
                 Ok((200, Some(VersionedResource { resource_type: ty, id, version: 0, last_updated_micros: 0, deleted: false, json })))
             }

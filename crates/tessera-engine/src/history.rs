@@ -1,7 +1,10 @@
 //! History (instance, type, system) and the identifier search the engine supports before
 //! full search exists.
 
+use crate::access::Access;
 use crate::bundle::BundleWriter;
+use crate::guard::Visibility;
+use tessera_auth::ScopeOp;
 use crate::prepare::{format_instant, parse_instant};
 use crate::{criteria, Engine, FhirError};
 use serde_json::json;
@@ -35,30 +38,72 @@ impl HistoryParams {
 
 impl Engine {
     /// `GET [[type]/[id]]/_history` — a `history` Bundle, newest first, with `next` links.
-    pub async fn history(&self, resource_type: Option<&str>, id: Option<&str>, params: &HistoryParams) -> Result<Vec<u8>, FhirError> {
+    /// Only versions the subject may see are listed; `total` is given only when nothing
+    /// was withheld from this subject's view (a count must not reveal hidden versions).
+    pub async fn history(&self, access: &Access, resource_type: Option<&str>, id: Option<&str>, params: &HistoryParams) -> Result<Vec<u8>, FhirError> {
         if let Some(t) = resource_type {
             self.check_type(t)?;
+            access.require_scope(t, ScopeOp::Read)?;
         }
         let since_micros = match &params.since {
             Some(s) => Some(parse_instant(s).ok_or_else(|| FhirError::bad_request(format!("_since '{s}' is not a valid instant")))?),
             None => None,
         };
         let count = params.count.unwrap_or(self.config().default_page_size).min(self.config().max_page_size);
-        let query = HistoryQuery {
+        let mut gate = self.gate(access);
+        let mut query = HistoryQuery {
             resource_type: resource_type.map(str::to_string),
             id: id.map(str::to_string),
             since_micros,
             before_seq: params.cursor,
             count: count + 1,
         };
-        let mut versions = self.store().history(&query).await?;
+        // Fill the page with visible versions, reading further pages of the store as needed.
+        let mut versions = Vec::with_capacity(count + 1);
+        let mut withheld = false;
+        let mut exhausted;
+        for _round in 0..16 {
+            let batch = self.store().history(&query).await?;
+            exhausted = batch.len() < query.count;
+            let last_seq = batch.last().map(|v| v.seq);
+            for v in batch {
+                let allowed = access.scopes.allows(&v.resource_type, ScopeOp::Read) && gate.visibility(&v).await? == Visibility::Visible;
+                if allowed {
+                    versions.push(v);
+                } else {
+                    withheld = true;
+                }
+                if versions.len() > count {
+                    break;
+                }
+            }
+            if versions.len() > count || exhausted {
+                break;
+            }
+            query.before_seq = last_seq;
+        }
         if let (Some(t), Some(i)) = (resource_type, id) {
-            if versions.is_empty() && params.cursor.is_none() && self.store().read(t, i).await?.is_none() {
-                return Err(FhirError::not_found(t, i));
+            if versions.is_empty() && params.cursor.is_none() {
+                // Unknown and hidden look the same.
+                let known = self.store().read(t, i).await?.is_some();
+                if !known || withheld {
+                    gate.record_access("history-instance", false, &[format!("{t}/{i}")], Vec::new(), None);
+                    gate.finish().await?;
+                    return Err(FhirError::not_found(t, i));
+                }
             }
         }
-        let total = self.store().history_count(&query).await?;
         let has_next = versions.len() > count;
+        // A count must not reveal versions this subject may not see: systems (which see
+        // everything) get the store's count; users only when the whole result is on this page.
+        let full_view = !self.config().enforce() || access.kind == crate::access::AccessKind::System;
+        let total = if full_view {
+            Some(self.store().history_count(&HistoryQuery { before_seq: None, ..query.clone() }).await?)
+        } else if !withheld && !has_next && params.cursor.is_none() {
+            Some(versions.len() as u64)
+        } else {
+            None
+        };
         versions.truncate(count);
         let base = &self.config().base_url;
         let path = match (resource_type, id) {
@@ -83,8 +128,16 @@ impl Engine {
                 links.push(("next", format!("{path}?{common}&_cursor={}", last.seq)));
             }
         }
-        let mut out = BundleWriter::new("history", Some(total), &links);
+        let mut out = BundleWriter::new("history", total, &links);
+        let mut patients = Vec::new();
+        let mut entities = Vec::new();
         for v in &versions {
+            for p in crate::rest::patients_of(v) {
+                if !patients.contains(&p) {
+                    patients.push(p);
+                }
+            }
+            entities.push(format!("{}/{}/_history/{}", v.resource_type, v.id, v.version));
             let full_url = format!("{base}/{}/{}", v.resource_type, v.id);
             let (method, url, status) = if v.deleted {
                 ("DELETE", format!("{}/{}", v.resource_type, v.id), "204 No Content")
@@ -98,38 +151,74 @@ impl Engine {
                 (!v.deleted).then_some(v.json.as_slice()),
                 &[
                     ("request", json!({"method": method, "url": url})),
-                    (
-                        "response",
-                        json!({"status": status, "etag": format!("W/\"{}\"", v.version), "lastModified": format_instant(v.last_updated_micros)}),
-                    ),
+                    ("response", json!({"status": status, "etag": format!("W/\"{}\"", v.version), "lastModified": format_instant(v.last_updated_micros)})),
                 ],
             );
         }
+        let interaction = match (resource_type, id) {
+            (Some(_), Some(_)) => "history-instance",
+            (Some(_), None) => "history-type",
+            _ => "history-system",
+        };
+        gate.record_access(interaction, true, &entities, patients, None);
+        gate.finish().await?;
         Ok(out.finish())
     }
 
     /// `GET [type]?identifier=…&_id=…` — the search the engine supports on its own
-    /// (conditional operations need it); a `searchset` Bundle.
-    pub async fn search_identifiers(&self, resource_type: &str, query: &str) -> Result<Vec<u8>, FhirError> {
+    /// (conditional operations need it); a `searchset` Bundle of what the subject may see.
+    /// `total` counts visible matches only.
+    pub async fn search_identifiers(&self, access: &Access, resource_type: &str, query: &str) -> Result<Vec<u8>, FhirError> {
         self.check_type(resource_type)?;
+        access.require_scope(resource_type, ScopeOp::Search)?;
         let (count, criteria_query) = split_paging(query, self.config().default_page_size, self.config().max_page_size)?;
-        let mut ids = if criteria_query.is_empty() {
-            self.store().find(&tessera_store::Criteria { resource_type: resource_type.to_string(), ..Default::default() }).await?
+        let criteria = if criteria_query.is_empty() {
+            tessera_store::Criteria { resource_type: resource_type.to_string(), ..Default::default() }
         } else {
-            self.store().find(&criteria::parse(resource_type, &criteria_query)?).await?
+            criteria::parse(resource_type, &criteria_query)?
         };
+        let mut ids = self.store().find(&criteria).await?;
         ids.sort();
-        let total = ids.len() as u64;
-        let base = &self.config().base_url;
-        let self_link = if query.is_empty() { format!("{base}/{resource_type}") } else { format!("{base}/{resource_type}?{query}") };
-        let mut out = BundleWriter::new("searchset", Some(total), &[("self", self_link)]);
-        for id in ids.iter().take(count) {
+        let mut gate = self.gate(access);
+        let mut visible = Vec::new();
+        let mut behind_glass = 0usize;
+        for id in &ids {
             if let Some(s) = self.store().read(resource_type, id).await? {
-                if !s.deleted {
-                    out.entry(Some(&format!("{base}/{resource_type}/{id}")), Some(&s.json), &[("search", json!({"mode": "match"}))]);
+                if s.deleted {
+                    continue;
+                }
+                match gate.visibility(&s).await? {
+                    Visibility::Visible => visible.push(s),
+                    Visibility::BehindGlass => behind_glass += 1,
+                    Visibility::Hidden => {}
                 }
             }
         }
+        let base = &self.config().base_url;
+        let self_link = if query.is_empty() { format!("{base}/{resource_type}") } else { format!("{base}/{resource_type}?{query}") };
+        let mut out = BundleWriter::new("searchset", Some(visible.len() as u64), &[("self", self_link)]);
+        let mut patients = Vec::new();
+        let mut entities = Vec::new();
+        for s in visible.iter().take(count) {
+            for p in crate::rest::patients_of(s) {
+                if !patients.contains(&p) {
+                    patients.push(p);
+                }
+            }
+            entities.push(format!("{resource_type}/{}", s.id));
+            out.entry(Some(&format!("{base}/{resource_type}/{}", s.id)), Some(&s.json), &[("search", json!({"mode": "match"}))]);
+        }
+        if behind_glass > 0 {
+            let oo = tessera_fhir::outcome::operation_outcome(&[tessera_fhir::Issue {
+                severity: tessera_fhir::IssueSeverity::Information,
+                code: tessera_fhir::IssueType::Suppressed,
+                diagnostics: "more results exist but are protected: break the glass for the patient to view them".into(),
+                expression: Vec::new(),
+            }]);
+            out.entry(None, Some(&serde_json::to_vec(&oo).expect("outcome serialises")), &[("search", json!({"mode": "outcome"}))]);
+        }
+        gate.record_access("search-type", true, &entities, patients, Some(query));
+        gate.finish().await?;
         Ok(out.finish())
     }
 }

@@ -14,17 +14,28 @@
 //! * [`capability`] — the CapabilityStatement.
 //! * [`prepare`] — turning a validated resource into a stored version.
 
+pub mod access;
+pub mod audit;
 pub mod bundle;
 pub mod capability;
 pub mod criteria;
+pub mod domain;
 pub mod error;
+pub mod facts;
+pub mod guard;
 pub mod history;
 pub mod prepare;
+pub mod privacy;
 pub mod rest;
 
+pub use access::{Access, AccessKind};
 pub use error::FhirError;
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use tessera_domain::Domain;
+
+/// The id of the domain's built-in system account (full `system/*.*` rights).
+pub const SYSTEM_ACCOUNT: &str = "system";
 use tessera_fhir::validation::Limits;
 use tessera_store::DynStore;
 
@@ -41,6 +52,23 @@ pub struct EngineConfig {
     pub max_page_size: usize,
     /// Page size when `_count` is not given.
     pub default_page_size: usize,
+    /// Access policy and read audit are enforced. Only a build with the
+    /// `bench-unenforced` feature can turn this off (see [`EngineConfig::unenforced`]).
+    enforce: bool,
+}
+
+impl EngineConfig {
+    pub fn enforce(&self) -> bool {
+        self.enforce
+    }
+
+    /// The same configuration with enforcement and read audit off — for measuring their
+    /// cost only. Production builds do not have this.
+    #[cfg(feature = "bench-unenforced")]
+    pub fn unenforced(mut self) -> Self {
+        self.enforce = false;
+        self
+    }
 }
 
 impl Default for EngineConfig {
@@ -51,6 +79,7 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             max_page_size: 1000,
             default_page_size: 50,
+            enforce: true,
         }
     }
 }
@@ -73,11 +102,23 @@ pub struct Engine {
 struct Inner {
     store: DynStore,
     config: EngineConfig,
+    domain: RwLock<Arc<Domain>>,
 }
 
 impl Engine {
+    /// An engine over `store`, starting with the bootstrap domain; call
+    /// [`Engine::load_domain`] to use the domain stored in the database.
     pub fn new(store: DynStore, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { store, config }) }
+        Engine { inner: Arc::new(Inner { store, config, domain: RwLock::new(Arc::new(Domain::bootstrap())) }) }
+    }
+
+    /// The current domain configuration.
+    pub fn domain(&self) -> Arc<Domain> {
+        self.inner.domain.read().expect("domain lock").clone()
+    }
+
+    fn set_domain(&self, domain: Domain) {
+        *self.inner.domain.write().expect("domain lock") = Arc::new(domain);
     }
 
     pub fn store(&self) -> &DynStore {
@@ -143,6 +184,7 @@ pub struct WriteOutcome {
 #[allow(dead_code)]
 fn assert_futures_are_send(e: &Engine) {
     fn is_send<T: Send>(_: T) {}
-    is_send(e.bundle_json(b"", None));
-    is_send(e.search_identifiers("", ""));
+    let a = Access::system("x");
+    is_send(e.bundle_json(&a, b"", None));
+    is_send(e.search_identifiers(&a, "", ""));
 }

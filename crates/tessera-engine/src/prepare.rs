@@ -48,11 +48,42 @@ pub fn identifiers(resource: &Value) -> Vec<(String, String)> {
 
 /// Sets `id` and `meta.versionId`/`meta.lastUpdated`, keeping `resourceType`, `id` and
 /// `meta` first, and builds the write.
+/// Who writes a version: recorded in the store's owner column and as `meta.tag` codings
+/// under Tessera's systems (client-supplied codings of those systems are discarded).
+#[derive(Debug, Clone, Default)]
+pub struct Stamp {
+    /// Owning organisation id (none for the Patient, which is domain-wide).
+    pub owner: Option<String>,
+    /// The writing user or system id.
+    pub author: Option<String>,
+}
+
+fn stamp_tags(meta: &mut Map<String, Value>, stamp: &Stamp) {
+    let mut tags: Vec<Value> = match meta.remove("tag") {
+        Some(Value::Array(t)) => t,
+        _ => Vec::new(),
+    };
+    tags.retain(|t| {
+        let system = t.get("system").and_then(Value::as_str);
+        system != Some(crate::guard::OWNER_SYSTEM) && system != Some(crate::guard::AUTHOR_SYSTEM)
+    });
+    if let Some(owner) = &stamp.owner {
+        tags.push(serde_json::json!({"system": crate::guard::OWNER_SYSTEM, "code": owner}));
+    }
+    if let Some(author) = &stamp.author {
+        tags.push(serde_json::json!({"system": crate::guard::AUTHOR_SYSTEM, "code": author}));
+    }
+    if !tags.is_empty() {
+        meta.insert("tag".into(), Value::Array(tags));
+    }
+}
+
 pub fn prepare_write(
     mut resource: Map<String, Value>,
     id: &str,
     version: u64,
     precondition: Precondition,
+    stamp: &Stamp,
 ) -> Result<Write, FhirError> {
     let now = tessera_store::now_micros();
     let resource_type = match resource.remove("resourceType") {
@@ -66,6 +97,7 @@ pub fn prepare_write(
     };
     meta.remove("versionId");
     meta.remove("lastUpdated");
+    stamp_tags(&mut meta, stamp);
     let mut new_meta = Map::with_capacity(meta.len() + 2);
     new_meta.insert("versionId".into(), Value::String(version.to_string()));
     new_meta.insert("lastUpdated".into(), Value::String(format_instant(now)));
@@ -80,6 +112,7 @@ pub fn prepare_write(
 
     let compartment = tessera_fhir::compartment::patient_compartments(&value).into_iter().next();
     let identifiers = identifiers(&value);
+    let links = crate::facts::care_links(&value);
     let json = serde_json::to_vec(&value).map_err(|e| FhirError::internal(format!("cannot serialise resource: {e}")))?;
     Ok(Write {
         resource_type,
@@ -88,26 +121,29 @@ pub fn prepare_write(
         last_updated_micros: now,
         deleted: false,
         compartment,
-        owner: None,
+        owner: stamp.owner.clone(),
         json,
         identifiers,
         precondition,
+        links,
     })
 }
 
 /// A deletion version.
-pub fn prepare_delete(resource_type: &str, id: &str, version: u64, precondition: Precondition) -> Write {
+pub fn prepare_delete(resource_type: &str, id: &str, version: u64, precondition: Precondition, current: &tessera_store::Stored) -> Write {
     Write {
         resource_type: resource_type.to_string(),
         id: id.to_string(),
         version,
         last_updated_micros: tessera_store::now_micros(),
         deleted: true,
-        compartment: None,
-        owner: None,
+        // A deletion keeps the owner and compartment: who may see that it happened.
+        compartment: current.compartment.clone(),
+        owner: current.owner.clone(),
         json: Vec::new(),
         identifiers: Vec::new(),
         precondition,
+        links: Vec::new(),
     }
 }
 
@@ -134,10 +170,19 @@ mod tests {
     fn meta_is_set_and_first() {
         let r = serde_json::json!({"name": [{"family": "X"}], "resourceType": "Patient", "id": "old",
             "meta": {"versionId": "9", "tag": [{"code": "t"}]}});
-        let w = prepare_write(r.as_object().unwrap().clone(), "p1", 3, Precondition::None).unwrap();
+        let stamp = Stamp { owner: None, author: Some("u1".into()) };
+        let w = prepare_write(r.as_object().unwrap().clone(), "p1", 3, Precondition::None, &stamp).unwrap();
         let text = String::from_utf8(w.json).unwrap();
         assert!(text.starts_with(r#"{"resourceType":"Patient","id":"p1","meta":{"versionId":"3","lastUpdated":"#), "{text}");
-        assert!(text.contains(r#""tag":[{"code":"t"}]"#));
+        // The client's tag is kept; the author is recorded under Tessera's system; a forged
+        // owner coding is dropped.
+        assert!(text.contains(r#""tag":[{"code":"t"},{"system":"https://tessera.health/author","code":"u1"}]"#), "{text}");
         assert_eq!(w.compartment.as_deref(), Some("p1"));
+        let forged = serde_json::json!({"resourceType": "Observation", "meta": {"tag": [{"system": crate::guard::OWNER_SYSTEM, "code": "evil"}]}});
+        let stamp = Stamp { owner: Some("rx1".into()), author: None };
+        let w = prepare_write(forged.as_object().unwrap().clone(), "o1", 1, Precondition::None, &stamp).unwrap();
+        let text = String::from_utf8(w.json).unwrap();
+        assert!(!text.contains("evil") && text.contains(r#"{"system":"https://tessera.health/owner","code":"rx1"}"#), "{text}");
+        assert_eq!(w.owner.as_deref(), Some("rx1"));
     }
 }

@@ -1,15 +1,29 @@
 //! The instance and type level interactions: read, vread, create, update, patch, delete
-//! and their conditional forms, plus the identifier search they rest on.
+//! and their conditional forms, plus the identifier search they rest on. Each goes through
+//! the [`Gate`](crate::guard::Gate): scopes, policy decision, audit.
 
+use crate::access::Access;
 use crate::criteria;
-use crate::prepare::{new_id, prepare_delete, prepare_write};
+use crate::guard::{behind_glass, Gate, Visibility};
+use crate::prepare::{new_id, prepare_delete, prepare_write, Stamp};
 use crate::{Engine, FhirError, VersionedResource, WriteOutcome};
 use serde_json::{Map, Value};
+use tessera_auth::ScopeOp;
 use tessera_fhir::IssueType;
-use tessera_store::{ConflictReason, Precondition, StoreError};
+use tessera_policy::Action;
+use tessera_store::{ConflictReason, Criteria, Precondition, StoreError, Stored};
 
 /// Attempts at a read-modify-write before giving up on a busy resource.
 const RETRIES: usize = 8;
+
+/// The patients a stored version concerns (for the audit trail).
+pub(crate) fn patients_of(s: &Stored) -> Vec<String> {
+    if s.resource_type == "Patient" {
+        vec![s.id.clone()]
+    } else {
+        s.compartment.iter().cloned().collect()
+    }
+}
 
 impl Engine {
     /// Checks that `resource_type` is an R4 resource type.
@@ -29,10 +43,7 @@ impl Engine {
         match map.get("resourceType").and_then(Value::as_str) {
             Some(t) if t == resource_type => {}
             Some(t) => {
-                return Err(FhirError::bad_request(format!(
-                    "resourceType '{t}' does not match the endpoint type '{resource_type}'"
-                ))
-                .at("resourceType"))
+                return Err(FhirError::bad_request(format!("resourceType '{t}' does not match the endpoint type '{resource_type}'")).at("resourceType"))
             }
             None => return Err(FhirError::bad_request("resource has no resourceType").at("resourceType")),
         }
@@ -44,48 +55,114 @@ impl Engine {
         }
     }
 
-    /// `GET [type]/[id]`
-    pub async fn read(&self, resource_type: &str, id: &str) -> Result<VersionedResource, FhirError> {
-        self.check_type(resource_type)?;
-        match self.store().read(resource_type, id).await? {
-            None => Err(FhirError::not_found(resource_type, id)),
-            Some(s) if s.deleted => Err(FhirError::gone(resource_type, id)),
-            Some(s) => Ok(s.into()),
+    /// Reads the current version through the gate: hidden → 404, behind glass → marker.
+    async fn gated_current(&self, gate: &mut Gate<'_>, resource_type: &str, id: &str) -> Result<Stored, FhirError> {
+        let Some(s) = self.store().read(resource_type, id).await? else {
+            return Err(FhirError::not_found(resource_type, id));
+        };
+        match gate.visibility(&s).await? {
+            Visibility::Hidden => Err(FhirError::not_found(resource_type, id)),
+            Visibility::BehindGlass => Err(behind_glass(resource_type, id)),
+            Visibility::Visible => Ok(s),
         }
+    }
+
+    /// `GET [type]/[id]`
+    pub async fn read(&self, access: &Access, resource_type: &str, id: &str) -> Result<VersionedResource, FhirError> {
+        self.check_type(resource_type)?;
+        access.require_scope(resource_type, ScopeOp::Read)?;
+        let mut gate = self.gate(access);
+        let result = self.gated_current(&mut gate, resource_type, id).await;
+        let patients = result.as_ref().map(patients_of).unwrap_or_default();
+        let result = result.and_then(|s| if s.deleted { Err(FhirError::gone(resource_type, id)) } else { Ok(s.into()) });
+        gate.record_access("read", result.is_ok(), &[format!("{resource_type}/{id}")], patients, None);
+        gate.finish().await?;
+        result
     }
 
     /// `GET [type]/[id]/_history/[vid]`
-    pub async fn vread(&self, resource_type: &str, id: &str, version: &str) -> Result<VersionedResource, FhirError> {
+    pub async fn vread(&self, access: &Access, resource_type: &str, id: &str, version: &str) -> Result<VersionedResource, FhirError> {
         self.check_type(resource_type)?;
-        let Ok(v) = version.parse::<u64>() else {
-            return Err(FhirError::new(404, IssueType::NotFound, format!("'{version}' is not a version of {resource_type}/{id}")));
+        access.require_scope(resource_type, ScopeOp::Read)?;
+        let not_found = || FhirError::new(404, IssueType::NotFound, format!("{resource_type}/{id} has no version {version}"));
+        let mut gate = self.gate(access);
+        let result = match version.parse::<u64>() {
+            Err(_) => Err(not_found()),
+            Ok(v) => match self.store().vread(resource_type, id, v).await? {
+                None => Err(not_found()),
+                Some(s) => match gate.visibility(&s).await? {
+                    Visibility::Hidden => Err(not_found()),
+                    Visibility::BehindGlass => Err(behind_glass(resource_type, id)),
+                    Visibility::Visible if s.deleted => Err(FhirError::gone(resource_type, id)),
+                    Visibility::Visible => Ok(s),
+                },
+            },
         };
-        match self.store().vread(resource_type, id, v).await? {
-            None => Err(FhirError::new(404, IssueType::NotFound, format!("{resource_type}/{id} has no version {v}"))),
-            Some(s) if s.deleted => Err(FhirError::gone(resource_type, id)),
-            Some(s) => Ok(s.into()),
+        let patients = result.as_ref().map(patients_of).unwrap_or_default();
+        gate.record_access("vread", result.is_ok(), &[format!("{resource_type}/{id}/_history/{version}")], patients, None);
+        gate.finish().await?;
+        result.map(Into::into)
+    }
+
+    /// Ids of current resources matching `criteria` that this subject may see.
+    pub(crate) async fn visible_matches(&self, gate: &mut Gate<'_>, criteria: &Criteria) -> Result<Vec<String>, FhirError> {
+        let ids = self.store().find(criteria).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(s) = self.store().read(&criteria.resource_type, &id).await? {
+                if !s.deleted && gate.visibility(&s).await? == Visibility::Visible {
+                    out.push(id);
+                }
+            }
         }
+        Ok(out)
+    }
+
+    /// The stamp for a version written by this gate's subject.
+    pub(crate) fn stamp(gate: &Gate<'_>, resource_type: &str, existing: Option<&Stored>) -> Stamp {
+        let owner = match existing {
+            Some(e) if !e.deleted || e.owner.is_some() => e.owner.clone(),
+            _ => gate.owner_for(resource_type),
+        };
+        Stamp { owner, author: Some(gate.access().subject.clone()) }
+    }
+
+    /// Commits writes together with the gate's audit records.
+    pub(crate) async fn commit_gated(&self, gate: &mut Gate<'_>, writes: Vec<tessera_store::Write>) -> Result<(), StoreError> {
+        let audit = gate.take_audit();
+        self.store().commit_audited(writes, audit).await
     }
 
     /// `POST [type]`, optionally conditional (`If-None-Exist`).
-    pub async fn create(&self, resource_type: &str, body: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome, FhirError> {
+    pub async fn create(&self, access: &Access, resource_type: &str, body: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome, FhirError> {
         self.check_type(resource_type)?;
         let map = self.validated(resource_type, body)?;
+        let mut gate = self.gate(access);
+        let value = Value::Object(map);
+        gate.authorize_write(Action::Create, resource_type, "", None, Some(&value)).await?;
+        let Value::Object(map) = value else { unreachable!() };
         for _ in 0..RETRIES {
             let precondition = match if_none_exist {
                 None => Precondition::Absent,
                 Some(query) => {
                     let criteria = criteria::parse(resource_type, query)?;
-                    match self.store().find(&criteria).await?.as_slice() {
+                    match self.visible_matches(&mut gate, &criteria).await?.as_slice() {
                         [] => Precondition::NoneMatching(criteria),
-                        [id] => return Ok(WriteOutcome { status: 200, resource: self.read(resource_type, id).await? }),
+                        [id] => {
+                            let existing = self.gated_current(&mut gate, resource_type, id).await?;
+                            let patients = patients_of(&existing);
+                            gate.record_access("read", true, &[format!("{resource_type}/{id}")], patients, Some("conditional create matched"));
+                            gate.finish().await?;
+                            return Ok(WriteOutcome { status: 200, resource: existing.into() });
+                        }
                         _ => return Err(multiple_matches(resource_type, query)),
                     }
                 }
             };
-            let write = prepare_write(map.clone(), &new_id(), 1, precondition)?;
+            let write = prepare_write(map.clone(), &new_id(), 1, precondition, &Self::stamp(&gate, resource_type, None))?;
             let resource = written(&write);
-            match self.store().commit(vec![write]).await {
+            gate.record_write("create", &write);
+            match self.commit_gated(&mut gate, vec![write]).await {
                 Ok(()) => return Ok(WriteOutcome { status: 201, resource }),
                 Err(StoreError::Conflict { reason: ConflictReason::Matches(_), .. }) => continue,
                 Err(e) => return Err(e.into()),
@@ -95,7 +172,7 @@ impl Engine {
     }
 
     /// `PUT [type]/[id]`, with optional `If-Match` version.
-    pub async fn update(&self, resource_type: &str, id: &str, body: Value, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
+    pub async fn update(&self, access: &Access, resource_type: &str, id: &str, body: Value, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
         self.check_type(resource_type)?;
         let map = self.validated(resource_type, body)?;
         match map.get("id").and_then(Value::as_str) {
@@ -105,18 +182,23 @@ impl Engine {
             }
             None => return Err(FhirError::bad_request("an update must carry the resource id").at(format!("{resource_type}.id"))),
         }
-        self.update_map(resource_type, id, map, if_match).await
+        let mut gate = self.gate(access);
+        self.update_map(&mut gate, resource_type, id, map, if_match).await
     }
 
     async fn update_map(
         &self,
+        gate: &mut Gate<'_>,
         resource_type: &str,
         id: &str,
         map: Map<String, Value>,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, FhirError> {
+        let value = Value::Object(map);
         for _ in 0..RETRIES {
             let current = self.store().read(resource_type, id).await?;
+            let action = if current.as_ref().is_some_and(|c| !c.deleted) { Action::Write } else { Action::Create };
+            gate.authorize_write(action, resource_type, id, current.as_ref(), Some(&value)).await?;
             let (version, precondition, status) = match (&current, if_match) {
                 (Some(c), Some(v)) if c.version != v => return Err(stale(resource_type, id, v, Some(c.version))),
                 (None, Some(v)) => return Err(stale(resource_type, id, v, None)),
@@ -128,9 +210,11 @@ impl Engine {
                 }
                 (None, None) => (1, Precondition::Absent, 201),
             };
-            let write = prepare_write(map.clone(), id, version, precondition)?;
+            let Value::Object(map) = value.clone() else { unreachable!() };
+            let write = prepare_write(map, id, version, precondition, &Self::stamp(gate, resource_type, current.as_ref()))?;
             let resource = written(&write);
-            match self.store().commit(vec![write]).await {
+            gate.record_write(if status == 201 { "create" } else { "update" }, &write);
+            match self.commit_gated(gate, vec![write]).await {
                 Ok(()) => return Ok(WriteOutcome { status, resource }),
                 Err(StoreError::Conflict { .. }) if if_match.is_none() => continue,
                 Err(StoreError::Conflict { reason: ConflictReason::VersionMismatch { current }, .. }) => {
@@ -143,30 +227,27 @@ impl Engine {
     }
 
     /// `PUT [type]?[criteria]`
-    pub async fn conditional_update(&self, resource_type: &str, query: &str, body: Value, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
+    pub async fn conditional_update(&self, access: &Access, resource_type: &str, query: &str, body: Value, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
         self.check_type(resource_type)?;
         let criteria = criteria::parse(resource_type, query)?;
         let map = self.validated(resource_type, body)?;
         let body_id = map.get("id").and_then(Value::as_str).map(str::to_string);
+        let mut gate = self.gate(access);
         for _ in 0..RETRIES {
-            match self.store().find(&criteria).await?.as_slice() {
+            match self.visible_matches(&mut gate, &criteria).await?.as_slice() {
                 [] => {
                     let id = body_id.clone().unwrap_or_else(new_id);
-                    if let Some(existing) = self.store().read(resource_type, &id).await? {
-                        if !existing.deleted {
-                            return Err(FhirError::conflict(format!(
-                                "{resource_type}/{id} exists but does not match the criteria '{query}'"
-                            )));
-                        }
+                    let existing = self.store().read(resource_type, &id).await?;
+                    if existing.as_ref().is_some_and(|e| !e.deleted) {
+                        return Err(FhirError::conflict(format!("{resource_type}/{id} exists but does not match the criteria '{query}'")));
                     }
-                    let write = prepare_write(map.clone(), &id, 1, Precondition::NoneMatching(criteria.clone()))?;
+                    let value = Value::Object(map.clone());
+                    gate.authorize_write(Action::Create, resource_type, &id, existing.as_ref(), Some(&value)).await?;
+                    let version = existing.as_ref().map_or(1, |d| d.version + 1);
+                    let write = prepare_write(map.clone(), &id, version, Precondition::NoneMatching(criteria.clone()), &Self::stamp(&gate, resource_type, existing.as_ref()))?;
                     let resource = written(&write);
-                    let write = match self.store().read(resource_type, &id).await? {
-                        Some(deleted) => tessera_store::Write { version: deleted.version + 1, ..write },
-                        None => write,
-                    };
-                    let resource = VersionedResource { version: write.version, ..resource };
-                    match self.store().commit(vec![write]).await {
+                    gate.record_write("create", &write);
+                    match self.commit_gated(&mut gate, vec![write]).await {
                         Ok(()) => return Ok(WriteOutcome { status: 201, resource }),
                         Err(StoreError::Conflict { .. }) => continue,
                         Err(e) => return Err(e.into()),
@@ -174,12 +255,11 @@ impl Engine {
                 }
                 [id] => {
                     if body_id.as_deref().is_some_and(|b| b != id) {
-                        return Err(FhirError::bad_request(format!(
-                            "the resource id does not match the id of the resource the criteria found ({id})"
-                        ))
-                        .at(format!("{resource_type}.id")));
+                        return Err(FhirError::bad_request(format!("the resource id does not match the id of the resource the criteria found ({id})"))
+                            .at(format!("{resource_type}.id")));
                     }
-                    return self.update_map(resource_type, id, map, if_match).await;
+                    let id = id.clone();
+                    return self.update_map(&mut gate, resource_type, &id, map, if_match).await;
                 }
                 _ => return Err(multiple_matches(resource_type, query)),
             }
@@ -189,12 +269,16 @@ impl Engine {
 
     /// `DELETE [type]/[id]`. Returns the deletion version, or `None` when the resource was
     /// already deleted (deleting is idempotent).
-    pub async fn delete(&self, resource_type: &str, id: &str, if_match: Option<u64>) -> Result<Option<VersionedResource>, FhirError> {
+    pub async fn delete(&self, access: &Access, resource_type: &str, id: &str, if_match: Option<u64>) -> Result<Option<VersionedResource>, FhirError> {
         self.check_type(resource_type)?;
+        let mut gate = self.gate(access);
+        self.delete_gated(&mut gate, resource_type, id, if_match).await
+    }
+
+    async fn delete_gated(&self, gate: &mut Gate<'_>, resource_type: &str, id: &str, if_match: Option<u64>) -> Result<Option<VersionedResource>, FhirError> {
         for _ in 0..RETRIES {
-            let Some(current) = self.store().read(resource_type, id).await? else {
-                return Err(FhirError::not_found(resource_type, id));
-            };
+            let current = self.gated_current(gate, resource_type, id).await?;
+            gate.authorize_write(Action::Delete, resource_type, id, Some(&current), None).await?;
             if let Some(v) = if_match {
                 if v != current.version {
                     return Err(stale(resource_type, id, v, Some(current.version)));
@@ -203,9 +287,10 @@ impl Engine {
             if current.deleted {
                 return Ok(None);
             }
-            let write = prepare_delete(resource_type, id, current.version + 1, Precondition::Version(current.version));
+            let write = prepare_delete(resource_type, id, current.version + 1, Precondition::Version(current.version), &current);
             let resource = written(&write);
-            match self.store().commit(vec![write]).await {
+            gate.record_write("delete", &write);
+            match self.commit_gated(gate, vec![write]).await {
                 Ok(()) => return Ok(Some(resource)),
                 Err(StoreError::Conflict { .. }) if if_match.is_none() => continue,
                 Err(e) => return Err(e.into()),
@@ -215,51 +300,55 @@ impl Engine {
     }
 
     /// `DELETE [type]?[criteria]` (single-match mode: more than one match is refused).
-    pub async fn conditional_delete(&self, resource_type: &str, query: &str) -> Result<Option<VersionedResource>, FhirError> {
+    pub async fn conditional_delete(&self, access: &Access, resource_type: &str, query: &str) -> Result<Option<VersionedResource>, FhirError> {
         self.check_type(resource_type)?;
         let criteria = criteria::parse(resource_type, query)?;
-        match self.store().find(&criteria).await?.as_slice() {
+        let mut gate = self.gate(access);
+        match self.visible_matches(&mut gate, &criteria).await?.as_slice() {
             [] => Ok(None),
-            [id] => self.delete(resource_type, id, None).await,
+            [id] => {
+                let id = id.clone();
+                self.delete_gated(&mut gate, resource_type, &id, None).await
+            }
             _ => Err(multiple_matches(resource_type, query)),
         }
     }
 
     /// `PATCH [type]/[id]` with a JSON Patch document.
-    pub async fn patch(&self, resource_type: &str, id: &str, patch: Value, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
+    pub async fn patch(&self, access: &Access, resource_type: &str, id: &str, patch: Value, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
         self.check_type(resource_type)?;
-        let patch: json_patch::Patch = serde_json::from_value(patch)
-            .map_err(|e| FhirError::bad_request(format!("the body is not a valid JSON Patch document: {e}")))?;
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).map_err(|e| FhirError::bad_request(format!("the body is not a valid JSON Patch document: {e}")))?;
+        let mut gate = self.gate(access);
         for _ in 0..RETRIES {
-            let current = self.read(resource_type, id).await?;
+            let current = self.gated_current(&mut gate, resource_type, id).await?;
+            if current.deleted {
+                return Err(FhirError::gone(resource_type, id));
+            }
             if let Some(v) = if_match {
                 if v != current.version {
                     return Err(stale(resource_type, id, v, Some(current.version)));
                 }
             }
-            let mut doc: Value = serde_json::from_slice(&current.json)
-                .map_err(|e| FhirError::internal(format!("stored resource is not JSON: {e}")))?;
+            let mut doc: Value = serde_json::from_slice(&current.json).map_err(|e| FhirError::internal(format!("stored resource is not JSON: {e}")))?;
             json_patch::patch(&mut doc, &patch).map_err(|e| FhirError::unprocessable(format!("the patch cannot be applied: {e}")))?;
             if doc.get("id").and_then(Value::as_str) != Some(id) {
                 return Err(FhirError::unprocessable("a patch must not change or remove the resource id").at(format!("{resource_type}.id")));
             }
             let map = self.validated(resource_type, doc)?;
-            let write = prepare_write(map, id, current.version + 1, Precondition::Version(current.version))?;
+            let value = Value::Object(map);
+            gate.authorize_write(Action::Write, resource_type, id, Some(&current), Some(&value)).await?;
+            let Value::Object(map) = value else { unreachable!() };
+            let write = prepare_write(map, id, current.version + 1, Precondition::Version(current.version), &Self::stamp(&gate, resource_type, Some(&current)))?;
             let resource = written(&write);
-            match self.store().commit(vec![write]).await {
+            gate.record_write("update", &write);
+            match self.commit_gated(&mut gate, vec![write]).await {
                 Ok(()) => return Ok(WriteOutcome { status: 200, resource }),
                 Err(StoreError::Conflict { .. }) if if_match.is_none() => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(busy(resource_type))
-    }
-
-    /// Ids of the current resources matching a conditional query.
-    pub async fn matching_ids(&self, resource_type: &str, query: &str) -> Result<Vec<String>, FhirError> {
-        self.check_type(resource_type)?;
-        let criteria = criteria::parse(resource_type, query)?;
-        Ok(self.store().find(&criteria).await?)
     }
 }
 
@@ -289,9 +378,7 @@ pub(crate) fn written_head(w: &tessera_store::Write) -> VersionedResource {
 
 fn stale(resource_type: &str, id: &str, expected: u64, current: Option<u64>) -> FhirError {
     match current {
-        Some(c) => FhirError::precondition_failed(format!(
-            "If-Match expected version {expected} of {resource_type}/{id} but the current version is {c}"
-        )),
+        Some(c) => FhirError::precondition_failed(format!("If-Match expected version {expected} of {resource_type}/{id} but the current version is {c}")),
         None => FhirError::precondition_failed(format!("If-Match given but {resource_type}/{id} does not exist")),
     }
 }

@@ -44,6 +44,7 @@ pub enum IssueType {
     Exception,
     TooCostly,
     Informational,
+    Suppressed,
 }
 
 impl IssueType {
@@ -69,6 +70,7 @@ impl IssueType {
             IssueType::Exception => "exception",
             IssueType::TooCostly => "too-costly",
             IssueType::Informational => "informational",
+            IssueType::Suppressed => "suppressed",
         }
     }
 }

@@ -3,11 +3,11 @@
 use crate::negotiate::{self, BodyKind};
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
-use tessera_engine::{FhirError, ReturnPreference, VersionedResource, WriteOutcome};
+use tessera_engine::{Access, FhirError, ReturnPreference, VersionedResource, WriteOutcome};
 use tessera_fhir::IssueType;
 
 const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
@@ -195,63 +195,63 @@ macro_rules! try_or_respond {
     };
 }
 
-pub async fn read(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+pub async fn read(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     try_or_respond!(negotiate(&headers, &q));
-    match state.engine.read(&ty, &id).await {
+    match state.engine.read(&access, &ty, &id).await {
         Ok(v) => resource_response(&headers, v),
         Err(e) => error(e),
     }
 }
 
 pub async fn vread(
-    State(state): State<AppState>,
+    State(state): State<AppState>, Extension(access): Extension<Access>,
     Path((ty, id, vid)): Path<(String, String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
     try_or_respond!(negotiate(&headers, &q));
-    match state.engine.vread(&ty, &id, &vid).await {
+    match state.engine.vread(&access, &ty, &id, &vid).await {
         Ok(v) => resource_response(&headers, v),
         Err(e) => error(e),
     }
 }
 
-pub async fn create(State(state): State<AppState>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
+pub async fn create(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
     let body = try_or_respond!(json_body(&state, req, BodyKind::Json).await);
     let if_none_exist = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(|s| s.trim_start_matches('?').to_string());
     let if_none_exist = if_none_exist.map(|s| s.rsplit_once('?').map(|(_, q)| q.to_string()).unwrap_or(s));
-    match state.engine.create(&ty, body, if_none_exist.as_deref()).await {
+    match state.engine.create(&access, &ty, body, if_none_exist.as_deref()).await {
         Ok(w) => write_response(&state, w, prefer_return(&headers)),
         Err(e) => error(e),
     }
 }
 
-pub async fn update(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, RawQuery(q): RawQuery, req: Request) -> Response {
+pub async fn update(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, RawQuery(q): RawQuery, req: Request) -> Response {
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
     let if_match = try_or_respond!(if_match(&headers));
     let body = try_or_respond!(json_body(&state, req, BodyKind::Json).await);
-    match state.engine.update(&ty, &id, body, if_match).await {
+    match state.engine.update(&access, &ty, &id, body, if_match).await {
         Ok(w) => write_response(&state, w, prefer_return(&headers)),
         Err(e) => error(e),
     }
 }
 
-pub async fn conditional_update(State(state): State<AppState>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
+pub async fn conditional_update(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
     let if_match = try_or_respond!(if_match(&headers));
     let body = try_or_respond!(json_body(&state, req, BodyKind::Json).await);
     let query = strip_format(q.as_deref().unwrap_or(""));
-    match state.engine.conditional_update(&ty, &query, body, if_match).await {
+    match state.engine.conditional_update(&access, &ty, &query, body, if_match).await {
         Ok(w) => write_response(&state, w, prefer_return(&headers)),
         Err(e) => error(e),
     }
 }
 
-pub async fn patch(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, RawQuery(q): RawQuery, req: Request) -> Response {
+pub async fn patch(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, RawQuery(q): RawQuery, req: Request) -> Response {
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
     let if_match = try_or_respond!(if_match(&headers));
@@ -259,25 +259,25 @@ pub async fn patch(State(state): State<AppState>, Path((ty, id)): Path<(String, 
     if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
         return error(FhirError::new(415, IssueType::NotSupported, "FHIRPath Patch is not supported yet; send a JSON Patch document (application/json-patch+json)"));
     }
-    match state.engine.patch(&ty, &id, body, if_match).await {
+    match state.engine.patch(&access, &ty, &id, body, if_match).await {
         Ok(w) => write_response(&state, w, prefer_return(&headers)),
         Err(e) => error(e),
     }
 }
 
-pub async fn delete(State(state): State<AppState>, Path((ty, id)): Path<(String, String)>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+pub async fn delete(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     try_or_respond!(negotiate(&headers, &q));
     let if_match = try_or_respond!(if_match(&headers));
-    match state.engine.delete(&ty, &id, if_match).await {
+    match state.engine.delete(&access, &ty, &id, if_match).await {
         Ok(v) => deleted_response(v),
         Err(e) => error(e),
     }
 }
 
-pub async fn conditional_delete(State(state): State<AppState>, Path(ty): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+pub async fn conditional_delete(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     try_or_respond!(negotiate(&headers, &q));
     let query = strip_format(q.as_deref().unwrap_or(""));
-    match state.engine.conditional_delete(&ty, &query).await {
+    match state.engine.conditional_delete(&access, &ty, &query).await {
         Ok(v) => deleted_response(v),
         Err(e) => error(e),
     }
@@ -293,15 +293,21 @@ fn strip_format(query: &str) -> String {
     s.finish()
 }
 
-pub async fn search(State(state): State<AppState>, Path(ty): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+pub async fn search(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
     try_or_respond!(negotiate(&headers, &q));
-    match state.engine.search_identifiers(&ty, q.as_deref().unwrap_or("")).await {
+    if ty == "AuditEvent" {
+        return match state.engine.audit_search(&access, q.as_deref().unwrap_or("")).await {
+            Ok(b) => fhir(StatusCode::OK, b),
+            Err(e) => error(e),
+        };
+    }
+    match state.engine.search_identifiers(&access, &ty, q.as_deref().unwrap_or("")).await {
         Ok(b) => fhir(StatusCode::OK, b),
         Err(e) => error(e),
     }
 }
 
-pub async fn search_post(State(state): State<AppState>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
+pub async fn search_post(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
     if try_or_respond!(negotiate::request_body(&headers).map_err(error)) != BodyKind::Form {
@@ -312,42 +318,42 @@ pub async fn search_post(State(state): State<AppState>, Path(ty): Path<String>, 
     if let Some(q) = q.filter(|q| !q.is_empty()) {
         query = if query.is_empty() { q } else { format!("{q}&{query}") };
     }
-    match state.engine.search_identifiers(&ty, &query).await {
+    match state.engine.search_identifiers(&access, &ty, &query).await {
         Ok(b) => fhir(StatusCode::OK, b),
         Err(e) => error(e),
     }
 }
 
-async fn history(state: &AppState, ty: Option<&str>, id: Option<&str>, headers: &HeaderMap, q: &Option<String>) -> Response {
+async fn history(state: &AppState, access: &Access, ty: Option<&str>, id: Option<&str>, headers: &HeaderMap, q: &Option<String>) -> Response {
     try_or_respond!(negotiate(headers, q));
     let params = match tessera_engine::history::HistoryParams::parse(q.as_deref().unwrap_or("")) {
         Ok(p) => p,
         Err(e) => return error(e),
     };
-    match state.engine.history(ty, id, &params).await {
+    match state.engine.history(access, ty, id, &params).await {
         Ok(b) => fhir(StatusCode::OK, b),
         Err(e) => error(e),
     }
 }
 
-pub async fn system_history(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    history(&state, None, None, &headers, &q).await
+pub async fn system_history(State(state): State<AppState>, Extension(access): Extension<Access>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    history(&state, &access, None, None, &headers, &q).await
 }
 
-pub async fn type_history(State(state): State<AppState>, Path(ty): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    history(&state, Some(&ty), None, &headers, &q).await
+pub async fn type_history(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    history(&state, &access, Some(&ty), None, &headers, &q).await
 }
 
 pub async fn instance_history(
-    State(state): State<AppState>,
+    State(state): State<AppState>, Extension(access): Extension<Access>,
     Path((ty, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
-    history(&state, Some(&ty), Some(&id), &headers, &q).await
+    history(&state, &access, Some(&ty), Some(&id), &headers, &q).await
 }
 
-pub async fn bundle(State(state): State<AppState>, RawQuery(q): RawQuery, req: Request) -> Response {
+pub async fn bundle(State(state): State<AppState>, Extension(access): Extension<Access>, RawQuery(q): RawQuery, req: Request) -> Response {
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
     if try_or_respond!(negotiate::request_body(&headers).map_err(error)) != BodyKind::Json {
@@ -357,8 +363,77 @@ pub async fn bundle(State(state): State<AppState>, RawQuery(q): RawQuery, req: R
     if body.is_empty() {
         return error(FhirError::bad_request("the request has no body"));
     }
-    match state.engine.bundle_json(&body, prefer_return(&headers)).await {
+    match state.engine.bundle_json(&access, &body, prefer_return(&headers)).await {
         Ok(b) => fhir(StatusCode::OK, b),
+        Err(e) => error(e),
+    }
+}
+
+/// `POST Patient/[id]/$break-glass`, `GET Patient/[id]/$access-log`.
+pub async fn instance_operation(
+    State(state): State<AppState>,
+    Extension(access): Extension<Access>,
+    Path((ty, id, operation)): Path<(String, String, String)>,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> Response {
+    let headers = req.headers().clone();
+    try_or_respond!(negotiate(&headers, &q));
+    let method = req.method().clone();
+    match (ty.as_str(), operation.as_str(), method.as_str()) {
+        ("Patient", "$break-glass", "POST") => {
+            let body = try_or_respond!(json_body(&state, req, BodyKind::Json).await);
+            let param = |name: &str| {
+                body.get("parameter").and_then(Value::as_array).into_iter().flatten().find(|p| p.get("name").and_then(Value::as_str) == Some(name)).cloned()
+            };
+            let code = param("reason")
+                .and_then(|p| p.get("valueCoding").or_else(|| p.get("valueCode")).cloned())
+                .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_string).or_else(|| v.as_str().map(str::to_string)))
+                .unwrap_or_default();
+            let text = param("text").and_then(|p| p.get("valueString").and_then(Value::as_str).map(str::to_string)).unwrap_or_default();
+            match state.engine.break_glass(&access, &id, &code, &text).await {
+                Ok(v) => fhir(StatusCode::OK, serde_json::to_vec(&v).expect("parameters serialise")),
+                Err(e) => error(e),
+            }
+        }
+        ("Patient", "$access-log", "GET") => {
+            let count = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse().ok()).unwrap_or(100);
+            match state.engine.access_log(&access, &id, count).await {
+                Ok(b) => fhir(StatusCode::OK, b),
+                Err(e) => error(e),
+            }
+        }
+        _ => error(FhirError::new(404, IssueType::NotSupported, format!("no operation {operation} on {ty} with {method}"))),
+    }
+}
+
+/// `GET /admin/domain`: the domain configuration (without secrets).
+pub async fn admin_domain_get(State(state): State<AppState>, Extension(access): Extension<Access>) -> Response {
+    if let Err(e) = state.engine.require_domain_admin(&access) {
+        return error(e);
+    }
+    let mut domain = (*state.engine.domain()).clone();
+    for u in &mut domain.users {
+        u.password_hash = None;
+    }
+    for s in &mut domain.service_accounts {
+        s.secret_hash = None;
+    }
+    axum::Json(domain).into_response()
+}
+
+/// `PUT /admin/domain` with a domain file (TOML): merged into the domain and applied.
+pub async fn admin_domain_put(State(state): State<AppState>, Extension(access): Extension<Access>, body: axum::body::Bytes) -> Response {
+    if let Err(e) = state.engine.require_domain_admin(&access) {
+        return error(e);
+    }
+    let text = String::from_utf8_lossy(&body);
+    let mut domain = (*state.engine.domain()).clone();
+    if let Err(e) = domain.apply_file(&text) {
+        return error(FhirError::bad_request(format!("the domain file is not valid: {e}")));
+    }
+    match state.engine.apply_domain(&access, domain).await {
+        Ok(changed) => axum::Json(serde_json::json!({"applied": true, "resources_changed": changed})).into_response(),
         Err(e) => error(e),
     }
 }

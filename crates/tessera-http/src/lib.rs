@@ -5,6 +5,7 @@
 //! headers (`ETag`, `Last-Modified`, `Location`), body limits, `/healthz` and Prometheus
 //! `/metrics`. Every FHIR decision is the engine's.
 
+mod auth;
 mod handlers;
 mod metrics;
 mod negotiate;
@@ -17,15 +18,17 @@ use std::sync::Arc;
 use tessera_engine::Engine;
 
 /// HTTP settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpConfig {
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Signs and verifies access tokens.
+    pub authenticator: Arc<tessera_auth::Authenticator>,
 }
 
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig { max_body_bytes: 64 * 1024 * 1024 }
+impl HttpConfig {
+    pub fn new(authenticator: Arc<tessera_auth::Authenticator>) -> Self {
+        HttpConfig { max_body_bytes: 64 * 1024 * 1024, authenticator }
     }
 }
 
@@ -51,12 +54,18 @@ pub fn router(engine: Engine, config: HttpConfig) -> Router {
         .route("/fhir/{type}/_history", get(type_history))
         .route("/fhir/{type}/{id}", get(read).put(update).patch(patch).delete(delete))
         .route("/fhir/{type}/{id}/_history", get(instance_history))
+        .route("/fhir/{type}/{id}/{operation}", get(instance_operation).post(instance_operation))
         .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
         .fallback(not_found);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::render))
+        .route("/auth/token", post(auth::token))
+        .route("/.well-known/smart-configuration", get(auth::smart_configuration))
+        .route("/fhir/.well-known/smart-configuration", get(auth::smart_configuration))
+        .route("/admin/domain", get(admin_domain_get).put(admin_domain_put))
         .merge(fhir)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(handlers::panic_response))
         .with_state(state)

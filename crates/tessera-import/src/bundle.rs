@@ -7,9 +7,9 @@ use crate::{FileOutcome, ImportError};
 use indicatif::ProgressBar;
 use serde_json::Value;
 use std::io::Read;
-use tessera_engine::{Engine, ReturnPreference};
+use tessera_engine::{Access, Engine, ReturnPreference};
 
-pub async fn load(engine: &Engine, source: &Source, progress: &ProgressBar) -> FileOutcome {
+pub async fn load(engine: &Engine, access: &Access, source: &Source, progress: &ProgressBar) -> FileOutcome {
     let error = |entry: Option<usize>, message: String| ImportError { file: source.path.clone(), entry, message };
     let (bytes, kind) = match read(source).await {
         Ok(read) => read,
@@ -26,12 +26,12 @@ pub async fn load(engine: &Engine, source: &Source, progress: &ProgressBar) -> F
             Some(Value::Array(entries)) => entries,
             Some(_) => return FileOutcome::failed(vec![error(None, "Bundle.entry must be an array".into())]),
         };
-        commit::batch(engine, entries).await
+        commit::batch(engine, access, entries).await
     } else {
         let mut attempt = 0;
         loop {
             // The engine parses the transaction entry by entry from the text itself.
-            match engine.bundle_json(&bytes, Some(ReturnPreference::Minimal)).await {
+            match engine.bundle_json(access, &bytes, Some(ReturnPreference::Minimal)).await {
                 Ok(response) => match entry_results(&response) {
                     Ok(results) => break results.into_iter().map(|r| r.map_err(|(_, message)| message)).collect(),
                     Err(message) => return FileOutcome::failed(vec![error(None, message)]),

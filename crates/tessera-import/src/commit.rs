@@ -7,7 +7,7 @@
 use crate::response::{entry_results, error_messages, EntryResult};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tessera_engine::{Engine, FhirError, ReturnPreference};
+use tessera_engine::{Access, Engine, FhirError, ReturnPreference};
 
 /// Attempts per write, the first included.
 pub const ATTEMPTS: u32 = 4;
@@ -24,7 +24,7 @@ pub async fn pause(attempt: u32) {
 
 /// Commits `entries` as a batch Bundle and returns each entry's result, in order; an
 /// error is the message to report.
-pub async fn batch(engine: &Engine, entries: Vec<Value>) -> Vec<Result<(), String>> {
+pub async fn batch(engine: &Engine, access: &Access, entries: Vec<Value>) -> Vec<Result<(), String>> {
     let mut results: Vec<Option<Result<(), String>>> = vec![None; entries.len()];
     let mut pending: Vec<usize> = (0..entries.len()).collect();
     let mut entries: Vec<Option<Value>> = entries.into_iter().map(Some).collect();
@@ -37,7 +37,7 @@ pub async fn batch(engine: &Engine, entries: Vec<Value>) -> Vec<Result<(), Strin
         let sent: Vec<Value> =
             pending.iter().map(|&i| if last { entries[i].take() } else { entries[i].clone() }.expect("entry kept")).collect();
         let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": sent});
-        let outcome = answer(engine.bundle(bundle, Some(ReturnPreference::Minimal)).await, pending.len());
+        let outcome = answer(engine.bundle(access, bundle, Some(ReturnPreference::Minimal)).await, pending.len());
         let mut retry = Vec::new();
         for (&i, result) in pending.iter().zip(outcome) {
             match result {

@@ -37,7 +37,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tessera_engine::Engine;
+use tessera_engine::{Access, Engine};
 
 pub use files::is_prerequisite;
 
@@ -164,7 +164,7 @@ struct FileResult {
 ///
 /// Fails only when a path does not exist or the progress record cannot be read; every
 /// other problem is reported in [`Summary::errors`].
-pub async fn run(engine: &Engine, paths: &[PathBuf], options: &Options) -> anyhow::Result<Summary> {
+pub async fn run(engine: &Engine, access: &Access, paths: &[PathBuf], options: &Options) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let (sources, errors) = files::discover(paths)?;
     let mut summary = Summary { failed_files: errors.len(), errors, ..Summary::default() };
@@ -174,7 +174,7 @@ pub async fn run(engine: &Engine, paths: &[PathBuf], options: &Options) -> anyho
     let (first, rest): (Vec<_>, Vec<_>) = sources.into_iter().partition(files::Source::is_prerequisite);
 
     for source in first {
-        let result = load_file(engine.clone(), source, progress.clone()).await?;
+        let result = load_file(engine.clone(), access.clone(), source, progress.clone()).await?;
         summary.absorb(result);
         done += 1;
         progress.set_message(format!("{done}/{total} files"));
@@ -185,7 +185,7 @@ pub async fn run(engine: &Engine, paths: &[PathBuf], options: &Options) -> anyho
     loop {
         while running.len() < options.concurrency.max(1) {
             let Some(source) = pending.next() else { break };
-            running.spawn(load_file(engine.clone(), source, progress.clone()));
+            running.spawn(load_file(engine.clone(), access.clone(), source, progress.clone()));
         }
         let Some(joined) = running.join_next().await else { break };
         let result = match joined {
@@ -203,7 +203,7 @@ pub async fn run(engine: &Engine, paths: &[PathBuf], options: &Options) -> anyho
 }
 
 /// Loads one file unless an earlier run completed it, and records it when complete.
-async fn load_file(engine: Engine, source: files::Source, progress: ProgressBar) -> anyhow::Result<FileResult> {
+async fn load_file(engine: Engine, access: Access, source: files::Source, progress: ProgressBar) -> anyhow::Result<FileResult> {
     let identity = match files::identity(&source.path) {
         Ok(identity) => identity,
         Err(e) => {
@@ -216,8 +216,8 @@ async fn load_file(engine: Engine, source: files::Source, progress: ProgressBar)
         return Ok(FileResult { outcome: None });
     }
     let outcome = match source.kind {
-        files::Kind::Bundle => bundle::load(&engine, &source, &progress).await,
-        files::Kind::Ndjson => ndjson::load(&engine, &source, &identity, &progress).await,
+        files::Kind::Bundle => bundle::load(&engine, &access, &source, &progress).await,
+        files::Kind::Ndjson => ndjson::load(&engine, &access, &source, &identity, &progress).await,
     };
     if outcome.complete {
         if let Err(e) = engine.store().set_meta(&done_key, &outcome.resources.to_string()).await {

@@ -16,7 +16,7 @@ use crate::{FileOutcome, ImportError};
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
-use tessera_engine::Engine;
+use tessera_engine::{Access, Engine};
 use tokio::sync::mpsc;
 
 /// Lines per batch Bundle.
@@ -31,7 +31,7 @@ struct Line {
 /// What the reader thread sends: a batch of lines, or why reading stopped.
 type Batch = Result<Vec<Line>, String>;
 
-pub async fn load(engine: &Engine, source: &Source, identity: &str, progress: &ProgressBar) -> FileOutcome {
+pub async fn load(engine: &Engine, access: &Access, source: &Source, identity: &str, progress: &ProgressBar) -> FileOutcome {
     let error = |entry: Option<usize>, message: String| ImportError { file: source.path.clone(), entry, message };
     let line_key = files::line_key(identity);
     let resume_after = match engine.store().get_meta(&line_key).await {
@@ -69,7 +69,7 @@ pub async fn load(engine: &Engine, source: &Source, identity: &str, progress: &P
                 Err(message) => outcome.errors.push(error(Some(line.number), message)),
             }
         }
-        let stored = commit(engine, entries, &numbers, &mut |number, message| outcome.errors.push(error(Some(number), message))).await;
+        let stored = commit(engine, access, entries, &numbers, &mut |number, message| outcome.errors.push(error(Some(number), message))).await;
         outcome.resources += stored;
         progress.inc(stored);
         if let Err(e) = engine.store().set_meta(&line_key, &last.to_string()).await {
@@ -85,12 +85,12 @@ pub async fn load(engine: &Engine, source: &Source, identity: &str, progress: &P
 
 /// Commits one batch of lines and reports each failed entry by its line number. Returns
 /// the number of resources stored.
-async fn commit(engine: &Engine, entries: Vec<Value>, numbers: &[usize], failed: &mut impl FnMut(usize, String)) -> u64 {
+async fn commit(engine: &Engine, access: &Access, entries: Vec<Value>, numbers: &[usize], failed: &mut impl FnMut(usize, String)) -> u64 {
     if entries.is_empty() {
         return 0;
     }
     let mut stored = 0;
-    for (number, result) in numbers.iter().zip(commit::batch(engine, entries).await) {
+    for (number, result) in numbers.iter().zip(commit::batch(engine, access, entries).await) {
         match result {
             Ok(()) => stored += 1,
             Err(message) => failed(*number, message),

@@ -3,10 +3,15 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tessera_engine::{Engine, EngineConfig};
-use tessera_import::{run, Options};
+use tessera_engine::{Access, Engine, EngineConfig};
+use tessera_import::{Options, Summary};
 
 const SYNTHEA: &str = "/work/shared/data/synthea";
+
+/// Imports as the server's own system account, acting for the bootstrap organisation.
+async fn run(engine: &Engine, paths: &[PathBuf], options: &Options) -> anyhow::Result<Summary> {
+    tessera_import::run(engine, &Access::system("tessera"), paths, options).await
+}
 
 fn engine(dir: &Path) -> Engine {
     let store = tessera_store::sqlite::SqliteStore::open(dir).expect("open store");

@@ -18,6 +18,23 @@
 //! database transaction (each isolated by a savepoint, so one failing precondition does
 //! not affect the others) and one fsync, then acknowledges each. An acknowledged
 //! transaction is durable.
+//!
+//! # Audit log
+//! A transaction may carry audit records ([`NewAudit`], [`Store::commit_audited`]); they
+//! commit all-or-nothing with its writes. Reads are audited through
+//! [`Store::append_audit`], which goes through the same group-commit writer (so many
+//! reads share one fsync) and returns once the records are durable. The log is
+//! append-only and hash-chained: the single writer gives each record the next `seq`
+//! (gapless, starting at 1) and `hash = SHA-256(prev_hash ‖ seq ‖ recorded ‖ event)`, see
+//! [`audit_hash`]. Records of a job that fails (precondition or database error) are not
+//! stored and not chained.
+//!
+//! # Care links
+//! Each [`Write`] carries the [`CareLink`]s its resource establishes (an encounter, an
+//! appointment, a referral, care-team membership, a consent that denies access …). The
+//! store keeps, per resource, the links of its current version only: a write replaces
+//! them, a deletion removes them, atomically with the write. [`Store::care_links`] lists
+//! a patient's links; access policy decides with them.
 
 pub mod codec;
 pub mod postgres;
@@ -94,6 +111,179 @@ pub struct Write {
     /// `(system, value)` of the resource's business identifiers, kept for identifier lookups.
     pub identifiers: Vec<(String, String)>,
     pub precondition: Precondition,
+    /// The care links this version establishes; they replace the resource's previous
+    /// ones (ignored for a deletion, which removes them).
+    pub links: Vec<CareLink>,
+}
+
+/// A relationship between a patient and an organisation, location and/or practitioner,
+/// established by a resource (its source): the index behind relationship-based access.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CareLink {
+    /// `"encounter"`, `"appointment"`, `"referral"`, `"care-team"`, `"consent-deny"`, …
+    pub kind: String,
+    /// The patient id (as in [`Write::compartment`]).
+    pub patient: String,
+    /// `Organization/…` reference.
+    pub organisation: Option<String>,
+    /// `Location/…` reference.
+    pub location: Option<String>,
+    /// `Practitioner/…` (or `PractitionerRole/…`) reference.
+    pub practitioner: Option<String>,
+    /// Start and end of the relationship (microseconds since the epoch), if known.
+    pub start_micros: Option<i64>,
+    pub end_micros: Option<i64>,
+    pub active: bool,
+}
+
+/// An audit record to append (see [`Store::commit_audited`], [`Store::append_audit`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewAudit {
+    /// When the audited event happened (microseconds since the epoch).
+    pub recorded_micros: i64,
+    /// Who acted (e.g. `Practitioner/123`), if known.
+    pub user: Option<String>,
+    /// Ids of the patients whose data the event concerns.
+    pub patients: Vec<String>,
+    /// `"read"`, `"search"`, `"create"`, `"update"`, `"delete"`, `"break-glass"`, `"login"`,
+    /// `"denied"`, …
+    pub action: String,
+    pub break_glass: bool,
+    /// The FHIR AuditEvent, as JSON.
+    pub event: Vec<u8>,
+}
+
+/// A stored audit record.
+///
+/// `user`, `patients`, `action` and `break_glass` are index columns for queries; the
+/// record itself is `event`, which the hash covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// Position in the chain: 1, 2, 3, … without gaps.
+    pub seq: i64,
+    pub recorded_micros: i64,
+    pub user: Option<String>,
+    pub patients: Vec<String>,
+    pub action: String,
+    pub break_glass: bool,
+    /// The hash of the record before (32 zero bytes for the first).
+    pub prev_hash: Vec<u8>,
+    /// [`audit_hash`] of this record.
+    pub hash: Vec<u8>,
+    /// The FHIR AuditEvent, as JSON.
+    pub event: Vec<u8>,
+}
+
+/// Which audit records to list (newest first). All criteria combine with AND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub user: Option<String>,
+    /// Records concerning this patient id.
+    pub patient: Option<String>,
+    /// `recorded >= since` (microseconds).
+    pub since_micros: Option<i64>,
+    /// `recorded < until` (microseconds).
+    pub until_micros: Option<i64>,
+    pub break_glass_only: bool,
+    pub action: Option<String>,
+    /// Only records with `seq < before_seq` (paging cursor).
+    pub before_seq: Option<i64>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// The `prev_hash` of the first audit record.
+pub const AUDIT_GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// The hash of an audit record:
+/// `SHA-256(prev_hash ‖ seq ‖ recorded_micros ‖ event)`, where `seq` and `recorded_micros`
+/// are 8-byte big-endian two's-complement integers and `event` the AuditEvent JSON bytes
+/// exactly as stored (uncompressed).
+pub fn audit_hash(prev_hash: &[u8], seq: i64, recorded_micros: i64, event: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(prev_hash);
+    h.update(seq.to_be_bytes());
+    h.update(recorded_micros.to_be_bytes());
+    h.update(event);
+    h.finalize().into()
+}
+
+/// An audit record on its way to the writer: the event both as given (hashed) and
+/// encoded for storage.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingAudit {
+    pub recorded_micros: i64,
+    pub user: Option<String>,
+    /// Distinct, sorted.
+    pub patients: Vec<String>,
+    pub action: String,
+    pub break_glass: bool,
+    pub event: Vec<u8>,
+    pub stored_event: Vec<u8>,
+}
+
+impl PendingAudit {
+    pub(crate) fn prepare(audit: Vec<NewAudit>) -> Result<Vec<PendingAudit>> {
+        audit
+            .into_iter()
+            .map(|a| {
+                let mut patients = a.patients;
+                patients.sort();
+                patients.dedup();
+                Ok(PendingAudit {
+                    recorded_micros: a.recorded_micros,
+                    user: a.user,
+                    patients,
+                    action: a.action,
+                    break_glass: a.break_glass,
+                    stored_event: codec::encode(&a.event)?,
+                    event: a.event,
+                })
+            })
+            .collect()
+    }
+
+    /// The patients, as stored in the `audit_log.patients` column (a JSON array, or none).
+    pub(crate) fn patients_column(&self) -> Option<String> {
+        (!self.patients.is_empty()).then(|| serde_json::to_string(&self.patients).unwrap_or_default())
+    }
+}
+
+/// The head of the audit chain: the last record's `seq` and hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChainHead {
+    pub seq: i64,
+    pub hash: [u8; 32],
+}
+
+impl ChainHead {
+    pub(crate) const GENESIS: ChainHead = ChainHead { seq: 0, hash: AUDIT_GENESIS_HASH };
+
+    pub(crate) fn from_stored(seq: i64, hash: &[u8]) -> Result<ChainHead> {
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| StoreError::Backend(format!("audit record {seq} has a hash of {} bytes, not 32", hash.len())))?;
+        Ok(ChainHead { seq, hash })
+    }
+
+    /// Chains `a` after this head: returns its `(seq, prev_hash, hash)` and advances.
+    pub(crate) fn chain(&mut self, a: &PendingAudit) -> (i64, [u8; 32], [u8; 32]) {
+        let seq = self.seq + 1;
+        let prev = self.hash;
+        let hash = audit_hash(&prev, seq, a.recorded_micros, &a.event);
+        *self = ChainHead { seq, hash };
+        (seq, prev, hash)
+    }
+}
+
+/// Parses the `audit_log.patients` column.
+pub(crate) fn parse_patients(column: Option<&str>) -> Result<Vec<String>> {
+    match column {
+        None | Some("") => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| StoreError::Backend(format!("malformed patients in audit_log: {e}"))),
+    }
 }
 
 /// Writes that commit all-or-nothing.
@@ -166,6 +356,8 @@ pub struct StoreMetrics {
     pub transactions: AtomicU64,
     /// Versions written.
     pub writes: AtomicU64,
+    /// Audit records appended.
+    pub audit_records: AtomicU64,
 }
 
 impl StoreMetrics {
@@ -173,6 +365,10 @@ impl StoreMetrics {
         self.commit_batches.fetch_add(1, Ordering::Relaxed);
         self.transactions.fetch_add(transactions, Ordering::Relaxed);
         self.writes.fetch_add(writes, Ordering::Relaxed);
+    }
+
+    pub fn record_audit(&self, records: u64) {
+        self.audit_records.fetch_add(records, Ordering::Relaxed);
     }
 }
 
@@ -190,7 +386,25 @@ pub trait Store: Send + Sync + 'static {
     /// Ids of current, non-deleted resources matching the criteria.
     async fn find(&self, criteria: &Criteria) -> Result<Vec<String>>;
     /// Commits all writes or none. Returns once durable.
-    async fn commit(&self, tx: Transaction) -> Result<()>;
+    async fn commit(&self, tx: Transaction) -> Result<()> {
+        self.commit_audited(tx, Vec::new()).await
+    }
+    /// Commits all writes and appends the audit records, or does neither (if a
+    /// precondition fails, the audit records are not stored either: audit the failure
+    /// with [`Store::append_audit`]). Returns once durable.
+    async fn commit_audited(&self, tx: Transaction, audit: Vec<NewAudit>) -> Result<()>;
+    /// Appends audit records (of reads, searches, logins, refusals …) through the
+    /// group-commit writer. Returns once durable.
+    async fn append_audit(&self, audit: Vec<NewAudit>) -> Result<()> {
+        self.commit_audited(Vec::new(), audit).await
+    }
+    /// Audit records matching the query, newest first.
+    async fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    /// Audit records with `seq > after_seq`, oldest first (for verifying the chain).
+    async fn audit_scan(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditRecord>>;
+    /// The care links of a patient established by the current versions of resources
+    /// (whatever their period or `active` flag).
+    async fn care_links(&self, patient: &str) -> Result<Vec<CareLink>>;
     /// A small key/value table for server state (e.g. import progress).
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;

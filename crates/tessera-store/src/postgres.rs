@@ -20,6 +20,9 @@
 //! SELECT create_distributed_table('resource_version', 'compartment');
 //! SELECT create_distributed_table('resource_current', 'id');
 //! SELECT create_distributed_table('identifier_index', 'value');
+//! SELECT create_distributed_table('care_link', 'patient', colocate_with => 'resource_version');
+//! SELECT create_distributed_table('audit_log', 'seq');
+//! SELECT create_distributed_table('audit_patient', 'patient', colocate_with => 'resource_version');
 //! SELECT create_reference_table('tessera_meta');
 //! ```
 //!
@@ -47,17 +50,33 @@
 //!   the current version are kept here (a small JSON array) so that an update can remove
 //!   exactly the index rows it replaces by primary key, without an extra
 //!   `(res_type, id)` index on `identifier_index` (which on Citus would also fan out to
-//!   every shard).
+//!   every shard). For the same reason `link_patients` lists the patients of the
+//!   resource's current care links.
 //! * `identifier_index`: `(res_type, value, system, id)` for each business identifier of
 //!   each current, non-deleted resource; conditional creates and `identifier=` searches
 //!   look values up, so it would be distributed by `value` (router lookups).
+//! * `care_link`: the care links (encounter, appointment, referral, care team, consent
+//!   denial …) of each resource's current version, keyed
+//!   `(patient, source_type, source_id, n)`: distributed by patient and co-located with
+//!   the patient's clinical data, so "the links of this patient" (what access decisions
+//!   need) is a router query. A write deletes the previous links by that key (their
+//!   patients come from `resource_current.link_patients`) and inserts the new ones.
+//! * `audit_log`: the append-only, hash-chained audit trail, one row per record, keyed
+//!   by its chain position `seq` (gapless, assigned by the writer), the AuditEvent
+//!   zstd-compressed; indexed by `(user_id, seq)`, `recorded` and (partially) the
+//!   break-glass records. Distributed by `seq` (verification walks it in `seq` order; a
+//!   query by user fans out). The code never updates or deletes its rows.
+//! * `audit_patient`: `(patient, seq)` for "who accessed this patient" queries;
+//!   distributed by patient.
 //! * `tessera_meta`: a tiny key/value table for server state; a reference table
 //!   (replicated to every node).
 //! * `resource_seq`: the global commit sequence (`seq`), drawn by the single writer.
 //!
 //! The writer takes a transaction-level advisory lock for each group commit, so writers
 //! in several server processes against one database are serialised too and the
-//! precondition checks stay race-free; on Citus that lock lives on the coordinator.
+//! precondition checks stay race-free; on Citus that lock lives on the coordinator. The
+//! head of the audit chain is read inside that transaction, under that lock, so servers
+//! sharing a database extend one chain.
 //!
 //! The statements are written for one PostgreSQL node. On Citus, the two that join
 //! tables distributed by different columns (`read`: locator → version; `find`: identifier
@@ -69,8 +88,9 @@
 //! 1.6 KB in all for a resource whose JSON compresses to 560 bytes.
 
 use crate::{
-    codec, token_matches, ConflictReason, Criteria, HistoryQuery, Precondition, Result, Store, StoreError,
-    StoreMetrics, StoreStats, Stored, Transaction, Write,
+    codec, parse_patients, token_matches, AuditQuery, AuditRecord, CareLink, ChainHead, ConflictReason, Criteria,
+    HistoryQuery, NewAudit, PendingAudit, Precondition, Result, Store, StoreError, StoreMetrics, StoreStats, Stored,
+    Transaction, Write,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -119,10 +139,45 @@ CREATE TABLE IF NOT EXISTS tessera_meta (
     key   text PRIMARY KEY,
     value text NOT NULL
 );
+ALTER TABLE resource_current ADD COLUMN IF NOT EXISTS link_patients text;
+CREATE TABLE IF NOT EXISTS care_link (
+    patient      text    NOT NULL,
+    source_type  text    NOT NULL,
+    source_id    text    NOT NULL,
+    n            integer NOT NULL,
+    kind         text    NOT NULL,
+    organisation text,
+    location     text,
+    practitioner text,
+    start_micros bigint,
+    end_micros   bigint,
+    active       boolean NOT NULL,
+    PRIMARY KEY (patient, source_type, source_id, n)
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq         bigint  NOT NULL PRIMARY KEY,
+    recorded    bigint  NOT NULL,
+    user_id     text,
+    action      text    NOT NULL,
+    break_glass boolean NOT NULL,
+    patients    text,
+    prev_hash   bytea   NOT NULL,
+    hash        bytea   NOT NULL,
+    event       bytea   NOT NULL
+);
+ALTER TABLE audit_log ALTER COLUMN event SET STORAGE EXTERNAL;
+CREATE INDEX IF NOT EXISTS audit_log_user ON audit_log (user_id, seq);
+CREATE INDEX IF NOT EXISTS audit_log_recorded ON audit_log (recorded);
+CREATE INDEX IF NOT EXISTS audit_log_break_glass ON audit_log (seq) WHERE break_glass;
+CREATE TABLE IF NOT EXISTS audit_patient (
+    patient text   NOT NULL,
+    seq     bigint NOT NULL,
+    PRIMARY KEY (patient, seq)
+);
 "#;
 
 /// Every relation [`SCHEMA`] creates.
-const SCHEMA_OBJECTS: [&str; 7] = [
+const SCHEMA_OBJECTS: [&str; 13] = [
     "resource_seq",
     "resource_version",
     "resource_version_seq",
@@ -130,6 +185,12 @@ const SCHEMA_OBJECTS: [&str; 7] = [
     "resource_current",
     "identifier_index",
     "tessera_meta",
+    "care_link",
+    "audit_log",
+    "audit_log_user",
+    "audit_log_recorded",
+    "audit_log_break_glass",
+    "audit_patient",
 ];
 
 /// Advisory lock class ids (first key of the two-key form; the second is the schema).
@@ -146,7 +207,13 @@ const MAX_STATEMENT_BYTES: usize = 16 << 20;
 const QUEUE_DEPTH: usize = 4096;
 const POOL_SIZE: usize = 16;
 
-type Job = (Transaction, oneshot::Sender<Result<()>>);
+/// What one caller asked the writer to commit.
+struct Work {
+    writes: Transaction,
+    audit: Vec<PendingAudit>,
+}
+
+type Job = (Work, oneshot::Sender<Result<()>>);
 
 pub struct PostgresStore {
     pool: Pool,
@@ -343,6 +410,26 @@ fn row_to_stored(row: &tokio_postgres::Row) -> Result<Stored> {
     })
 }
 
+const AUDIT_COLUMNS: &str =
+    "a.seq, a.recorded, a.user_id, a.action, a.break_glass, a.patients, a.prev_hash, a.hash, a.event";
+
+fn row_to_audit(row: &tokio_postgres::Row) -> Result<AuditRecord> {
+    let get_err = |e: tokio_postgres::Error| StoreError::Backend(format!("postgresql: unexpected row: {}", pg_message(&e)));
+    let patients: Option<&str> = row.try_get(5).map_err(get_err)?;
+    let event: &[u8] = row.try_get(8).map_err(get_err)?;
+    Ok(AuditRecord {
+        seq: row.try_get(0).map_err(get_err)?,
+        recorded_micros: row.try_get(1).map_err(get_err)?,
+        user: row.try_get(2).map_err(get_err)?,
+        action: row.try_get(3).map_err(get_err)?,
+        break_glass: row.try_get(4).map_err(get_err)?,
+        patients: parse_patients(patients)?,
+        prev_hash: row.try_get(6).map_err(get_err)?,
+        hash: row.try_get(7).map_err(get_err)?,
+        event: codec::decode(event)?,
+    })
+}
+
 type Param = Box<dyn ToSql + Sync + Send>;
 
 fn param_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
@@ -456,18 +543,102 @@ impl Store for PostgresStore {
         find_ids(&c, criteria).await
     }
 
-    async fn commit(&self, tx: Transaction) -> Result<()> {
-        if tx.is_empty() {
+    async fn commit_audited(&self, tx: Transaction, audit: Vec<NewAudit>) -> Result<()> {
+        if tx.is_empty() && audit.is_empty() {
             return Ok(());
         }
         let mut tx = tx;
         for w in &mut tx {
             w.json = codec::encode(&w.json)?;
         }
+        let audit = PendingAudit::prepare(audit)?;
         let (ack, done) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        writer.send((tx, ack)).await.map_err(|_| StoreError::Closed)?;
+        writer.send((Work { writes: tx, audit }, ack)).await.map_err(|_| StoreError::Closed)?;
         done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        if q.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<Param> = Vec::new();
+        let mut from = String::from("audit_log a");
+        let mut clauses = vec!["TRUE".to_string()];
+        if let Some(p) = &q.patient {
+            args.push(Box::new(p.clone()));
+            from = format!("audit_patient p JOIN audit_log a ON a.seq = p.seq AND p.patient = ${}", args.len());
+        }
+        if let Some(u) = &q.user {
+            args.push(Box::new(u.clone()));
+            clauses.push(format!("a.user_id = ${}", args.len()));
+        }
+        if let Some(since) = q.since_micros {
+            args.push(Box::new(since));
+            clauses.push(format!("a.recorded >= ${}", args.len()));
+        }
+        if let Some(until) = q.until_micros {
+            args.push(Box::new(until));
+            clauses.push(format!("a.recorded < ${}", args.len()));
+        }
+        if q.break_glass_only {
+            clauses.push("a.break_glass".into());
+        }
+        if let Some(action) = &q.action {
+            args.push(Box::new(action.clone()));
+            clauses.push(format!("a.action = ${}", args.len()));
+        }
+        if let Some(before) = q.before_seq {
+            args.push(Box::new(before));
+            clauses.push(format!("a.seq < ${}", args.len()));
+        }
+        args.push(Box::new(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM {from} WHERE {} ORDER BY a.seq DESC LIMIT ${}",
+            clauses.join(" AND "),
+            args.len()
+        );
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(&sql).await.map_err(pg)?;
+        let rows = c.query(&stmt, &param_refs(&args)).await.map_err(pg)?;
+        rows.iter().map(row_to_audit).collect()
+    }
+
+    async fn audit_scan(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log a WHERE a.seq > $1 ORDER BY a.seq LIMIT $2"))
+            .await
+            .map_err(pg)?;
+        let rows = c.query(&stmt, &[&after_seq, &limit]).await.map_err(pg)?;
+        rows.iter().map(row_to_audit).collect()
+    }
+
+    async fn care_links(&self, patient: &str) -> Result<Vec<CareLink>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT kind, patient, organisation, location, practitioner, start_micros, end_micros, active \
+                 FROM care_link WHERE patient = $1 ORDER BY source_type, source_id, n",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = c.query(&stmt, &[&patient]).await.map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                Ok(CareLink {
+                    kind: r.try_get(0).map_err(pg)?,
+                    patient: r.try_get(1).map_err(pg)?,
+                    organisation: r.try_get(2).map_err(pg)?,
+                    location: r.try_get(3).map_err(pg)?,
+                    practitioner: r.try_get(4).map_err(pg)?,
+                    start_micros: r.try_get(5).map_err(pg)?,
+                    end_micros: r.try_get(6).map_err(pg)?,
+                    active: r.try_get(7).map_err(pg)?,
+                })
+            })
+            .collect()
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
@@ -524,27 +695,33 @@ impl Store for PostgresStore {
 // ---------------------------------------------------------------------------------------
 
 async fn writer_loop(pool: Pool, mut rx: mpsc::Receiver<Job>, metrics: Arc<StoreMetrics>) {
+    let size = |w: &Work| w.writes.len() + w.audit.len();
+    let bytes = |w: &Work| {
+        w.writes.iter().map(|w| w.json.len()).sum::<usize>() + w.audit.iter().map(|a| a.stored_event.len()).sum::<usize>()
+    };
     while let Some(first) = rx.recv().await {
-        let mut writes = first.0.len();
-        let mut bytes: usize = first.0.iter().map(|w| w.json.len()).sum();
+        let mut count = size(&first.0);
+        let mut total_bytes = bytes(&first.0);
         let mut jobs = vec![first];
-        while writes < MAX_BATCH_WRITES && bytes < MAX_BATCH_BYTES {
+        while count < MAX_BATCH_WRITES && total_bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
                 Ok(job) => {
-                    writes += job.0.len();
-                    bytes += job.0.iter().map(|w| w.json.len()).sum::<usize>();
+                    count += size(&job.0);
+                    total_bytes += bytes(&job.0);
                     jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let txs: Vec<&Transaction> = jobs.iter().map(|(t, _)| t).collect();
-        match group_commit(&pool, &txs).await {
+        let works: Vec<&Work> = jobs.iter().map(|(w, _)| w).collect();
+        match group_commit(&pool, &works).await {
             Ok(results) => {
-                let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
-                let written: u64 =
-                    txs.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(t, _)| t.len() as u64).sum();
-                metrics.record_batch(ok, written);
+                let succeeded = || works.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(w, _)| *w);
+                let transactions = succeeded().filter(|w| !w.writes.is_empty()).count() as u64;
+                let written: u64 = succeeded().map(|w| w.writes.len() as u64).sum();
+                let audited: u64 = succeeded().map(|w| w.audit.len() as u64).sum();
+                metrics.record_batch(transactions, written);
+                metrics.record_audit(audited);
                 for ((_, ack), result) in jobs.into_iter().zip(results) {
                     let _ = ack.send(result);
                 }
@@ -573,12 +750,16 @@ async fn writer_loop(pool: Pool, mut rx: mpsc::Receiver<Job>, metrics: Arc<Store
 /// database error (for instance a constraint violated by data written outside this
 /// writer), the batch is retried with each job in a savepoint of its own, so that the
 /// error is reported to the job that caused it only.
-async fn group_commit(pool: &Pool, jobs: &[&Transaction]) -> Result<Vec<Result<()>>> {
+///
+/// The audit records of the accepted jobs are chained after the head of the chain, read
+/// inside the transaction once the writer lock is held.
+async fn group_commit(pool: &Pool, jobs: &[&Work]) -> Result<Vec<Result<()>>> {
+    let audited = jobs.iter().any(|j| !j.audit.is_empty());
     let mut client = pool.get().await.map_err(pool_error)?;
     let fast = async {
         let tx = client.transaction().await.map_err(pg)?;
-        lock_writer(&tx).await?;
-        let results = apply_jobs(&tx, jobs).await?;
+        let mut head = begin_batch(&tx, audited).await?;
+        let results = apply_jobs(&tx, jobs, &mut head).await?;
         tx.commit().await.map_err(pg)?;
         Ok::<_, StoreError>(results)
     }
@@ -594,17 +775,23 @@ async fn group_commit(pool: &Pool, jobs: &[&Transaction]) -> Result<Vec<Result<(
                 client = pool.get().await.map_err(pool_error)?;
             }
             let mut tx = client.transaction().await.map_err(pg)?;
-            lock_writer(&tx).await?;
+            let mut head = begin_batch(&tx, audited).await?;
             let mut results = Vec::with_capacity(jobs.len());
             for job in jobs {
                 let sp = tx.savepoint("job").await.map_err(pg)?;
-                match apply_jobs(&sp, std::slice::from_ref(job)).await {
+                let before = head;
+                match apply_jobs(&sp, std::slice::from_ref(job), &mut head).await {
                     Ok(mut r) => {
                         sp.commit().await.map_err(pg)?;
-                        results.push(r.pop().unwrap_or(Ok(())));
+                        let outcome = r.pop().unwrap_or(Ok(()));
+                        if outcome.is_err() {
+                            head = before;
+                        }
+                        results.push(outcome);
                     }
                     Err(e) => {
                         sp.rollback().await.map_err(pg)?;
+                        head = before;
                         results.push(Err(e));
                     }
                 }
@@ -615,8 +802,29 @@ async fn group_commit(pool: &Pool, jobs: &[&Transaction]) -> Result<Vec<Result<(
     }
 }
 
+/// Takes the writer lock and, if the batch appends audit records, then reads the head of
+/// the audit chain. The read is a statement of its own issued once the lock is held, so
+/// its snapshot includes whatever another server committed before releasing the lock
+/// (not pipelined: a pipelined read could be sent, and run, before the lock statement).
+async fn begin_batch(tx: &deadpool_postgres::Transaction<'_>, audited: bool) -> Result<ChainHead> {
+    lock_writer(tx).await?;
+    if !audited {
+        return Ok(ChainHead::GENESIS);
+    }
+    let stmt = tx.prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").await.map_err(pg)?;
+    match tx.query_opt(&stmt, &[]).await.map_err(pg)? {
+        Some(row) => {
+            let seq: i64 = row.try_get(0).map_err(pg)?;
+            let hash: &[u8] = row.try_get(1).map_err(pg)?;
+            ChainHead::from_stored(seq, hash)
+        }
+        None => Ok(ChainHead::GENESIS),
+    }
+}
+
 async fn lock_writer(tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
-    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", &[&LOCK_WRITER]).await.map_err(pg)?;
+    let stmt = tx.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))").await.map_err(pg)?;
+    tx.execute(&stmt, &[&LOCK_WRITER]).await.map_err(pg)?;
     Ok(())
 }
 
@@ -629,6 +837,8 @@ struct Current {
     deleted: bool,
     /// `(system, value)`, sorted and distinct; empty when deleted.
     identifiers: Vec<(String, String)>,
+    /// Patients of the care links, sorted and distinct; empty when deleted.
+    link_patients: Vec<String>,
 }
 
 /// The state of the resources a batch touches: as stored before the batch, overlaid with
@@ -699,6 +909,13 @@ impl Plan {
     }
 }
 
+fn link_patients(w: &Write) -> Vec<String> {
+    if w.deleted {
+        return Vec::new();
+    }
+    w.links.iter().map(|l| l.patient.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+}
+
 fn identifier_set(w: &Write) -> Vec<(String, String)> {
     if w.deleted {
         return Vec::new();
@@ -706,18 +923,33 @@ fn identifier_set(w: &Write) -> Vec<(String, String)> {
     w.identifiers.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect()
 }
 
-/// Checks every job's preconditions and writes the accepted jobs, inside `tx`. Returns
-/// each job's outcome (`Err(Conflict)` for a failed precondition), or a database error.
-async fn apply_jobs(tx: &deadpool_postgres::Transaction<'_>, jobs: &[&Transaction]) -> Result<Vec<Result<()>>> {
+/// An audit record chained by the writer: `(seq, prev_hash, hash, record)`.
+type Chained<'a> = (i64, [u8; 32], [u8; 32], &'a PendingAudit);
+
+/// Checks every job's preconditions and writes the accepted jobs, with their audit records
+/// chained after `head` (which advances), inside `tx`. Returns each job's outcome
+/// (`Err(Conflict)` for a failed precondition), or a database error.
+async fn apply_jobs<'a>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    jobs: &[&'a Work],
+    head: &mut ChainHead,
+) -> Result<Vec<Result<()>>> {
+    if jobs.iter().all(|j| j.writes.is_empty()) {
+        // Audit records only (reads): nothing to check.
+        let chained: Vec<Chained<'a>> =
+            jobs.iter().flat_map(|j| j.audit.iter()).map(|a| { let (s, p, h) = head.chain(a); (s, p, h, a) }).collect();
+        write_audit(tx, &chained).await?;
+        return Ok(jobs.iter().map(|_| Ok(())).collect());
+    }
     // 1. The stored state of every resource the batch writes, in one statement.
     let mut keys: HashSet<(&str, &str)> = HashSet::new();
-    for w in jobs.iter().flat_map(|j| j.iter()) {
+    for w in jobs.iter().flat_map(|j| j.writes.iter()) {
         keys.insert((&w.resource_type, &w.id));
     }
     let (key_types, key_ids): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
     let stmt = tx
         .prepare_cached(
-            "SELECT r.res_type, r.id, r.version, r.deleted, r.identifiers FROM resource_current r \
+            "SELECT r.res_type, r.id, r.version, r.deleted, r.identifiers, r.link_patients FROM resource_current r \
              JOIN unnest($1::text[], $2::text[]) AS k(res_type, id) ON r.res_type = k.res_type AND r.id = k.id",
         )
         .await
@@ -725,7 +957,7 @@ async fn apply_jobs(tx: &deadpool_postgres::Transaction<'_>, jobs: &[&Transactio
     // 2. Before-batch matches of every conditional create's criteria, pipelined with 1.
     let criteria: Vec<&Criteria> = jobs
         .iter()
-        .flat_map(|j| j.iter())
+        .flat_map(|j| j.writes.iter())
         .filter_map(|w| match &w.precondition {
             Precondition::NoneMatching(c) => Some(c),
             _ => None,
@@ -749,12 +981,20 @@ async fn apply_jobs(tx: &deadpool_postgres::Transaction<'_>, jobs: &[&Transactio
             }
             None => Vec::new(),
         };
+        let link_patients: Option<&str> = row.try_get(5).map_err(pg)?;
+        let link_patients: Vec<String> = match link_patients {
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                StoreError::Backend(format!("postgresql: malformed link_patients in resource_current: {e}"))
+            })?,
+            None => Vec::new(),
+        };
         stored.insert(
             (row.try_get::<_, String>(0).map_err(pg)?, row.try_get::<_, String>(1).map_err(pg)?),
             Current {
                 version: row.try_get::<_, i64>(2).map_err(pg)? as u64,
                 deleted: row.try_get(3).map_err(pg)?,
                 identifiers,
+                link_patients,
             },
         );
     }
@@ -763,8 +1003,10 @@ async fn apply_jobs(tx: &deadpool_postgres::Transaction<'_>, jobs: &[&Transactio
     // 3. Preconditions, job by job, each seeing the jobs accepted before it.
     let mut results = Vec::with_capacity(jobs.len());
     let mut accepted: Vec<&Write> = Vec::new();
+    let mut chained: Vec<Chained<'a>> = Vec::new();
     let mut criteria_slot = 0; // index into `stored_matches` of the next conditional create
-    for job in jobs {
+    for work in jobs {
+        let job = &work.writes;
         let mut undo = Vec::new();
         let mut outcome = Ok(());
         let job_criteria_end =
@@ -798,23 +1040,92 @@ async fn apply_jobs(tx: &deadpool_postgres::Transaction<'_>, jobs: &[&Transactio
                 outcome = Err(StoreError::Conflict { index, resource_type: w.resource_type.clone(), id: w.id.clone(), reason });
                 break;
             }
-            plan.set(key, Current { version: w.version, deleted: w.deleted, identifiers: identifier_set(w) }, &mut undo);
+            let state =
+                Current { version: w.version, deleted: w.deleted, identifiers: identifier_set(w), link_patients: link_patients(w) };
+            plan.set(key, state, &mut undo);
         }
         criteria_slot = job_criteria_end;
         if outcome.is_err() {
             plan.undo(undo);
         } else {
             accepted.extend(job.iter());
+            for a in &work.audit {
+                let (seq, prev, hash) = head.chain(a);
+                chained.push((seq, prev, hash, a));
+            }
         }
         results.push(outcome);
     }
-    if accepted.is_empty() {
-        return Ok(results);
-    }
 
-    // 4. Write the accepted versions.
-    write_accepted(tx, &plan, &accepted).await?;
+    // 4. Write the accepted versions and audit records.
+    if accepted.is_empty() {
+        write_audit(tx, &chained).await?;
+    } else {
+        futures::try_join!(write_accepted(tx, &plan, &accepted), write_audit(tx, &chained))?;
+    }
     Ok(results)
+}
+
+/// Inserts chained audit records.
+async fn write_audit(tx: &deadpool_postgres::Transaction<'_>, chained: &[Chained<'_>]) -> Result<()> {
+    if chained.is_empty() {
+        return Ok(());
+    }
+    let log = async {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO audit_log (seq, recorded, user_id, action, break_glass, patients, prev_hash, hash, event) \
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::boolean[], $6::text[], \
+                                      $7::bytea[], $8::bytea[], $9::bytea[])",
+            )
+            .await
+            .map_err(pg)?;
+        let mut start = 0;
+        while start < chained.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < chained.len() && (end == start || bytes + chained[end].3.stored_event.len() <= MAX_STATEMENT_BYTES) {
+                bytes += chained[end].3.stored_event.len() + 160;
+                end += 1;
+            }
+            let chunk = &chained[start..end];
+            let seq: Vec<i64> = chunk.iter().map(|c| c.0).collect();
+            let recorded: Vec<i64> = chunk.iter().map(|c| c.3.recorded_micros).collect();
+            let user: Vec<Option<&str>> = chunk.iter().map(|c| c.3.user.as_deref()).collect();
+            let action: Vec<&str> = chunk.iter().map(|c| c.3.action.as_str()).collect();
+            let break_glass: Vec<bool> = chunk.iter().map(|c| c.3.break_glass).collect();
+            let patients: Vec<Option<String>> = chunk.iter().map(|c| c.3.patients_column()).collect();
+            let prev: Vec<&[u8]> = chunk.iter().map(|c| &c.1[..]).collect();
+            let hash: Vec<&[u8]> = chunk.iter().map(|c| &c.2[..]).collect();
+            let event: Vec<&[u8]> = chunk.iter().map(|c| c.3.stored_event.as_slice()).collect();
+            tx.execute(&stmt, &[&seq, &recorded, &user, &action, &break_glass, &patients, &prev, &hash, &event])
+                .await
+                .map_err(pg)?;
+            start = end;
+        }
+        Ok::<_, StoreError>(())
+    };
+    let by_patient = async {
+        let mut patient: Vec<&str> = Vec::new();
+        let mut seq: Vec<i64> = Vec::new();
+        for c in chained {
+            for p in &c.3.patients {
+                patient.push(p);
+                seq.push(c.0);
+            }
+        }
+        if patient.is_empty() {
+            return Ok(());
+        }
+        let stmt = tx
+            .prepare_cached("INSERT INTO audit_patient (patient, seq) SELECT * FROM unnest($1::text[], $2::bigint[])")
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&patient, &seq]).await.map_err(pg)?;
+        Ok::<_, StoreError>(())
+    };
+    futures::try_join!(log, by_patient)?;
+    Ok(())
 }
 
 async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, accepted: &[&Write]) -> Result<()> {
@@ -841,9 +1152,31 @@ async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, ac
     let mut del: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
     let mut ins: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
     let mut cur_identifiers: Vec<Option<String>> = Vec::with_capacity(finals.len());
+    // Care links: remove every link of the stored version, insert those of the final one.
+    let mut link_del: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    let mut link_ins: Vec<(&Write, i32, &CareLink)> = Vec::new();
+    let mut cur_link_patients: Vec<Option<String>> = Vec::with_capacity(finals.len());
     for &i in &finals {
         let w = accepted[i];
         let key = (w.resource_type.clone(), w.id.clone());
+        if let Some(stored) = plan.stored.get(&key) {
+            for p in &stored.link_patients {
+                link_del.0.push(p);
+                link_del.1.push(&w.resource_type);
+                link_del.2.push(&w.id);
+            }
+        }
+        if !w.deleted {
+            for (n, l) in w.links.iter().enumerate() {
+                link_ins.push((w, i32::try_from(n).unwrap_or(i32::MAX), l));
+            }
+        }
+        let patients = link_patients(w);
+        cur_link_patients.push(if patients.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&patients).map_err(|e| StoreError::Backend(format!("link patients: {e}")))?)
+        });
         let new: &[(String, String)] = plan.overlay.get(&key).map(|c| c.identifiers.as_slice()).unwrap_or(&[]);
         let old: &[(String, String)] = plan.stored.get(&key).map(|c| c.identifiers.as_slice()).unwrap_or(&[]);
         for (system, value) in old {
@@ -907,12 +1240,13 @@ async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, ac
     let current = async {
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO resource_current (version, seq, deleted, res_type, id, compartment, owner, identifiers) \
+                "INSERT INTO resource_current (version, seq, deleted, res_type, id, compartment, owner, identifiers, \
+                                               link_patients) \
                  SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::boolean[], $4::text[], $5::text[], $6::text[], \
-                                      $7::text[], $8::text[]) \
+                                      $7::text[], $8::text[], $9::text[]) \
                  ON CONFLICT (res_type, id) DO UPDATE SET version = excluded.version, seq = excluded.seq, \
                  deleted = excluded.deleted, compartment = excluded.compartment, owner = excluded.owner, \
-                 identifiers = excluded.identifiers",
+                 identifiers = excluded.identifiers, link_patients = excluded.link_patients",
             )
             .await
             .map_err(pg)?;
@@ -923,7 +1257,10 @@ async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, ac
         let id: Vec<&str> = finals.iter().map(|&i| accepted[i].id.as_str()).collect();
         let compartment: Vec<&str> = finals.iter().map(|&i| accepted[i].compartment.as_deref().unwrap_or("")).collect();
         let owner: Vec<Option<&str>> = finals.iter().map(|&i| accepted[i].owner.as_deref()).collect();
-        tx.execute(&stmt, &[&version, &seq, &deleted, &res_type, &id, &compartment, &owner, &cur_identifiers])
+        tx.execute(
+            &stmt,
+            &[&version, &seq, &deleted, &res_type, &id, &compartment, &owner, &cur_identifiers, &cur_link_patients],
+        )
             .await
             .map_err(pg)?;
         Ok::<_, StoreError>(())
@@ -960,7 +1297,51 @@ async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, ac
         Ok::<_, StoreError>(())
     };
 
+    // The new links may have the keys of old ones: delete, then insert.
+    let care_links = async {
+        if !link_del.0.is_empty() {
+            let stmt = tx
+                .prepare_cached(
+                    "DELETE FROM care_link c USING unnest($1::text[], $2::text[], $3::text[]) \
+                     AS d(patient, source_type, source_id) \
+                     WHERE c.patient = d.patient AND c.source_type = d.source_type AND c.source_id = d.source_id",
+                )
+                .await
+                .map_err(pg)?;
+            tx.execute(&stmt, &[&link_del.0, &link_del.1, &link_del.2]).await.map_err(pg)?;
+        }
+        if !link_ins.is_empty() {
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO care_link (patient, source_type, source_id, n, kind, organisation, location, \
+                                            practitioner, start_micros, end_micros, active) \
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::text[], \
+                                          $7::text[], $8::text[], $9::bigint[], $10::bigint[], $11::boolean[])",
+                )
+                .await
+                .map_err(pg)?;
+            let patient: Vec<&str> = link_ins.iter().map(|(_, _, l)| l.patient.as_str()).collect();
+            let source_type: Vec<&str> = link_ins.iter().map(|(w, _, _)| w.resource_type.as_str()).collect();
+            let source_id: Vec<&str> = link_ins.iter().map(|(w, _, _)| w.id.as_str()).collect();
+            let n: Vec<i32> = link_ins.iter().map(|(_, n, _)| *n).collect();
+            let kind: Vec<&str> = link_ins.iter().map(|(_, _, l)| l.kind.as_str()).collect();
+            let organisation: Vec<Option<&str>> = link_ins.iter().map(|(_, _, l)| l.organisation.as_deref()).collect();
+            let location: Vec<Option<&str>> = link_ins.iter().map(|(_, _, l)| l.location.as_deref()).collect();
+            let practitioner: Vec<Option<&str>> = link_ins.iter().map(|(_, _, l)| l.practitioner.as_deref()).collect();
+            let start: Vec<Option<i64>> = link_ins.iter().map(|(_, _, l)| l.start_micros).collect();
+            let end: Vec<Option<i64>> = link_ins.iter().map(|(_, _, l)| l.end_micros).collect();
+            let active: Vec<bool> = link_ins.iter().map(|(_, _, l)| l.active).collect();
+            tx.execute(
+                &stmt,
+                &[&patient, &source_type, &source_id, &n, &kind, &organisation, &location, &practitioner, &start, &end, &active],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        Ok::<_, StoreError>(())
+    };
+
     // Independent statements: issued together, they are pipelined on the connection.
-    futures::try_join!(versions, current, delete_identifiers, insert_identifiers)?;
+    futures::try_join!(versions, current, delete_identifiers, insert_identifiers, care_links)?;
     Ok(())
 }

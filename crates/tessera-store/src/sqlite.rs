@@ -7,10 +7,16 @@
 //!   acknowledges each caller.
 //! * Reads use a small pool of read-only connections and run on the calling task: point
 //!   reads are a few microseconds and WAL readers never wait for the writer.
+//! * Audit records go through the same writer, which keeps the head of the hash chain in
+//!   memory (loaded at start). A data directory belongs to one server process.
+//! * `care_link` holds the links of each resource's current version, keyed
+//!   `(patient, source_type, source_id, n)` (as on PostgreSQL) and indexed by source so a
+//!   write can replace them.
 
 use crate::{
-    codec, ConflictReason, Criteria, HistoryQuery, Precondition, Result, Store, StoreError, StoreMetrics, StoreStats,
-    Stored, Transaction, Write,
+    codec, parse_patients, AuditQuery, AuditRecord, CareLink, ChainHead, ConflictReason, Criteria, HistoryQuery,
+    NewAudit, PendingAudit, Precondition, Result, Store, StoreError, StoreMetrics, StoreStats, Stored, Transaction,
+    Write,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -53,11 +59,49 @@ CREATE TABLE IF NOT EXISTS tessera_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS care_link (
+    patient      TEXT    NOT NULL,
+    source_type  TEXT    NOT NULL,
+    source_id    TEXT    NOT NULL,
+    n            INTEGER NOT NULL,
+    kind         TEXT    NOT NULL,
+    organisation TEXT,
+    location     TEXT,
+    practitioner TEXT,
+    start_micros INTEGER,
+    end_micros   INTEGER,
+    active       INTEGER NOT NULL,
+    PRIMARY KEY (patient, source_type, source_id, n)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS care_link_source ON care_link (source_type, source_id);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq         INTEGER PRIMARY KEY,
+    recorded    INTEGER NOT NULL,
+    user_id     TEXT,
+    action      TEXT    NOT NULL,
+    break_glass INTEGER NOT NULL,
+    patients    TEXT,
+    prev_hash   BLOB    NOT NULL,
+    hash        BLOB    NOT NULL,
+    event       BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_log_user ON audit_log (user_id, seq);
+CREATE INDEX IF NOT EXISTS audit_log_recorded ON audit_log (recorded);
+CREATE INDEX IF NOT EXISTS audit_log_break_glass ON audit_log (seq) WHERE break_glass <> 0;
+CREATE TABLE IF NOT EXISTS audit_patient (
+    patient TEXT    NOT NULL,
+    seq     INTEGER NOT NULL,
+    PRIMARY KEY (patient, seq)
+) WITHOUT ROWID;
 "#;
 
 const MAX_BATCH_WRITES: usize = 20_000;
 
-type Job = (Transaction, oneshot::Sender<Result<()>>);
+struct Job {
+    writes: Transaction,
+    audit: Vec<PendingAudit>,
+    ack: oneshot::Sender<Result<()>>,
+}
 
 pub struct SqliteStore {
     path: PathBuf,
@@ -82,12 +126,13 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(db)?;
         // Meta writes use their own connection; the writer waits for them rather than failing.
         conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
+        let head = chain_head(&conn)?;
         let metrics = Arc::new(StoreMetrics::default());
         let (tx, rx) = mpsc::channel::<Job>();
         let m = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("tessera-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, &m))
+            .spawn(move || writer_loop(conn, rx, head, &m))
             .map_err(|e| StoreError::Backend(format!("cannot start writer: {e}")))?;
         Ok(SqliteStore {
             path,
@@ -132,6 +177,18 @@ impl Drop for SqliteStore {
         if let Some(h) = self.writer_thread.lock().expect("writer thread").take() {
             let _ = h.join();
         }
+    }
+}
+
+/// The head of the audit chain as stored.
+fn chain_head(conn: &Connection) -> Result<ChainHead> {
+    let last: Option<(i64, Vec<u8>)> = conn
+        .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(db)?;
+    match last {
+        Some((seq, hash)) => ChainHead::from_stored(seq, &hash),
+        None => Ok(ChainHead::GENESIS),
     }
 }
 
@@ -206,20 +263,106 @@ impl Store for SqliteStore {
         self.with_reader(|c| find_ids(c, criteria))
     }
 
-    async fn commit(&self, tx: Transaction) -> Result<()> {
-        if tx.is_empty() {
+    async fn commit_audited(&self, tx: Transaction, audit: Vec<NewAudit>) -> Result<()> {
+        if tx.is_empty() && audit.is_empty() {
             return Ok(());
         }
         let mut tx = tx;
         for w in &mut tx {
             w.json = codec::encode(&w.json)?;
         }
+        let audit = PendingAudit::prepare(audit)?;
         let (ack, done) = oneshot::channel();
         {
             let writer = self.writer.lock().expect("writer");
-            writer.as_ref().ok_or(StoreError::Closed)?.send((tx, ack)).map_err(|_| StoreError::Closed)?;
+            writer
+                .as_ref()
+                .ok_or(StoreError::Closed)?
+                .send(Job { writes: tx, audit, ack })
+                .map_err(|_| StoreError::Closed)?;
         }
         done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        use rusqlite::types::Value as V;
+        if q.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<V> = Vec::new();
+        let mut from = String::from("audit_log a");
+        let mut clauses = vec!["1 = 1".to_string()];
+        if let Some(p) = &q.patient {
+            args.push(V::Text(p.clone()));
+            from = format!("audit_patient p JOIN audit_log a ON a.seq = p.seq AND p.patient = ?{}", args.len());
+        }
+        if let Some(u) = &q.user {
+            args.push(V::Text(u.clone()));
+            clauses.push(format!("a.user_id = ?{}", args.len()));
+        }
+        if let Some(since) = q.since_micros {
+            args.push(V::Integer(since));
+            clauses.push(format!("a.recorded >= ?{}", args.len()));
+        }
+        if let Some(until) = q.until_micros {
+            args.push(V::Integer(until));
+            clauses.push(format!("a.recorded < ?{}", args.len()));
+        }
+        if q.break_glass_only {
+            clauses.push("a.break_glass <> 0".into());
+        }
+        if let Some(action) = &q.action {
+            args.push(V::Text(action.clone()));
+            clauses.push(format!("a.action = ?{}", args.len()));
+        }
+        if let Some(before) = q.before_seq {
+            args.push(V::Integer(before));
+            clauses.push(format!("a.seq < ?{}", args.len()));
+        }
+        args.push(V::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM {from} WHERE {} ORDER BY a.seq DESC LIMIT ?{}",
+            clauses.join(" AND "),
+            args.len()
+        );
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), row_to_audit)?;
+            rows.collect()
+        })
+    }
+
+    async fn audit_scan(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log a WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![after_seq, limit], row_to_audit)?;
+            rows.collect()
+        })
+    }
+
+    async fn care_links(&self, patient: &str) -> Result<Vec<CareLink>> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT kind, patient, organisation, location, practitioner, start_micros, end_micros, active \
+                 FROM care_link WHERE patient = ?1 ORDER BY source_type, source_id, n",
+            )?;
+            let rows = stmt.query_map([patient], |r| {
+                Ok(CareLink {
+                    kind: r.get(0)?,
+                    patient: r.get(1)?,
+                    organisation: r.get(2)?,
+                    location: r.get(3)?,
+                    practitioner: r.get(4)?,
+                    start_micros: r.get(5)?,
+                    end_micros: r.get(6)?,
+                    active: r.get::<_, i64>(7)? != 0,
+                })
+            })?;
+            rows.collect()
+        })
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
@@ -263,6 +406,28 @@ impl Store for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
     }
+}
+
+const AUDIT_COLUMNS: &str =
+    "a.seq, a.recorded, a.user_id, a.action, a.break_glass, a.patients, a.prev_hash, a.hash, a.event";
+
+fn row_to_audit(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let conversion = |i: usize, e: StoreError| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(std::io::Error::other(e.to_string())))
+    };
+    let patients: Option<String> = row.get(5)?;
+    let event: Vec<u8> = row.get(8)?;
+    Ok(AuditRecord {
+        seq: row.get(0)?,
+        recorded_micros: row.get(1)?,
+        user: row.get(2)?,
+        action: row.get(3)?,
+        break_glass: row.get::<_, i64>(4)? != 0,
+        patients: parse_patients(patients.as_deref()).map_err(|e| conversion(5, e))?,
+        prev_hash: row.get(6)?,
+        hash: row.get(7)?,
+        event: codec::decode(&event).map_err(|e| conversion(8, e))?,
+    })
 }
 
 fn history_filter(q: &HistoryQuery, paged: bool) -> (String, Vec<rusqlite::types::Value>) {
@@ -326,34 +491,36 @@ fn find_ids(c: &Connection, criteria: &Criteria) -> rusqlite::Result<Vec<String>
     Ok(live)
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, metrics: &StoreMetrics) {
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: ChainHead, metrics: &StoreMetrics) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
-        let mut writes = jobs[0].0.len();
-        while writes < MAX_BATCH_WRITES {
+        let mut size = jobs[0].writes.len() + jobs[0].audit.len();
+        while size < MAX_BATCH_WRITES {
             match rx.try_recv() {
                 Ok(job) => {
-                    writes += job.0.len();
+                    size += job.writes.len() + job.audit.len();
                     jobs.push(job);
                 }
                 Err(_) => break,
             }
         }
-        let outcomes = apply_batch(&mut conn, &jobs);
+        let outcomes = apply_batch(&mut conn, &jobs, &mut head);
         match outcomes {
             Ok(results) => {
-                let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
-                let written: u64 =
-                    jobs.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|((t, _), _)| t.len() as u64).sum();
-                metrics.record_batch(ok, written);
-                for ((_, ack), result) in jobs.into_iter().zip(results) {
-                    let _ = ack.send(result);
+                let succeeded = || jobs.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(j, _)| j);
+                let transactions = succeeded().filter(|j| !j.writes.is_empty()).count() as u64;
+                let written: u64 = succeeded().map(|j| j.writes.len() as u64).sum();
+                let audited: u64 = succeeded().map(|j| j.audit.len() as u64).sum();
+                metrics.record_batch(transactions, written);
+                metrics.record_audit(audited);
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.ack.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
-                for (_, ack) in jobs {
-                    let _ = ack.send(Err(StoreError::Backend(e.to_string())));
+                for job in jobs {
+                    let _ = job.ack.send(Err(StoreError::Backend(e.to_string())));
                 }
             }
         }
@@ -362,30 +529,73 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, metrics: &StoreMet
 
 /// Applies every job in one database transaction, each inside a savepoint. Returns each
 /// job's outcome, or an error if the database transaction itself failed (nothing stored).
-fn apply_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Result<()>>> {
+/// The audit records of the jobs that succeed are chained after `head`, which advances
+/// only once the transaction has committed.
+fn apply_batch(conn: &mut Connection, jobs: &[Job], head: &mut ChainHead) -> rusqlite::Result<Vec<Result<()>>> {
     // IMMEDIATE: take the write lock up front, so the busy timeout applies (a deferred
     // transaction upgrading from read to write would fail at once if another connection wrote).
     let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut chain = *head;
     let mut results = Vec::with_capacity(jobs.len());
-    for (writes, _) in jobs {
+    for job in jobs {
         let sp = txn.unchecked_transaction_savepoint()?;
-        match apply_transaction(&txn, writes) {
+        let before = chain;
+        let applied = apply_transaction(&txn, &job.writes).and_then(|outcome| {
+            if outcome.is_ok() {
+                append_audit(&txn, &job.audit, &mut chain)?;
+            }
+            Ok(outcome)
+        });
+        match applied {
             Ok(Ok(())) => {
                 sp.commit()?;
                 results.push(Ok(()));
             }
             Ok(Err(conflict)) => {
                 drop(sp); // rolls back to the savepoint
+                chain = before;
                 results.push(Err(conflict));
             }
             Err(e) => {
                 drop(sp);
+                chain = before;
                 results.push(Err(StoreError::Backend(format!("sqlite: {e}"))));
             }
         }
     }
     txn.commit()?;
+    *head = chain;
     Ok(results)
+}
+
+/// Appends audit records after `head`, advancing it.
+fn append_audit(c: &Connection, audit: &[PendingAudit], head: &mut ChainHead) -> rusqlite::Result<()> {
+    if audit.is_empty() {
+        return Ok(());
+    }
+    let mut log = c.prepare_cached(
+        "INSERT INTO audit_log (seq, recorded, user_id, action, break_glass, patients, prev_hash, hash, event) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut by_patient = c.prepare_cached("INSERT INTO audit_patient (patient, seq) VALUES (?1, ?2)")?;
+    for a in audit {
+        let (seq, prev, hash) = head.chain(a);
+        log.execute(params![
+            seq,
+            a.recorded_micros,
+            a.user,
+            a.action,
+            a.break_glass as i64,
+            a.patients_column(),
+            &prev[..],
+            &hash[..],
+            a.stored_event
+        ])?;
+        for p in &a.patients {
+            by_patient.execute(params![p, seq])?;
+        }
+    }
+    Ok(())
 }
 
 trait SavepointExt {
@@ -476,12 +686,35 @@ fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Resul
             c.prepare_cached("DELETE FROM identifier_index WHERE res_type = ?1 AND id = ?2")?
                 .execute(params![w.resource_type, w.id])?;
         }
+        if current.is_some() {
+            c.prepare_cached("DELETE FROM care_link WHERE source_type = ?1 AND source_id = ?2")?
+                .execute(params![w.resource_type, w.id])?;
+        }
         if !w.deleted {
             let mut ins = c.prepare_cached(
                 "INSERT OR IGNORE INTO identifier_index (res_type, value, system, id) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for (system, value) in &w.identifiers {
                 ins.execute(params![w.resource_type, value, system, w.id])?;
+            }
+            let mut link = c.prepare_cached(
+                "INSERT INTO care_link (patient, source_type, source_id, n, kind, organisation, location, \
+                 practitioner, start_micros, end_micros, active) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?;
+            for (n, l) in w.links.iter().enumerate() {
+                link.execute(params![
+                    l.patient,
+                    w.resource_type,
+                    w.id,
+                    n as i64,
+                    l.kind,
+                    l.organisation,
+                    l.location,
+                    l.practitioner,
+                    l.start_micros,
+                    l.end_micros,
+                    l.active as i64
+                ])?;
             }
         }
     }

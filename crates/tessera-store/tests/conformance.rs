@@ -66,6 +66,12 @@ conformance!(
     conditional_create_sees_earlier_writes,
     identifiers_follow_updates_and_deletes,
     vread_deleted_and_large_unicode_round_trip,
+    audit_records_are_chained,
+    audit_commits_with_its_transaction,
+    audit_concurrent_appends_form_one_chain,
+    audit_query_filters_and_pages,
+    care_links_follow_writes,
+    care_links_commit_with_their_transaction,
 );
 
 fn write(ty: &str, id: &str, version: u64, body: serde_json::Value) -> Write {
@@ -88,6 +94,7 @@ fn write(ty: &str, id: &str, version: u64, body: serde_json::Value) -> Write {
             .unwrap_or_default(),
         json,
         precondition: Precondition::None,
+        links: Vec::new(),
     }
 }
 
@@ -103,6 +110,7 @@ fn deletion(ty: &str, id: &str, version: u64) -> Write {
         json: Vec::new(),
         identifiers: Vec::new(),
         precondition: Precondition::None,
+        links: Vec::new(),
     }
 }
 
@@ -495,4 +503,342 @@ async fn vread_deleted_and_large_unicode_round_trip(s: &DynStore) {
         .await
         .unwrap();
     assert_eq!(hist.iter().map(|v| (v.version, v.deleted)).collect::<Vec<_>>(), vec![(2, true), (1, false)]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit log
+// ---------------------------------------------------------------------------------------
+
+fn audit(user: &str, patients: &[&str], action: &str, recorded: i64) -> NewAudit {
+    let event = serde_json::json!({"resourceType": "AuditEvent", "user": user, "patients": patients, "action": action, "n": recorded});
+    NewAudit {
+        recorded_micros: recorded,
+        user: Some(user.into()),
+        patients: patients.iter().map(|p| p.to_string()).collect(),
+        action: action.into(),
+        break_glass: false,
+        event: serde_json::to_vec(&event).unwrap(),
+    }
+}
+
+async fn all_audit(s: &DynStore) -> Vec<AuditRecord> {
+    let mut out: Vec<AuditRecord> = Vec::new();
+    loop {
+        let page = s.audit_scan(out.last().map_or(0, |r| r.seq), 7).await.unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// Checks the chain: seq 1, 2, …, each linked to the one before and hashed as documented.
+fn assert_chain(records: &[AuditRecord]) {
+    let mut prev = AUDIT_GENESIS_HASH.to_vec();
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as i64 + 1, "gapless from 1");
+        assert_eq!(r.prev_hash, prev, "record {} links to the one before", r.seq);
+        // The documented formula, computed independently.
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(&prev);
+        h.update(r.seq.to_be_bytes());
+        h.update(r.recorded_micros.to_be_bytes());
+        h.update(&r.event);
+        let expected: Vec<u8> = h.finalize().to_vec();
+        assert_eq!(r.hash, expected, "hash of record {}", r.seq);
+        assert_eq!(audit_hash(&r.prev_hash, r.seq, r.recorded_micros, &r.event).to_vec(), expected);
+        prev = r.hash.clone();
+    }
+}
+
+async fn audit_records_are_chained(s: &DynStore) {
+    assert!(s.audit_scan(0, 10).await.unwrap().is_empty());
+    let first = audit("Practitioner/u1", &["p1", "p2", "p1"], "read", now_micros());
+    s.append_audit(vec![first.clone()]).await.unwrap();
+    s.append_audit(vec![audit("Practitioner/u2", &[], "login", now_micros()), audit("Practitioner/u1", &["p3"], "search", now_micros())])
+        .await
+        .unwrap();
+    s.append_audit(Vec::new()).await.unwrap();
+    let records = all_audit(s).await;
+    assert_eq!(records.len(), 3);
+    assert_chain(&records);
+    let r = &records[0];
+    assert_eq!(r.prev_hash, vec![0u8; 32]);
+    assert_eq!(r.event, first.event, "event bytes come back exactly");
+    assert_eq!(r.recorded_micros, first.recorded_micros);
+    assert_eq!(r.user.as_deref(), Some("Practitioner/u1"));
+    assert_eq!(r.patients, vec!["p1", "p2"], "distinct patients");
+    assert_eq!(r.action, "read");
+    assert!(!r.break_glass);
+    assert_eq!(records[1].action, "login");
+    assert!(records[1].patients.is_empty());
+    // Scanning after a seq, with a limit.
+    let tail = s.audit_scan(1, 1).await.unwrap();
+    assert_eq!(tail.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2]);
+    assert!(s.audit_scan(3, 10).await.unwrap().is_empty());
+    assert_eq!(s.metrics().audit_records.load(std::sync::atomic::Ordering::Relaxed), 3);
+    // Audit-only commits are not counted as FHIR transactions.
+    assert_eq!(s.metrics().transactions.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+async fn audit_commits_with_its_transaction(s: &DynStore) {
+    let body = serde_json::json!({"resourceType": "Patient"});
+    s.commit_audited(vec![write("Patient", "a1", 1, body.clone())], vec![audit("Practitioner/u", &["a1"], "create", now_micros())])
+        .await
+        .unwrap();
+    // A failed precondition: neither the write nor its audit record is stored.
+    let mut bad = write("Patient", "a1", 2, body.clone());
+    bad.precondition = Precondition::Version(9);
+    let err = s
+        .commit_audited(vec![write("Patient", "a2", 1, body.clone()), bad], vec![audit("Practitioner/u", &["a1"], "update", now_micros())])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { index: 1, .. }), "{err}");
+    assert!(s.read("Patient", "a2").await.unwrap().is_none());
+    let records = all_audit(s).await;
+    assert_eq!(records.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(), vec!["create"]);
+    // The chain goes on without a gap.
+    s.append_audit(vec![audit("Practitioner/u", &["a1"], "denied", now_micros())]).await.unwrap();
+    s.commit_audited(vec![deletion("Patient", "a1", 2)], vec![audit("Practitioner/u", &["a1"], "delete", now_micros())]).await.unwrap();
+    let records = all_audit(s).await;
+    assert_eq!(records.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(), vec!["create", "denied", "delete"]);
+    assert_chain(&records);
+
+    // Many concurrent transactions, half of which fail (likely in one group commit): only
+    // the audit records of those that succeed are chained, without gaps.
+    s.commit(vec![write("Patient", "hot", 1, body.clone())]).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..24u64 {
+        let s = s.clone();
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut w = write("Patient", &format!("c{t}"), 1, body.clone());
+            if t % 2 == 1 {
+                w.precondition = Precondition::Version(5); // never holds
+            }
+            let audit = vec![audit("Practitioner/c", &[&format!("c{t}")], "create", now_micros()); 2];
+            (t, s.commit_audited(vec![w], audit).await)
+        }));
+    }
+    for task in tasks {
+        let (t, result) = task.await.unwrap();
+        assert_eq!(result.is_ok(), t % 2 == 0, "{t}: {result:?}");
+    }
+    let records = all_audit(s).await;
+    assert_eq!(records.len(), 3 + 12 * 2);
+    assert_chain(&records);
+    let patients: std::collections::BTreeSet<String> = records[3..].iter().flat_map(|r| r.patients.clone()).collect();
+    assert_eq!(patients, (0..24).step_by(2).map(|t| format!("c{t}")).collect());
+}
+
+async fn audit_concurrent_appends_form_one_chain(s: &DynStore) {
+    let mut tasks = Vec::new();
+    for t in 0..48u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5u64 {
+                if i == 2 {
+                    let w = write("Observation", &format!("x{t}"), 1, serde_json::json!({"resourceType": "Observation"}));
+                    s.commit_audited(vec![w], vec![audit("Device/d", &["p"], "create", now_micros())]).await.unwrap();
+                } else {
+                    s.append_audit(vec![audit(&format!("Practitioner/{t}"), &["p"], "read", now_micros())]).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = all_audit(s).await;
+    assert_eq!(records.len(), 48 * 5);
+    assert_chain(&records);
+    let m = s.metrics();
+    assert_eq!(m.audit_records.load(std::sync::atomic::Ordering::Relaxed), 48 * 5);
+    assert_eq!(m.transactions.load(std::sync::atomic::Ordering::Relaxed), 48);
+    assert!(m.commit_batches.load(std::sync::atomic::Ordering::Relaxed) <= 48 * 5);
+}
+
+async fn audit_query_filters_and_pages(s: &DynStore) {
+    let base = 1_700_000_000_000_000i64;
+    let mut batch = Vec::new();
+    for i in 0..20i64 {
+        let user = if i % 2 == 0 { "Practitioner/even" } else { "Practitioner/odd" };
+        let patients: Vec<&str> = if i % 3 == 0 { vec!["p3", "all"] } else { vec!["all"] };
+        let action = if i % 5 == 0 { "search" } else { "read" };
+        let mut a = audit(user, &patients, action, base + i * 1000);
+        a.break_glass = i == 7 || i == 14;
+        batch.push(a);
+    }
+    s.append_audit(batch).await.unwrap();
+    let q = |f: &dyn Fn(&mut AuditQuery)| {
+        let mut q = AuditQuery { limit: 100, ..Default::default() };
+        f(&mut q);
+        q
+    };
+    let seqs = |rs: Vec<AuditRecord>| rs.iter().map(|r| r.seq).collect::<Vec<_>>();
+    // Newest first.
+    let all = s.audit_query(&q(&|_| {})).await.unwrap();
+    assert_eq!(seqs(all), (1..=20).rev().collect::<Vec<_>>());
+    let even = s.audit_query(&q(&|q| q.user = Some("Practitioner/even".into()))).await.unwrap();
+    assert_eq!(seqs(even), (1..=20).rev().filter(|s| (s - 1) % 2 == 0).collect::<Vec<_>>());
+    let p3 = s.audit_query(&q(&|q| q.patient = Some("p3".into()))).await.unwrap();
+    assert_eq!(seqs(p3), vec![19, 16, 13, 10, 7, 4, 1]);
+    assert!(p3_has_patients(&s.audit_query(&q(&|q| q.patient = Some("p3".into()))).await.unwrap()));
+    let window = s.audit_query(&q(&|q| {
+        q.since_micros = Some(base + 5000);
+        q.until_micros = Some(base + 9000);
+    }))
+    .await
+    .unwrap();
+    assert_eq!(seqs(window), vec![9, 8, 7, 6], "since inclusive, until exclusive");
+    let glass = s.audit_query(&q(&|q| q.break_glass_only = true)).await.unwrap();
+    assert_eq!(seqs(glass), vec![15, 8]);
+    assert!(s.audit_query(&q(&|q| q.break_glass_only = true)).await.unwrap().iter().all(|r| r.break_glass));
+    let searches = s.audit_query(&q(&|q| q.action = Some("search".into()))).await.unwrap();
+    assert_eq!(seqs(searches), vec![16, 11, 6, 1]);
+    let combined = s
+        .audit_query(&q(&|q| {
+            q.user = Some("Practitioner/even".into());
+            q.patient = Some("p3".into());
+            q.action = Some("read".into());
+        }))
+        .await
+        .unwrap();
+    assert_eq!(seqs(combined), vec![19, 13, 7]);
+    assert!(s.audit_query(&q(&|q| q.patient = Some("nobody".into()))).await.unwrap().is_empty());
+    // Paging through one patient's accesses, newest first.
+    let mut pages = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .audit_query(&AuditQuery { patient: Some("all".into()), before_seq: before, limit: 6, ..Default::default() })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().map(|r| r.seq);
+        pages.push(seqs(page));
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![6, 6, 6, 2]);
+    assert_eq!(pages.concat(), (1..=20).rev().collect::<Vec<_>>());
+    assert!(s.audit_query(&AuditQuery::default()).await.unwrap().is_empty(), "limit 0");
+}
+
+fn p3_has_patients(records: &[AuditRecord]) -> bool {
+    records.iter().all(|r| r.patients == vec!["all".to_string(), "p3".to_string()])
+}
+
+// ---------------------------------------------------------------------------------------
+// Care links
+// ---------------------------------------------------------------------------------------
+
+fn link(kind: &str, patient: &str, org: Option<&str>, practitioner: Option<&str>) -> CareLink {
+    CareLink {
+        kind: kind.into(),
+        patient: patient.into(),
+        organisation: org.map(String::from),
+        location: None,
+        practitioner: practitioner.map(String::from),
+        start_micros: None,
+        end_micros: None,
+        active: true,
+    }
+}
+
+fn with_links(mut w: Write, links: Vec<CareLink>) -> Write {
+    w.links = links;
+    w
+}
+
+async fn care_links_follow_writes(s: &DynStore) {
+    assert!(s.care_links("p1").await.unwrap().is_empty());
+    let enc = |v: u64| write("Encounter", "e1", v, serde_json::json!({"resourceType": "Encounter", "subject": {"reference": "Patient/p1"}}));
+    let full = CareLink {
+        kind: "encounter".into(),
+        patient: "p1".into(),
+        organisation: Some("Organization/o1".into()),
+        location: Some("Location/ward-7".into()),
+        practitioner: Some("Practitioner/dr1".into()),
+        start_micros: Some(1_000),
+        end_micros: Some(2_000),
+        active: false,
+    };
+    s.commit(vec![with_links(enc(1), vec![full.clone(), link("encounter", "p1", Some("Organization/o2"), None)])]).await.unwrap();
+    let got = s.care_links("p1").await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(got.contains(&full), "every field round-trips: {got:?}");
+    // A care team linking two patients; another resource's links stay.
+    let team = write("CareTeam", "t1", 1, serde_json::json!({"resourceType": "CareTeam"}));
+    s.commit(vec![with_links(team, vec![link("care-team", "p1", None, Some("Practitioner/a")), link("care-team", "p2", None, Some("Practitioner/a"))])])
+        .await
+        .unwrap();
+    assert_eq!(s.care_links("p1").await.unwrap().len(), 3);
+    assert_eq!(s.care_links("p2").await.unwrap(), vec![link("care-team", "p2", None, Some("Practitioner/a"))]);
+    // An update replaces the resource's links (here: fewer, and for another patient).
+    s.commit(vec![with_links(enc(2), vec![link("encounter", "p9", Some("Organization/o3"), None)])]).await.unwrap();
+    let p1 = s.care_links("p1").await.unwrap();
+    assert_eq!(p1, vec![link("care-team", "p1", None, Some("Practitioner/a"))]);
+    assert_eq!(s.care_links("p9").await.unwrap(), vec![link("encounter", "p9", Some("Organization/o3"), None)]);
+    // An update without links removes them.
+    s.commit(vec![enc(3)]).await.unwrap();
+    assert!(s.care_links("p9").await.unwrap().is_empty());
+    // A deletion removes them; links on a deletion are ignored.
+    let mut del = deletion("CareTeam", "t1", 2);
+    del.links = vec![link("care-team", "p2", None, None)];
+    s.commit(vec![del]).await.unwrap();
+    assert!(s.care_links("p1").await.unwrap().is_empty());
+    assert!(s.care_links("p2").await.unwrap().is_empty());
+    // Re-created: links come back. Twice in one transaction: the last version's count.
+    let t2 = |v: u64, links| with_links(write("CareTeam", "t1", v, serde_json::json!({"resourceType": "CareTeam"})), links);
+    s.commit(vec![t2(3, vec![link("care-team", "p2", None, Some("Practitioner/x"))]), t2(4, vec![link("consent-deny", "p2", Some("Organization/o1"), None)])])
+        .await
+        .unwrap();
+    assert_eq!(s.care_links("p2").await.unwrap(), vec![link("consent-deny", "p2", Some("Organization/o1"), None)]);
+    // Several links of one kind for one patient from one resource are all kept.
+    let appt = write("Appointment", "ap", 1, serde_json::json!({"resourceType": "Appointment"}));
+    s.commit(vec![with_links(appt, vec![link("appointment", "p5", None, Some("Practitioner/a")), link("appointment", "p5", None, Some("Practitioner/b"))])])
+        .await
+        .unwrap();
+    assert_eq!(s.care_links("p5").await.unwrap().len(), 2);
+}
+
+async fn care_links_commit_with_their_transaction(s: &DynStore) {
+    let referral = |v: u64, patient: &str| {
+        with_links(
+            write("ServiceRequest", "r1", v, serde_json::json!({"resourceType": "ServiceRequest"})),
+            vec![link("referral", patient, Some("Organization/specialist"), None)],
+        )
+    };
+    s.commit(vec![referral(1, "p1")]).await.unwrap();
+    // The second write fails: the first's links change is not stored.
+    let mut bad = write("Patient", "nobody", 1, serde_json::json!({"resourceType": "Patient"}));
+    bad.precondition = Precondition::Version(3);
+    assert!(s.commit(vec![referral(2, "p2"), bad]).await.is_err());
+    assert_eq!(s.care_links("p1").await.unwrap().len(), 1);
+    assert!(s.care_links("p2").await.unwrap().is_empty());
+    // Concurrent updates of one resource racing: exactly one wins, and its links are the
+    // only ones.
+    let mut tasks = Vec::new();
+    for t in 0..12 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut w = referral(2, &format!("q{t}"));
+            w.precondition = Precondition::Version(1);
+            (t, s.commit(vec![w]).await)
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        let (t, result) = task.await.unwrap();
+        if result.is_ok() {
+            winners.push(t);
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    assert!(s.care_links("p1").await.unwrap().is_empty());
+    for t in 0..12 {
+        assert_eq!(s.care_links(&format!("q{t}")).await.unwrap().len(), usize::from(winners[0] == t));
+    }
 }

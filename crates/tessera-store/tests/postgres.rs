@@ -51,6 +51,7 @@ fn observation(id: &str, patient: &str, identifier: &str) -> Write {
         json: serde_json::to_vec(&body).unwrap(),
         identifiers: vec![("urn:lab:accession".into(), identifier.into())],
         precondition: Precondition::None,
+        links: Vec::new(),
     }
 }
 
@@ -202,4 +203,120 @@ async fn ingest_throughput() {
         m.commit_batches.load(std::sync::atomic::Ordering::Relaxed)
     );
     assert_eq!(store.stats().await.unwrap().current_resources, n);
+}
+
+fn audit_record(user: &str, patient: &str) -> NewAudit {
+    NewAudit {
+        recorded_micros: now_micros(),
+        user: Some(user.into()),
+        patients: vec![patient.into()],
+        action: "read".into(),
+        break_glass: false,
+        event: serde_json::to_vec(&serde_json::json!({"resourceType": "AuditEvent", "user": user})).unwrap(),
+    }
+}
+
+/// Checks that the records form one chain: seq 1, 2, … each linked to the one before.
+async fn assert_one_chain(store: &PostgresStore, expected: usize) {
+    let mut prev = AUDIT_GENESIS_HASH.to_vec();
+    let mut after = 0;
+    let mut n = 0;
+    loop {
+        let page = store.audit_scan(after, 100).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for r in page {
+            n += 1;
+            assert_eq!(r.seq, n as i64);
+            assert_eq!(r.prev_hash, prev);
+            assert_eq!(r.hash, audit_hash(&r.prev_hash, r.seq, r.recorded_micros, &r.event).to_vec());
+            prev = r.hash.clone();
+            after = r.seq;
+        }
+    }
+    assert_eq!(n, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_sharing_a_database_extend_one_audit_chain() {
+    let Some(url) = database_url() else { return };
+    let first = PostgresStore::connect_isolated(&url).await.unwrap();
+    first.append_audit(vec![audit_record("Practitioner/first", "p0")]).await.unwrap();
+    let shared = url_with_schema(&url, first.schema().unwrap());
+    let stores: Vec<DynStore> = futures::future::try_join_all((0..3).map(|_| PostgresStore::connect(&shared)))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| Arc::new(s) as DynStore)
+        .collect();
+    let mut tasks = Vec::new();
+    for (n, store) in stores.iter().enumerate() {
+        for k in 0..10 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                if k % 3 == 0 {
+                    let w = observation(&format!("s{n}-{k}"), "p1", &format!("A-{n}-{k}"));
+                    store.commit_audited(vec![w], vec![audit_record(&format!("Practitioner/{n}"), "p1")]).await
+                } else {
+                    store.append_audit(vec![audit_record(&format!("Practitioner/{n}"), "p1"); 2]).await
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    // 1 + 3 servers × (4 audited commits + 6 × 2 appended reads).
+    assert_one_chain(&first, 1 + 3 * (4 + 12)).await;
+    drop(stores);
+    drop(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_error_in_an_audit_record_fails_only_its_job() {
+    let Some(url) = database_url() else { return };
+    let store: DynStore = Arc::new(PostgresStore::connect_isolated(&url).await.unwrap());
+    // PostgreSQL text cannot hold NUL: that job fails in the database; the others commit
+    // and the chain has no gap.
+    let mut tasks = Vec::new();
+    for t in 0..12 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = if t == 5 { "bad\u{0}user".to_string() } else { format!("Practitioner/{t}") };
+            let audit = vec![audit_record(&user, "p1"), audit_record("Practitioner/x", "p1")];
+            if t % 2 == 0 {
+                store.append_audit(audit).await
+            } else {
+                store.commit_audited(vec![observation(&format!("e{t}"), "p1", &format!("ok-{t}"))], audit).await
+            }
+        }));
+    }
+    for (t, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        if t == 5 {
+            assert!(matches!(result, Err(StoreError::Backend(_))), "{result:?}");
+        } else {
+            result.unwrap();
+        }
+    }
+    assert!(store.read("Observation", "e5").await.unwrap().is_none(), "the write of the failed job is not stored");
+    let mut records = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.audit_scan(after, 5).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        records.extend(page);
+    }
+    assert_eq!(records.len(), 11 * 2);
+    let mut prev = AUDIT_GENESIS_HASH.to_vec();
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as i64 + 1);
+        assert_eq!(r.prev_hash, prev);
+        assert_eq!(r.hash, audit_hash(&prev, r.seq, r.recorded_micros, &r.event).to_vec());
+        prev = r.hash.clone();
+    }
+    store.append_audit(vec![audit_record("Practitioner/after", "p1")]).await.unwrap();
+    assert_eq!(store.audit_scan(22, 10).await.unwrap().len(), 1);
 }

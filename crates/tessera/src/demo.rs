@@ -1,20 +1,30 @@
-//! The demo data set loaded by `tessera serve --demo`: a small, realistic record (see
-//! `demo/demo-bundle.json`), loaded once per database.
+//! `tessera serve --demo`: loads the demo shared domain of `tessera_domain::demo` (three
+//! trusts, their sites and wards, users for every role, each trust's part of a small
+//! clinical record; see docs/demo-domain.md). Loaded once per database.
 
 use anyhow::Context;
-use tessera_engine::Engine;
+use tessera_domain::demo;
+use tessera_engine::{Access, Engine};
 
-const DEMO_BUNDLE: &str = include_str!("../demo/demo-bundle.json");
 const MARKER: &str = "demo.loaded";
 
 pub async fn load(engine: &Engine) -> anyhow::Result<()> {
     if engine.store().get_meta(MARKER).await?.is_some() {
-        tracing::info!("demo data already loaded");
+        tracing::info!("demo domain already loaded");
         return Ok(());
     }
-    let bundle: serde_json::Value = serde_json::from_str(DEMO_BUNDLE).context("demo bundle is not JSON")?;
-    engine.bundle(bundle, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut domain = (*engine.domain()).clone();
+    domain.apply_file(demo::DOMAIN_FILE).context("the demo domain file is not valid")?;
+    engine.apply_domain(&Access::system("tessera"), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    for (site, bundle) in demo::RECORDS {
+        let bundle = demo::relative_dates(bundle, now);
+        engine
+            .bundle_json(&Access::system(site), bundle.as_bytes(), None)
+            .await
+            .map_err(|e| anyhow::anyhow!("demo record of {site}: {e}"))?;
+    }
     engine.store().set_meta(MARKER, "1").await?;
-    tracing::info!("demo data loaded");
+    tracing::info!("demo domain loaded: see docs/demo-domain.md for users and passwords");
     Ok(())
 }

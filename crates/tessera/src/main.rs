@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tessera_engine::{Engine, EngineConfig};
+use tessera_engine::{Access, Engine, EngineConfig};
 
 mod demo;
 
@@ -44,6 +44,111 @@ enum Command {
     /// Benchmarks against a running server (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print an access token for a user or for the domain's system account.
+    ///
+    /// Examples:
+    ///   tessera token --user dr.patel --role doctor --org rx1-general
+    ///   tessera token --system --org rx1
+    Token(TokenArgs),
+    /// The domain configuration: organisations, sites, wards, roles, sharing dials.
+    #[command(subcommand)]
+    Domain(DomainCommand),
+    /// Users: add, set passwords, grant roles, list.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The user to issue a token for.
+    #[arg(long, conflicts_with = "system")]
+    user: Option<String>,
+    /// Role context (default: the user's first role).
+    #[arg(long)]
+    role: Option<String>,
+    /// Organisation: of the role context, or what the system account writes on behalf of
+    /// (default: the domain's first organisation).
+    #[arg(long)]
+    org: Option<String>,
+    /// Location within the role context.
+    #[arg(long)]
+    location: Option<String>,
+    /// SMART scopes (default: everything the subject may have).
+    #[arg(long)]
+    scope: Option<String>,
+    /// A token for the built-in system account (`system/*.*`).
+    #[arg(long)]
+    system: bool,
+    /// Lifetime in minutes (system tokens).
+    #[arg(long, default_value_t = 60)]
+    minutes: u32,
+}
+
+#[derive(Subcommand)]
+enum DomainCommand {
+    /// Merge a domain file (TOML) into the domain and apply it; safe to repeat.
+    Apply {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The domain file.
+        file: PathBuf,
+    },
+    /// Print the domain configuration as JSON (without password hashes).
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add (or update) a user with one role assignment.
+    Add {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Login name (also the Practitioner id).
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        org: String,
+        /// Locations of the role assignment (repeatable).
+        #[arg(long = "location")]
+        locations: Vec<String>,
+        /// Initial password (else set one with `tessera user passwd`).
+        #[arg(long, env = "TESSERA_USER_PASSWORD")]
+        password: Option<String>,
+    },
+    /// Set a user's password (read from --password or the first line of standard input).
+    Passwd {
+        #[command(flatten)]
+        store: StoreArgs,
+        id: String,
+        #[arg(long, env = "TESSERA_USER_PASSWORD")]
+        password: Option<String>,
+    },
+    /// List users and their roles.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the audit log: detects any altered, deleted or reordered record.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -93,6 +198,9 @@ struct ImportArgs {
     /// Bundles committed at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// The organisation that owns what is imported (default: the domain's first organisation).
+    #[arg(long)]
+    org: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -104,6 +212,10 @@ enum BenchCommand {
         /// FHIR base URL of the server.
         #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
         url: String,
+        /// Access token sent as `Authorization: Bearer …`; get one with
+        /// `tessera token --system --data-dir DIR`.
+        #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+        token: String,
         /// Concurrent clients.
         #[arg(long, default_value_t = 4)]
         clients: usize,
@@ -116,6 +228,10 @@ enum BenchCommand {
         /// FHIR base URL of the server.
         #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
         url: String,
+        /// Access token sent as `Authorization: Bearer …`; get one with
+        /// `tessera token --system --data-dir DIR`.
+        #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+        token: String,
         /// Concurrent connections.
         #[arg(long, default_value_t = 16)]
         connections: usize,
@@ -157,9 +273,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Import(args) => {
             init_logging(false);
-            let store = open_store(&args.store).await?;
-            let engine = Engine::new(store, EngineConfig::default());
-            let summary = tessera_import::run(&engine, &args.paths, &tessera_import::Options { concurrency: args.concurrency }).await?;
+            let (engine, _) = open_engine(&args.store, EngineConfig::default()).await?;
+            let org = args.org.clone().unwrap_or_else(|| first_org(&engine));
+            let summary = tessera_import::run(&engine, &Access::system(&org), &args.paths, &tessera_import::Options { concurrency: args.concurrency }).await?;
             println!("{summary}");
             if summary.errors.is_empty() {
                 Ok(())
@@ -167,14 +283,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{} error(s) during import", summary.errors.len())
             }
         }
-        Command::Bench(BenchCommand::Ingest { url, clients, paths }) => {
-            let report = tessera_bench::ingest(&url, &paths, clients).await?;
+        Command::Bench(BenchCommand::Ingest { url, token, clients, paths }) => {
+            let report = tessera_bench::ingest(&url, &token, &paths, clients).await?;
             println!("{report}");
             Ok(())
         }
-        Command::Bench(BenchCommand::Read { url, connections, seconds, resource_type }) => {
-            let report = tessera_bench::read(&url, &resource_type, connections, std::time::Duration::from_secs(seconds)).await?;
+        Command::Bench(BenchCommand::Read { url, token, connections, seconds, resource_type }) => {
+            let report = tessera_bench::read(&url, &token, &resource_type, connections, std::time::Duration::from_secs(seconds)).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::Token(args) => token(args).await,
+        Command::Domain(DomainCommand::Apply { store, file }) => {
+            init_logging(false);
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut domain = (*engine.domain()).clone();
+            domain.apply_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let changed = engine.apply_domain(&Access::system(&first_org(&engine)), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("domain applied from {} ({changed} resources changed)", file.display());
+            Ok(())
+        }
+        Command::Domain(DomainCommand::Show { store }) => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let mut domain = (*engine.domain()).clone();
+            domain.users.iter_mut().for_each(|u| u.password_hash = None);
+            domain.service_accounts.iter_mut().for_each(|s| s.secret_hash = None);
+            println!("{}", serde_json::to_string_pretty(&domain)?);
+            Ok(())
+        }
+        Command::User(cmd) => user(cmd).await,
+        Command::Audit(AuditCommand::Verify { store }) => {
+            let store = open_store(&store).await?;
+            let report = tessera_audit::verify(store.as_ref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{}", report.summary());
+            if report.problem.is_some() {
+                std::process::exit(2);
+            }
             Ok(())
         }
     }
@@ -190,21 +335,105 @@ async fn open_store(args: &StoreArgs) -> anyhow::Result<tessera_store::DynStore>
     Ok(store)
 }
 
+/// The domain's first organisation (what the system account acts for by default).
+fn first_org(engine: &Engine) -> String {
+    engine.domain().organisations.first().map(|o| o.id.clone()).unwrap_or_else(|| "tessera".into())
+}
+
+/// Opens the store, loads the domain and the token signing key (created on first use).
+async fn open_engine(args: &StoreArgs, config: EngineConfig) -> anyhow::Result<(Engine, std::sync::Arc<tessera_auth::Authenticator>)> {
+    let store = open_store(args).await?;
+    let engine = Engine::new(store, config);
+    engine.load_domain().await.map_err(|e| anyhow::anyhow!("cannot load the domain: {e}"))?;
+    const SECRET_KEY: &str = "auth.signing-secret";
+    let secret = match engine.store().get_meta(SECRET_KEY).await? {
+        Some(s) => s,
+        None => {
+            let s = tessera_auth::Authenticator::encode_secret(&tessera_auth::Authenticator::generate_secret());
+            engine.store().set_meta(SECRET_KEY, &s).await?;
+            // Another process may have raced us: use whatever is stored now.
+            engine.store().get_meta(SECRET_KEY).await?.unwrap_or(s)
+        }
+    };
+    let auth = tessera_auth::Authenticator::from_base64(&secret).map_err(|e| anyhow::anyhow!("the stored signing key is not valid: {e}"))?;
+    Ok((engine, std::sync::Arc::new(auth)))
+}
+
+async fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let (engine, auth) = open_engine(&args.store, EngineConfig::default()).await?;
+    let domain = engine.domain();
+    let now = tessera_auth::now();
+    let token = if args.system {
+        let org = args.org.clone().unwrap_or_else(|| first_org(&engine));
+        anyhow::ensure!(domain.organisation(&org).is_some(), "organisation '{org}' is not in the domain");
+        auth.issue_system_token(tessera_engine::SYSTEM_ACCOUNT, &org, args.scope.as_deref().unwrap_or("system/*.*"), now, args.minutes)
+    } else {
+        let user = args.user.as_deref().context("give --user NAME or --system")?;
+        auth.issue_user_token(&domain, user, args.role.as_deref(), args.org.as_deref(), args.location.as_deref(), args.scope.as_deref(), now)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    println!("{token}");
+    Ok(())
+}
+
+async fn user(cmd: UserCommand) -> anyhow::Result<()> {
+    match cmd {
+        UserCommand::Add { store, id, name, role, org, locations, password } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let mut domain = (*engine.domain()).clone();
+            let existing = domain.user(&id).cloned();
+            let mut user = existing.unwrap_or(tessera_domain::User { id: id.clone(), name: name.clone(), password_hash: None, roles: Vec::new(), active: true });
+            user.name = name;
+            domain.upsert_user(user).map_err(|e| anyhow::anyhow!("{e}"))?;
+            domain.add_role(&id, tessera_domain::RoleAssignment { organisation: org, role, locations }).map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(p) = password {
+                domain.set_password(&id, &p).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            engine.apply_domain(&Access::system(&first_org(&engine)), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("user {id} saved");
+            Ok(())
+        }
+        UserCommand::Passwd { store, id, password } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let password = match password {
+                Some(p) => p,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line.trim_end_matches(['\r', '\n']).to_string()
+                }
+            };
+            let mut domain = (*engine.domain()).clone();
+            domain.set_password(&id, &password).map_err(|e| anyhow::anyhow!("{e}"))?;
+            engine.apply_domain(&Access::system(&first_org(&engine)), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("password of {id} set");
+            Ok(())
+        }
+        UserCommand::List { store } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            for u in &engine.domain().users {
+                let roles: Vec<String> = u.roles.iter().map(|r| format!("{}@{}{}", r.role, r.organisation, if r.locations.is_empty() { String::new() } else { format!(" [{}]", r.locations.join(", ")) })).collect();
+                println!("{:<20} {:<28} {}{}", u.id, u.name, roles.join("; "), if u.active { "" } else { " (inactive)" });
+            }
+            Ok(())
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
-    let store = open_store(&args.store).await?;
     let base_url = args.base_url.clone().unwrap_or_else(|| format!("http://{}/fhir", args.listen));
-    let config = EngineConfig {
-        base_url: base_url.trim_end_matches('/').to_string(),
-        update_create: !args.no_update_create,
-        limits: tessera_fhir::validation::Limits { max_depth: args.max_depth },
-        ..EngineConfig::default()
-    };
-    let engine = Engine::new(store, config);
+    let mut config = EngineConfig::default();
+    config.base_url = base_url.trim_end_matches('/').to_string();
+    config.update_create = !args.no_update_create;
+    config.limits = tessera_fhir::validation::Limits { max_depth: args.max_depth };
+    let (engine, auth) = open_engine(&args.store, config).await?;
     if args.demo {
         demo::load(&engine).await.context("cannot load the demo data")?;
     }
-    let router = tessera_http::router(engine.clone(), tessera_http::HttpConfig { max_body_bytes: args.max_body_bytes });
+    let mut http = tessera_http::HttpConfig::new(auth);
+    http.max_body_bytes = args.max_body_bytes;
+    let router = tessera_http::router(engine.clone(), http);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(backend = engine.store().backend(), %base_url, "Tessera is serving FHIR R4");
     tessera_http::serve(listener, router, shutdown_signal()).await?;

@@ -28,10 +28,23 @@ fn start(data_dir: &std::path::Path, port: u16, database_url: Option<&str>) -> C
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn send(client: &HttpClient, method: &str, url: String, body: Option<Vec<u8>>) -> Option<(u16, Value)> {
+/// A system token from the operator command, for the server's database.
+fn system_token(data_dir: &std::path::Path, database_url: Option<&str>) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    cmd.args(["token", "--system"]).arg("--data-dir").arg(data_dir);
+    if let Some(url) = database_url {
+        cmd.args(["--database-url", url]);
+    }
+    let out = cmd.output().expect("tessera token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn send(client: &HttpClient, token: &str, method: &str, url: String, body: Option<Vec<u8>>) -> Option<(u16, Value)> {
     let req = http::Request::builder()
         .method(method)
         .uri(url)
+        .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/fhir+json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .unwrap();
@@ -43,7 +56,7 @@ async fn send(client: &HttpClient, method: &str, url: String, body: Option<Vec<u
 
 async fn wait_ready(client: &HttpClient, base: &str) {
     for _ in 0..200 {
-        if let Some((200, _)) = send(client, "GET", format!("{base}/metadata"), None).await {
+        if let Some((200, _)) = send(client, "", "GET", format!("{base}/metadata"), None).await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -70,8 +83,8 @@ fn uuid_like(tag: &str, i: usize) -> String {
     format!("{:08x}-0000-4000-8000-{:012x}", (n >> 32) as u32, n & 0xffff_ffff_ffff)
 }
 
-async fn count(client: &HttpClient, base: &str, tag: &str) -> u64 {
-    let (status, bundle) = send(client, "GET", format!("{base}/Patient?identifier=urn:tessera:test:tx%7C{tag}&_count=1"), None).await.expect("search");
+async fn count(client: &HttpClient, token: &str, base: &str, tag: &str) -> u64 {
+    let (status, bundle) = send(client, token, "GET", format!("{base}/Patient?identifier=urn:tessera:test:tx%7C{tag}&_count=1"), None).await.expect("search");
     assert_eq!(status, 200);
     bundle["total"].as_u64().unwrap()
 }
@@ -83,18 +96,19 @@ async fn kill_during_ingest(database_url: Option<&str>) {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let mut server = start(dir.path(), port, database_url);
     wait_ready(&client, &base).await;
+    let token = system_token(dir.path(), database_url);
 
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
     let sent = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (client, base, acked, sent) = (client.clone(), base.clone(), acked.clone(), sent.clone());
+        let (client, base, acked, sent, token) = (client.clone(), base.clone(), acked.clone(), sent.clone(), token.clone());
         workers.push(tokio::spawn(async move {
             for n in 0.. {
                 let tag = format!("w{w}-t{n}");
                 sent.lock().unwrap().push(tag.clone());
                 let body = serde_json::to_vec(&transaction(&tag)).unwrap();
-                match send(&client, "POST", base.clone(), Some(body)).await {
+                match send(&client, &token, "POST", base.clone(), Some(body)).await {
                     Some((200, _)) => acked.lock().unwrap().push(tag),
                     Some((status, body)) => panic!("transaction refused: {status} {body}"),
                     None => return, // the server died
@@ -116,7 +130,7 @@ async fn kill_during_ingest(database_url: Option<&str>) {
     let mut server = start(dir.path(), port, database_url);
     wait_ready(&client, &base).await;
     for tag in &sent {
-        let n = count(&client, &base, tag).await;
+        let n = count(&client, &token, &base, tag).await;
         if acked.contains(tag) {
             assert_eq!(n, PER_TX as u64, "acknowledged transaction {tag} is present in full");
         } else {

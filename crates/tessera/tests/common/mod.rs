@@ -13,6 +13,10 @@ use tessera_engine::{Engine, EngineConfig};
 pub struct Server {
     pub base: String,
     pub engine: Engine,
+    pub auth: Arc<tessera_auth::Authenticator>,
+    /// A system token (`system/*.*`, acting for the domain's first organisation), sent
+    /// with every request that does not carry its own Authorization header.
+    pub system_token: String,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: Option<tempfile::TempDir>,
@@ -64,14 +68,21 @@ pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<Server
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let base = format!("http://{addr}/fhir");
-    let engine = Engine::new(store, EngineConfig { base_url: base.clone(), ..config });
-    let router = tessera_http::router(engine.clone(), tessera_http::HttpConfig { max_body_bytes: 8 * 1024 * 1024 });
+    let mut config = config;
+    config.base_url = base.clone();
+    let engine = Engine::new(store, config);
+    engine.load_domain().await.unwrap();
+    let auth = Arc::new(tessera_auth::Authenticator::new(&tessera_auth::Authenticator::generate_secret()));
+    let system_token = auth.issue_system_token("system", "tessera", "system/*.*", tessera_auth::now(), 60);
+    let mut http = tessera_http::HttpConfig::new(auth.clone());
+    http.max_body_bytes = 8 * 1024 * 1024;
+    let router = tessera_http::router(engine.clone(), http);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(tessera_http::serve(listener, router, async move {
         let _ = rx.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http();
-    Some(Server { base, engine, client, shutdown: Some(tx), _dir: dir })
+    Some(Server { base, engine, auth, system_token, client, shutdown: Some(tx), _dir: dir })
 }
 
 impl Drop for Server {
@@ -94,9 +105,16 @@ impl Server {
         };
         let mut req = http::Request::builder().method(method).uri(url);
         let mut has_ct = false;
+        let mut has_auth = false;
         for (k, v) in headers {
             has_ct |= k.eq_ignore_ascii_case("content-type");
-            req = req.header(*k, *v);
+            has_auth |= k.eq_ignore_ascii_case("authorization");
+            if !v.is_empty() {
+                req = req.header(*k, *v);
+            }
+        }
+        if !has_auth {
+            req = req.header("authorization", format!("Bearer {}", self.system_token));
         }
         if body.is_some() && !has_ct {
             req = req.header("content-type", "application/fhir+json");
@@ -107,6 +125,18 @@ impl Server {
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         Reply { status, headers, body }
+    }
+
+    /// A request as the holder of `token` (an empty token sends no Authorization header).
+    pub async fn request_as(&self, token: &str, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
+        let auth = if token.is_empty() { String::new() } else { format!("Bearer {token}") };
+        self.request(method, path, &[("authorization", &auth)], body).await
+    }
+
+    /// A user token for a role context.
+    pub fn user_token(&self, user: &str, role: Option<&str>, org: Option<&str>, location: Option<&str>) -> String {
+        let domain = self.engine.domain();
+        self.auth.issue_user_token(&domain, user, role, org, location, None, tessera_auth::now()).unwrap_or_else(|e| panic!("token for {user}: {e}"))
     }
 
     pub async fn get(&self, path: &str) -> Reply {

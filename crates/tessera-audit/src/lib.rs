@@ -1,0 +1,23 @@
+//! The audit trail.
+//!
+//! * [`event`]: builds IHE BALP-style FHIR R4 `AuditEvent`s ([`audit_event`]) and the
+//!   [`NewAudit`](tessera_store::NewAudit) records that carry them into the store
+//!   ([`new_audit`]).
+//! * [`verify`](verify()): walks the store's hash-chained audit log and reports the first
+//!   record that was altered, deleted or moved.
+//!
+//! The log itself lives in the store (`tessera_store::Store::commit_audited`,
+//! `append_audit`, `audit_query`, `audit_scan`); see `tessera_store::audit_hash` for the
+//! chain's definition.
+
+pub mod event;
+pub mod verify;
+
+pub use event::{audit_event, new_audit, Agent, Coded, EventInput, EventKind, Interaction, Outcome, Who};
+pub use verify::{verify, verify_with, Anchor, ChainProblem, ProblemKind, VerifyOptions, VerifyReport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] tessera_store::StoreError),
+}

@@ -1,0 +1,402 @@
+//! The declarative domain file (TOML).
+//!
+//! ```toml
+//! name = "Example shared domain"
+//!
+//! [settings]                       # optional; each key optional (defaults shown)
+//! relationship_days_after_discharge = 30
+//! break_glass_minutes = 240
+//! break_glass_marker = true
+//! default_sharing = "break-glass"  # shared | break-glass | hidden
+//! token_minutes = 60
+//!
+//! [[roles]]                        # optional: without any, the built-in catalogue
+//! id = "doctor"
+//! name = "Doctor"
+//! nrbac_code = "R8000"             # NHS national RBAC job role code
+//! may_break_glass = true           # default false
+//! needs_relationship = true        # default true
+//! sees_sealed = false              # default false
+//! permissions = { demographics = "rw", clinical = "rw", psychiatry = "r" }
+//!                                  # "r", "rw", "rwd", "" or { read = true, write = true }
+//!
+//! [[organisations]]
+//! id = "rx1"
+//! name = "Northgate Hospitals NHS Trust"
+//! ods_code = "RX1"
+//!
+//! [[organisations]]
+//! id = "rx1-general"
+//! name = "Northgate General Hospital"
+//! ods_code = "RX1AA"
+//! parent = "rx1"
+//!
+//! [[locations]]
+//! id = "ward-7a"
+//! name = "Ward 7A (Acute Medicine)"
+//! organisation = "rx1-general"
+//! parent = "…"                     # optional
+//!
+//! [[users]]
+//! id = "dr.patel"
+//! name = "Dr Asha Patel"
+//! password = "…"                   # in clear (demo/dev), hashed on reading; or
+//! # password_hash = "$argon2id$…"
+//! active = true                    # default true
+//! roles = [ { organisation = "rx1", role = "doctor", locations = ["ward-7a"] } ]
+//!
+//! [[service_accounts]]
+//! id = "rx1-interface-engine"
+//! name = "Northgate interface engine"
+//! secret = "…"                     # or secret_hash
+//! organisation = "rx1"
+//! scopes = ["system/*.*"]
+//!
+//! [[sharing]]
+//! owner = "rx1"                    # a trust
+//! viewer = "*"                     # a trust, or * for every other organisation
+//! classes = { demographics = "shared", clinical = "break-glass", hiv = "hidden" }
+//! ```
+//!
+//! Unknown keys are errors (a misspelt key would otherwise be silently ignored).
+
+use crate::check::{Entry, Found, Section};
+use crate::error::{DomainError, Problem};
+use crate::model::{DataClass, Domain, Location, Organisation, Permission, Role, RoleAssignment, ServiceAccount, Settings, Sharing, SharingAgreement, User};
+use crate::roles::default_roles;
+use crate::secret::{hash_file_secret, MIN_PASSWORD_LEN, MIN_SECRET_LEN};
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDomain {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    settings: Option<Spanned<FileSettings>>,
+    #[serde(default)]
+    roles: Option<Vec<Spanned<FileRole>>>,
+    #[serde(default)]
+    organisations: Vec<Spanned<FileOrganisation>>,
+    #[serde(default)]
+    locations: Vec<Spanned<FileLocation>>,
+    #[serde(default)]
+    users: Vec<Spanned<FileUser>>,
+    #[serde(default)]
+    service_accounts: Vec<Spanned<FileServiceAccount>>,
+    #[serde(default)]
+    sharing: Vec<Spanned<FileSharing>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    relationship_days_after_discharge: Option<u32>,
+    break_glass_minutes: Option<u32>,
+    break_glass_marker: Option<bool>,
+    default_sharing: Option<Sharing>,
+    token_minutes: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRole {
+    id: String,
+    name: String,
+    nrbac_code: String,
+    #[serde(default)]
+    permissions: BTreeMap<DataClass, PermissionSpec>,
+    #[serde(default = "yes")]
+    needs_relationship: bool,
+    #[serde(default)]
+    may_break_glass: bool,
+    #[serde(default)]
+    sees_sealed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOrganisation {
+    id: String,
+    name: String,
+    #[serde(default)]
+    ods_code: Option<String>,
+    #[serde(default)]
+    parent: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLocation {
+    id: String,
+    name: String,
+    organisation: String,
+    #[serde(default)]
+    parent: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAssignment {
+    organisation: String,
+    role: String,
+    #[serde(default)]
+    locations: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUser {
+    id: String,
+    name: String,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_hash: Option<String>,
+    #[serde(default)]
+    roles: Vec<FileAssignment>,
+    #[serde(default = "yes")]
+    active: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileServiceAccount {
+    id: String,
+    name: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_hash: Option<String>,
+    organisation: String,
+    scopes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSharing {
+    owner: String,
+    viewer: String,
+    classes: BTreeMap<DataClass, Sharing>,
+}
+
+/// A permission written as letters (`"r"`, `"rw"`, `"rwd"`, `""`) or as a table.
+struct PermissionSpec(Permission);
+
+impl<'de> Deserialize<'de> for PermissionSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = PermissionSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a permission: \"r\", \"rw\", \"rwd\", \"\" or a table { read, write, delete }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<PermissionSpec, E> {
+                let mut p = Permission::default();
+                for c in s.chars() {
+                    let flag = match c {
+                        'r' => &mut p.read,
+                        'w' => &mut p.write,
+                        'd' => &mut p.delete,
+                        _ => return Err(E::custom(format!("permission `{s}`: use the letters r (read), w (write) and d (delete)"))),
+                    };
+                    if *flag {
+                        return Err(E::custom(format!("permission `{s}` repeats `{c}`")));
+                    }
+                    *flag = true;
+                }
+                Ok(PermissionSpec(p))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<PermissionSpec, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Table {
+                    #[serde(default)]
+                    read: bool,
+                    #[serde(default)]
+                    write: bool,
+                    #[serde(default)]
+                    delete: bool,
+                }
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(PermissionSpec(Permission { read: t.read, write: t.write, delete: t.delete }))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Where the entries of a domain file are: the line of each entry, per section, in order,
+/// with its key.
+#[derive(Default)]
+pub(crate) struct Lines {
+    entries: BTreeMap<Section, Vec<(String, usize)>>,
+}
+
+impl Lines {
+    /// The line of the entry at `entry.index` of the file (the domain was read from it).
+    fn by_index(&self, entry: &Entry) -> Option<usize> {
+        self.entries.get(&entry.section)?.get(entry.index).map(|(_, line)| *line)
+    }
+
+    /// The line of the file entry with the same key (the domain was merged with it).
+    fn by_key(&self, entry: &Entry) -> Option<usize> {
+        self.entries.get(&entry.section)?.iter().rev().find(|(key, _)| *key == entry.key).map(|(_, line)| *line)
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Reads a domain file into a [`Domain`] and checks it ([`Domain::validate`]).
+///
+/// A file without `[[roles]]` gets the built-in catalogue ([`default_roles`]). Passwords
+/// and secrets given in clear (`password`, `secret`) are hashed with argon2id; the salt is
+/// derived from the account, so reading the same file twice gives the same domain.
+/// Errors name the line (and column, for syntax errors) of the file.
+pub fn parse_domain_file(text: &str) -> Result<Domain, DomainError> {
+    let (domain, lines) = read(text)?;
+    domain.check().into_result(|e| lines.by_index(e))?;
+    Ok(domain)
+}
+
+impl Domain {
+    /// Applies a domain file to this domain: reads it (without requiring it to be complete:
+    /// it may name organisations and roles this domain already has), [merges](Domain::merge)
+    /// it, and checks the result. On error the domain is left unchanged. Like any file
+    /// without `[[roles]]`, a fragment without them carries the built-in catalogue, whose
+    /// roles then replace the domain's roles of the same ids.
+    pub fn apply_file(&mut self, text: &str) -> Result<(), DomainError> {
+        let (file, lines) = read(text)?;
+        let mut merged = self.clone();
+        merged.merge(file);
+        merged.check().into_result(|e| lines.by_key(e))?;
+        *self = merged;
+        Ok(())
+    }
+}
+
+/// Reads the file into a domain, without the cross-reference checks.
+pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
+    let file: FileDomain = toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+        DomainError::Syntax { line, column, message: e.message().trim().to_string() }
+    })?;
+    let mut lines = Lines::default();
+    let mut local = Found::default();
+    let mut note = |section: Section, key: &str, span: std::ops::Range<usize>| {
+        let line = line_col(text, span.start).0;
+        let list = lines.entries.entry(section).or_default();
+        list.push((key.to_string(), line));
+        Entry { section, index: list.len() - 1, key: key.to_string() }
+    };
+
+    let mut domain = Domain { name: file.name.unwrap_or_default(), ..Domain::default() };
+
+    if let Some(settings) = file.settings {
+        note(Section::Settings, "", settings.span());
+        let s = settings.into_inner();
+        let d = Settings::default();
+        domain.settings = Settings {
+            relationship_days_after_discharge: s.relationship_days_after_discharge.unwrap_or(d.relationship_days_after_discharge),
+            break_glass_minutes: s.break_glass_minutes.unwrap_or(d.break_glass_minutes),
+            break_glass_marker: s.break_glass_marker.unwrap_or(d.break_glass_marker),
+            default_sharing: s.default_sharing.unwrap_or(d.default_sharing),
+            token_minutes: s.token_minutes.unwrap_or(d.token_minutes),
+        };
+    }
+
+    domain.roles = match file.roles {
+        None => default_roles(),
+        Some(roles) => roles
+            .into_iter()
+            .map(|r| {
+                note(Section::Role, &r.get_ref().id, r.span());
+                let r = r.into_inner();
+                Role {
+                    id: r.id,
+                    name: r.name,
+                    nrbac_code: r.nrbac_code,
+                    permissions: r.permissions.into_iter().map(|(c, p)| (c, p.0)).collect(),
+                    needs_relationship: r.needs_relationship,
+                    may_break_glass: r.may_break_glass,
+                    sees_sealed: r.sees_sealed,
+                }
+            })
+            .collect(),
+    };
+
+    for o in file.organisations {
+        note(Section::Organisation, &o.get_ref().id, o.span());
+        let o = o.into_inner();
+        domain.organisations.push(Organisation { id: o.id, name: o.name, ods_code: o.ods_code, parent: o.parent });
+    }
+    for l in file.locations {
+        note(Section::Location, &l.get_ref().id, l.span());
+        let l = l.into_inner();
+        domain.locations.push(Location { id: l.id, name: l.name, organisation: l.organisation, parent: l.parent });
+    }
+    for u in file.users {
+        let entry = note(Section::User, &u.get_ref().id, u.span());
+        let u = u.into_inner();
+        let at = format!("user `{}`", u.id);
+        let password_hash = match (u.password, u.password_hash) {
+            (Some(_), Some(_)) => {
+                local.problems.push((problem(&at, "give either password or password_hash, not both"), Some(entry)));
+                None
+            }
+            (Some(clear), None) if clear.chars().count() < MIN_PASSWORD_LEN => {
+                local.problems.push((problem(&at, &format!("the password is shorter than {MIN_PASSWORD_LEN} characters")), Some(entry)));
+                None
+            }
+            (Some(clear), None) => Some(hash_file_secret("user", &u.id, &clear)?),
+            (None, hash) => hash,
+        };
+        let roles = u.roles.into_iter().map(|a| RoleAssignment { organisation: a.organisation, role: a.role, locations: a.locations }).collect();
+        domain.users.push(User { id: u.id, name: u.name, password_hash, roles, active: u.active });
+    }
+    for s in file.service_accounts {
+        let entry = note(Section::ServiceAccount, &s.get_ref().id, s.span());
+        let s = s.into_inner();
+        let at = format!("service account `{}`", s.id);
+        let secret_hash = match (s.secret, s.secret_hash) {
+            (Some(_), Some(_)) => {
+                local.problems.push((problem(&at, "give either secret or secret_hash, not both"), Some(entry)));
+                None
+            }
+            (Some(clear), None) if clear.chars().count() < MIN_SECRET_LEN => {
+                local.problems.push((problem(&at, &format!("the secret is shorter than {MIN_SECRET_LEN} characters")), Some(entry)));
+                None
+            }
+            (Some(clear), None) => Some(hash_file_secret("service-account", &s.id, &clear)?),
+            (None, hash) => hash,
+        };
+        domain.service_accounts.push(ServiceAccount { id: s.id, name: s.name, secret_hash, organisation: s.organisation, scopes: s.scopes });
+    }
+    for a in file.sharing {
+        let key = format!("{}→{}", a.get_ref().owner, a.get_ref().viewer);
+        note(Section::Sharing, &key, a.span());
+        let a = a.into_inner();
+        domain.sharing.push(SharingAgreement { owner: a.owner, viewer: a.viewer, classes: a.classes });
+    }
+
+    local.into_result(|e| lines.by_index(e))?;
+    Ok((domain, lines))
+}
+
+fn problem(at: &str, message: &str) -> Problem {
+    Problem { line: None, at: at.to_string(), message: message.to_string() }
+}

@@ -1,0 +1,276 @@
+//! The domain model.
+//!
+//! Identifiers are short, stable, lower-case slugs chosen by the domain's administrators
+//! (`rx1`, `rx1-general`, `ward-7a`, `dr.patel`); the FHIR resources created for them use
+//! the same ids (`Organization/rx1`, `Location/ward-7a`, `Practitioner/dr.patel`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The classes of data the sharing agreements and role permissions speak of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataClass {
+    /// Who the patient is: Patient, RelatedPerson, Person.
+    Demographics,
+    /// Encounters, appointments, episodes of care, schedules, referrals' administration.
+    Administrative,
+    /// Conditions, observations and results, notes, medications, orders, procedures, allergies…
+    Clinical,
+    /// Confidentiality R (restricted).
+    Restricted,
+    /// Confidentiality V (very restricted).
+    VeryRestricted,
+    /// HIV/AIDS information (`HIV`).
+    Hiv,
+    /// Psychiatry / mental health (`PSY`).
+    Psychiatry,
+    /// Sexual assault, abuse, domestic violence (`SDV`).
+    DomesticViolence,
+    /// Substance abuse (`ETH`).
+    SubstanceAbuse,
+    /// Sexually transmitted disease (`STD`).
+    SexuallyTransmitted,
+    /// Sexuality and reproductive health (`SEX`).
+    Sexuality,
+    /// Audit trail (AuditEvent): privacy officers.
+    Audit,
+    /// Domain configuration: Organization, Location, Practitioner, PractitionerRole, …
+    Configuration,
+}
+
+impl DataClass {
+    pub const ALL: [DataClass; 13] = [
+        DataClass::Demographics,
+        DataClass::Administrative,
+        DataClass::Clinical,
+        DataClass::Restricted,
+        DataClass::VeryRestricted,
+        DataClass::Hiv,
+        DataClass::Psychiatry,
+        DataClass::DomesticViolence,
+        DataClass::SubstanceAbuse,
+        DataClass::SexuallyTransmitted,
+        DataClass::Sexuality,
+        DataClass::Audit,
+        DataClass::Configuration,
+    ];
+
+    /// The sensitive classes, which come from security labels rather than resource types.
+    pub fn is_sensitive(self) -> bool {
+        !matches!(self, DataClass::Demographics | DataClass::Administrative | DataClass::Clinical | DataClass::Audit | DataClass::Configuration)
+    }
+}
+
+/// How far an owning organisation shares a class of its data with a viewing organisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sharing {
+    /// Visible (subject to role and relationship).
+    Shared,
+    /// Visible only after the user breaks the glass.
+    BreakGlass,
+    /// Behaves as absent.
+    Hidden,
+}
+
+/// What a role may do with a data class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permission {
+    #[serde(default)]
+    pub read: bool,
+    #[serde(default)]
+    pub write: bool,
+    #[serde(default)]
+    pub delete: bool,
+}
+
+/// A role type from the role catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Role {
+    /// Slug, e.g. `doctor`.
+    pub id: String,
+    pub name: String,
+    /// NHS national RBAC job role code (e.g. `R8000` Clinical Practitioner Access Role).
+    pub nrbac_code: String,
+    /// Permissions per data class; absent classes grant nothing.
+    pub permissions: BTreeMap<DataClass, Permission>,
+    /// Needs a legitimate care relationship (or break-glass) to open a patient's record.
+    /// True unless a role says otherwise (e.g. a privacy officer reading the audit trail).
+    #[serde(default = "yes")]
+    pub needs_relationship: bool,
+    /// May break the glass.
+    #[serde(default)]
+    pub may_break_glass: bool,
+    /// May see data sealed by another organisation (named roles for sealed data).
+    #[serde(default)]
+    pub sees_sealed: bool,
+}
+
+/// An organisation: a trust (no parent) or a hospital/site within one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Organisation {
+    pub id: String,
+    pub name: String,
+    /// ODS code.
+    #[serde(default)]
+    pub ods_code: Option<String>,
+    /// Parent organisation id (a site's trust).
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+/// A place within an organisation: department, ward, clinic, bay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub id: String,
+    pub name: String,
+    /// Owning organisation id (usually a site).
+    pub organisation: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+/// One role a user holds: in an organisation, at some of its locations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleAssignment {
+    pub organisation: String,
+    pub role: String,
+    #[serde(default)]
+    pub locations: Vec<String>,
+}
+
+/// A person who logs in (a Practitioner in FHIR).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    /// Login name and Practitioner id.
+    pub id: String,
+    pub name: String,
+    /// argon2 PHC string.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    pub roles: Vec<RoleAssignment>,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A system or interface (client credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceAccount {
+    pub id: String,
+    pub name: String,
+    /// argon2 PHC string of the client secret.
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+    /// The organisation it writes on behalf of.
+    pub organisation: String,
+    /// SMART scopes it may be granted, e.g. `system/*.*`.
+    pub scopes: Vec<String>,
+}
+
+/// One row of the sharing table: owner → viewer, per data class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharingAgreement {
+    /// Owning organisation (a trust).
+    pub owner: String,
+    /// Viewing organisation (a trust), or `*` for every other organisation.
+    pub viewer: String,
+    pub classes: BTreeMap<DataClass, Sharing>,
+}
+
+/// Domain-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Days a care relationship lasts after an encounter ends (discharge).
+    pub relationship_days_after_discharge: u32,
+    /// Minutes a break-glass grant lasts.
+    pub break_glass_minutes: u32,
+    /// Show a "more exists — break glass to view" marker where data is behind break-glass.
+    pub break_glass_marker: bool,
+    /// Sharing for classes no agreement mentions, between different organisations.
+    pub default_sharing: Sharing,
+    /// Lifetime of access tokens, in minutes.
+    pub token_minutes: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            relationship_days_after_discharge: 30,
+            break_glass_minutes: 240,
+            break_glass_marker: true,
+            default_sharing: Sharing::BreakGlass,
+            token_minutes: 60,
+        }
+    }
+}
+
+/// The whole domain configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    pub name: String,
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(default)]
+    pub roles: Vec<Role>,
+    #[serde(default)]
+    pub organisations: Vec<Organisation>,
+    #[serde(default)]
+    pub locations: Vec<Location>,
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub service_accounts: Vec<ServiceAccount>,
+    #[serde(default)]
+    pub sharing: Vec<SharingAgreement>,
+}
+
+impl Domain {
+    pub fn organisation(&self, id: &str) -> Option<&Organisation> {
+        self.organisations.iter().find(|o| o.id == id)
+    }
+
+    pub fn location(&self, id: &str) -> Option<&Location> {
+        self.locations.iter().find(|l| l.id == id)
+    }
+
+    pub fn role(&self, id: &str) -> Option<&Role> {
+        self.roles.iter().find(|r| r.id == id)
+    }
+
+    pub fn user(&self, id: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.id == id)
+    }
+
+    pub fn service_account(&self, id: &str) -> Option<&ServiceAccount> {
+        self.service_accounts.iter().find(|s| s.id == id)
+    }
+
+    /// The trust an organisation belongs to (itself if it has no parent).
+    pub fn trust_of<'a>(&'a self, org: &'a str) -> &'a str {
+        let mut current = org;
+        for _ in 0..16 {
+            match self.organisation(current).and_then(|o| o.parent.as_deref()) {
+                Some(parent) => current = parent,
+                None => return current,
+            }
+        }
+        current
+    }
+
+    /// Sharing of `class` data owned by `owner` when viewed from `viewer` (organisation ids,
+    /// any level; compared by trust). Same trust: shared.
+    pub fn sharing(&self, owner: &str, viewer: &str, class: DataClass) -> Sharing {
+        let (owner, viewer) = (self.trust_of(owner), self.trust_of(viewer));
+        if owner == viewer {
+            return Sharing::Shared;
+        }
+        let specific = self.sharing.iter().find(|a| a.owner == owner && a.viewer == viewer).and_then(|a| a.classes.get(&class));
+        let general = || self.sharing.iter().find(|a| a.owner == owner && a.viewer == "*").and_then(|a| a.classes.get(&class));
+        specific.or_else(general).copied().unwrap_or(self.settings.default_sharing)
+    }
+}

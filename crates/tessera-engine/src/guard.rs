@@ -1,0 +1,340 @@
+//! The one enforcement point.
+//!
+//! Every engine path that reads or writes clinical data goes through a [`Gate`]: it asks
+//! the policy (`tessera-policy`) for a decision on each resource, given who is asking
+//! ([`Access`]), the resource's facts (type, owner, patient, security labels, author) and
+//! the patient's facts (care relationship, break-glass grant, confidentiality, consent),
+//! and it records what happened for the audit trail. Deny unless a rule allows: hidden
+//! data behaves as absent; data behind break-glass is withheld (with a marker when the
+//! domain says so).
+
+use crate::access::{Access, AccessKind};
+use crate::{Engine, FhirError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tessera_domain::{Domain, Role};
+use tessera_fhir::IssueType;
+use tessera_policy::{Action, Confidentiality, Decision, PatientFacts, ResourceFacts, Subject, SubjectKind};
+use tessera_store::{NewAudit, Stored};
+
+/// Tessera's own coding systems.
+pub const OWNER_SYSTEM: &str = "https://tessera.health/owner";
+pub const AUTHOR_SYSTEM: &str = "https://tessera.health/author";
+
+/// What a decision on one resource means for a reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    Visible,
+    /// Exists, but only after breaking the glass.
+    BehindGlass,
+    /// Behaves as absent.
+    Hidden,
+}
+
+/// Facts read from a stored resource's `meta` without building its JSON tree.
+#[derive(Default)]
+struct MetaFacts {
+    security: Vec<(String, String)>,
+    author: Option<String>,
+}
+
+fn meta_facts(json: &[u8]) -> MetaFacts {
+    #[derive(serde::Deserialize)]
+    struct Coding {
+        system: Option<String>,
+        code: Option<String>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Meta {
+        #[serde(default)]
+        security: Vec<Coding>,
+        #[serde(default)]
+        tag: Vec<Coding>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        meta: Option<Meta>,
+    }
+    // Most resources carry neither labels nor an author tag: skip the parse for them.
+    let has = |needle: &[u8]| json.windows(needle.len()).any(|w| w == needle);
+    if !has(b"\"security\"") && !has(AUTHOR_SYSTEM.as_bytes()) {
+        return MetaFacts::default();
+    }
+    let Ok(head) = serde_json::from_slice::<Head>(json) else { return MetaFacts::default() };
+    let meta = head.meta.unwrap_or_default();
+    MetaFacts {
+        security: meta.security.into_iter().filter_map(|c| Some((c.system.unwrap_or_default(), c.code?))).collect(),
+        author: meta.tag.into_iter().find(|c| c.system.as_deref() == Some(AUTHOR_SYSTEM)).and_then(|c| c.code),
+    }
+}
+
+/// The enforcement state of one request.
+pub struct Gate<'a> {
+    engine: &'a Engine,
+    access: &'a Access,
+    domain: Arc<Domain>,
+    role: Option<Role>,
+    patients: HashMap<String, PatientFacts>,
+    audit: Vec<NewAudit>,
+    /// Whether a decision since the last audit record relied on a break-glass grant.
+    used_break_glass: bool,
+}
+
+impl Engine {
+    /// Opens the enforcement point for one request.
+    pub fn gate<'a>(&'a self, access: &'a Access) -> Gate<'a> {
+        let domain = self.domain();
+        let role = access.role.as_deref().and_then(|r| domain.role(r)).cloned();
+        Gate { engine: self, access, domain, role, patients: HashMap::new(), audit: Vec::new(), used_break_glass: false }
+    }
+}
+
+impl<'a> Gate<'a> {
+    pub fn access(&self) -> &Access {
+        self.access
+    }
+
+    fn enforced(&self) -> bool {
+        self.engine.config().enforce()
+    }
+
+    fn subject(&self) -> Subject<'_> {
+        match self.access.kind {
+            AccessKind::System => Subject::system(&self.access.subject, &self.access.organisation),
+            AccessKind::User => Subject {
+                kind: SubjectKind::User { id: &self.access.subject },
+                organisation: &self.access.organisation,
+                locations: &self.access.locations,
+                role: self.role.as_ref(),
+            },
+        }
+    }
+
+    /// The patient facts the policy needs, once per patient per request.
+    pub async fn patient_facts(&mut self, patient: &str) -> Result<PatientFacts, FhirError> {
+        if let Some(f) = self.patients.get(patient) {
+            return Ok(*f);
+        }
+        let store = self.engine.store();
+        let now = tessera_store::now_micros();
+        let expiry = self.domain.settings.relationship_days_after_discharge as i64 * 86_400_000_000;
+        let links = store.care_links(patient).await?;
+        let subject_trust = self.domain.trust_of(&self.access.organisation).to_string();
+        let mut facts = PatientFacts::default();
+        for link in &links {
+            let current = link.active
+                && link.start_micros.is_none_or(|s| s <= now + 86_400_000_000)
+                && link.end_micros.is_none_or(|e| e + if link.kind == "consent-deny" { 0 } else { expiry } >= now);
+            if !current {
+                continue;
+            }
+            if link.kind == "consent-deny" {
+                facts.dissents_from_sharing = true;
+                continue;
+            }
+            let org = link.organisation.as_deref().or_else(|| link.location.as_deref().and_then(|l| self.domain.location(l)).map(|l| l.organisation.as_str()));
+            let by_org = org.is_some_and(|o| self.domain.trust_of(o) == subject_trust && self.access.kind == AccessKind::User && self.access.locations.is_empty());
+            let by_location = link.location.as_ref().is_some_and(|l| self.access.locations.contains(l));
+            let by_site = org.is_some_and(|o| o == self.access.organisation);
+            let by_person = link.practitioner.as_deref().is_some_and(|p| self.access.kind == AccessKind::User && p == self.access.subject);
+            if by_org || by_location || by_site || by_person {
+                facts.relationship = true;
+            }
+        }
+        if self.access.kind == AccessKind::User {
+            let key = format!("break-glass/{}/{patient}", self.access.subject);
+            if let Some(grant) = store.get_meta(&key).await? {
+                let expires = grant.split('|').next().and_then(|e| e.parse::<i64>().ok()).unwrap_or(0);
+                facts.break_glass = expires > now;
+            }
+        }
+        if let Some(p) = store.read("Patient", patient).await? {
+            let labels = meta_facts(&p.json).security;
+            let pairs: Vec<(&str, &str)> = labels.iter().map(|(s, c)| (s.as_str(), c.as_str())).collect();
+            facts.confidentiality = Confidentiality::from_security(&pairs);
+        }
+        self.patients.insert(patient.to_string(), facts);
+        Ok(facts)
+    }
+
+    /// The policy decision on reading one stored version.
+    pub async fn read_decision(&mut self, s: &Stored) -> Result<Decision, FhirError> {
+        if !self.enforced() {
+            return Ok(Decision::Permit);
+        }
+        let facts = meta_facts(&s.json);
+        let patient = if s.resource_type == "Patient" { Some(s.id.as_str()) } else { s.compartment.as_deref() };
+        let pf = match patient {
+            Some(p) => Some(self.patient_facts(p).await?),
+            None => None,
+        };
+        let security: Vec<(&str, &str)> = facts.security.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let rf = ResourceFacts {
+            resource_type: &s.resource_type,
+            owner: s.owner.as_deref(),
+            patient,
+            security: &security,
+            author: facts.author.as_deref(),
+        };
+        let verdict = tessera_policy::evaluate(&self.domain, &self.subject(), Action::Read, &rf, pf.as_ref());
+        if verdict.decision == Decision::Permit && verdict.under_break_glass() {
+            self.used_break_glass = true;
+        }
+        Ok(verdict.decision)
+    }
+
+    /// Visibility of one stored version to this reader (deleted versions are judged by
+    /// their owner and compartment alone).
+    pub async fn visibility(&mut self, s: &Stored) -> Result<Visibility, FhirError> {
+        Ok(match self.read_decision(s).await? {
+            Decision::Permit => Visibility::Visible,
+            Decision::BreakGlass if self.domain.settings.break_glass_marker => Visibility::BehindGlass,
+            _ => Visibility::Hidden,
+        })
+    }
+
+    /// Keeps the versions this reader may see; returns them and how many are behind glass.
+    pub async fn filter(&mut self, versions: Vec<Stored>) -> Result<(Vec<Stored>, usize), FhirError> {
+        let mut out = Vec::with_capacity(versions.len());
+        let mut behind = 0;
+        for v in versions {
+            match self.visibility(&v).await? {
+                Visibility::Visible => out.push(v),
+                Visibility::BehindGlass => behind += 1,
+                Visibility::Hidden => {}
+            }
+        }
+        Ok((out, behind))
+    }
+
+    /// May this subject write (`action`) a resource? `existing` is the current version
+    /// (for updates and deletes), `new` the resource to be stored (creates and updates).
+    /// A hidden existing resource is reported as absent (404).
+    pub async fn authorize_write(
+        &mut self,
+        action: Action,
+        resource_type: &str,
+        id: &str,
+        existing: Option<&Stored>,
+        new: Option<&serde_json::Value>,
+    ) -> Result<(), FhirError> {
+        let op = match action {
+            Action::Create => tessera_auth::ScopeOp::Create,
+            Action::Write => tessera_auth::ScopeOp::Update,
+            Action::Delete => tessera_auth::ScopeOp::Delete,
+            Action::Read => tessera_auth::ScopeOp::Read,
+        };
+        self.access.require_scope(resource_type, op)?;
+        if !self.enforced() {
+            return Ok(());
+        }
+        if let Some(cur) = existing.filter(|c| !c.deleted) {
+            match self.visibility(cur).await? {
+                Visibility::Hidden => return Err(FhirError::not_found(resource_type, id)),
+                Visibility::BehindGlass => return Err(behind_glass(resource_type, id)),
+                Visibility::Visible => {}
+            }
+            let facts = meta_facts(&cur.json);
+            let security: Vec<(&str, &str)> = facts.security.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let patient = if cur.resource_type == "Patient" { Some(cur.id.as_str()) } else { cur.compartment.as_deref() };
+            let pf = match patient {
+                Some(p) => Some(self.patient_facts(p).await?),
+                None => None,
+            };
+            let rf = ResourceFacts { resource_type, owner: cur.owner.as_deref(), patient, security: &security, author: facts.author.as_deref() };
+            let a = if action == Action::Create { Action::Write } else { action };
+            if tessera_policy::decide(&self.domain, &self.subject(), a, &rf, pf.as_ref()) != Decision::Permit {
+                return Err(forbidden(action, resource_type, id));
+            }
+        }
+        if let Some(value) = new {
+            let security = crate::facts::security_labels(value);
+            let pairs: Vec<(&str, &str)> = security.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+            let patients = tessera_fhir::compartment::patient_compartments(value);
+            let patient = if resource_type == "Patient" { Some(id) } else { patients.first().map(String::as_str) };
+            let pf = match patient {
+                Some(p) if resource_type != "Patient" || existing.is_some_and(|e| !e.deleted) => Some(self.patient_facts(p).await?),
+                _ => None,
+            };
+            let owner = existing.and_then(|e| e.owner.clone()).or_else(|| self.owner_for(resource_type));
+            let rf = ResourceFacts { resource_type, owner: owner.as_deref(), patient, security: &pairs, author: Some(&self.access.subject) };
+            let a = if existing.is_some_and(|e| !e.deleted) { Action::Write } else { Action::Create };
+            if tessera_policy::decide(&self.domain, &self.subject(), a, &rf, pf.as_ref()) != Decision::Permit {
+                return Err(forbidden(action, resource_type, id));
+            }
+        }
+        Ok(())
+    }
+
+    /// The owner recorded for a new resource written by this subject: its organisation;
+    /// none for the Patient (the person is domain-wide).
+    pub fn owner_for(&self, resource_type: &str) -> Option<String> {
+        (resource_type != "Patient").then(|| self.access.organisation.clone())
+    }
+
+    /// Records a read-type access (read, search, history …) for the audit trail.
+    pub fn record_access(&mut self, interaction: &str, outcome_ok: bool, entities: &[String], patients: Vec<String>, detail: Option<&str>) {
+        let break_glass = std::mem::take(&mut self.used_break_glass);
+        self.record(interaction, outcome_ok, entities, patients, break_glass, detail);
+    }
+
+    /// Records a write for the audit trail (committed with it).
+    pub fn record_write(&mut self, interaction: &str, w: &tessera_store::Write) {
+        let patients = if w.resource_type == "Patient" { vec![w.id.clone()] } else { w.compartment.iter().cloned().collect() };
+        let entity = format!("{}/{}/_history/{}", w.resource_type, w.id, w.version);
+        let break_glass = std::mem::take(&mut self.used_break_glass);
+        self.record(interaction, true, &[entity], patients, break_glass, None);
+    }
+
+    /// Records an access for the audit trail.
+    pub fn record(&mut self, interaction: &str, outcome_ok: bool, entities: &[String], patients: Vec<String>, break_glass: bool, detail: Option<&str>) {
+        let event = crate::audit::event(self.access, interaction, outcome_ok, entities, &patients, break_glass, detail);
+        self.audit.push(NewAudit {
+            recorded_micros: tessera_store::now_micros(),
+            user: Some(self.access.reference()),
+            patients,
+            action: interaction.to_string(),
+            break_glass,
+            event,
+        });
+    }
+
+    /// Audit records gathered so far (to commit with a write).
+    pub fn take_audit(&mut self) -> Vec<NewAudit> {
+        std::mem::take(&mut self.audit)
+    }
+
+    /// Makes the gathered audit records durable (reads answer only after this).
+    pub async fn finish(mut self) -> Result<(), FhirError> {
+        let audit = self.take_audit();
+        if !audit.is_empty() {
+            self.engine.store().append_audit(audit).await?;
+        }
+        Ok(())
+    }
+
+    pub fn domain(&self) -> &Domain {
+        &self.domain
+    }
+}
+
+/// 403 for a refused write.
+pub fn forbidden(action: Action, resource_type: &str, id: &str) -> FhirError {
+    let verb = match action {
+        Action::Read => "read",
+        Action::Create => "create",
+        Action::Write => "change",
+        Action::Delete => "delete",
+    };
+    FhirError::new(403, IssueType::Forbidden, format!("your role does not allow you to {verb} {resource_type}/{id}"))
+}
+
+/// The marker for data behind break-glass.
+pub fn behind_glass(resource_type: &str, id: &str) -> FhirError {
+    FhirError::new(
+        403,
+        IssueType::Suppressed,
+        format!("{resource_type}/{id} exists but is protected: break the glass (POST Patient/[id]/$break-glass) to view it"),
+    )
+}
