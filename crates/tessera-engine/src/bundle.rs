@@ -567,9 +567,12 @@ impl Engine {
         for result in results {
             match result {
                 Ok((status, Some(r))) => {
-                    let body = (prefer == Some(ReturnPreference::Representation) && !r.deleted).then_some(r.json.as_slice());
+                    // A read returns what it read; a write returns the resource only when asked.
+                    let is_read = r.version == 0;
+                    let body = ((is_read || prefer == Some(ReturnPreference::Representation)) && !r.deleted).then_some(r.json.as_slice());
                     let full_url = (!r.deleted).then(|| format!("{base}/{}/{}", r.resource_type, r.id));
-                    out.entry(full_url.as_deref(), body, &[("response", response_member(&r, status))]);
+                    let response = if is_read { json!({"status": status_line(status)}) } else { response_member(&r, status) };
+                    out.entry(full_url.as_deref(), body, &[("response", response)]);
                 }
                 Ok((status, None)) => out.entry(None, None, &[("response", json!({"status": status_line(status)}))]),
                 Err(e) => out.entry(None, None, &[("response", json!({"status": status_line(e.status), "outcome": e.outcome()}))]),
@@ -608,6 +611,7 @@ impl Engine {
             "GET" | "HEAD" => {
                 let json = self.get_entry(access, &req).await?;
                 let (ty, id) = (req.resource_type.clone(), req.id.clone().unwrap_or_default());
+                // Version 0 marks a read result (see `batch`).
                 Ok((200, Some(VersionedResource { resource_type: ty, id, version: 0, last_updated_micros: 0, deleted: false, json })))
             }
             m => Err(FhirError::bad_request(format!("method '{m}' is not supported in a batch"))),

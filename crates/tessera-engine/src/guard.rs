@@ -255,7 +255,9 @@ impl<'a> Gate<'a> {
             let patient = if resource_type == "Patient" { Some(id) } else { patients.first().map(String::as_str) };
             let pf = match patient {
                 Some(p) if resource_type != "Patient" || existing.is_some_and(|e| !e.deleted) => Some(self.patient_facts(p).await?),
-                _ => None,
+                // Registering a new person: no relationship can exist yet.
+                Some(_) => Some(PatientFacts::default()),
+                None => None,
             };
             let owner = existing.and_then(|e| e.owner.clone()).or_else(|| self.owner_for(resource_type));
             let rf = ResourceFacts { resource_type, owner: owner.as_deref(), patient, security: &pairs, author: Some(&self.access.subject) };

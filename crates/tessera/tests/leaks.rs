@@ -1,0 +1,305 @@
+//! The leak suite: role × location × relationship × sharing dial × sensitivity × consent
+//! × read path → visible, behind break-glass, or hidden — on both storage backends, over
+//! real HTTP, on the demo shared domain (docs/demo-domain.md).
+//!
+//! Every row is checked on every read path; each check asserts both that allowed data is
+//! returned and that forbidden data is not — by body, by count (`total`), and by status
+//! code.
+
+mod common;
+use common::Server;
+use serde_json::{json, Value};
+use tessera_engine::Access;
+
+on_both_backends!(leak_matrix, break_glass_flow, writes_respect_role_and_ownership, tokens_are_required, audit_trail);
+
+/// Expected visibility.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum V {
+    /// Visible.
+    Yes,
+    /// Behind break-glass (marker shown).
+    Glass,
+    /// Hidden: behaves as absent.
+    No,
+}
+
+/// (user, role, organisation, location)
+type Who = (&'static str, &'static str, &'static str, Option<&'static str>);
+const PATEL: Who = ("dr.patel", "doctor", "rx1-general", Some("ward-7a"));
+const EVANS: Who = ("dr.evans", "doctor", "rx1-general", Some("rx1-ed"));
+const MURPHY: Who = ("dr.murphy", "doctor", "rx2-southbank-hc", Some("rx2-diabetes-clinic"));
+const KHAN: Who = ("dr.khan", "doctor", "rx3-riverside-house", Some("willow-ward"));
+const OKORO: Who = ("nurse.okoro", "nurse", "rx2-southbank-hc", Some("rx2-district-nursing"));
+const ALI: Who = ("reception.ali", "receptionist", "rx1-general", Some("rx1-ed"));
+const LEE: Who = ("research.lee", "researcher", "rx1", None);
+const WALSH: Who = ("privacy.walsh", "privacy-officer", "rx1", None);
+const CARTER: Who = ("domain.carter", "domain-admin", "rx1", None);
+
+/// Why each row expects what it does is in the comment: trust of owner → viewer dial,
+/// relationship, sensitivity, consent, role.
+const MATRIX: &[(Who, &str, V)] = &[
+    (PATEL, "Patient/jane-smith", V::Yes),                      // demographics, inpatient on his ward
+    (PATEL, "Observation/obs-jane-hr", V::Yes),                 // own trust, relationship
+    (PATEL, "Observation/obs-jane-glucose", V::Yes),            // Southbank → * clinical shared
+    (PATEL, "AllergyIntolerance/allergy-jane-penicillin", V::Yes),
+    (PATEL, "Condition/cond-daniel-psy", V::No),                // Riverside psychiatry hidden from everyone else
+    (PATEL, "DocumentReference/note-daniel-psy", V::No),
+    (PATEL, "MedicationRequest/med-daniel-lithium", V::Glass),  // Riverside → Northgate clinical: break-glass
+    (PATEL, "Encounter/enc-daniel-willow", V::Yes),             // Riverside → Northgate administrative shared
+    (PATEL, "Observation/obs-tom-hr", V::Yes),                  // own trust; Tom's dissent only stops cross-trust
+    (PATEL, "Consent/consent-tom-dissent", V::No),              // Southbank's, and Tom dissents from sharing
+    (PATEL, "Patient/maria-nowak", V::Yes),                     // restricted (R) patient, but a relationship
+    (PATEL, "Observation/obs-maria-bp", V::Yes),
+    (MURPHY, "Patient/tom-hughes", V::Yes),                     // in his diabetes clinic now
+    (MURPHY, "Observation/obs-tom-hr", V::No),                  // Northgate's, Tom dissents: not even break-glass
+    (MURPHY, "Consent/consent-tom-dissent", V::Yes),            // own trust
+    (MURPHY, "Patient/maria-nowak", V::Glass),                  // R patient, no relationship: no look-up
+    (MURPHY, "Observation/obs-maria-bp", V::Glass),
+    (MURPHY, "Patient/jane-smith", V::Yes),                     // look-up of an unrestricted patient
+    (MURPHY, "Observation/obs-jane-hr", V::Glass),              // no relationship
+    (OKORO, "Patient/jane-smith", V::Yes),
+    (OKORO, "Observation/obs-jane-glucose", V::Glass),          // own trust but the district-nurse visit expired (57 days)
+    (KHAN, "Condition/cond-daniel-psy", V::Yes),                // own trust, recent admission on his ward
+    (KHAN, "DocumentReference/note-daniel-psy", V::Yes),
+    (KHAN, "Observation/obs-daniel-hr", V::Yes),                // Northgate → Riverside clinical shared, relationship
+    (KHAN, "Observation/obs-jane-hr", V::Glass),                // no relationship with Jane
+    (EVANS, "Condition/cond-daniel-psy", V::No),
+    (EVANS, "Observation/obs-daniel-hr", V::Yes),               // his ED attendance
+    (EVANS, "MedicationRequest/med-daniel-lithium", V::Glass),
+    (ALI, "Patient/jane-smith", V::Yes),                        // receptionist: demographics
+    (ALI, "Encounter/enc-jane-7a", V::Yes),                     // and administrative
+    (ALI, "Observation/obs-jane-hr", V::No),                    // but no clinical data
+    (ALI, "AllergyIntolerance/allergy-jane-penicillin", V::No),
+    (LEE, "Patient/jane-smith", V::No),                         // researcher: nothing identifiable
+    (LEE, "Observation/obs-jane-hr", V::No),
+    (WALSH, "Patient/jane-smith", V::Yes),                      // privacy officer: names patients
+    (WALSH, "Observation/obs-jane-hr", V::No),                  // but no clinical data
+    (CARTER, "Patient/jane-smith", V::No),                      // domain administrator: configuration only
+    (CARTER, "Organization/rx1", V::Yes),
+];
+
+/// Loads the demo domain and each trust's record, as `tessera serve --demo` does.
+async fn load_demo(s: &Server) {
+    let engine = &s.engine;
+    let mut domain = (*engine.domain()).clone();
+    domain.apply_file(tessera_domain::demo::DOMAIN_FILE).unwrap();
+    engine.apply_domain(&Access::system("tessera"), domain).await.unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    for (site, bundle) in tessera_domain::demo::RECORDS {
+        let bundle = tessera_domain::demo::relative_dates(bundle, now);
+        engine.bundle_json(&Access::system(site), bundle.as_bytes(), None).await.unwrap();
+    }
+}
+
+fn token(s: &Server, who: Who) -> String {
+    s.user_token(who.0, Some(who.1), Some(who.2), who.3)
+}
+
+fn ids_in(bundle: &Value, reference: &str) -> bool {
+    bundle["entry"].as_array().into_iter().flatten().any(|e| {
+        let r = &e["resource"];
+        format!("{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")) == reference
+    })
+}
+
+async fn leak_matrix(s: &Server) {
+    load_demo(s).await;
+    for &(who, reference, expected) in MATRIX {
+        let t = token(s, who);
+        let (ty, id) = reference.split_once('/').unwrap();
+        let row = format!("{} ({} at {}) → {reference}: expected {expected:?}", who.0, who.1, who.2);
+
+        // read
+        let r = s.request_as(&t, "GET", reference, None).await;
+        match expected {
+            V::Yes => assert_eq!((r.status, r.json()["id"].as_str().unwrap_or("").to_string()), (200, id.to_string()), "read: {row}"),
+            V::Glass => {
+                assert_eq!(r.status, 403, "read: {row}");
+                assert_eq!(r.json()["issue"][0]["code"], "suppressed", "read marker: {row}");
+                assert!(!String::from_utf8_lossy(&r.body).contains("\"meta\""), "read: no data behind glass: {row}");
+            }
+            V::No => assert_eq!(r.status, 404, "read: {row}"),
+        }
+        // vread
+        let r = s.request_as(&t, "GET", &format!("{reference}/_history/1"), None).await;
+        assert_eq!(r.status, match expected { V::Yes => 200, V::Glass => 403, V::No => 404 }, "vread: {row}");
+        // instance history
+        let r = s.request_as(&t, "GET", &format!("{reference}/_history"), None).await;
+        match expected {
+            V::Yes => assert!(r.status == 200 && ids_in(&r.json(), reference), "history: {row}"),
+            _ => assert_eq!(r.status, 404, "history: {row}"),
+        }
+        // type history: listed only when visible; a total never counts what was withheld
+        let r = s.request_as(&t, "GET", &format!("{ty}/_history?_count=1000"), None).await;
+        assert_eq!(r.status, 200, "type history: {row}");
+        let b = r.json();
+        assert_eq!(ids_in(&b, reference), expected == V::Yes, "type history: {row}");
+        if let Some(total) = b["total"].as_u64() {
+            assert_eq!(total as usize, b["entry"].as_array().map_or(0, Vec::len), "type history total counts only what is shown: {row}");
+        }
+        // system history
+        let b = s.request_as(&t, "GET", "_history?_count=1000", None).await.json();
+        assert_eq!(ids_in(&b, reference), expected == V::Yes, "system history: {row}");
+        // search by id, and its total
+        let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}"), None).await.json();
+        assert_eq!(ids_in(&b, reference), expected == V::Yes, "search: {row}");
+        assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "search total: {row}");
+        let marker = b["entry"].as_array().into_iter().flatten().any(|e| e["search"]["mode"] == "outcome");
+        assert_eq!(marker, expected == V::Glass, "search break-glass marker: {row}");
+        // batch and transaction GET entries
+        for kind in ["batch", "transaction"] {
+            let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": reference}}]});
+            let r = s.request_as(&t, "POST", "", Some(&serde_json::to_vec(&bundle).unwrap())).await;
+            assert_eq!(r.status, 200, "{kind}: {row}");
+            let b = r.json();
+            let status = b["entry"][0]["response"]["status"].as_str().unwrap_or("").to_string();
+            let want = match expected { V::Yes => "200", V::Glass => "403", V::No => "404" };
+            assert!(status.starts_with(want), "{kind} GET entry {status}: {row}");
+            assert_eq!(b["entry"][0]["resource"]["id"].as_str() == Some(id) && b["entry"][0]["resource"]["resourceType"] == ty, expected == V::Yes, "{kind} body: {row}");
+        }
+    }
+}
+
+async fn break_glass_flow(s: &Server) {
+    load_demo(s).await;
+    let okoro = token(s, OKORO);
+    assert_eq!(s.request_as(&okoro, "GET", "Observation/obs-jane-glucose", None).await.status, 403);
+    let params = |code: &str, text: &str| {
+        serde_json::to_vec(&json!({"resourceType": "Parameters", "parameter": [
+            {"name": "reason", "valueCoding": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": code}},
+            {"name": "text", "valueString": text}]}))
+        .unwrap()
+    };
+    // A reason is required, coded and in words.
+    assert_eq!(s.request_as(&okoro, "POST", "Patient/jane-smith/$break-glass", Some(&params("NOPE", "because"))).await.status, 400);
+    assert_eq!(s.request_as(&okoro, "POST", "Patient/jane-smith/$break-glass", Some(&params("ETREAT", ""))).await.status, 400);
+    // A receptionist may not break the glass.
+    let ali = token(s, ALI);
+    assert_eq!(s.request_as(&ali, "POST", "Patient/jane-smith/$break-glass", Some(&params("ETREAT", "urgent care needed"))).await.status, 403);
+    let r = s.request_as(&okoro, "POST", "Patient/jane-smith/$break-glass", Some(&params("ETREAT", "Found collapsed at home visit"))).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["parameter"].as_array().unwrap().iter().any(|p| p["name"] == "expires"));
+    // Now visible, for this nurse and this patient only.
+    assert_eq!(s.request_as(&okoro, "GET", "Observation/obs-jane-glucose", None).await.status, 200);
+    assert_eq!(s.request_as(&okoro, "GET", "Observation/obs-maria-bp", None).await.status, 403, "the grant is for one patient");
+    let murphy = token(s, MURPHY);
+    assert_eq!(s.request_as(&murphy, "GET", "Observation/obs-jane-hr", None).await.status, 403, "the grant is for one user");
+    // Breaking the glass never opens hidden data (consent dissent, hidden dials).
+    let r = s.request_as(&murphy, "POST", "Patient/tom-hughes/$break-glass", Some(&params("ETREAT", "Emergency in clinic"))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(s.request_as(&murphy, "GET", "Observation/obs-tom-hr", None).await.status, 404);
+    // The privacy officer's review queue shows the break-glass, with who and why.
+    let walsh = token(s, WALSH);
+    let q = s.request_as(&walsh, "GET", "AuditEvent?purpose=BTG", None).await;
+    assert_eq!(q.status, 200);
+    let text = String::from_utf8_lossy(&q.body).to_string();
+    assert!(text.contains("nurse.okoro") && text.contains("Found collapsed at home visit"), "{text}");
+    // Access made under the grant is audited as break-glass too.
+    assert!(q.json()["entry"].as_array().unwrap().len() >= 3, "grant + reads under it: {text}");
+    // Clinicians cannot read the review queue.
+    assert_eq!(s.request_as(&okoro, "GET", "AuditEvent?purpose=BTG", None).await.status, 403);
+}
+
+async fn writes_respect_role_and_ownership(s: &Server) {
+    load_demo(s).await;
+    let patel = token(s, PATEL);
+    let obs = |id: Option<&str>| {
+        let mut o = json!({"resourceType": "Observation", "status": "final", "code": {"text": "pulse"}, "subject": {"reference": "Patient/jane-smith"},
+            "valueQuantity": {"value": 80, "unit": "/min"},
+            "meta": {"tag": [{"system": "https://tessera.health/owner", "code": "rx3"}]}});
+        if let Some(id) = id {
+            o["id"] = json!(id);
+        }
+        serde_json::to_vec(&o).unwrap()
+    };
+    // Creating: owned by the writer's organisation; a forged owner tag is replaced.
+    let r = s.request_as(&patel, "POST", "Observation", Some(&obs(None))).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let tags = r.json()["meta"]["tag"].clone();
+    assert!(tags.as_array().unwrap().iter().any(|t| t["system"] == "https://tessera.health/owner" && t["code"] == "rx1-general"), "{tags}");
+    assert!(!tags.to_string().contains("\"rx3\""), "{tags}");
+    // Changing another trust's data: refused.
+    let r = s.request_as(&patel, "PUT", "Observation/obs-jane-glucose", Some(&obs(Some("obs-jane-glucose")))).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(s.request_as(&patel, "DELETE", "Observation/obs-jane-glucose", None).await.status, 403);
+    // Hidden data behaves as absent for writes too.
+    let murphy = token(s, MURPHY);
+    assert_eq!(s.request_as(&murphy, "PUT", "Observation/obs-tom-hr", Some(&obs(Some("obs-tom-hr")))).await.status, 404);
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/tom-hughes"}}, "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "DELETE", "url": "Observation/obs-tom-hr"}}]});
+    let before = s.engine.store().stats().await.unwrap().versions;
+    let r = s.request_as(&murphy, "POST", "", Some(&serde_json::to_vec(&tx).unwrap())).await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(s.engine.store().stats().await.unwrap().versions, before, "nothing of the refused transaction is stored");
+    // Roles: a receptionist cannot write clinical data; a researcher cannot register patients.
+    let ali = token(s, ALI);
+    assert_eq!(s.request_as(&ali, "POST", "Observation", Some(&obs(None))).await.status, 403);
+    let lee = token(s, LEE);
+    let p = serde_json::to_vec(&json!({"resourceType": "Patient", "name": [{"family": "New"}]})).unwrap();
+    assert_eq!(s.request_as(&lee, "POST", "Patient", Some(&p)).await.status, 403);
+    assert_eq!(s.request_as(&ali, "POST", "Patient", Some(&p)).await.status, 201, "receptionists register patients");
+    // Scopes narrow a token further.
+    let read_only = s.auth.issue_user_token(&s.engine.domain(), "dr.patel", Some("doctor"), Some("rx1-general"), Some("ward-7a"), Some("user/*.rs"), tessera_auth::now()).unwrap();
+    assert_eq!(s.request_as(&read_only, "POST", "Observation", Some(&obs(None))).await.status, 403);
+    assert_eq!(s.request_as(&read_only, "GET", "Observation/obs-jane-hr", None).await.status, 200);
+    // Domain configuration: only the domain administrator.
+    assert_eq!(s.request_as(&patel, "GET", "/admin/domain", None).await.status, 403);
+    let carter = token(s, CARTER);
+    let r = s.request_as(&carter, "GET", "/admin/domain", None).await;
+    assert_eq!(r.status, 200);
+    assert!(!String::from_utf8_lossy(&r.body).contains("argon2"), "no password hashes leave the server");
+}
+
+async fn tokens_are_required(s: &Server) {
+    load_demo(s).await;
+    for path in ["Patient/jane-smith", "Patient?_id=jane-smith", "_history", "Observation/_history", "/admin/domain", "/metrics"] {
+        let r = s.request_as("", "GET", path, None).await;
+        assert_eq!(r.status, 401, "{path} without a token");
+        assert!(r.header("www-authenticate").is_some_and(|w| w.starts_with("Bearer")), "{path}");
+        assert_eq!(s.request_as("not.a.token", "GET", path, None).await.status, 401, "{path} with a bad token");
+    }
+    for path in ["metadata", "/healthz", "/.well-known/smart-configuration"] {
+        assert_eq!(s.request_as("", "GET", path, None).await.status, 200, "{path} is public");
+    }
+    // The token endpoint: password grant, wrong password, client credentials.
+    let ok = form(s, "grant_type=password&username=dr.patel&password=demo-doctor-1&role=doctor&organisation=rx1-general").await;
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    let t = ok.json()["access_token"].as_str().unwrap().to_string();
+    assert_eq!(s.request_as(&t, "GET", "Patient/jane-smith", None).await.status, 200);
+    assert!(form(s, "grant_type=password&username=dr.patel&password=wrong").await.status >= 400);
+    assert!(form(s, "grant_type=password&username=dr.patel&password=demo-doctor-1&role=doctor&organisation=rx3").await.status >= 400, "a context the user does not hold");
+    // A user whose role was withdrawn loses access even with a live token.
+    let mut domain = (*s.engine.domain()).clone();
+    domain.remove_role("dr.patel", "rx1-general", "doctor").unwrap();
+    s.engine.apply_domain(&Access::system("tessera"), domain).await.unwrap();
+    assert_eq!(s.request_as(&t, "GET", "Patient/jane-smith", None).await.status, 401);
+}
+
+async fn audit_trail(s: &Server) {
+    load_demo(s).await;
+    let patel = token(s, PATEL);
+    let before = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap().len();
+    assert_eq!(s.request_as(&patel, "GET", "Observation/obs-jane-hr", None).await.status, 200);
+    assert_eq!(s.request_as(&patel, "GET", "Condition/cond-daniel-psy", None).await.status, 404);
+    s.request_as(&patel, "GET", "Patient?_id=jane-smith", None).await;
+    let after = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap();
+    assert_eq!(after.len(), before + 3, "every read, failed read and search is audited");
+    assert!(after.iter().any(|r| r.patients.contains(&"daniel-okafor".to_string()) || String::from_utf8_lossy(&r.event).contains("cond-daniel-psy")), "the failed access is recorded");
+    // The patient's access log (privacy officer) names who looked.
+    let walsh = token(s, WALSH);
+    let log = s.request_as(&walsh, "GET", "Patient/jane-smith/$access-log", None).await;
+    assert_eq!(log.status, 200);
+    assert!(String::from_utf8_lossy(&log.body).contains("dr.patel"));
+    assert_eq!(s.request_as(&patel, "GET", "Patient/jane-smith/$access-log", None).await.status, 403);
+    // The chain verifies.
+    let report = tessera_audit::verify(s.engine.store().as_ref()).await.unwrap();
+    assert!(report.problem.is_none(), "{}", report.summary());
+    assert!(report.records > 10);
+}
+
+/// POSTs a form to the token endpoint without a bearer token.
+async fn form(s: &Server, body: &str) -> common::Reply {
+    s.request("POST", "/auth/token", &[("content-type", "application/x-www-form-urlencoded"), ("authorization", "")], Some(body.as_bytes())).await
+}
