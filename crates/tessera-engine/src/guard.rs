@@ -69,6 +69,13 @@ fn meta_facts(json: &[u8]) -> MetaFacts {
     }
 }
 
+/// A patient's confidentiality from the `meta.security` of their Patient resource.
+pub fn confidentiality_of(patient_json: &[u8]) -> Option<Confidentiality> {
+    let labels = meta_facts(patient_json).security;
+    let pairs: Vec<(&str, &str)> = labels.iter().map(|(s, c)| (s.as_str(), c.as_str())).collect();
+    Confidentiality::from_security(&pairs)
+}
+
 /// The enforcement state of one request.
 pub struct Gate<'a> {
     engine: &'a Engine,
@@ -111,18 +118,18 @@ impl<'a> Gate<'a> {
         }
     }
 
-    /// The patient facts the policy needs, once per patient per request.
+    /// The patient facts the policy needs, once per patient per request (their
+    /// ingredients are cached across requests; see [`crate::cache`]).
     pub async fn patient_facts(&mut self, patient: &str) -> Result<PatientFacts, FhirError> {
         if let Some(f) = self.patients.get(patient) {
             return Ok(*f);
         }
-        let store = self.engine.store();
         let now = tessera_store::now_micros();
+        let record = self.engine.patient_record(patient).await?;
         let expiry = self.domain.settings.relationship_days_after_discharge as i64 * 86_400_000_000;
-        let links = store.care_links(patient).await?;
         let subject_trust = self.domain.trust_of(&self.access.organisation).to_string();
-        let mut facts = PatientFacts::default();
-        for link in &links {
+        let mut facts = PatientFacts { confidentiality: record.confidentiality, ..PatientFacts::default() };
+        for link in record.links.iter() {
             let current = link.active
                 && link.start_micros.is_none_or(|s| s <= now + 86_400_000_000)
                 && link.end_micros.is_none_or(|e| e + if link.kind == "consent-deny" { 0 } else { expiry } >= now);
@@ -143,16 +150,7 @@ impl<'a> Gate<'a> {
             }
         }
         if self.access.kind == AccessKind::User {
-            let key = format!("break-glass/{}/{patient}", self.access.subject);
-            if let Some(grant) = store.get_meta(&key).await? {
-                let expires = grant.split('|').next().and_then(|e| e.parse::<i64>().ok()).unwrap_or(0);
-                facts.break_glass = expires > now;
-            }
-        }
-        if let Some(p) = store.read("Patient", patient).await? {
-            let labels = meta_facts(&p.json).security;
-            let pairs: Vec<(&str, &str)> = labels.iter().map(|(s, c)| (s.as_str(), c.as_str())).collect();
-            facts.confidentiality = Confidentiality::from_security(&pairs);
+            facts.break_glass = self.engine.break_glass_expiry(&self.access.subject, patient).await? > now;
         }
         self.patients.insert(patient.to_string(), facts);
         Ok(facts)
@@ -289,8 +287,12 @@ impl<'a> Gate<'a> {
         self.record(interaction, true, &[entity], patients, break_glass, None);
     }
 
-    /// Records an access for the audit trail.
+    /// Records an access for the audit trail (nothing when enforcement is off, which only a
+    /// benchmark build can do).
     pub fn record(&mut self, interaction: &str, outcome_ok: bool, entities: &[String], patients: Vec<String>, break_glass: bool, detail: Option<&str>) {
+        if !self.enforced() {
+            return;
+        }
         let event = crate::audit::event(self.access, interaction, outcome_ok, entities, &patients, break_glass, detail);
         self.audit.push(NewAudit {
             recorded_micros: tessera_store::now_micros(),

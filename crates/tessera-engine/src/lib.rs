@@ -17,6 +17,7 @@
 pub mod access;
 pub mod audit;
 pub mod bundle;
+pub mod cache;
 pub mod capability;
 pub mod criteria;
 pub mod domain;
@@ -103,13 +104,18 @@ struct Inner {
     store: DynStore,
     config: EngineConfig,
     domain: RwLock<Arc<Domain>>,
+    cache: cache::FactsCache,
 }
 
 impl Engine {
     /// An engine over `store`, starting with the bootstrap domain; call
     /// [`Engine::load_domain`] to use the domain stored in the database.
     pub fn new(store: DynStore, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { store, config, domain: RwLock::new(Arc::new(Domain::bootstrap())) }) }
+        Engine { inner: Arc::new(Inner { store, config, domain: RwLock::new(Arc::new(Domain::bootstrap())), cache: Default::default() }) }
+    }
+
+    pub(crate) fn cache(&self) -> &cache::FactsCache {
+        &self.inner.cache
     }
 
     /// The current domain configuration.

@@ -53,6 +53,7 @@ impl Engine {
         let expires = now + domain.settings.break_glass_minutes as i64 * 60_000_000;
         let clean = reason_text.replace('|', "/");
         self.store().set_meta(&format!("break-glass/{}/{patient}", access.subject), &format!("{expires}|{reason_code}|{clean}")).await?;
+        self.grant_changed(&access.subject, patient);
         tracing::warn!(target: "tessera::alert", user = %access.subject, organisation = %access.organisation, %patient, reason = %reason_code, text = %clean, "break-glass: access to a patient record granted for review");
         let mut gate = self.gate(access);
         gate.record("break-glass", true, &[format!("Patient/{patient}")], vec![patient.to_string()], true, Some(&format!("{reason_code}: {clean}")));

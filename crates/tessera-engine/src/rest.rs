@@ -127,10 +127,23 @@ impl Engine {
         Stamp { owner, author: Some(gate.access().subject.clone()) }
     }
 
-    /// Commits writes together with the gate's audit records.
+    /// Commits writes together with the gate's audit records; forgets cached facts of the
+    /// patients they concern.
     pub(crate) async fn commit_gated(&self, gate: &mut Gate<'_>, writes: Vec<tessera_store::Write>) -> Result<(), StoreError> {
         let audit = gate.take_audit();
-        self.store().commit_audited(writes, audit).await
+        let mut touched: Vec<String> = Vec::new();
+        for w in &writes {
+            if w.resource_type == "Patient" {
+                touched.push(w.id.clone());
+            }
+            touched.extend(w.compartment.iter().cloned());
+            touched.extend(w.links.iter().map(|l| l.patient.clone()));
+        }
+        // Before and after: a concurrent reader must not cache the state in between.
+        self.cache().invalidate(touched.iter().map(String::as_str));
+        let result = self.store().commit_audited(writes, audit).await;
+        self.cache().invalidate(touched.iter().map(String::as_str));
+        result
     }
 
     /// `POST [type]`, optionally conditional (`If-None-Exist`).

@@ -186,6 +186,11 @@ struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "TESSERA_LOG_JSON")]
     log_json: bool,
+    /// Turn access policy and read audit OFF, to measure their cost. Exists only in
+    /// builds made with the `bench-unenforced` feature; never in production.
+    #[cfg(feature = "bench-unenforced")]
+    #[arg(long)]
+    unenforced_benchmark_only: bool,
 }
 
 #[derive(Args)]
@@ -427,6 +432,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.base_url = base_url.trim_end_matches('/').to_string();
     config.update_create = !args.no_update_create;
     config.limits = tessera_fhir::validation::Limits { max_depth: args.max_depth };
+    #[cfg(feature = "bench-unenforced")]
+    if args.unenforced_benchmark_only {
+        tracing::warn!("access policy and read audit are OFF (benchmark build)");
+        config = config.unenforced();
+    }
     let (engine, auth) = open_engine(&args.store, config).await?;
     if args.demo {
         demo::load(&engine).await.context("cannot load the demo data")?;
