@@ -13,6 +13,7 @@
 //!   (conditional create/update/delete/references: `_id` and `identifier`).
 //! * [`capability`] — the CapabilityStatement.
 //! * [`prepare`] — turning a validated resource into a stored version.
+//! * [`worklist`] — the patients at a ward or clinic, through the same gate.
 
 pub mod access;
 pub mod audit;
@@ -28,6 +29,7 @@ pub mod history;
 pub mod prepare;
 pub mod privacy;
 pub mod rest;
+pub mod worklist;
 
 pub use access::{Access, AccessKind};
 pub use error::FhirError;

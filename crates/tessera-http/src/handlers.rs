@@ -369,7 +369,7 @@ pub async fn bundle(State(state): State<AppState>, Extension(access): Extension<
     }
 }
 
-/// `POST Patient/[id]/$break-glass`, `GET Patient/[id]/$access-log`.
+/// `POST Patient/[id]/$break-glass`, `GET Patient/[id]/$access-log`, `GET Location/[id]/$worklist`.
 pub async fn instance_operation(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -399,6 +399,13 @@ pub async fn instance_operation(
         ("Patient", "$access-log", "GET") => {
             let count = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse().ok()).unwrap_or(100);
             match state.engine.access_log(&access, &id, count).await {
+                Ok(b) => fhir(StatusCode::OK, b),
+                Err(e) => error(e),
+            }
+        }
+        ("Location", "$worklist", "GET") => {
+            let kind = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).find(|(k, _)| k == "kind").map(|(_, v)| v.into_owned()).unwrap_or_else(|| "encounter".into());
+            match state.engine.worklist(&access, &id, &kind).await {
                 Ok(b) => fhir(StatusCode::OK, b),
                 Err(e) => error(e),
             }

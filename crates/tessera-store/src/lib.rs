@@ -405,6 +405,9 @@ pub trait Store: Send + Sync + 'static {
     /// The care links of a patient established by the current versions of resources
     /// (whatever their period or `active` flag).
     async fn care_links(&self, patient: &str) -> Result<Vec<CareLink>>;
+    /// The resources (`(type, id)`, sorted) whose current version has an ongoing (active,
+    /// no end) care link of `kind` at `location`: the worklist of a ward or clinic.
+    async fn ongoing_at(&self, location: &str, kind: &str) -> Result<Vec<(String, String)>>;
     /// A small key/value table for server state (e.g. import progress).
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;

@@ -154,6 +154,7 @@ CREATE TABLE IF NOT EXISTS care_link (
     active       boolean NOT NULL,
     PRIMARY KEY (patient, source_type, source_id, n)
 );
+CREATE INDEX IF NOT EXISTS care_link_location ON care_link (location, kind) WHERE location IS NOT NULL;
 CREATE TABLE IF NOT EXISTS audit_log (
     seq         bigint  NOT NULL PRIMARY KEY,
     recorded    bigint  NOT NULL,
@@ -177,7 +178,7 @@ CREATE TABLE IF NOT EXISTS audit_patient (
 "#;
 
 /// Every relation [`SCHEMA`] creates.
-const SCHEMA_OBJECTS: [&str; 13] = [
+const SCHEMA_OBJECTS: [&str; 14] = [
     "resource_seq",
     "resource_version",
     "resource_version_seq",
@@ -186,6 +187,7 @@ const SCHEMA_OBJECTS: [&str; 13] = [
     "identifier_index",
     "tessera_meta",
     "care_link",
+    "care_link_location",
     "audit_log",
     "audit_log_user",
     "audit_log_recorded",
@@ -613,6 +615,19 @@ impl Store for PostgresStore {
             .map_err(pg)?;
         let rows = c.query(&stmt, &[&after_seq, &limit]).await.map_err(pg)?;
         rows.iter().map(row_to_audit).collect()
+    }
+
+    async fn ongoing_at(&self, location: &str, kind: &str) -> Result<Vec<(String, String)>> {
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT DISTINCT source_type, source_id FROM care_link \
+                 WHERE location = $1 AND kind = $2 AND active AND end_micros IS NULL ORDER BY source_type, source_id",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = c.query(&stmt, &[&location, &kind]).await.map_err(pg)?;
+        rows.iter().map(|r| Ok((r.try_get(0).map_err(pg)?, r.try_get(1).map_err(pg)?))).collect()
     }
 
     async fn care_links(&self, patient: &str) -> Result<Vec<CareLink>> {

@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS care_link (
     PRIMARY KEY (patient, source_type, source_id, n)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS care_link_source ON care_link (source_type, source_id);
+CREATE INDEX IF NOT EXISTS care_link_location ON care_link (location, kind) WHERE location IS NOT NULL;
 CREATE TABLE IF NOT EXISTS audit_log (
     seq         INTEGER PRIMARY KEY,
     recorded    INTEGER NOT NULL,
@@ -366,6 +367,17 @@ impl Store for SqliteStore {
                     active: r.get::<_, i64>(7)? != 0,
                 })
             })?;
+            rows.collect()
+        })
+    }
+
+    async fn ongoing_at(&self, location: &str, kind: &str) -> Result<Vec<(String, String)>> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT DISTINCT source_type, source_id FROM care_link \
+                 WHERE location = ?1 AND kind = ?2 AND active <> 0 AND end_micros IS NULL ORDER BY source_type, source_id",
+            )?;
+            let rows = stmt.query_map(params![location, kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
     }

@@ -72,6 +72,7 @@ conformance!(
     audit_query_filters_and_pages,
     care_links_follow_writes,
     care_links_commit_with_their_transaction,
+    worklist_of_a_location,
 );
 
 fn write(ty: &str, id: &str, version: u64, body: serde_json::Value) -> Write {
@@ -841,4 +842,31 @@ async fn care_links_commit_with_their_transaction(s: &DynStore) {
     for t in 0..12 {
         assert_eq!(s.care_links(&format!("q{t}")).await.unwrap().len(), usize::from(winners[0] == t));
     }
+}
+
+async fn worklist_of_a_location(s: &DynStore) {
+    let link = |patient: &str, location: &str, end: Option<i64>, active: bool| CareLink {
+        kind: "encounter".into(),
+        patient: patient.into(),
+        location: Some(location.into()),
+        end_micros: end,
+        active,
+        ..Default::default()
+    };
+    let mut a = write("Encounter", "e1", 1, serde_json::json!({"resourceType": "Encounter"}));
+    a.links = vec![link("p1", "ward-1", None, true), CareLink { location: None, ..link("p1", "x", None, true) }];
+    let mut b = write("Encounter", "e2", 1, serde_json::json!({"resourceType": "Encounter"}));
+    b.links = vec![link("p2", "ward-1", Some(5), true)]; // discharged
+    let mut c = write("Encounter", "e3", 1, serde_json::json!({"resourceType": "Encounter"}));
+    c.links = vec![link("p3", "ward-1", None, false)]; // cancelled
+    let mut d = write("Encounter", "e4", 1, serde_json::json!({"resourceType": "Encounter"}));
+    d.links = vec![link("p4", "ward-2", None, true)];
+    s.commit(vec![a, b, c, d]).await.unwrap();
+    assert_eq!(s.ongoing_at("ward-1", "encounter").await.unwrap(), vec![("Encounter".to_string(), "e1".to_string())]);
+    assert!(s.ongoing_at("ward-1", "appointment").await.unwrap().is_empty());
+    // Discharging (a new version with an end) takes the encounter off the worklist.
+    let mut done = write("Encounter", "e1", 2, serde_json::json!({"resourceType": "Encounter"}));
+    done.links = vec![link("p1", "ward-1", Some(9), true)];
+    s.commit(vec![done]).await.unwrap();
+    assert!(s.ongoing_at("ward-1", "encounter").await.unwrap().is_empty());
 }

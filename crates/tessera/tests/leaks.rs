@@ -11,7 +11,7 @@ use common::Server;
 use serde_json::{json, Value};
 use tessera_engine::Access;
 
-on_both_backends!(leak_matrix, break_glass_flow, writes_respect_role_and_ownership, tokens_are_required, audit_trail);
+on_both_backends!(leak_matrix, break_glass_flow, writes_respect_role_and_ownership, tokens_are_required, audit_trail, worklists_follow_the_dials);
 
 /// Expected visibility.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -302,4 +302,37 @@ async fn audit_trail(s: &Server) {
 /// POSTs a form to the token endpoint without a bearer token.
 async fn form(s: &Server, body: &str) -> common::Reply {
     s.request("POST", "/auth/token", &[("content-type", "application/x-www-form-urlencoded"), ("authorization", "")], Some(body.as_bytes())).await
+}
+
+/// Worklists ("who is on my ward") follow the same dials and relationships as the data.
+async fn worklists_follow_the_dials(s: &Server) {
+    load_demo(s).await;
+    let list = |who: Who, location: &'static str| {
+        let t = token(s, who);
+        async move { s.request_as(&t, "GET", &format!("Location/{location}/$worklist"), None).await }
+    };
+    // Ward 7A's own doctor and the site's reception see Jane's admission.
+    for who in [PATEL, ALI] {
+        let r = list(who, "ward-7a").await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let b = r.json();
+        assert!(ids_in(&b, "Encounter/enc-jane-7a"), "{} sees the ward list: {b}", who.0);
+        assert_eq!(b["total"], 1);
+    }
+    // Another trust's doctor without a relationship: not listed, not counted, but marked.
+    let b = list(MURPHY, "ward-7a").await.json();
+    assert!(!ids_in(&b, "Encounter/enc-jane-7a"));
+    assert_eq!(b["total"], 0);
+    assert!(b["entry"].as_array().into_iter().flatten().any(|e| e["search"]["mode"] == "outcome"));
+    // A researcher sees no patients at all, and no marker either.
+    let b = list(LEE, "ward-7a").await.json();
+    assert_eq!(b["total"], 0);
+    assert!(b.get("entry").is_none(), "{b}");
+    // Discharged patients leave the list: Daniel's ED attendance is over.
+    let b = list(EVANS, "rx1-ed").await.json();
+    assert!(!ids_in(&b, "Encounter/enc-daniel-ed"));
+    // Tom in the diabetes clinic now: his own clinic sees him.
+    let b = list(MURPHY, "rx2-diabetes-clinic").await.json();
+    assert!(ids_in(&b, "Encounter/enc-tom-dc"), "{b}");
+    assert_eq!(s.request_as(&token(s, PATEL), "GET", "Location/ward-7a/$worklist?kind=nonsense", None).await.status, 400);
 }
