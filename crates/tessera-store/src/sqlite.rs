@@ -299,8 +299,18 @@ impl Store for SqliteStore {
         let mut from = String::from("audit_log a");
         let mut clauses = vec!["1 = 1".to_string()];
         if let Some(p) = &q.patient {
+            // The index covers records up to `audit.indexed_upto`; the tail after it (short:
+            // indexed in bulk by the writer) is scanned. Both read in one snapshot.
             args.push(V::Text(p.clone()));
-            from = format!("audit_patient p JOIN audit_log a ON a.seq = p.seq AND p.patient = ?{}", args.len());
+            let n = args.len();
+            args.push(V::Text(AUDIT_INDEXED_UPTO.into()));
+            let k = args.len();
+            from = format!(
+                "(WITH upto(u) AS (SELECT COALESCE((SELECT CAST(value AS INTEGER) FROM tessera_meta WHERE key = ?{k}), 0)) \
+                   SELECT a.* FROM audit_patient p JOIN audit_log a ON a.seq = p.seq AND p.patient = ?{n} WHERE a.seq <= (SELECT u FROM upto) \
+                   UNION ALL \
+                   SELECT a.* FROM audit_log a WHERE a.seq > (SELECT u FROM upto) AND a.patients LIKE '%\"' || ?{n} || '\"%') a"
+            );
         }
         if let Some(u) = &q.user {
             args.push(V::Text(u.clone()));
@@ -509,7 +519,21 @@ fn find_ids(c: &Connection, criteria: &Criteria) -> rusqlite::Result<Vec<String>
 }
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: ChainHead, metrics: &StoreMetrics) {
-    while let Ok(first) = rx.recv() {
+    let mut indexed = audit_indexed_upto(&conn).unwrap_or(0);
+    loop {
+        let first = match rx.recv_timeout(std::time::Duration::from_millis(250)) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Idle: catch the by-patient audit index up.
+                if head.seq > indexed {
+                    if let Err(e) = index_audit_tail(&mut conn, &mut indexed) {
+                        tracing::warn!(error = %e, "indexing the audit log failed; will retry");
+                    }
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut jobs = vec![first];
         let mut size = jobs[0].writes.len() + jobs[0].audit.len();
         // Gather what is queued; when only a few audit records of reads are waiting, give
@@ -545,6 +569,11 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: ChainHea
                 metrics.record_audit(audited);
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.ack.send(result);
+                }
+                if head.seq - indexed >= AUDIT_INDEX_BATCH {
+                    if let Err(e) = index_audit_tail(&mut conn, &mut indexed) {
+                        tracing::warn!(error = %e, "indexing the audit log failed; will retry");
+                    }
                 }
             }
             Err(e) => {
@@ -613,7 +642,6 @@ fn append_audit(c: &Connection, audit: &[PendingAudit], head: &mut ChainHead) ->
         "INSERT INTO audit_log (seq, recorded, user_id, action, break_glass, patients, prev_hash, hash, event) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut by_patient = c.prepare_cached("INSERT INTO audit_patient (patient, seq) VALUES (?1, ?2)")?;
     for a in audit {
         let (seq, prev, hash) = head.chain(a);
         log.execute(params![
@@ -627,10 +655,49 @@ fn append_audit(c: &Connection, audit: &[PendingAudit], head: &mut ChainHead) ->
             &hash[..],
             a.stored_event
         ])?;
-        for p in &a.patients {
-            by_patient.execute(params![p, seq])?;
-        }
     }
+    Ok(())
+}
+
+/// The meta key recording up to which `seq` the by-patient audit index is complete.
+const AUDIT_INDEXED_UPTO: &str = "audit.indexed_upto";
+/// Index the audit tail once it is this long (or whenever the writer is idle).
+const AUDIT_INDEX_BATCH: i64 = 2048;
+
+/// Where the by-patient audit index stands (records after it are found by scanning).
+fn audit_indexed_upto(conn: &Connection) -> rusqlite::Result<i64> {
+    let stored: Option<String> =
+        conn.query_row("SELECT value FROM tessera_meta WHERE key = ?1", [AUDIT_INDEXED_UPTO], |r| r.get(0)).optional()?;
+    match stored.and_then(|v| v.parse().ok()) {
+        Some(v) => Ok(v),
+        // Databases from before the lazy index kept it complete as they went.
+        None => conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_patient", [], |r| r.get(0)),
+    }
+}
+
+/// Brings the by-patient audit index up to date, in one transaction of its own. The index
+/// is derived data: the audited read path appends to `audit_log` only (one sequential page
+/// instead of one random page per patient), and queries by patient scan the short tail.
+fn index_audit_tail(conn: &mut Connection, upto: &mut i64) -> rusqlite::Result<()> {
+    let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut last = *upto;
+    {
+        let mut rows = txn.prepare_cached("SELECT seq, patients FROM audit_log WHERE seq > ?1 ORDER BY seq")?;
+        let mut insert = txn.prepare_cached("INSERT OR IGNORE INTO audit_patient (patient, seq) VALUES (?1, ?2)")?;
+        let tail: Vec<(i64, Option<String>)> = rows.query_map([*upto], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        for (seq, patients) in tail {
+            for p in crate::parse_patients(patients.as_deref()).unwrap_or_default() {
+                insert.execute(params![p, seq])?;
+            }
+            last = seq;
+        }
+        txn.execute(
+            "INSERT INTO tessera_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![AUDIT_INDEXED_UPTO, last.to_string()],
+        )?;
+    }
+    txn.commit()?;
+    *upto = last;
     Ok(())
 }
 
