@@ -237,7 +237,7 @@ impl PendingAudit {
                     patients,
                     action: a.action,
                     break_glass: a.break_glass,
-                    stored_event: codec::encode(&a.event)?,
+                    stored_event: codec::encode_audit(&a.event)?,
                     event: a.event,
                 })
             })
