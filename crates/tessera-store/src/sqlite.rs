@@ -99,9 +99,6 @@ CREATE TABLE IF NOT EXISTS audit_patient (
 "#;
 
 const MAX_BATCH_WRITES: usize = 20_000;
-/// Read-audit batches smaller than this wait up to [`GATHER_WAIT`] for more.
-const GATHER_JOBS: usize = 12;
-const GATHER_WAIT: std::time::Duration = std::time::Duration::from_micros(300);
 
 struct Job {
     writes: Transaction,
@@ -536,24 +533,13 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: ChainHea
         };
         let mut jobs = vec![first];
         let mut size = jobs[0].writes.len() + jobs[0].audit.len();
-        // Gather what is queued; when only a few audit records of reads are waiting, give
-        // concurrent readers a moment to join so that one fsync serves them all.
-        let mut waited = false;
+        // Take everything queued: one commit (one fsync) serves all of it. (Waiting for
+        // more was measured to cost more than it gathers.)
         while size < MAX_BATCH_WRITES {
             match rx.try_recv() {
                 Ok(job) => {
                     size += job.writes.len() + job.audit.len();
                     jobs.push(job);
-                }
-                Err(_) if !waited && jobs.len() < GATHER_JOBS && jobs.iter().all(|j| j.writes.is_empty()) => {
-                    waited = true;
-                    match rx.recv_timeout(GATHER_WAIT) {
-                        Ok(job) => {
-                            size += job.writes.len() + job.audit.len();
-                            jobs.push(job);
-                        }
-                        Err(_) => break,
-                    }
                 }
                 Err(_) => break,
             }
