@@ -306,10 +306,11 @@ impl Engine {
                 "POST" => match &req.if_none_exist {
                     Some(q) => {
                         let criteria = criteria::parse(&req.resource_type, q).map_err(|e| e.at(format!("{at}.ifNoneExist")))?;
-                        match self.visible_matches(gate, &criteria).await?.as_slice() {
+                        let (matches, precondition) = self.conditional_matches(gate, &criteria).await?;
+                        match matches.as_slice() {
                             [] => {
                                 ids[i] = Some(new_id());
-                                preconditions[i] = Precondition::NoneMatching(criteria);
+                                preconditions[i] = precondition;
                             }
                             [id] => {
                                 ids[i] = Some(id.clone());
@@ -327,11 +328,12 @@ impl Engine {
                     (Some(id), _) => ids[i] = Some(id.clone()),
                     (None, Some(q)) => {
                         let criteria = criteria::parse(&req.resource_type, q).map_err(|e| e.at(format!("{at}.url")))?;
-                        match self.visible_matches(gate, &criteria).await?.as_slice() {
+                        let (matches, precondition) = self.conditional_matches(gate, &criteria).await?;
+                        match matches.as_slice() {
                             [] if req.method == "PUT" => {
                                 let body_id = raws[i].and_then(|r| serde_json::from_str::<IdOnly>(r.get()).ok()).and_then(|b| b.id);
                                 ids[i] = Some(body_id.unwrap_or_else(new_id));
-                                preconditions[i] = Precondition::NoneMatching(criteria);
+                                preconditions[i] = precondition;
                             }
                             [] => plans[i] = Some(Plan::Noop),
                             [id] => ids[i] = Some(id.clone()),

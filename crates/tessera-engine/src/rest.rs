@@ -106,16 +106,31 @@ impl Engine {
 
     /// Ids of current resources matching `criteria` that this subject may see.
     pub(crate) async fn visible_matches(&self, gate: &mut Gate<'_>, criteria: &Criteria) -> Result<Vec<String>, FhirError> {
+        Ok(self.conditional_matches(gate, criteria).await?.0)
+    }
+
+    /// The visible matches of a conditional create, and the precondition the create must
+    /// carry when there are none: "still none matching" (race-free) — unless resources the
+    /// subject may not see match, in which case the create goes ahead as if they did not
+    /// exist (answering otherwise would reveal them).
+    pub(crate) async fn conditional_matches(&self, gate: &mut Gate<'_>, criteria: &Criteria) -> Result<(Vec<String>, Precondition), FhirError> {
         let ids = self.store().find(criteria).await?;
-        let mut out = Vec::with_capacity(ids.len());
+        let mut visible = Vec::with_capacity(ids.len());
+        let mut hidden = false;
         for id in ids {
             if let Some(s) = self.store().read(&criteria.resource_type, &id).await? {
-                if !s.deleted && gate.visibility(&s).await? == Visibility::Visible {
-                    out.push(id);
+                if s.deleted {
+                    continue;
+                }
+                if gate.visibility(&s).await? == Visibility::Visible {
+                    visible.push(id);
+                } else {
+                    hidden = true;
                 }
             }
         }
-        Ok(out)
+        let precondition = if hidden { Precondition::Absent } else { Precondition::NoneMatching(criteria.clone()) };
+        Ok((visible, precondition))
     }
 
     /// The stamp for a version written by this gate's subject.
@@ -159,8 +174,9 @@ impl Engine {
                 None => Precondition::Absent,
                 Some(query) => {
                     let criteria = criteria::parse(resource_type, query)?;
-                    match self.visible_matches(&mut gate, &criteria).await?.as_slice() {
-                        [] => Precondition::NoneMatching(criteria),
+                    let (matches, precondition) = self.conditional_matches(&mut gate, &criteria).await?;
+                    match matches.as_slice() {
+                        [] => precondition,
                         [id] => {
                             let existing = self.gated_current(&mut gate, resource_type, id).await?;
                             let patients = patients_of(&existing);
@@ -247,17 +263,24 @@ impl Engine {
         let body_id = map.get("id").and_then(Value::as_str).map(str::to_string);
         let mut gate = self.gate(access);
         for _ in 0..RETRIES {
-            match self.visible_matches(&mut gate, &criteria).await?.as_slice() {
+            let (matches, precondition) = self.conditional_matches(&mut gate, &criteria).await?;
+            match matches.as_slice() {
                 [] => {
                     let id = body_id.clone().unwrap_or_else(new_id);
                     let existing = self.store().read(resource_type, &id).await?;
+                    let value = Value::Object(map.clone());
+                    // Authorised first: a hidden resource with that id answers as absent (404).
+                    gate.authorize_write(Action::Create, resource_type, &id, existing.as_ref(), Some(&value)).await?;
                     if existing.as_ref().is_some_and(|e| !e.deleted) {
                         return Err(FhirError::conflict(format!("{resource_type}/{id} exists but does not match the criteria '{query}'")));
                     }
-                    let value = Value::Object(map.clone());
-                    gate.authorize_write(Action::Create, resource_type, &id, existing.as_ref(), Some(&value)).await?;
                     let version = existing.as_ref().map_or(1, |d| d.version + 1);
-                    let write = prepare_write(map.clone(), &id, version, Precondition::NoneMatching(criteria.clone()), &Self::stamp(&gate, resource_type, existing.as_ref()))?;
+                    let precondition = match (&existing, precondition) {
+                        // Re-creating a deleted id: its version must not have moved.
+                        (Some(d), Precondition::Absent) => Precondition::Version(d.version),
+                        (_, p) => p,
+                    };
+                    let write = prepare_write(map.clone(), &id, version, precondition, &Self::stamp(&gate, resource_type, existing.as_ref()))?;
                     let resource = written(&write);
                     gate.record_write("create", &write);
                     match self.commit_gated(&mut gate, vec![write]).await {

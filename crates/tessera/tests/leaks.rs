@@ -11,7 +11,15 @@ use common::Server;
 use serde_json::{json, Value};
 use tessera_engine::Access;
 
-on_both_backends!(leak_matrix, break_glass_flow, writes_respect_role_and_ownership, tokens_are_required, audit_trail, worklists_follow_the_dials);
+on_both_backends!(
+    leak_matrix,
+    break_glass_flow,
+    writes_respect_role_and_ownership,
+    tokens_are_required,
+    audit_trail,
+    worklists_follow_the_dials,
+    conditional_operations_do_not_reveal_hidden_matches,
+);
 
 /// Expected visibility.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -335,4 +343,38 @@ async fn worklists_follow_the_dials(s: &Server) {
     let b = list(MURPHY, "rx2-diabetes-clinic").await.json();
     assert!(ids_in(&b, "Encounter/enc-tom-dc"), "{b}");
     assert_eq!(s.request_as(&token(s, PATEL), "GET", "Location/ward-7a/$worklist?kind=nonsense", None).await.status, 400);
+}
+
+/// Conditional create and update match only what the subject may see: a hidden match
+/// neither answers "exists" (200) nor blocks the write (409/412); the status codes are
+/// those of an empty match.
+async fn conditional_operations_do_not_reveal_hidden_matches(s: &Server) {
+    load_demo(s).await;
+    let obs = serde_json::to_vec(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+        "subject": {"reference": "Patient/tom-hughes"}})).unwrap();
+    // Dr Patel sees Northgate's observation of Tom: the conditional create finds it.
+    let patel = token(s, PATEL);
+    let r = s.request("POST", "Observation", &[("authorization", &format!("Bearer {patel}")), ("if-none-exist", "_id=obs-tom-hr")], Some(&obs)).await;
+    assert_eq!(r.status, 200, "a visible match answers with the existing resource");
+    assert_eq!(r.json()["id"], "obs-tom-hr");
+    // Dr Murphy (Southbank; Tom dissents from cross-trust sharing) must not learn it exists.
+    let murphy = token(s, MURPHY);
+    let r = s.request("POST", "Observation", &[("authorization", &format!("Bearer {murphy}")), ("if-none-exist", "_id=obs-tom-hr")], Some(&obs)).await;
+    assert_eq!(r.status, 201, "a hidden match behaves as no match: {}", String::from_utf8_lossy(&r.body));
+    assert_ne!(r.json()["id"], "obs-tom-hr");
+    // Conditional update with only a hidden match: creates, like an empty match.
+    let r = s.request("PUT", "Observation?_id=obs-tom-hr", &[("authorization", &format!("Bearer {murphy}"))], Some(&obs)).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // …and the hidden resource is untouched.
+    assert_eq!(s.request_as(&patel, "GET", "Observation/obs-tom-hr", None).await.json()["meta"]["versionId"], "1");
+    // Conditional delete with only a hidden match: nothing to delete.
+    assert_eq!(s.request("DELETE", "Observation?_id=obs-tom-hr", &[("authorization", &format!("Bearer {murphy}"))], None).await.status, 204);
+    assert_eq!(s.request_as(&patel, "GET", "Observation/obs-tom-hr", None).await.status, 200);
+    // The same in a transaction.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/tom-hughes"}},
+         "request": {"method": "POST", "url": "Observation", "ifNoneExist": "_id=obs-tom-hr"}}]});
+    let r = s.request_as(&murphy, "POST", "", Some(&serde_json::to_vec(&tx).unwrap())).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["entry"][0]["response"]["status"], "201 Created");
 }
