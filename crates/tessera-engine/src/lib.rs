@@ -107,13 +107,24 @@ struct Inner {
     config: EngineConfig,
     domain: RwLock<Arc<Domain>>,
     cache: cache::FactsCache,
+    /// Break-glass grants made since start (an operator alert metric).
+    break_glass: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
     /// An engine over `store`, starting with the bootstrap domain; call
     /// [`Engine::load_domain`] to use the domain stored in the database.
     pub fn new(store: DynStore, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { store, config, domain: RwLock::new(Arc::new(Domain::bootstrap())), cache: Default::default() }) }
+        Engine { inner: Arc::new(Inner { store, config, domain: RwLock::new(Arc::new(Domain::bootstrap())), cache: Default::default(), break_glass: Default::default() }) }
+    }
+
+    /// Break-glass grants made since the server started.
+    pub fn break_glass_total(&self) -> u64 {
+        self.inner.break_glass.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_break_glass(&self) {
+        self.inner.break_glass.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn cache(&self) -> &cache::FactsCache {
@@ -189,6 +200,7 @@ pub struct WriteOutcome {
     pub resource: VersionedResource,
 }
 
+/// Compile-time check: the engine's futures must be `Send` (transports spawn them).
 #[allow(dead_code)]
 fn assert_futures_are_send(e: &Engine) {
     fn is_send<T: Send>(_: T) {}

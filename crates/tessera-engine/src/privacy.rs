@@ -54,6 +54,7 @@ impl Engine {
         let clean = reason_text.replace('|', "/");
         self.store().set_meta(&format!("break-glass/{}/{patient}", access.subject), &format!("{expires}|{reason_code}|{clean}")).await?;
         self.grant_changed(&access.subject, patient);
+        self.count_break_glass();
         tracing::warn!(target: "tessera::alert", user = %access.subject, organisation = %access.organisation, %patient, reason = %reason_code, text = %clean, "break-glass: access to a patient record granted for review");
         let mut gate = self.gate(access);
         gate.record("break-glass", true, &[format!("Patient/{patient}")], vec![patient.to_string()], true, Some(&format!("{reason_code}: {clean}")));

@@ -84,6 +84,8 @@ pub async fn render(State(state): State<AppState>) -> Response {
     ] {
         out.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total {value}\n"));
     }
+    let bg = state.engine.break_glass_total();
+    out.push_str(&format!("# HELP tessera_break_glass Break-glass grants (alert on any increase).\n# TYPE tessera_break_glass counter\ntessera_break_glass_total {bg}\n"));
     out.push_str("# EOF\n");
     ([(http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], out).into_response()
 }

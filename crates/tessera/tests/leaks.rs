@@ -188,6 +188,9 @@ async fn break_glass_flow(s: &Server) {
     let r = s.request_as(&okoro, "POST", "Patient/jane-smith/$break-glass", Some(&params("ETREAT", "Found collapsed at home visit"))).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(r.json()["parameter"].as_array().unwrap().iter().any(|p| p["name"] == "expires"));
+    // Operators are alerted: the break-glass counter moved.
+    let m = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(m.contains("tessera_break_glass_total 1"), "{m}");
     // Now visible, for this nurse and this patient only.
     assert_eq!(s.request_as(&okoro, "GET", "Observation/obs-jane-glucose", None).await.status, 200);
     assert_eq!(s.request_as(&okoro, "GET", "Observation/obs-maria-bp", None).await.status, 403, "the grant is for one patient");
