@@ -56,9 +56,9 @@ fn meta_facts(json: &[u8]) -> MetaFacts {
         #[serde(default)]
         meta: Option<Meta>,
     }
-    // Most resources carry neither labels nor an author tag: skip the parse for them.
-    let has = |needle: &[u8]| json.windows(needle.len()).any(|w| w == needle);
-    if !has(b"\"security\"") && !has(AUTHOR_SYSTEM.as_bytes()) {
+    // Most resources carry no security labels, and the author matters only for sealed
+    // (labelled) data: skip the parse unless labels are present.
+    if memchr::memmem::find(json, b"\"security\"").is_none() {
         return MetaFacts::default();
     }
     let Ok(head) = serde_json::from_slice::<Head>(json) else { return MetaFacts::default() };
