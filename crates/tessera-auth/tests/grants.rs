@@ -212,9 +212,12 @@ fn switch_context() {
 fn switch_context_refusals() {
     let first = password(&[]).unwrap();
     assert_error(switch(&first.access_token, &[("location", "ward-7b")], NOW + 15 * 60), OAuthErrorCode::InvalidGrant, "expired");
-    let mut tampered = first.access_token.clone();
-    tampered.pop();
-    tampered.push(if first.access_token.ends_with('A') { 'B' } else { 'A' });
+    // Change a signature character that carries full bits (the last base64url character of
+    // a 32-byte signature also holds padding bits, so changing it may change nothing).
+    let mut tampered: Vec<char> = first.access_token.chars().collect();
+    let i = tampered.len() - 10;
+    tampered[i] = if tampered[i] == 'A' { 'B' } else { 'A' };
+    let tampered: String = tampered.into_iter().collect();
     assert_error(switch(&tampered, &[], NOW), OAuthErrorCode::InvalidGrant, "signature");
     assert_error(switch("not-a-token", &[], NOW), OAuthErrorCode::InvalidGrant, "malformed");
     let system = auth().issue_system_token("lab", "rx1-general", "system/*.*", NOW, 10);

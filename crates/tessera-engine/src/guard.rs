@@ -310,12 +310,17 @@ impl<'a> Gate<'a> {
     }
 
     /// Makes the gathered audit records durable (reads answer only after this).
-    pub async fn finish(mut self) -> Result<(), FhirError> {
+    pub async fn flush(&mut self) -> Result<(), FhirError> {
         let audit = self.take_audit();
         if !audit.is_empty() {
             self.engine.store().append_audit(audit).await?;
         }
         Ok(())
+    }
+
+    /// [`Gate::flush`], at the end of a request.
+    pub async fn finish(mut self) -> Result<(), FhirError> {
+        self.flush().await
     }
 
     pub fn domain(&self) -> &Domain {

@@ -3,7 +3,7 @@
 
 use crate::access::Access;
 use crate::bundle::BundleWriter;
-use crate::guard::Visibility;
+use crate::guard::{Gate, Visibility};
 use tessera_auth::ScopeOp;
 use crate::prepare::{format_instant, parse_instant};
 use crate::{criteria, Engine, FhirError};
@@ -179,23 +179,39 @@ impl Engine {
         };
         let mut ids = self.store().find(&criteria).await?;
         ids.sort();
+        let sources: Vec<(String, String)> = ids.into_iter().map(|id| (resource_type.to_string(), id)).collect();
+        let base = &self.config().base_url;
+        let self_link = if query.is_empty() { format!("{base}/{resource_type}") } else { format!("{base}/{resource_type}?{query}") };
         let mut gate = self.gate(access);
+        self.searchset(&mut gate, &sources, count, self_link, "search-type", query).await
+    }
+
+    /// The `searchset` Bundle of the current versions of `sources` that the gate lets this
+    /// subject see: `total` counts only those, the first `count` are listed, a marker
+    /// entry says when more exist behind break-glass; the access is audited.
+    pub(crate) async fn searchset(
+        &self,
+        gate: &mut Gate<'_>,
+        sources: &[(String, String)],
+        count: usize,
+        self_link: String,
+        interaction: &str,
+        detail: &str,
+    ) -> Result<Vec<u8>, FhirError> {
         let mut visible = Vec::new();
         let mut behind_glass = 0usize;
-        for id in &ids {
-            if let Some(s) = self.store().read(resource_type, id).await? {
-                if s.deleted {
-                    continue;
-                }
-                match gate.visibility(&s).await? {
-                    Visibility::Visible => visible.push(s),
-                    Visibility::BehindGlass => behind_glass += 1,
-                    Visibility::Hidden => {}
-                }
+        for (ty, id) in sources {
+            let Some(s) = self.store().read(ty, id).await? else { continue };
+            if s.deleted {
+                continue;
+            }
+            match gate.visibility(&s).await? {
+                Visibility::Visible => visible.push(s),
+                Visibility::BehindGlass => behind_glass += 1,
+                Visibility::Hidden => {}
             }
         }
         let base = &self.config().base_url;
-        let self_link = if query.is_empty() { format!("{base}/{resource_type}") } else { format!("{base}/{resource_type}?{query}") };
         let mut out = BundleWriter::new("searchset", Some(visible.len() as u64), &[("self", self_link)]);
         let mut patients = Vec::new();
         let mut entities = Vec::new();
@@ -205,8 +221,8 @@ impl Engine {
                     patients.push(p);
                 }
             }
-            entities.push(format!("{resource_type}/{}", s.id));
-            out.entry(Some(&format!("{base}/{resource_type}/{}", s.id)), Some(&s.json), &[("search", json!({"mode": "match"}))]);
+            entities.push(format!("{}/{}", s.resource_type, s.id));
+            out.entry(Some(&format!("{base}/{}/{}", s.resource_type, s.id)), Some(&s.json), &[("search", json!({"mode": "match"}))]);
         }
         if behind_glass > 0 {
             let oo = tessera_fhir::outcome::operation_outcome(&[tessera_fhir::Issue {
@@ -217,8 +233,8 @@ impl Engine {
             }]);
             out.entry(None, Some(&serde_json::to_vec(&oo).expect("outcome serialises")), &[("search", json!({"mode": "outcome"}))]);
         }
-        gate.record_access("search-type", true, &entities, patients, Some(query));
-        gate.finish().await?;
+        gate.record_access(interaction, true, &entities, patients, Some(detail));
+        gate.flush().await?;
         Ok(out.finish())
     }
 }
