@@ -33,6 +33,7 @@ enum Command {
     ///   tessera serve --demo
     ///   tessera serve --data-dir /var/lib/tessera --listen 0.0.0.0:8080
     ///   tessera serve --database-url postgres://tessera@db/tessera
+    #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
     /// Load FHIR data (transaction/batch bundles, NDJSON; plain, .gz or .bz2; files or folders).
     ///
@@ -40,6 +41,7 @@ enum Command {
     /// created (or updated when they carry an id). An interrupted import can be run
     /// again: finished files are skipped. Example:
     ///   tessera import --data-dir ./tessera-data ../shared/data/synthea
+    #[command(verbatim_doc_comment)]
     Import(ImportArgs),
     /// Benchmarks against a running server (see BENCHMARKS.md).
     #[command(subcommand)]
@@ -49,6 +51,7 @@ enum Command {
     /// Examples:
     ///   tessera token --user dr.patel --role doctor --org rx1-general
     ///   tessera token --system --org rx1
+    #[command(verbatim_doc_comment)]
     Token(TokenArgs),
     /// The domain configuration: organisations, sites, wards, roles, sharing dials.
     #[command(subcommand)]
