@@ -124,11 +124,11 @@ pub struct CareLink {
     pub kind: String,
     /// The patient id (as in [`Write::compartment`]).
     pub patient: String,
-    /// `Organization/…` reference.
+    /// Organization id (the `…` of `Organization/…`).
     pub organisation: Option<String>,
-    /// `Location/…` reference.
+    /// Location id.
     pub location: Option<String>,
-    /// `Practitioner/…` (or `PractitionerRole/…`) reference.
+    /// Practitioner id (the user, for domain users).
     pub practitioner: Option<String>,
     /// Start and end of the relationship (microseconds since the epoch), if known.
     pub start_micros: Option<i64>,
