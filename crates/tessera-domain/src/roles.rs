@@ -49,18 +49,6 @@ const R: Permission = Permission { read: true, write: false, delete: false };
 const RW: Permission = Permission { read: true, write: true, delete: false };
 const RWD: Permission = Permission { read: true, write: true, delete: true };
 
-/// Every sensitive class (from security labels).
-const SENSITIVE: [DataClass; 8] = [
-    DataClass::Restricted,
-    DataClass::VeryRestricted,
-    DataClass::Hiv,
-    DataClass::Psychiatry,
-    DataClass::DomesticViolence,
-    DataClass::SubstanceAbuse,
-    DataClass::SexuallyTransmitted,
-    DataClass::Sexuality,
-];
-
 fn role(id: &str, name: &str, nrbac_code: &str, permissions: &[(DataClass, Permission)]) -> Role {
     Role {
         id: id.into(),
@@ -74,7 +62,7 @@ fn role(id: &str, name: &str, nrbac_code: &str, permissions: &[(DataClass, Permi
 }
 
 fn with_sensitive(mut base: Vec<(DataClass, Permission)>, permission: Permission) -> Vec<(DataClass, Permission)> {
-    base.extend(SENSITIVE.iter().map(|c| (*c, permission)));
+    base.extend(DataClass::ALL.into_iter().filter(|c| c.is_sensitive()).map(|c| (c, permission)));
     base
 }
 

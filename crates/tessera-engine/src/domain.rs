@@ -54,11 +54,23 @@ impl Engine {
         }
     }
 
+    /// The domain configuration for an administrator (checked and audited).
+    pub async fn domain_for_admin(&self, access: &Access) -> Result<std::sync::Arc<Domain>, FhirError> {
+        self.require_domain_admin(access)?;
+        let mut gate = self.gate(access);
+        gate.record("domain-read", true, &["Domain".to_string()], Vec::new(), false, None);
+        gate.finish().await?;
+        Ok(self.domain())
+    }
+
     /// Replaces the domain configuration (after validating it) and writes its FHIR
     /// resources. Applying the same domain twice changes nothing but versions of
     /// resources whose content changed.
     pub async fn apply_domain(&self, access: &Access, domain: Domain) -> Result<usize, FhirError> {
         self.require_domain_admin(access)?;
+        let mut gate = self.gate(access);
+        gate.record("domain-apply", true, &["Domain".to_string()], Vec::new(), false, None);
+        gate.finish().await?;
         domain.validate().map_err(|e| FhirError::bad_request(format!("the domain is not valid: {e}")))?;
         self.store_domain(&domain).await?;
         self.set_domain(domain.clone());

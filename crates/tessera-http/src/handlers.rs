@@ -416,10 +416,10 @@ pub async fn instance_operation(
 
 /// `GET /admin/domain`: the domain configuration (without secrets).
 pub async fn admin_domain_get(State(state): State<AppState>, Extension(access): Extension<Access>) -> Response {
-    if let Err(e) = state.engine.require_domain_admin(&access) {
-        return error(e);
-    }
-    let mut domain = (*state.engine.domain()).clone();
+    let mut domain = match state.engine.domain_for_admin(&access).await {
+        Ok(d) => (*d).clone(),
+        Err(e) => return error(e),
+    };
     for u in &mut domain.users {
         u.password_hash = None;
     }

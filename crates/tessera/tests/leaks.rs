@@ -261,6 +261,8 @@ async fn writes_respect_role_and_ownership(s: &Server) {
     let r = s.request_as(&carter, "GET", "/admin/domain", None).await;
     assert_eq!(r.status, 200);
     assert!(!String::from_utf8_lossy(&r.body).contains("argon2"), "no password hashes leave the server");
+    let audited = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/domain.carter".into()), limit: 10, ..Default::default() }).await.unwrap();
+    assert!(audited.iter().any(|a| a.action == "domain-read"), "reading the domain configuration is audited");
 }
 
 async fn tokens_are_required(s: &Server) {
