@@ -23,6 +23,7 @@
 //!   when the access is an emergency override.
 
 use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tessera_store::NewAudit;
 
@@ -40,7 +41,8 @@ const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
 pub const SERVER_DEVICE: &str = "Device/tessera";
 
 /// A FHIR RESTful interaction (`http://hl7.org/fhir/restful-interaction`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Interaction {
     Read,
     Vread,
@@ -122,7 +124,8 @@ impl Interaction {
 }
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     /// A FHIR REST interaction.
     Rest(Interaction),
@@ -135,7 +138,8 @@ pub enum EventKind {
 }
 
 /// `AuditEvent.outcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Success,
     /// E.g. access denied, invalid request.
@@ -156,7 +160,8 @@ impl Outcome {
 }
 
 /// Who acted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Who {
     /// A practitioner id (`Practitioner/<id>`).
     Practitioner(String),
@@ -177,47 +182,61 @@ impl Who {
 }
 
 /// A coded value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coded {
     pub system: String,
     pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display: Option<String>,
 }
 
 /// The requesting user (or system).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agent {
     pub who: Who,
     /// Human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// The role the user acts in (e.g. a SNOMED CT or local role code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Coded>,
     /// `Organization/…` the user acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organisation: Option<String>,
     /// The client's network address (IP address or host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_address: Option<String>,
 }
 
-/// Everything [`audit_event`] records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything [`audit_event`] records. This, not the AuditEvent, is what the store keeps
+/// ([`encode_record`]), so that auditing an access stays cheap; the AuditEvent is rendered
+/// when the log is read ([`render_record`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventInput {
     pub kind: EventKind,
     /// When it happened (microseconds since the epoch).
     pub recorded_micros: i64,
     pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome_desc: Option<String>,
     /// The access was refused by policy (indexed as the action `"denied"`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub denied: bool,
     pub agent: Agent,
     /// References of the resources involved (`Observation/1`, `Observation/1/_history/2`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<String>,
     /// Ids of the patients whose data is involved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patients: Vec<String>,
     /// For searches: the query (e.g. `Observation?patient=123&code=…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// Break-glass access: the reason the user gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<String>,
     /// `source.site` (e.g. the deployment or domain name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
 }
 
@@ -280,16 +299,32 @@ pub fn audit_event(e: &EventInput) -> Value {
             if let Interaction::Operation(name) = i {
                 sub["display"] = format!("${}", name.trim_start_matches('$')).into();
             }
-            (coding(EVENT_TYPE, "rest", "RESTful Operation"), sub, i.action())
+            (
+                coding(EVENT_TYPE, "rest", "RESTful Operation"),
+                sub,
+                i.action(),
+            )
         }
-        EventKind::PatientRecord(i) => {
-            (coding(DCM, "110110", "Patient Record"), coding(RESTFUL_INTERACTION, i.code(), i.code()), i.action())
-        }
-        EventKind::Login => (coding(DCM, "110114", "User Authentication"), coding(DCM, "110122", "Login"), "E"),
-        EventKind::Logout => (coding(DCM, "110114", "User Authentication"), coding(DCM, "110123", "Logout"), "E"),
-        EventKind::BreakGlass => {
-            (coding(DCM, "110113", "Security Alert"), coding(DCM, "110127", "Emergency Override Started"), "E")
-        }
+        EventKind::PatientRecord(i) => (
+            coding(DCM, "110110", "Patient Record"),
+            coding(RESTFUL_INTERACTION, i.code(), i.code()),
+            i.action(),
+        ),
+        EventKind::Login => (
+            coding(DCM, "110114", "User Authentication"),
+            coding(DCM, "110122", "Login"),
+            "E",
+        ),
+        EventKind::Logout => (
+            coding(DCM, "110114", "User Authentication"),
+            coding(DCM, "110123", "Logout"),
+            "E",
+        ),
+        EventKind::BreakGlass => (
+            coding(DCM, "110113", "Security Alert"),
+            coding(DCM, "110127", "Emergency Override Started"),
+            "E",
+        ),
     };
     let purpose = e.break_glass.as_ref().map(|reason| {
         let mut c = json!({"coding": [coding(ACT_REASON, "BTG", "break the glass")]});
@@ -302,7 +337,10 @@ pub fn audit_event(e: &EventInput) -> Value {
     // The user.
     let who = e.agent.who.reference();
     let mut user = Map::new();
-    user.insert("type".into(), json!({"coding": [coding(PARTICIPATION_TYPE, "IRCP", "information recipient")]}));
+    user.insert(
+        "type".into(),
+        json!({"coding": [coding(PARTICIPATION_TYPE, "IRCP", "information recipient")]}),
+    );
     if let Some(role) = &e.agent.role {
         user.insert("role".into(), json!([{"coding": [coded(role)]}]));
     }
@@ -312,7 +350,10 @@ pub fn audit_event(e: &EventInput) -> Value {
     }
     user.insert("requestor".into(), true.into());
     if let Some(address) = &e.agent.network_address {
-        user.insert("network".into(), json!({"address": address, "type": if is_ip(address) { "2" } else { "1" }}));
+        user.insert(
+            "network".into(),
+            json!({"address": address, "type": if is_ip(address) { "2" } else { "1" }}),
+        );
     }
     if let Some(p) = &purpose {
         user.insert("purposeOfUse".into(), p.clone());
@@ -381,7 +422,10 @@ pub fn audit_event(e: &EventInput) -> Value {
         source.insert("site".into(), site.clone().into());
     }
     source.insert("observer".into(), json!({"reference": SERVER_DEVICE}));
-    source.insert("type".into(), json!([coding(SOURCE_TYPE, "4", "Application Server")]));
+    source.insert(
+        "type".into(),
+        json!([coding(SOURCE_TYPE, "4", "Application Server")]),
+    );
     out.insert("source".into(), Value::Object(source));
     if !entities.is_empty() {
         out.insert("entity".into(), Value::Array(entities));
@@ -401,6 +445,34 @@ pub fn new_audit(e: &EventInput) -> NewAudit {
         patients,
         action: e.action_label().to_string(),
         break_glass: e.break_glass.is_some() || e.kind == EventKind::BreakGlass,
-        event: serde_json::to_vec(&audit_event(e)).unwrap_or_default(),
+        event: encode_record(e),
     }
+}
+
+/// The bytes the store keeps for an event (and its hash covers): the [`EventInput`] as
+/// compact JSON.
+pub fn encode_record(e: &EventInput) -> Vec<u8> {
+    serde_json::to_vec(e).unwrap_or_default()
+}
+
+/// The FHIR AuditEvent of a stored record, with `id` set to its position in the chain.
+/// Records kept as complete AuditEvents are returned as they are, with the id added.
+/// `None` if the bytes are neither.
+pub fn render_record(stored: &[u8], seq: i64) -> Option<Value> {
+    let mut event = match serde_json::from_slice::<EventInput>(stored) {
+        Ok(input) => audit_event(&input),
+        Err(_) => serde_json::from_slice::<Value>(stored)
+            .ok()
+            .filter(|v| v["resourceType"] == "AuditEvent")?,
+    };
+    let object = event.as_object_mut()?;
+    let mut out = Map::with_capacity(object.len() + 1);
+    out.insert("resourceType".into(), "AuditEvent".into());
+    out.insert("id".into(), seq.to_string().into());
+    for (k, v) in std::mem::take(object) {
+        if k != "resourceType" && k != "id" {
+            out.insert(k, v);
+        }
+    }
+    Some(Value::Object(out))
 }

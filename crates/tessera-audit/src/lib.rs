@@ -2,7 +2,9 @@
 //!
 //! * [`event`]: builds IHE BALP-style FHIR R4 `AuditEvent`s ([`audit_event`]) and the
 //!   [`NewAudit`](tessera_store::NewAudit) records that carry them into the store
-//!   ([`new_audit`]).
+//!   ([`new_audit`]). The store keeps each event in compact form ([`encode_record`]: what
+//!   happened, who, to which resources and patients); [`render_record`] turns a stored
+//!   record back into its AuditEvent when the log is read.
 //! * [`verify`](verify()): walks the store's hash-chained audit log and reports the first
 //!   record that was altered, deleted or moved.
 //!
@@ -13,7 +15,7 @@
 pub mod event;
 pub mod verify;
 
-pub use event::{audit_event, new_audit, Agent, Coded, EventInput, EventKind, Interaction, Outcome, Who};
+pub use event::{audit_event, encode_record, new_audit, render_record, Agent, Coded, EventInput, EventKind, Interaction, Outcome, Who};
 pub use verify::{verify, verify_with, Anchor, ChainProblem, ProblemKind, VerifyOptions, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]

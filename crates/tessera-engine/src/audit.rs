@@ -23,7 +23,7 @@ fn interaction(name: &str) -> Interaction {
     }
 }
 
-/// The AuditEvent JSON for one access.
+/// The stored audit record of one access (its AuditEvent is rendered when read).
 pub fn event(access: &Access, name: &str, outcome_ok: bool, entities: &[String], patients: &[String], break_glass: bool, detail: Option<&str>) -> Vec<u8> {
     let who = match access.kind {
         AccessKind::User => Who::Practitioner(access.subject.clone()),
@@ -48,5 +48,5 @@ pub fn event(access: &Access, name: &str, outcome_ok: bool, entities: &[String],
         break_glass: if break_glass { Some(detail.unwrap_or("break-glass").to_string()) } else { None },
         site: access.location.clone(),
     };
-    serde_json::to_vec(&tessera_audit::audit_event(&input)).expect("audit event serialises")
+    tessera_audit::encode_record(&input)
 }

@@ -411,7 +411,7 @@ impl Engine {
             if req.method == "DELETE" {
                 match &current {
                     Some(c) if !c.deleted => {
-                        gate.authorize_write(Action::Delete, &req.resource_type, &id, Some(c), None).await.map_err(|e| e.at(format!("{at}")))?;
+                        gate.authorize_write(Action::Delete, &req.resource_type, &id, Some(c), None).await.map_err(|e| e.at(at.to_string()))?;
                         let w = prepare_delete(&req.resource_type, &id, version, precondition, c);
                         entities.push(format!("{}/{}/_history/{}", w.resource_type, w.id, w.version));
                         writes.push(w);
@@ -436,7 +436,7 @@ impl Engine {
             }
             self.resolve_references(gate, &mut value, &resolved, &mut conditional_cache, i).await?;
             let action = if current.as_ref().is_some_and(|c| !c.deleted) { Action::Write } else { Action::Create };
-            gate.authorize_write(action, &req.resource_type, &id, current.as_ref(), Some(&value)).await.map_err(|e| e.at(format!("{at}")))?;
+            gate.authorize_write(action, &req.resource_type, &id, current.as_ref(), Some(&value)).await.map_err(|e| e.at(at.to_string()))?;
             let Value::Object(map) = value else { unreachable!() };
             let w = prepare_write(map, &id, version, precondition, &Self::stamp(gate, &req.resource_type, current.as_ref()))?;
             entities.push(format!("{}/{}/_history/{}", w.resource_type, w.id, w.version));

@@ -115,7 +115,12 @@ impl Engine {
         let base = &self.config().base_url;
         let mut out = BundleWriter::new("searchset", None, &[("self", format!("{base}/{self_path}"))]);
         for r in &records {
-            out.entry(None, Some(&r.event), &[("search", json!({"mode": "match"}))]);
+            let Some(event) = tessera_audit::render_record(&r.event, r.seq) else {
+                tracing::error!(seq = r.seq, "audit record {} is not readable as an AuditEvent", r.seq);
+                continue;
+            };
+            let event = serde_json::to_vec(&event).unwrap_or_default();
+            out.entry(None, Some(&event), &[("search", json!({"mode": "match"}))]);
         }
         let mut gate = self.gate(access);
         gate.record("audit-query", true, &[self_path.to_string()], q.patient.iter().cloned().collect(), false, None);

@@ -23,7 +23,9 @@
 //! A transaction may carry audit records ([`NewAudit`], [`Store::commit_audited`]); they
 //! commit all-or-nothing with its writes. Reads are audited through
 //! [`Store::append_audit`], which goes through the same group-commit writer (so many
-//! reads share one fsync) and returns once the records are durable. The log is
+//! reads share one fsync) and returns once the records are durable. (The SQLite backend
+//! makes them durable in an append-only journal file and moves them into the database in
+//! bulk, see `journal`; queries always see them.) The log is
 //! append-only and hash-chained: the single writer gives each record the next `seq`
 //! (gapless, starting at 1) and `hash = SHA-256(prev_hash ‖ seq ‖ recorded ‖ event)`, see
 //! [`audit_hash`]. Records of a job that fails (precondition or database error) are not
@@ -37,6 +39,7 @@
 //! a patient's links; access policy decides with them.
 
 pub mod codec;
+mod journal;
 pub mod postgres;
 pub mod sqlite;
 
@@ -209,9 +212,8 @@ pub fn audit_hash(prev_hash: &[u8], seq: i64, recorded_micros: i64, event: &[u8]
     h.finalize().into()
 }
 
-/// An audit record on its way to the writer: the event both as given (hashed) and
-/// encoded for storage.
-#[derive(Debug, Clone)]
+/// An audit record on its way to the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PendingAudit {
     pub recorded_micros: i64,
     pub user: Option<String>,
@@ -219,29 +221,33 @@ pub(crate) struct PendingAudit {
     pub patients: Vec<String>,
     pub action: String,
     pub break_glass: bool,
+    /// As given (and hashed); compressed only when stored in the database.
     pub event: Vec<u8>,
-    pub stored_event: Vec<u8>,
 }
 
 impl PendingAudit {
-    pub(crate) fn prepare(audit: Vec<NewAudit>) -> Result<Vec<PendingAudit>> {
+    pub(crate) fn prepare(audit: Vec<NewAudit>) -> Vec<PendingAudit> {
         audit
             .into_iter()
             .map(|a| {
                 let mut patients = a.patients;
                 patients.sort();
                 patients.dedup();
-                Ok(PendingAudit {
+                PendingAudit {
                     recorded_micros: a.recorded_micros,
                     user: a.user,
                     patients,
                     action: a.action,
                     break_glass: a.break_glass,
-                    stored_event: codec::encode_audit(&a.event)?,
                     event: a.event,
-                })
+                }
             })
             .collect()
+    }
+
+    /// The event as stored in the database (compressed, see [`codec::encode_audit`]).
+    pub(crate) fn stored_event(&self) -> Result<Vec<u8>> {
+        codec::encode_audit(&self.event)
     }
 
     /// The patients, as stored in the `audit_log.patients` column (a JSON array, or none).

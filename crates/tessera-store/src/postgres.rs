@@ -553,7 +553,7 @@ impl Store for PostgresStore {
         for w in &mut tx {
             w.json = codec::encode(&w.json)?;
         }
-        let audit = PendingAudit::prepare(audit)?;
+        let audit = PendingAudit::prepare(audit);
         let (ack, done) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
         writer.send((Work { writes: tx, audit }, ack)).await.map_err(|_| StoreError::Closed)?;
@@ -712,7 +712,7 @@ impl Store for PostgresStore {
 async fn writer_loop(pool: Pool, mut rx: mpsc::Receiver<Job>, metrics: Arc<StoreMetrics>) {
     let size = |w: &Work| w.writes.len() + w.audit.len();
     let bytes = |w: &Work| {
-        w.writes.iter().map(|w| w.json.len()).sum::<usize>() + w.audit.iter().map(|a| a.stored_event.len()).sum::<usize>()
+        w.writes.iter().map(|w| w.json.len()).sum::<usize>() + w.audit.iter().map(|a| a.event.len()).sum::<usize>()
     };
     while let Some(first) = rx.recv().await {
         let mut count = size(&first.0);
@@ -1099,8 +1099,8 @@ async fn write_audit(tx: &deadpool_postgres::Transaction<'_>, chained: &[Chained
         while start < chained.len() {
             let mut end = start;
             let mut bytes = 0;
-            while end < chained.len() && (end == start || bytes + chained[end].3.stored_event.len() <= MAX_STATEMENT_BYTES) {
-                bytes += chained[end].3.stored_event.len() + 160;
+            while end < chained.len() && (end == start || bytes + chained[end].3.event.len() <= MAX_STATEMENT_BYTES) {
+                bytes += chained[end].3.event.len() + 160;
                 end += 1;
             }
             let chunk = &chained[start..end];
@@ -1112,7 +1112,7 @@ async fn write_audit(tx: &deadpool_postgres::Transaction<'_>, chained: &[Chained
             let patients: Vec<Option<String>> = chunk.iter().map(|c| c.3.patients_column()).collect();
             let prev: Vec<&[u8]> = chunk.iter().map(|c| &c.1[..]).collect();
             let hash: Vec<&[u8]> = chunk.iter().map(|c| &c.2[..]).collect();
-            let event: Vec<&[u8]> = chunk.iter().map(|c| c.3.stored_event.as_slice()).collect();
+            let event: Vec<Vec<u8>> = chunk.iter().map(|c| c.3.stored_event()).collect::<Result<_>>()?;
             tx.execute(&stmt, &[&seq, &recorded, &user, &action, &break_glass, &patients, &prev, &hash, &event])
                 .await
                 .map_err(pg)?;

@@ -8,15 +8,20 @@
 //! * Reads use a small pool of read-only connections and run on the calling task: point
 //!   reads are a few microseconds and WAL readers never wait for the writer.
 //! * Audit records go through the same writer, which keeps the head of the hash chain in
-//!   memory (loaded at start). A data directory belongs to one server process.
+//!   memory (loaded at start). The records of writes commit with them; the records of
+//!   reads are made durable in the audit journal (`tessera-audit.journal`, see
+//!   `crate::journal`) and moved into `audit_log` in bulk, so that auditing reads neither
+//!   costs a database commit per group nor invalidates the readers' page caches. Queries
+//!   of the log fold the journal first. A data directory belongs to one server process.
 //! * `care_link` holds the links of each resource's current version, keyed
 //!   `(patient, source_type, source_id, n)` (as on PostgreSQL) and indexed by source so a
 //!   write can replace them.
 
+use crate::journal::{self, Chained, Journal};
 use crate::{
-    codec, parse_patients, AuditQuery, AuditRecord, CareLink, ChainHead, ConflictReason, Criteria, HistoryQuery,
-    NewAudit, PendingAudit, Precondition, Result, Store, StoreError, StoreMetrics, StoreStats, Stored, Transaction,
-    Write,
+    codec, parse_patients, AuditQuery, AuditRecord, CareLink, ChainHead, ConflictReason, Criteria,
+    HistoryQuery, NewAudit, PendingAudit, Precondition, Result, Store, StoreError, StoreMetrics,
+    StoreStats, Stored, Transaction, Write,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -117,8 +122,12 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Backend(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Backend(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
         let path = data_dir.join("tessera.db");
         let conn = Connection::open(&path).map_err(db)?;
         conn.execute_batch(
@@ -128,14 +137,28 @@ impl SqliteStore {
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         // Meta writes use their own connection; the writer waits for them rather than failing.
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
-        let head = chain_head(&conn)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(db)?;
+        let mut conn = conn;
+        let head = recover_journal(&mut conn, data_dir)?;
+        let (journal, _) = Journal::open(data_dir).map_err(|e| journal_error(data_dir, e))?;
         let metrics = Arc::new(StoreMetrics::default());
         let (tx, rx) = mpsc::channel::<Job>();
         let m = metrics.clone();
         let handle = std::thread::Builder::new()
             .name("tessera-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, head, &m))
+            .spawn(move || {
+                let indexed = audit_indexed_upto(&conn).unwrap_or(0);
+                let writer = Writer {
+                    conn,
+                    head,
+                    journal,
+                    pending: Vec::new(),
+                    indexed,
+                    metrics: &m,
+                };
+                writer_loop(writer, rx)
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start writer: {e}")))?;
         Ok(SqliteStore {
             path,
@@ -149,6 +172,24 @@ impl SqliteStore {
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Moves the journaled audit records into `audit_log` (before the log is read).
+    async fn fold_journal(&self) -> Result<()> {
+        let (ack, done) = oneshot::channel();
+        {
+            let writer = self.writer.lock().expect("writer");
+            writer
+                .as_ref()
+                .ok_or(StoreError::Closed)?
+                .send(Job {
+                    writes: Vec::new(),
+                    audit: Vec::new(),
+                    ack,
+                })
+                .map_err(|_| StoreError::Closed)?;
+        }
+        done.await.map_err(|_| StoreError::Closed)?
     }
 
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -183,10 +224,50 @@ impl Drop for SqliteStore {
     }
 }
 
+fn journal_error(dir: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("audit journal in {}: {e}", dir.display()))
+}
+
+/// Moves the records the audit journal holds beyond `audit_log` into it (after a crash or
+/// a kill), and returns the head of the chain.
+fn recover_journal(conn: &mut Connection, dir: &Path) -> Result<ChainHead> {
+    let stored = chain_head(conn)?;
+    let (_, frames) = Journal::open(dir).map_err(|e| journal_error(dir, e))?;
+    let mut head = stored;
+    let mut pending = Vec::new();
+    for f in frames {
+        if f.seq <= stored.seq {
+            continue; // moved already
+        }
+        if f.seq != head.seq + 1 || f.prev_hash != head.hash {
+            tracing::warn!(seq = f.seq, head = head.seq, "audit journal: a record does not continue the chain; it and what follows are ignored");
+            break;
+        }
+        head = ChainHead {
+            seq: f.seq,
+            hash: f.hash,
+        };
+        pending.push(f);
+    }
+    if !pending.is_empty() {
+        let mut h = stored;
+        apply_batch(conn, &[], &mut h, &pending).map_err(db)?;
+        tracing::info!(
+            records = pending.len(),
+            "audit journal: recovered records moved into the audit log"
+        );
+    }
+    Ok(head)
+}
+
 /// The head of the audit chain as stored.
 fn chain_head(conn: &Connection) -> Result<ChainHead> {
     let last: Option<(i64, Vec<u8>)> = conn
-        .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .optional()
         .map_err(db)?;
     match last {
@@ -199,12 +280,17 @@ fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
 }
 
-const COLUMNS: &str = "v.res_type, v.id, v.version, v.seq, v.last_updated, v.deleted, v.compartment, v.owner, v.data";
+const COLUMNS: &str =
+    "v.res_type, v.id, v.version, v.seq, v.last_updated, v.deleted, v.compartment, v.owner, v.data";
 
 fn row_to_stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
     let data: Vec<u8> = row.get(8)?;
     let json = codec::decode(&data).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Blob, Box::new(std::io::Error::other(e.to_string())))
+        rusqlite::Error::FromSqlConversionFailure(
+            8,
+            rusqlite::types::Type::Blob,
+            Box::new(std::io::Error::other(e.to_string())),
+        )
     })?;
     Ok(Stored {
         resource_type: row.get(0)?,
@@ -244,7 +330,10 @@ impl Store for SqliteStore {
 
     async fn history(&self, q: &HistoryQuery) -> Result<Vec<Stored>> {
         let (filter, args) = history_filter(q, true);
-        let sql = format!("SELECT {COLUMNS} FROM resource_version v WHERE {filter} ORDER BY v.seq DESC LIMIT {}", q.count);
+        let sql = format!(
+            "SELECT {COLUMNS} FROM resource_version v WHERE {filter} ORDER BY v.seq DESC LIMIT {}",
+            q.count
+        );
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), row_to_stored)?;
@@ -257,7 +346,9 @@ impl Store for SqliteStore {
         let sql = format!("SELECT count(*) FROM resource_version v WHERE {filter}");
         self.with_reader(|c| {
             c.prepare_cached(&sql)?
-                .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, i64>(0))
+                .query_row(rusqlite::params_from_iter(args.iter()), |r| {
+                    r.get::<_, i64>(0)
+                })
                 .map(|n| n as u64)
         })
     }
@@ -274,14 +365,18 @@ impl Store for SqliteStore {
         for w in &mut tx {
             w.json = codec::encode(&w.json)?;
         }
-        let audit = PendingAudit::prepare(audit)?;
+        let audit = PendingAudit::prepare(audit);
         let (ack, done) = oneshot::channel();
         {
             let writer = self.writer.lock().expect("writer");
             writer
                 .as_ref()
                 .ok_or(StoreError::Closed)?
-                .send(Job { writes: tx, audit, ack })
+                .send(Job {
+                    writes: tx,
+                    audit,
+                    ack,
+                })
                 .map_err(|_| StoreError::Closed)?;
         }
         done.await.map_err(|_| StoreError::Closed)?
@@ -292,6 +387,7 @@ impl Store for SqliteStore {
         if q.limit == 0 {
             return Ok(Vec::new());
         }
+        self.fold_journal().await?;
         let mut args: Vec<V> = Vec::new();
         let mut from = String::from("audit_log a");
         let mut clauses = vec!["1 = 1".to_string()];
@@ -346,6 +442,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_scan(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditRecord>> {
+        self.fold_journal().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&format!(
@@ -391,14 +488,17 @@ impl Store for SqliteStore {
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         self.with_reader(|c| {
-            c.prepare_cached("SELECT value FROM tessera_meta WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
+            c.prepare_cached("SELECT value FROM tessera_meta WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
         })
     }
 
     async fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         // Meta writes are rare; a separate connection keeps them off the group-commit path.
         let conn = Connection::open(&self.path).map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(db)?;
         conn.execute(
             "INSERT INTO tessera_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![key, value],
@@ -409,9 +509,13 @@ impl Store for SqliteStore {
 
     async fn stats(&self) -> Result<StoreStats> {
         let (current, versions) = self.with_reader(|c| {
-            let current: i64 =
-                c.query_row("SELECT count(*) FROM resource_current WHERE deleted = 0", [], |r| r.get(0))?;
-            let versions: i64 = c.query_row("SELECT count(*) FROM resource_version", [], |r| r.get(0))?;
+            let current: i64 = c.query_row(
+                "SELECT count(*) FROM resource_current WHERE deleted = 0",
+                [],
+                |r| r.get(0),
+            )?;
+            let versions: i64 =
+                c.query_row("SELECT count(*) FROM resource_version", [], |r| r.get(0))?;
             Ok((current as u64, versions as u64))
         })?;
         let mut bytes = 0;
@@ -420,7 +524,16 @@ impl Store for SqliteStore {
             p.push(suffix);
             bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
         }
-        Ok(StoreStats { current_resources: current, versions, bytes })
+        if let Some(dir) = self.path.parent() {
+            bytes += std::fs::metadata(dir.join(crate::journal::FILE_NAME))
+                .map(|m| m.len())
+                .unwrap_or(0);
+        }
+        Ok(StoreStats {
+            current_resources: current,
+            versions,
+            bytes,
+        })
     }
 
     fn metrics(&self) -> &StoreMetrics {
@@ -437,7 +550,11 @@ const AUDIT_COLUMNS: &str =
 
 fn row_to_audit(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     let conversion = |i: usize, e: StoreError| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(std::io::Error::other(e.to_string())))
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Blob,
+            Box::new(std::io::Error::other(e.to_string())),
+        )
     };
     let patients: Option<String> = row.get(5)?;
     let event: Vec<u8> = row.get(8)?;
@@ -505,9 +622,12 @@ fn find_ids(c: &Connection, criteria: &Criteria) -> rusqlite::Result<Vec<String>
             .collect();
     };
     let mut live = Vec::with_capacity(candidates.len());
-    let mut stmt = c.prepare_cached("SELECT deleted FROM resource_current WHERE res_type = ?1 AND id = ?2")?;
+    let mut stmt =
+        c.prepare_cached("SELECT deleted FROM resource_current WHERE res_type = ?1 AND id = ?2")?;
     for id in candidates {
-        let deleted: Option<i64> = stmt.query_row(params![criteria.resource_type, id], |r| r.get(0)).optional()?;
+        let deleted: Option<i64> = stmt
+            .query_row(params![criteria.resource_type, id], |r| r.get(0))
+            .optional()?;
         if deleted == Some(0) && !live.contains(&id) {
             live.push(id);
         }
@@ -515,21 +635,40 @@ fn find_ids(c: &Connection, criteria: &Criteria) -> rusqlite::Result<Vec<String>
     Ok(live)
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: ChainHead, metrics: &StoreMetrics) {
-    let mut indexed = audit_indexed_upto(&conn).unwrap_or(0);
+/// Fold the journal once it holds this many records (or is full, or the writer is idle).
+const FOLD_AT: usize = 4096;
+
+/// The writer thread's state.
+struct Writer<'m> {
+    conn: Connection,
+    /// The head of the chain, journaled records included.
+    head: ChainHead,
+    journal: Journal,
+    /// Journaled records not yet in `audit_log`, oldest first: the end of the chain.
+    pending: Vec<Chained>,
+    /// Where the by-patient audit index stands.
+    indexed: i64,
+    metrics: &'m StoreMetrics,
+}
+
+fn writer_loop(mut w: Writer<'_>, rx: mpsc::Receiver<Job>) {
     loop {
         let first = match rx.recv_timeout(std::time::Duration::from_millis(250)) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                // Idle: catch the by-patient audit index up.
-                if head.seq > indexed {
-                    if let Err(e) = index_audit_tail(&mut conn, &mut indexed) {
-                        tracing::warn!(error = %e, "indexing the audit log failed; will retry");
-                    }
+                // Idle: move journaled records into the database and index them.
+                if !w.pending.is_empty() {
+                    w.commit(Vec::new());
                 }
+                w.index_audit();
                 continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if !w.pending.is_empty() {
+                    w.commit(Vec::new());
+                }
+                break;
+            }
         };
         let mut jobs = vec![first];
         let mut size = jobs[0].writes.len() + jobs[0].audit.len();
@@ -544,22 +683,114 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: ChainHea
                 Err(_) => break,
             }
         }
-        let outcomes = apply_batch(&mut conn, &jobs, &mut head);
-        match outcomes {
+        // Audit records alone (of reads) go to the journal; writes, and requests to fold
+        // (no writes, no records), to the database.
+        let (reads, rest): (Vec<Job>, Vec<Job>) = jobs
+            .into_iter()
+            .partition(|j| j.writes.is_empty() && !j.audit.is_empty());
+        let rest = if reads.is_empty() {
+            rest
+        } else {
+            w.journal_reads(reads, rest)
+        };
+        if !rest.is_empty() || w.pending.len() >= FOLD_AT {
+            w.commit(rest);
+        }
+        if w.folded_seq() - w.indexed >= AUDIT_INDEX_BATCH {
+            w.index_audit();
+        }
+    }
+}
+
+impl Writer<'_> {
+    /// The last `seq` in `audit_log`.
+    fn folded_seq(&self) -> i64 {
+        self.head.seq - self.pending.len() as i64
+    }
+
+    fn index_audit(&mut self) {
+        if self.folded_seq() > self.indexed {
+            if let Err(e) = index_audit_tail(&mut self.conn, &mut self.indexed) {
+                tracing::warn!(error = %e, "indexing the audit log failed; will retry");
+            }
+        }
+    }
+
+    /// Chains the records of `reads`, appends them to the journal (one fdatasync) and
+    /// acknowledges them. Returns `rest`, plus any job that must go through the database
+    /// instead (a group too large for the journal).
+    fn journal_reads(&mut self, reads: Vec<Job>, mut rest: Vec<Job>) -> Vec<Job> {
+        let bytes: usize = reads
+            .iter()
+            .flat_map(|j| &j.audit)
+            .map(journal::frame_len)
+            .sum();
+        if !self.journal.fits(bytes) && !self.pending.is_empty() {
+            self.commit(Vec::new()); // empties the journal
+        }
+        if !self.journal.fits(bytes) {
+            rest.extend(reads);
+            return rest;
+        }
+        let mut chain = self.head;
+        let mut frames = Vec::with_capacity(bytes);
+        let mut records = Vec::new();
+        let mut acks = Vec::with_capacity(reads.len());
+        for job in reads {
+            for audit in job.audit {
+                let (seq, prev_hash, hash) = chain.chain(&audit);
+                let c = Chained {
+                    seq,
+                    prev_hash,
+                    hash,
+                    audit,
+                };
+                journal::encode_frame(&c, &mut frames);
+                records.push(c);
+            }
+            acks.push(job.ack);
+        }
+        match self.journal.append(&frames) {
+            Ok(()) => {
+                self.head = chain;
+                self.metrics.record_audit(records.len() as u64);
+                self.pending.extend(records);
+                for ack in acks {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, journal = %self.journal.path().display(), "appending to the audit journal failed");
+                for ack in acks {
+                    let _ = ack.send(Err(StoreError::Backend(format!("audit journal: {e}"))));
+                }
+            }
+        }
+        rest
+    }
+
+    /// Commits `jobs` in one database transaction, with the journaled records moved into
+    /// `audit_log` first, and acknowledges each job.
+    fn commit(&mut self, jobs: Vec<Job>) {
+        match apply_batch(&mut self.conn, &jobs, &mut self.head, &self.pending) {
             Ok(results) => {
-                let succeeded = || jobs.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(j, _)| j);
+                self.pending.clear();
+                self.journal.reset();
+                let succeeded = || {
+                    jobs.iter()
+                        .zip(&results)
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(j, _)| j)
+                };
                 let transactions = succeeded().filter(|j| !j.writes.is_empty()).count() as u64;
                 let written: u64 = succeeded().map(|j| j.writes.len() as u64).sum();
                 let audited: u64 = succeeded().map(|j| j.audit.len() as u64).sum();
-                metrics.record_batch(transactions, written);
-                metrics.record_audit(audited);
+                if !jobs.is_empty() {
+                    self.metrics.record_batch(transactions, written);
+                }
+                self.metrics.record_audit(audited);
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.ack.send(result);
-                }
-                if head.seq - indexed >= AUDIT_INDEX_BATCH {
-                    if let Err(e) = index_audit_tail(&mut conn, &mut indexed) {
-                        tracing::warn!(error = %e, "indexing the audit log failed; will retry");
-                    }
                 }
             }
             Err(e) => {
@@ -572,19 +803,28 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut head: ChainHea
     }
 }
 
-/// Applies every job in one database transaction, each inside a savepoint. Returns each
-/// job's outcome, or an error if the database transaction itself failed (nothing stored).
-/// The audit records of the jobs that succeed are chained after `head`, which advances
-/// only once the transaction has committed.
-fn apply_batch(conn: &mut Connection, jobs: &[Job], head: &mut ChainHead) -> rusqlite::Result<Vec<Result<()>>> {
+/// Applies every job in one database transaction, each inside a savepoint, after moving
+/// the journaled records `pending` into `audit_log`. Returns each job's outcome, or an
+/// error if the database transaction itself failed (nothing stored). The audit records of
+/// the jobs that succeed are chained after `head`, which advances only once the
+/// transaction has committed.
+fn apply_batch(
+    conn: &mut Connection,
+    jobs: &[Job],
+    head: &mut ChainHead,
+    pending: &[Chained],
+) -> rusqlite::Result<Vec<Result<()>>> {
     // IMMEDIATE: take the write lock up front, so the busy timeout applies (a deferred
     // transaction upgrading from read to write would fail at once if another connection wrote).
     let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for c in pending {
+        insert_audit(&txn, c.seq, &c.prev_hash, &c.hash, &c.audit)?;
+    }
     let mut chain = *head;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         if job.writes.is_empty() {
-            // Audit records alone (reads): nothing can conflict, no savepoint needed.
+            // Audit records alone: nothing can conflict, no savepoint needed.
             append_audit(&txn, &job.audit, &mut chain)?;
             results.push(Ok(()));
             continue;
@@ -620,28 +860,44 @@ fn apply_batch(conn: &mut Connection, jobs: &[Job], head: &mut ChainHead) -> rus
 }
 
 /// Appends audit records after `head`, advancing it.
-fn append_audit(c: &Connection, audit: &[PendingAudit], head: &mut ChainHead) -> rusqlite::Result<()> {
-    if audit.is_empty() {
-        return Ok(());
+fn append_audit(
+    c: &Connection,
+    audit: &[PendingAudit],
+    head: &mut ChainHead,
+) -> rusqlite::Result<()> {
+    for a in audit {
+        let (seq, prev_hash, hash) = head.chain(a);
+        insert_audit(c, seq, &prev_hash, &hash, a)?;
     }
-    let mut log = c.prepare_cached(
+    Ok(())
+}
+
+/// Inserts one chained record into `audit_log`.
+fn insert_audit(
+    c: &Connection,
+    seq: i64,
+    prev_hash: &[u8; 32],
+    hash: &[u8; 32],
+    a: &PendingAudit,
+) -> rusqlite::Result<()> {
+    let event = a.stored_event().map_err(|e| {
+        rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e.to_string())))
+    })?;
+    c.prepare_cached(
         "INSERT INTO audit_log (seq, recorded, user_id, action, break_glass, patients, prev_hash, hash, event) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    for a in audit {
-        let (seq, prev, hash) = head.chain(a);
-        log.execute(params![
-            seq,
-            a.recorded_micros,
-            a.user,
-            a.action,
-            a.break_glass as i64,
-            a.patients_column(),
-            &prev[..],
-            &hash[..],
-            a.stored_event
-        ])?;
-    }
+    )?
+    .execute(params![
+        seq,
+        a.recorded_micros,
+        a.user,
+        a.action,
+        a.break_glass as i64,
+        a.patients_column(),
+        &prev_hash[..],
+        &hash[..],
+        event
+    ])?;
     Ok(())
 }
 
@@ -652,12 +908,19 @@ const AUDIT_INDEX_BATCH: i64 = 2048;
 
 /// Where the by-patient audit index stands (records after it are found by scanning).
 fn audit_indexed_upto(conn: &Connection) -> rusqlite::Result<i64> {
-    let stored: Option<String> =
-        conn.query_row("SELECT value FROM tessera_meta WHERE key = ?1", [AUDIT_INDEXED_UPTO], |r| r.get(0)).optional()?;
+    let stored: Option<String> = conn
+        .query_row(
+            "SELECT value FROM tessera_meta WHERE key = ?1",
+            [AUDIT_INDEXED_UPTO],
+            |r| r.get(0),
+        )
+        .optional()?;
     match stored.and_then(|v| v.parse().ok()) {
         Some(v) => Ok(v),
         // Databases from before the lazy index kept it complete as they went.
-        None => conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_patient", [], |r| r.get(0)),
+        None => conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_patient", [], |r| {
+            r.get(0)
+        }),
     }
 }
 
@@ -668,9 +931,13 @@ fn index_audit_tail(conn: &mut Connection, upto: &mut i64) -> rusqlite::Result<(
     let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut last = *upto;
     {
-        let mut rows = txn.prepare_cached("SELECT seq, patients FROM audit_log WHERE seq > ?1 ORDER BY seq")?;
-        let mut insert = txn.prepare_cached("INSERT OR IGNORE INTO audit_patient (patient, seq) VALUES (?1, ?2)")?;
-        let tail: Vec<(i64, Option<String>)> = rows.query_map([*upto], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+        let mut rows =
+            txn.prepare_cached("SELECT seq, patients FROM audit_log WHERE seq > ?1 ORDER BY seq")?;
+        let mut insert = txn
+            .prepare_cached("INSERT OR IGNORE INTO audit_patient (patient, seq) VALUES (?1, ?2)")?;
+        let tail: Vec<(i64, Option<String>)> = rows
+            .query_map([*upto], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         for (seq, patients) in tail {
             for p in crate::parse_patients(patients.as_deref()).unwrap_or_default() {
                 insert.execute(params![p, seq])?;
@@ -700,7 +967,10 @@ struct Savepoint<'a> {
 impl SavepointExt for rusqlite::Transaction<'_> {
     fn unchecked_transaction_savepoint(&self) -> rusqlite::Result<Savepoint<'_>> {
         self.execute_batch("SAVEPOINT tx")?;
-        Ok(Savepoint { conn: self, done: false })
+        Ok(Savepoint {
+            conn: self,
+            done: false,
+        })
     }
 }
 
@@ -723,10 +993,19 @@ impl Drop for Savepoint<'_> {
 fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Result<()>> {
     for (index, w) in writes.iter().enumerate() {
         let current: Option<(i64, i64)> = c
-            .prepare_cached("SELECT version, deleted FROM resource_current WHERE res_type = ?1 AND id = ?2")?
-            .query_row(params![w.resource_type, w.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached(
+                "SELECT version, deleted FROM resource_current WHERE res_type = ?1 AND id = ?2",
+            )?
+            .query_row(params![w.resource_type, w.id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
-        let conflict = |reason| StoreError::Conflict { index, resource_type: w.resource_type.clone(), id: w.id.clone(), reason };
+        let conflict = |reason| StoreError::Conflict {
+            index,
+            resource_type: w.resource_type.clone(),
+            id: w.id.clone(),
+            reason,
+        };
         let current_version = current.map(|(v, _)| v as u64);
         let failed = match &w.precondition {
             Precondition::None => None,
@@ -736,9 +1015,14 @@ fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Resul
                 _ => None,
             },
             Precondition::Version(v) => {
-                (current_version != Some(*v)).then_some(ConflictReason::VersionMismatch { current: current_version })
+                (current_version != Some(*v)).then_some(ConflictReason::VersionMismatch {
+                    current: current_version,
+                })
             }
-            Precondition::NoneMatching(criteria) => find_ids(c, criteria)?.into_iter().next().map(ConflictReason::Matches),
+            Precondition::NoneMatching(criteria) => find_ids(c, criteria)?
+                .into_iter()
+                .next()
+                .map(ConflictReason::Matches),
         };
         if let Some(reason) = failed {
             return Ok(Err(conflict(reason)));
@@ -746,7 +1030,9 @@ fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Resul
         // Versions are strictly increasing per resource whatever the caller computed.
         if let Some(cur) = current_version {
             if w.version <= cur {
-                return Ok(Err(conflict(ConflictReason::VersionMismatch { current: Some(cur) })));
+                return Ok(Err(conflict(ConflictReason::VersionMismatch {
+                    current: Some(cur),
+                })));
             }
         }
         c.prepare_cached(
