@@ -155,6 +155,7 @@ async fn fill(s: &DynStore) {
                 identifiers: Vec::new(),
                 precondition: Precondition::None,
                 links: Vec::new(),
+                index: Vec::new(),
             };
             s.commit_audited(vec![w], vec![record(n)]).await.unwrap();
         } else {

@@ -546,7 +546,10 @@ impl Engine {
         match (&req.id, &req.version) {
             (Some(id), Some(v)) => Ok(self.vread(access, &req.resource_type, id, v).await?.json),
             (Some(id), None) => Ok(self.read(access, &req.resource_type, id).await?.json),
-            (None, _) => self.search_identifiers(access, &req.resource_type, req.query.as_deref().unwrap_or("")).await,
+            (None, _) => {
+                let scope = crate::search::Scope::Type(Some(&req.resource_type));
+                Box::pin(self.search(access, scope, req.query.as_deref().unwrap_or(""), false)).await
+            }
         }
     }
 

@@ -29,6 +29,7 @@ pub mod history;
 pub mod prepare;
 pub mod privacy;
 pub mod rest;
+pub mod search;
 pub mod worklist;
 
 pub use access::{Access, AccessKind};

@@ -113,6 +113,7 @@ pub fn prepare_write(
     let compartment = tessera_fhir::compartment::patient_compartments(&value).into_iter().next();
     let identifiers = identifiers(&value);
     let links = crate::facts::care_links(&value);
+    let index = tessera_search::index_resource(&value);
     let json = serde_json::to_vec(&value).map_err(|e| FhirError::internal(format!("cannot serialise resource: {e}")))?;
     Ok(Write {
         resource_type,
@@ -126,6 +127,7 @@ pub fn prepare_write(
         identifiers,
         precondition,
         links,
+        index,
     })
 }
 
@@ -144,6 +146,7 @@ pub fn prepare_delete(resource_type: &str, id: &str, version: u64, precondition:
         identifiers: Vec::new(),
         precondition,
         links: Vec::new(),
+        index: Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@ use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
+use tessera_engine::search::Scope;
 use tessera_engine::{Access, FhirError, ReturnPreference, VersionedResource, WriteOutcome};
 use tessera_fhir::IssueType;
 
@@ -301,10 +302,31 @@ pub async fn search(State(state): State<AppState>, Extension(access): Extension<
             Err(e) => error(e),
         };
     }
-    match state.engine.search_identifiers(&access, &ty, q.as_deref().unwrap_or("")).await {
+    let strict = strict_handling(&headers);
+    match state.engine.search(&access, Scope::Type(Some(&ty)), q.as_deref().unwrap_or(""), strict).await {
         Ok(b) => fhir(StatusCode::OK, b),
         Err(e) => error(e),
     }
+}
+
+/// `GET [base]?…`: a search across all resource types.
+pub async fn system_search(State(state): State<AppState>, Extension(access): Extension<Access>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    try_or_respond!(negotiate(&headers, &q));
+    let strict = strict_handling(&headers);
+    match state.engine.search(&access, Scope::Type(None), q.as_deref().unwrap_or(""), strict).await {
+        Ok(b) => fhir(StatusCode::OK, b),
+        Err(e) => error(e),
+    }
+}
+
+/// `Prefer: handling=strict` (lenient is the default).
+fn strict_handling(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=strict"))
 }
 
 pub async fn search_post(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
@@ -318,7 +340,8 @@ pub async fn search_post(State(state): State<AppState>, Extension(access): Exten
     if let Some(q) = q.filter(|q| !q.is_empty()) {
         query = if query.is_empty() { q } else { format!("{q}&{query}") };
     }
-    match state.engine.search_identifiers(&access, &ty, &query).await {
+    let strict = strict_handling(&headers);
+    match state.engine.search(&access, Scope::Type(Some(&ty)), &query, strict).await {
         Ok(b) => fhir(StatusCode::OK, b),
         Err(e) => error(e),
     }
@@ -369,7 +392,8 @@ pub async fn bundle(State(state): State<AppState>, Extension(access): Extension<
     }
 }
 
-/// `POST Patient/[id]/$break-glass`, `GET Patient/[id]/$access-log`, `GET Location/[id]/$worklist`.
+/// `POST Patient/[id]/$break-glass`, `GET Patient/[id]/$access-log`, `GET Patient/[id]/$everything`,
+/// `GET Patient/[id]/[type]` (compartment search), `GET Location/[id]/$worklist`.
 pub async fn instance_operation(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -399,6 +423,17 @@ pub async fn instance_operation(
         ("Patient", "$access-log", "GET") => {
             let count = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse().ok()).unwrap_or(100);
             match state.engine.access_log(&access, &id, count).await {
+                Ok(b) => fhir(StatusCode::OK, b),
+                Err(e) => error(e),
+            }
+        }
+        ("Patient", "$everything", "GET") => match state.engine.everything(&access, &id, q.as_deref().unwrap_or("")).await {
+            Ok(b) => fhir(StatusCode::OK, b),
+            Err(e) => error(e),
+        },
+        ("Patient", compartment_type, "GET") if tessera_fhir::definitions::is_resource_type(compartment_type) => {
+            let scope = Scope::Compartment { patient: &id, resource_type: compartment_type };
+            match state.engine.search(&access, scope, q.as_deref().unwrap_or(""), strict_handling(&headers)).await {
                 Ok(b) => fhir(StatusCode::OK, b),
                 Err(e) => error(e),
             }

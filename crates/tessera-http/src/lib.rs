@@ -45,8 +45,8 @@ pub fn router(engine: Engine, config: HttpConfig) -> Router {
     let state = AppState { engine, metrics: metrics.clone(), config: Arc::new(config) };
     use handlers::*;
     let fhir = Router::new()
-        .route("/fhir", post(bundle))
-        .route("/fhir/", post(bundle))
+        .route("/fhir", get(system_search).post(bundle))
+        .route("/fhir/", get(system_search).post(bundle))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/_history", get(system_history))
         .route("/fhir/{type}", get(search).post(create).put(conditional_update).delete(conditional_delete))

@@ -41,6 +41,7 @@
 pub mod codec;
 mod journal;
 pub mod postgres;
+pub mod search;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -117,6 +118,9 @@ pub struct Write {
     /// The care links this version establishes; they replace the resource's previous
     /// ones (ignored for a deletion, which removes them).
     pub links: Vec<CareLink>,
+    /// The search index entries of this version (`tessera_search::index_resource`); they
+    /// replace the resource's previous ones (ignored for a deletion, which removes them).
+    pub index: Vec<tessera_search::IndexEntry>,
 }
 
 /// A relationship between a patient and an organisation, location and/or practitioner,
@@ -414,6 +418,13 @@ pub trait Store: Send + Sync + 'static {
     /// The resources (`(type, id)`, sorted) whose current version has an ongoing (active,
     /// no end) care link of `kind` at `location`: the worklist of a ward or clinic.
     async fn ongoing_at(&self, location: &str, kind: &str) -> Result<Vec<(String, String)>>;
+    /// The `seq`s of the current versions matching a search, in the query's order.
+    async fn search(&self, query: &search::IndexQuery) -> Result<Vec<i64>>;
+    /// The versions with these `seq`s, in the order given (missing ones left out).
+    async fn load(&self, seqs: &[i64]) -> Result<Vec<Stored>>;
+    /// The references that the versions `seqs` (of `resource_type`) hold in the search
+    /// parameters `params` (all reference parameters if empty): `(seq, target type, target id)`.
+    async fn references(&self, resource_type: &str, seqs: &[i64], params: &[String]) -> Result<Vec<(i64, String, String)>>;
     /// A small key/value table for server state (e.g. import progress).
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;

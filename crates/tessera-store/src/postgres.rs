@@ -128,6 +128,27 @@ CREATE TABLE IF NOT EXISTS resource_current (
     identifiers text,
     PRIMARY KEY (res_type, id)
 );
+CREATE INDEX IF NOT EXISTS resource_current_type_seq ON resource_current (res_type, seq);
+CREATE INDEX IF NOT EXISTS resource_current_compartment ON resource_current (compartment, seq);
+CREATE TABLE IF NOT EXISTS sp_token (p bigint NOT NULL, code text COLLATE "C" NOT NULL, system text COLLATE "C" NOT NULL,
+    seq bigint NOT NULL, PRIMARY KEY (p, code, system, seq));
+CREATE INDEX IF NOT EXISTS sp_token_seq ON sp_token (seq);
+CREATE TABLE IF NOT EXISTS sp_string (p bigint NOT NULL, norm text COLLATE "C" NOT NULL, exact text NOT NULL, seq bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS sp_string_key ON sp_string (p, norm);
+CREATE INDEX IF NOT EXISTS sp_string_seq ON sp_string (seq);
+CREATE TABLE IF NOT EXISTS sp_date (p bigint NOT NULL, low bigint NOT NULL, high bigint NOT NULL, seq bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS sp_date_key ON sp_date (p, low, high);
+CREATE INDEX IF NOT EXISTS sp_date_seq ON sp_date (seq);
+CREATE TABLE IF NOT EXISTS sp_quantity (p bigint NOT NULL, value float8 NOT NULL, low float8 NOT NULL, high float8 NOT NULL,
+    system text COLLATE "C" NOT NULL, code text COLLATE "C" NOT NULL, seq bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS sp_quantity_key ON sp_quantity (p, value);
+CREATE INDEX IF NOT EXISTS sp_quantity_seq ON sp_quantity (seq);
+CREATE TABLE IF NOT EXISTS sp_reference (p bigint NOT NULL, target_id text COLLATE "C" NOT NULL,
+    target_type text COLLATE "C" NOT NULL, url text COLLATE "C" NOT NULL, seq bigint NOT NULL,
+    PRIMARY KEY (p, target_id, target_type, url, seq));
+CREATE INDEX IF NOT EXISTS sp_reference_seq ON sp_reference (seq);
+CREATE TABLE IF NOT EXISTS sp_uri (p bigint NOT NULL, uri text COLLATE "C" NOT NULL, seq bigint NOT NULL, PRIMARY KEY (p, uri, seq));
+CREATE INDEX IF NOT EXISTS sp_uri_seq ON sp_uri (seq);
 CREATE TABLE IF NOT EXISTS identifier_index (
     res_type text NOT NULL,
     value    text NOT NULL,
@@ -492,6 +513,67 @@ async fn find_ids<C: GenericClient>(c: &C, criteria: &Criteria) -> Result<Vec<St
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn search(&self, q: &crate::search::IndexQuery) -> Result<Vec<i64>> {
+        let b = crate::search::select_sql(q, crate::search::Dialect::Postgres);
+        let args: Vec<Param> = b
+            .args
+            .into_iter()
+            .map(|a| -> Param {
+                match a {
+                    crate::search::Arg::Int(i) => Box::new(i),
+                    crate::search::Arg::Real(f) => Box::new(f),
+                    crate::search::Arg::Text(t) => Box::new(t),
+                }
+            })
+            .collect();
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(&b.sql).await.map_err(pg)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = c.query(&stmt, &refs).await.map_err(pg)?;
+        rows.iter().map(|r| r.try_get::<_, i64>(0).map_err(pg)).collect()
+    }
+
+    async fn load(&self, seqs: &[i64]) -> Result<Vec<Stored>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(&format!("SELECT {COLUMNS} FROM resource_version v WHERE v.seq = ANY($1::bigint[])")).await.map_err(pg)?;
+        let rows = c.query(&stmt, &[&seqs]).await.map_err(pg)?;
+        let mut by_seq: HashMap<i64, Stored> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let s = row_to_stored(row)?;
+            by_seq.insert(s.seq, s);
+        }
+        Ok(seqs.iter().filter_map(|s| by_seq.remove(s)).collect())
+    }
+
+    async fn references(&self, resource_type: &str, seqs: &[i64], params: &[String]) -> Result<Vec<(i64, String, String)>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<i64> = params.iter().map(|p| crate::search::param_key(resource_type, p)).collect();
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT seq, p, target_type, target_id FROM sp_reference WHERE seq = ANY($1::bigint[]) AND target_id <> '' \
+                 ORDER BY seq, p, target_type, target_id",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = c.query(&stmt, &[&seqs]).await.map_err(pg)?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let p: i64 = r.try_get(1).map_err(pg)?;
+            if keys.is_empty() || keys.contains(&p) {
+                out.push((r.try_get(0).map_err(pg)?, r.try_get(2).map_err(pg)?, r.try_get(3).map_err(pg)?));
+            }
+        }
+        // In the order of `seqs`.
+        out.sort_by_key(|(s, _, _)| seqs.iter().position(|x| x == s).unwrap_or(usize::MAX));
+        Ok(out)
+    }
+
     async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {
         let c = self.client().await?;
         let stmt = c
@@ -849,6 +931,8 @@ type Key = (String, String);
 #[derive(Debug, Clone)]
 struct Current {
     version: u64,
+    /// `seq` of the stored version (0 for the effect of a job in the batch).
+    seq: i64,
     deleted: bool,
     /// `(system, value)`, sorted and distinct; empty when deleted.
     identifiers: Vec<(String, String)>,
@@ -964,7 +1048,7 @@ async fn apply_jobs<'a>(
     let (key_types, key_ids): (Vec<&str>, Vec<&str>) = keys.into_iter().unzip();
     let stmt = tx
         .prepare_cached(
-            "SELECT r.res_type, r.id, r.version, r.deleted, r.identifiers, r.link_patients FROM resource_current r \
+            "SELECT r.res_type, r.id, r.version, r.deleted, r.identifiers, r.link_patients, r.seq FROM resource_current r \
              JOIN unnest($1::text[], $2::text[]) AS k(res_type, id) ON r.res_type = k.res_type AND r.id = k.id",
         )
         .await
@@ -1007,6 +1091,7 @@ async fn apply_jobs<'a>(
             (row.try_get::<_, String>(0).map_err(pg)?, row.try_get::<_, String>(1).map_err(pg)?),
             Current {
                 version: row.try_get::<_, i64>(2).map_err(pg)? as u64,
+                seq: row.try_get::<_, i64>(6).map_err(pg)?,
                 deleted: row.try_get(3).map_err(pg)?,
                 identifiers,
                 link_patients,
@@ -1056,7 +1141,7 @@ async fn apply_jobs<'a>(
                 break;
             }
             let state =
-                Current { version: w.version, deleted: w.deleted, identifiers: identifier_set(w), link_patients: link_patients(w) };
+                Current { version: w.version, seq: 0, deleted: w.deleted, identifiers: identifier_set(w), link_patients: link_patients(w) };
             plan.set(key, state, &mut undo);
         }
         criteria_slot = job_criteria_end;
@@ -1079,6 +1164,123 @@ async fn apply_jobs<'a>(
         futures::try_join!(write_accepted(tx, &plan, &accepted), write_audit(tx, &chained))?;
     }
     Ok(results)
+}
+
+/// Replaces search index rows: deletes those of `old_seqs`, inserts `new_rows`.
+async fn write_search_index(
+    tx: &deadpool_postgres::Transaction<'_>,
+    old_seqs: Vec<i64>,
+    new_rows: Vec<(i64, Vec<crate::search::Row>)>,
+) -> Result<()> {
+    use crate::search::{Row, Table};
+    if !old_seqs.is_empty() {
+        for table in Table::ALL {
+            let stmt = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ANY($1::bigint[])", table.name())).await.map_err(pg)?;
+            tx.execute(&stmt, &[&old_seqs]).await.map_err(pg)?;
+        }
+    }
+    let mut token: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    let mut string: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    let mut date: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
+    let mut quantity: (Vec<i64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    let mut reference: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    let mut uri: (Vec<i64>, Vec<&str>, Vec<i64>) = Default::default();
+    for (seq, rows) in &new_rows {
+        for row in rows {
+            match row {
+                Row::Token { p, system, code } => {
+                    token.0.push(*p);
+                    token.1.push(code);
+                    token.2.push(system);
+                    token.3.push(*seq);
+                }
+                Row::String { p, norm, exact } => {
+                    string.0.push(*p);
+                    string.1.push(norm);
+                    string.2.push(exact);
+                    string.3.push(*seq);
+                }
+                Row::Date { p, low, high } => {
+                    date.0.push(*p);
+                    date.1.push(*low);
+                    date.2.push(*high);
+                    date.3.push(*seq);
+                }
+                Row::Quantity { p, value, low, high, system, code } => {
+                    quantity.0.push(*p);
+                    quantity.1.push(*value);
+                    quantity.2.push(*low);
+                    quantity.3.push(*high);
+                    quantity.4.push(system);
+                    quantity.5.push(code);
+                    quantity.6.push(*seq);
+                }
+                Row::Reference { p, target_type, target_id, url } => {
+                    reference.0.push(*p);
+                    reference.1.push(target_id);
+                    reference.2.push(target_type);
+                    reference.3.push(url);
+                    reference.4.push(*seq);
+                }
+                Row::Uri { p, uri: u } => {
+                    uri.0.push(*p);
+                    uri.1.push(u);
+                    uri.2.push(*seq);
+                }
+            }
+        }
+    }
+    if !token.0.is_empty() {
+        let stmt = tx
+            .prepare_cached("INSERT INTO sp_token (p, code, system, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) ON CONFLICT DO NOTHING")
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&token.0, &token.1, &token.2, &token.3]).await.map_err(pg)?;
+    }
+    if !string.0.is_empty() {
+        let stmt = tx
+            .prepare_cached("INSERT INTO sp_string (p, norm, exact, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[])")
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&string.0, &string.1, &string.2, &string.3]).await.map_err(pg)?;
+    }
+    if !date.0.is_empty() {
+        let stmt = tx
+            .prepare_cached("INSERT INTO sp_date (p, low, high, seq) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])")
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&date.0, &date.1, &date.2, &date.3]).await.map_err(pg)?;
+    }
+    if !quantity.0.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO sp_quantity (p, value, low, high, system, code, seq) \
+                 SELECT * FROM unnest($1::bigint[], $2::float8[], $3::float8[], $4::float8[], $5::text[], $6::text[], $7::bigint[])",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&quantity.0, &quantity.1, &quantity.2, &quantity.3, &quantity.4, &quantity.5, &quantity.6])
+            .await
+            .map_err(pg)?;
+    }
+    if !reference.0.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO sp_reference (p, target_id, target_type, url, seq) \
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&reference.0, &reference.1, &reference.2, &reference.3, &reference.4]).await.map_err(pg)?;
+    }
+    if !uri.0.is_empty() {
+        let stmt = tx
+            .prepare_cached("INSERT INTO sp_uri (p, uri, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING")
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&uri.0, &uri.1, &uri.2]).await.map_err(pg)?;
+    }
+    Ok(())
 }
 
 /// Inserts chained audit records.
@@ -1356,7 +1558,21 @@ async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, ac
         Ok::<_, StoreError>(())
     };
 
+    // The search index: rows of the replaced versions out, those of the final ones in.
+    let old_seqs: Vec<i64> = finals
+        .iter()
+        .filter_map(|&i| plan.stored.get(&(accepted[i].resource_type.clone(), accepted[i].id.clone())))
+        .filter(|c| !c.deleted)
+        .map(|c| c.seq)
+        .collect();
+    let new_rows: Vec<(i64, Vec<crate::search::Row>)> = finals
+        .iter()
+        .filter(|&&i| !accepted[i].deleted)
+        .map(|&i| (seqs[i], crate::search::rows(&accepted[i].resource_type, &accepted[i].index)))
+        .collect();
+    let search_index = write_search_index(tx, old_seqs, new_rows);
+
     // Independent statements: issued together, they are pipelined on the connection.
-    futures::try_join!(versions, current, delete_identifiers, insert_identifiers, care_links)?;
+    futures::try_join!(versions, current, delete_identifiers, insert_identifiers, care_links, search_index)?;
     Ok(())
 }

@@ -18,6 +18,7 @@
 //!   write can replace them.
 
 use crate::journal::{self, Chained, Journal};
+use crate::search;
 use crate::{
     codec, parse_patients, AuditQuery, AuditRecord, CareLink, ChainHead, ConflictReason, Criteria,
     HistoryQuery, NewAudit, PendingAudit, Precondition, Result, Store, StoreError, StoreMetrics,
@@ -53,6 +54,26 @@ CREATE TABLE IF NOT EXISTS resource_current (
     owner       TEXT,
     PRIMARY KEY (res_type, id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS resource_current_type_seq ON resource_current (res_type, seq);
+CREATE INDEX IF NOT EXISTS resource_current_compartment ON resource_current (compartment, seq) WHERE compartment IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sp_token (p INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (p, code, system, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sp_token_seq ON sp_token (seq);
+CREATE TABLE IF NOT EXISTS sp_string (p INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sp_string_key ON sp_string (p, norm);
+CREATE INDEX IF NOT EXISTS sp_string_seq ON sp_string (seq);
+CREATE TABLE IF NOT EXISTS sp_date (p INTEGER NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sp_date_key ON sp_date (p, low, high);
+CREATE INDEX IF NOT EXISTS sp_date_seq ON sp_date (seq);
+CREATE TABLE IF NOT EXISTS sp_quantity (p INTEGER NOT NULL, value REAL NOT NULL, low REAL NOT NULL, high REAL NOT NULL,
+    system TEXT NOT NULL, code TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS sp_quantity_key ON sp_quantity (p, value);
+CREATE INDEX IF NOT EXISTS sp_quantity_seq ON sp_quantity (seq);
+CREATE TABLE IF NOT EXISTS sp_reference (p INTEGER NOT NULL, target_id TEXT NOT NULL, target_type TEXT NOT NULL, url TEXT NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (p, target_id, target_type, url, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sp_reference_seq ON sp_reference (seq);
+CREATE TABLE IF NOT EXISTS sp_uri (p INTEGER NOT NULL, uri TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (p, uri, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sp_uri_seq ON sp_uri (seq);
 CREATE TABLE IF NOT EXISTS identifier_index (
     res_type TEXT NOT NULL,
     value    TEXT NOT NULL,
@@ -276,6 +297,14 @@ fn chain_head(conn: &Connection) -> Result<ChainHead> {
     }
 }
 
+fn sql_value(a: &search::Arg) -> rusqlite::types::Value {
+    match a {
+        search::Arg::Int(i) => rusqlite::types::Value::Integer(*i),
+        search::Arg::Real(f) => rusqlite::types::Value::Real(*f),
+        search::Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
+    }
+}
+
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("sqlite: {e}"))
 }
@@ -380,6 +409,54 @@ impl Store for SqliteStore {
                 .map_err(|_| StoreError::Closed)?;
         }
         done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn search(&self, q: &search::IndexQuery) -> Result<Vec<i64>> {
+        let b = search::select_sql(q, search::Dialect::Sqlite);
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&b.sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(b.args.iter().map(sql_value)), |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    async fn load(&self, seqs: &[i64]) -> Result<Vec<Stored>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&format!("SELECT {COLUMNS} FROM resource_version v WHERE v.seq = ?1"))?;
+            let mut out = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                if let Some(s) = stmt.query_row([seq], row_to_stored).optional()? {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn references(&self, resource_type: &str, seqs: &[i64], params: &[String]) -> Result<Vec<(i64, String, String)>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<i64> = params.iter().map(|p| search::param_key(resource_type, p)).collect();
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, p, target_type, target_id FROM sp_reference WHERE seq = ?1 AND target_id <> '' ORDER BY p, target_type, target_id",
+            )?;
+            let mut out = Vec::new();
+            for seq in seqs {
+                let rows = stmt.query_map([seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)))?;
+                for row in rows {
+                    let (seq, p, t, id) = row?;
+                    if keys.is_empty() || keys.contains(&p) {
+                        out.push((seq, t, id));
+                    }
+                }
+            }
+            Ok(out)
+        })
     }
 
     async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
@@ -989,16 +1066,49 @@ impl Drop for Savepoint<'_> {
     }
 }
 
+/// Inserts a version's search index rows.
+fn insert_index_rows(c: &Connection, seq: i64, rows: &[search::Row]) -> rusqlite::Result<()> {
+    use search::Row;
+    for row in rows {
+        match row {
+            Row::Token { p, system, code } => {
+                c.prepare_cached("INSERT OR IGNORE INTO sp_token (p, code, system, seq) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![p, code, system, seq])?;
+            }
+            Row::String { p, norm, exact } => {
+                c.prepare_cached("INSERT INTO sp_string (p, norm, exact, seq) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![p, norm, exact, seq])?;
+            }
+            Row::Date { p, low, high } => {
+                c.prepare_cached("INSERT INTO sp_date (p, low, high, seq) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![p, low, high, seq])?;
+            }
+            Row::Quantity { p, value, low, high, system, code } => {
+                c.prepare_cached(
+                    "INSERT INTO sp_quantity (p, value, low, high, system, code, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![p, value, low, high, system, code, seq])?;
+            }
+            Row::Reference { p, target_type, target_id, url } => {
+                c.prepare_cached(
+                    "INSERT OR IGNORE INTO sp_reference (p, target_id, target_type, url, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![p, target_id, target_type, url, seq])?;
+            }
+            Row::Uri { p, uri } => {
+                c.prepare_cached("INSERT OR IGNORE INTO sp_uri (p, uri, seq) VALUES (?1, ?2, ?3)")?.execute(params![p, uri, seq])?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies one transaction's writes; `Ok(Err(_))` is a failed precondition.
 fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Result<()>> {
     for (index, w) in writes.iter().enumerate() {
-        let current: Option<(i64, i64)> = c
-            .prepare_cached(
-                "SELECT version, deleted FROM resource_current WHERE res_type = ?1 AND id = ?2",
-            )?
-            .query_row(params![w.resource_type, w.id], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+        let current: Option<(i64, i64, i64)> = c
+            .prepare_cached("SELECT version, deleted, seq FROM resource_current WHERE res_type = ?1 AND id = ?2")?
+            .query_row(params![w.resource_type, w.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         let conflict = |reason| StoreError::Conflict {
             index,
@@ -1006,12 +1116,12 @@ fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Resul
             id: w.id.clone(),
             reason,
         };
-        let current_version = current.map(|(v, _)| v as u64);
+        let current_version = current.map(|(v, _, _)| v as u64);
         let failed = match &w.precondition {
             Precondition::None => None,
             Precondition::Absent => current.map(|_| ConflictReason::Exists),
             Precondition::AbsentOrDeleted => match current {
-                Some((_, 0)) => Some(ConflictReason::Exists),
+                Some((_, 0, _)) => Some(ConflictReason::Exists),
                 _ => None,
             },
             Precondition::Version(v) => {
@@ -1064,6 +1174,14 @@ fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Resul
         if current.is_some() {
             c.prepare_cached("DELETE FROM care_link WHERE source_type = ?1 AND source_id = ?2")?
                 .execute(params![w.resource_type, w.id])?;
+        }
+        if let Some((_, 0, old_seq)) = current {
+            for table in search::Table::ALL {
+                c.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", table.name()))?.execute([old_seq])?;
+            }
+        }
+        if !w.deleted {
+            insert_index_rows(c, seq, &search::rows(&w.resource_type, &w.index))?;
         }
         if !w.deleted {
             let mut ins = c.prepare_cached(

@@ -97,6 +97,7 @@ fn write(ty: &str, id: &str, version: u64, body: serde_json::Value) -> Write {
         json,
         precondition: Precondition::None,
         links: Vec::new(),
+        index: Vec::new(),
     }
 }
 
@@ -113,6 +114,7 @@ fn deletion(ty: &str, id: &str, version: u64) -> Write {
         identifiers: Vec::new(),
         precondition: Precondition::None,
         links: Vec::new(),
+        index: Vec::new(),
     }
 }
 

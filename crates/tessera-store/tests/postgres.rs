@@ -52,6 +52,7 @@ fn observation(id: &str, patient: &str, identifier: &str) -> Write {
         identifiers: vec![("urn:lab:accession".into(), identifier.into())],
         precondition: Precondition::None,
         links: Vec::new(),
+        index: Vec::new(),
     }
 }
 

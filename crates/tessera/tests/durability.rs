@@ -85,7 +85,7 @@ fn uuid_like(tag: &str, i: usize) -> String {
 }
 
 async fn count(client: &HttpClient, token: &str, base: &str, tag: &str) -> u64 {
-    let (status, bundle) = send(client, token, "GET", format!("{base}/Patient?identifier=urn:tessera:test:tx%7C{tag}&_count=1"), None).await.expect("search");
+    let (status, bundle) = send(client, token, "GET", format!("{base}/Patient?identifier=urn:tessera:test:tx%7C{tag}&_count=1&_total=accurate"), None).await.expect("search");
     assert_eq!(status, 200);
     bundle["total"].as_u64().unwrap()
 }

@@ -155,6 +155,42 @@ async fn leak_matrix(s: &Server) {
         assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "search total: {row}");
         let marker = b["entry"].as_array().into_iter().flatten().any(|e| e["search"]["mode"] == "outcome");
         assert_eq!(marker, expected == V::Glass, "search break-glass marker: {row}");
+        // full search: _total and _summary=count count only what may be seen
+        for extra in ["_total=accurate", "_summary=count"] {
+            let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&{extra}"), None).await.json();
+            assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "search {extra}: {row}");
+        }
+        // the paths that start from the patient: compartment search, $everything,
+        // _revinclude, _has and a chain — hidden data must not show, nor reveal itself
+        // through the patient being listed or not
+        let stored = s.get(reference).await.json();
+        let pid = if ty == "Patient" {
+            Some(id.to_string())
+        } else {
+            ["patient", "subject"]
+                .iter()
+                .filter_map(|k| stored[*k]["reference"].as_str())
+                .find_map(|r| r.strip_prefix("Patient/"))
+                .map(str::to_string)
+        };
+        if let Some(pid) = pid {
+            let patient_visible = s.request_as(&t, "GET", &format!("Patient/{pid}"), None).await.status == 200;
+            let shown = expected == V::Yes;
+            let b = s.request_as(&t, "GET", &format!("Patient/{pid}/{ty}?_id={id}"), None).await.json();
+            assert_eq!(ids_in(&b, reference), shown, "compartment search: {row}");
+            let r = s.request_as(&t, "GET", &format!("Patient/{pid}/$everything"), None).await;
+            assert_eq!(r.status == 200 && ids_in(&r.json(), reference), shown && patient_visible, "$everything: {row}");
+            if ty != "Patient" {
+                let b = s.request_as(&t, "GET", &format!("Patient?_id={pid}&_revinclude={ty}:patient"), None).await.json();
+                assert_eq!(ids_in(&b, reference), shown && patient_visible, "_revinclude: {row}");
+                let b = s.request_as(&t, "GET", &format!("Patient?_id={pid}&_has:{ty}:patient:_id={id}"), None).await.json();
+                assert_eq!(ids_in(&b, &format!("Patient/{pid}")), shown && patient_visible, "_has: {row}");
+                let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&patient._id={pid}"), None).await.json();
+                assert_eq!(ids_in(&b, reference), shown && patient_visible, "chain: {row}");
+                let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&_include={ty}:patient"), None).await.json();
+                assert_eq!(ids_in(&b, &format!("Patient/{pid}")), shown && patient_visible, "_include: {row}");
+            }
+        }
         // batch and transaction GET entries
         for kind in ["batch", "transaction"] {
             let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": reference}}]});

@@ -1,0 +1,627 @@
+//! FHIR search (`GET [type]?…`, `POST [type]/_search`, `GET [base]?…`), compartment search
+//! (`Patient/[id]/[type]`) and `Patient/[id]/$everything`, inside the enforcement point.
+//!
+//! A request is parsed by `tessera-search`, compiled into a store [`IndexQuery`] and run
+//! page by page: every candidate goes through [`Gate::visibility`] before it is counted,
+//! listed, used as a chain or `_has` match, or followed by `_include`/`_revinclude`, so
+//! hidden data changes no result, count, link or status. Chains and `_has` are resolved
+//! here, into explicit id lists of *visible* resources, before the outer query runs.
+
+use crate::access::Access;
+use crate::bundle::BundleWriter;
+use crate::guard::{Gate, Visibility};
+use crate::{Engine, FhirError};
+use serde_json::{json, Value as Json};
+use tessera_auth::ScopeOp;
+use tessera_fhir::IssueType;
+use tessera_search::query::{self, Criterion, Modifier, Prefix as QPrefix, SearchRequest, Summary, Total, Value};
+use tessera_search::ParamKind;
+use tessera_store::search::{Clause, IndexQuery, Pred, Prefix, SortKey, StringMode, Table, UriMode};
+use tessera_store::Stored;
+
+/// How many matches a chain or `_has` may resolve to before the search is refused as too
+/// broad (the ids become part of the outer query).
+const MAX_INNER: usize = 5_000;
+/// How many matches `_total=accurate` counts at most.
+const MAX_TOTAL: usize = 100_000;
+/// How deep `:iterate` includes go.
+const MAX_ITERATE: usize = 3;
+
+/// Where a search runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// `GET [type]?…` (or all types).
+    Type(Option<&'a str>),
+    /// `GET Patient/[id]/[type]?…`.
+    Compartment { patient: &'a str, resource_type: &'a str },
+}
+
+impl Engine {
+    /// A search; `query` is the raw query string (or form body), `strict` follows
+    /// `Prefer: handling=strict`.
+    pub async fn search(&self, access: &Access, scope: Scope<'_>, query: &str, strict: bool) -> Result<Vec<u8>, FhirError> {
+        let resource_type = match scope {
+            Scope::Type(t) => t,
+            Scope::Compartment { resource_type, .. } => Some(resource_type),
+        };
+        if let Some(t) = resource_type {
+            self.check_type(t)?;
+            access.require_scope(t, ScopeOp::Search)?;
+        }
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut cursor: Option<i64> = None;
+        let mut offset: usize = 0;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "_cursor" => cursor = Some(v.parse().map_err(|_| FhirError::bad_request(format!("_cursor '{v}' is not valid")))?),
+                "_offset" => offset = v.parse().map_err(|_| FhirError::bad_request(format!("_offset '{v}' is not valid")))?,
+                "_format" | "_pretty" => {}
+                _ => pairs.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        let request = query::parse(resource_type, &pairs, strict).map_err(query_errors)?;
+        if matches!(request.summary, Some(Summary::True | Summary::Text)) && strict {
+            return Err(FhirError::new(400, IssueType::NotSupported, "_summary=true and _summary=text are not supported; use _elements"));
+        }
+        let mut gate = self.gate(access);
+        let mut q = IndexQuery::new(resource_type);
+        if let Scope::Compartment { patient, resource_type } = scope {
+            q.clauses.push(compartment_clause(patient, resource_type));
+        }
+        if !request.types.is_empty() {
+            q.clauses.push(Clause { any: vec![Pred::Types(request.types.clone())], negate: false });
+        }
+        for c in &request.criteria {
+            let clause = Box::pin(self.compile(&mut gate, resource_type.unwrap_or(""), c)).await?;
+            q.clauses.push(clause);
+        }
+        let sorted = !request.sort.is_empty();
+        for key in &request.sort {
+            q.sort.push(sort_key(resource_type.unwrap_or(""), &key.param, key.descending)?);
+        }
+        let count = request.count.unwrap_or(self.config().default_page_size).min(self.config().max_page_size);
+
+        // The page: visible matches only.
+        let mut page = Vec::new();
+        let mut behind_glass = 0usize;
+        let mut more = false;
+        let mut next_cursor = cursor;
+        let mut next_offset = offset;
+        if request.summary != Some(Summary::Count) {
+            q.before_seq = if sorted { None } else { cursor };
+            q.offset = if sorted { offset } else { 0 };
+            'fill: loop {
+                q.limit = (count + 1 - page.len().min(count)).max(16);
+                let seqs = self.store().search(&q).await?;
+                let exhausted = seqs.len() < q.limit;
+                let stored = self.store().load(&seqs).await?;
+                for s in stored {
+                    if sorted {
+                        next_offset += 1;
+                    } else {
+                        next_cursor = Some(s.seq);
+                    }
+                    match gate.visibility(&s).await? {
+                        Visibility::Visible if page.len() == count => {
+                            more = true;
+                            if sorted {
+                                next_offset -= 1;
+                            }
+                            break 'fill;
+                        }
+                        Visibility::Visible => page.push(s),
+                        Visibility::BehindGlass => behind_glass += 1,
+                        Visibility::Hidden => {}
+                    }
+                }
+                if exhausted {
+                    break;
+                }
+                if sorted {
+                    q.offset = next_offset;
+                } else {
+                    q.before_seq = next_cursor;
+                }
+            }
+            if !sorted && more {
+                // The cursor is the last listed match: the next page starts after it.
+                next_cursor = page.last().map(|s| s.seq);
+            }
+        }
+
+        // _total (and _summary=count): visible matches only.
+        let total = if request.summary == Some(Summary::Count) || matches!(request.total, Total::Accurate | Total::Estimate) {
+            Some(self.count_visible(&mut gate, &q).await? as u64)
+        } else if !more && cursor.is_none() && offset == 0 {
+            Some(page.len() as u64)
+        } else {
+            None
+        };
+
+        // Includes.
+        let included = if request.summary == Some(Summary::Count) { Vec::new() } else { self.includes(&mut gate, &request, &page).await? };
+
+        let base = &self.config().base_url;
+        let path = match scope {
+            Scope::Type(Some(t)) => t.to_string(),
+            Scope::Type(None) => String::new(),
+            Scope::Compartment { patient, resource_type } => format!("Patient/{patient}/{resource_type}"),
+        };
+        let plain: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs.iter()).finish();
+        let self_link = if query.is_empty() { format!("{base}/{path}") } else { format!("{base}/{path}?{query}") };
+        let mut links = vec![("self", self_link)];
+        if more {
+            let sep = if plain.is_empty() { "" } else { "&" };
+            let next = if sorted {
+                format!("{base}/{path}?{plain}{sep}_offset={next_offset}")
+            } else {
+                format!("{base}/{path}?{plain}{sep}_cursor={}", next_cursor.unwrap_or(0))
+            };
+            links.push(("next", next));
+        }
+        let mut out = BundleWriter::new("searchset", total, &links);
+        let mut patients = Vec::new();
+        let mut entities = Vec::new();
+        for (s, mode) in page.iter().map(|s| (s, "match")).chain(included.iter().map(|s| (s, "include"))) {
+            for p in crate::rest::patients_of(s) {
+                if !patients.contains(&p) {
+                    patients.push(p);
+                }
+            }
+            entities.push(format!("{}/{}", s.resource_type, s.id));
+            let body = shape(&s.json, &request);
+            out.entry(Some(&format!("{base}/{}/{}", s.resource_type, s.id)), Some(&body), &[("search", json!({ "mode": mode }))]);
+        }
+        if behind_glass > 0 {
+            out.entry(None, Some(&suppressed_outcome()), &[("search", json!({"mode": "outcome"}))]);
+        }
+        if !request.warnings.is_empty() {
+            let issues: Vec<tessera_fhir::Issue> = request
+                .warnings
+                .iter()
+                .map(|w| tessera_fhir::Issue {
+                    severity: tessera_fhir::IssueSeverity::Warning,
+                    code: IssueType::NotSupported,
+                    diagnostics: w.message.clone(),
+                    expression: vec![w.param.clone()],
+                })
+                .collect();
+            let oo = serde_json::to_vec(&tessera_fhir::outcome::operation_outcome(&issues)).unwrap_or_default();
+            out.entry(None, Some(&oo), &[("search", json!({"mode": "outcome"}))]);
+        }
+        let interaction = if resource_type.is_some() { "search-type" } else { "search-system" };
+        let detail = if path.is_empty() { format!("?{query}") } else { format!("{path}?{query}") };
+        gate.record_access(interaction, true, &entities, patients, Some(&detail));
+        gate.finish().await?;
+        Ok(out.finish())
+    }
+
+    /// `GET Patient/[id]/$everything`: the patient and every resource of their compartment
+    /// the subject may see, oldest first, paged by `_count` (with `_since` and `_type`).
+    pub async fn everything(&self, access: &Access, patient: &str, query: &str) -> Result<Vec<u8>, FhirError> {
+        access.require_scope("Patient", ScopeOp::Read)?;
+        let mut since: Option<i64> = None;
+        let mut types: Vec<String> = Vec::new();
+        let mut count = self.config().max_page_size;
+        let mut cursor: Option<i64> = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "_since" => {
+                    since = Some(crate::prepare::parse_instant(&v).ok_or_else(|| FhirError::bad_request(format!("_since '{v}' is not a valid instant")))?)
+                }
+                "_type" => types.extend(v.split(',').map(str::to_string)),
+                "_count" => count = v.parse::<usize>().map_err(|_| FhirError::bad_request(format!("_count '{v}' is not a number")))?.min(self.config().max_page_size),
+                "_cursor" => cursor = Some(v.parse().map_err(|_| FhirError::bad_request(format!("_cursor '{v}' is not valid")))?),
+                "_format" | "_pretty" => {}
+                other => return Err(FhirError::bad_request(format!("$everything does not support the parameter '{other}' (_since, _type, _count)"))),
+            }
+        }
+        for t in &types {
+            self.check_type(t)?;
+        }
+        let mut gate = self.gate(access);
+        // The patient first: absent or hidden means 404, as for a read.
+        let Some(person) = self.store().read("Patient", patient).await?.filter(|p| !p.deleted) else {
+            gate.record_access("everything", false, &[format!("Patient/{patient}")], vec![patient.to_string()], None);
+            gate.finish().await?;
+            return Err(FhirError::not_found("Patient", patient));
+        };
+        match gate.visibility(&person).await? {
+            Visibility::Visible => {}
+            v => {
+                gate.record_access("everything", false, &[format!("Patient/{patient}")], vec![patient.to_string()], None);
+                gate.finish().await?;
+                return Err(if v == Visibility::BehindGlass { crate::guard::behind_glass("Patient", patient) } else { FhirError::not_found("Patient", patient) });
+            }
+        }
+        let mut q = IndexQuery::new(None);
+        q.clauses.push(Clause { any: vec![Pred::Compartment(patient.to_string())], negate: false });
+        if !types.is_empty() {
+            q.clauses.push(Clause { any: vec![Pred::Types(types.clone())], negate: false });
+        }
+        q.sort.push(SortKey::LastUpdated { descending: false });
+        q.before_seq = None;
+        let mut page: Vec<Stored> = Vec::new();
+        let include_person = cursor.is_none() && (types.is_empty() || types.iter().any(|t| t == "Patient")) && since.is_none_or(|s| person.last_updated_micros >= s);
+        if include_person {
+            page.push(person.clone());
+        }
+        let mut behind_glass = 0;
+        let mut more = false;
+        let mut last_seq = cursor.unwrap_or(0);
+        'fill: loop {
+            q.limit = count + 1;
+            q.clauses.retain(|c| !matches!(c.any.first(), Some(Pred::Ids(_))));
+            let seqs: Vec<i64> = self.store().search(&q).await?;
+            // Ascending by seq; resume after the cursor.
+            let seqs: Vec<i64> = seqs.into_iter().filter(|s| *s > last_seq).collect();
+            let exhausted = seqs.len() < q.limit;
+            for s in self.store().load(&seqs).await? {
+                last_seq = s.seq;
+                if s.resource_type == "Patient" && s.id == patient {
+                    continue;
+                }
+                if since.is_some_and(|t| s.last_updated_micros < t) {
+                    continue;
+                }
+                match gate.visibility(&s).await? {
+                    Visibility::Visible if page.len() >= count => {
+                        more = true;
+                        break 'fill;
+                    }
+                    Visibility::Visible => page.push(s),
+                    Visibility::BehindGlass => behind_glass += 1,
+                    Visibility::Hidden => {}
+                }
+            }
+            if exhausted {
+                break;
+            }
+            q.offset += seqs.len();
+        }
+        let base = &self.config().base_url;
+        let self_link = if query.is_empty() { format!("{base}/Patient/{patient}/$everything") } else { format!("{base}/Patient/{patient}/$everything?{query}") };
+        let mut links = vec![("self", self_link)];
+        if more {
+            let cursor_seq = page.last().map(|s| s.seq).unwrap_or(last_seq);
+            let mut rest: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().filter(|(k, _)| k != "_cursor").collect();
+            rest.push(("_cursor".into(), cursor_seq.to_string()));
+            let q = form_urlencoded::Serializer::new(String::new()).extend_pairs(rest.iter()).finish();
+            links.push(("next", format!("{base}/Patient/{patient}/$everything?{q}")));
+        }
+        let total = (!more && cursor.is_none()).then_some(page.len() as u64);
+        let mut out = BundleWriter::new("searchset", total, &links);
+        let mut entities = Vec::with_capacity(page.len());
+        for s in &page {
+            entities.push(format!("{}/{}", s.resource_type, s.id));
+            out.entry(Some(&format!("{base}/{}/{}", s.resource_type, s.id)), Some(&s.json), &[("search", json!({"mode": "match"}))]);
+        }
+        if behind_glass > 0 {
+            out.entry(None, Some(&suppressed_outcome()), &[("search", json!({"mode": "outcome"}))]);
+        }
+        gate.record_access("everything", true, &entities, vec![patient.to_string()], Some(query));
+        gate.finish().await?;
+        Ok(out.finish())
+    }
+
+    /// The number of visible matches of `q` (up to [`MAX_TOTAL`]).
+    async fn count_visible(&self, gate: &mut Gate<'_>, q: &IndexQuery) -> Result<usize, FhirError> {
+        let mut q = q.clone();
+        q.sort.clear();
+        q.offset = 0;
+        q.before_seq = None;
+        q.limit = 1000;
+        let mut n = 0;
+        let mut seen = 0;
+        loop {
+            let seqs = self.store().search(&q).await?;
+            let done = seqs.len() < q.limit;
+            for s in self.store().load(&seqs).await? {
+                if gate.visibility(&s).await? == Visibility::Visible {
+                    n += 1;
+                }
+            }
+            seen += seqs.len();
+            if done || seen >= MAX_TOTAL {
+                return Ok(n);
+            }
+            q.before_seq = seqs.last().copied();
+        }
+    }
+
+    /// The visible current resources of `resource_type` matching one criterion: used for
+    /// chains and `_has`. Refused when too many.
+    async fn visible_matches_of(&self, gate: &mut Gate<'_>, resource_type: &str, criterion: &Criterion) -> Result<Vec<Stored>, FhirError> {
+        gate.access().require_scope(resource_type, ScopeOp::Search)?;
+        let clause = Box::pin(self.compile(gate, resource_type, criterion)).await?;
+        let mut q = IndexQuery::new(Some(resource_type));
+        q.clauses.push(clause);
+        q.limit = MAX_INNER + 1;
+        let seqs = self.store().search(&q).await?;
+        if seqs.len() > MAX_INNER {
+            return Err(FhirError::new(
+                400,
+                IssueType::TooCostly,
+                format!("the chained or _has criterion on {resource_type} matches more than {MAX_INNER} resources; narrow it"),
+            ));
+        }
+        let mut out = Vec::new();
+        for s in self.store().load(&seqs).await? {
+            if gate.visibility(&s).await? == Visibility::Visible {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Compiles one criterion into a store clause.
+    async fn compile(&self, gate: &mut Gate<'_>, resource_type: &str, c: &Criterion) -> Result<Clause, FhirError> {
+        let param = c.param.clone();
+        if let Some(has) = &c.has {
+            // Resources of `has.resource_type` matching the inner criterion (visible ones
+            // only), and the ids they refer to through `has.reference_param`.
+            let sources = self.visible_matches_of(gate, &has.resource_type, &has.criterion).await?;
+            let seqs: Vec<i64> = sources.iter().map(|s| s.seq).collect();
+            let refs = self.store().references(&has.resource_type, &seqs, std::slice::from_ref(&has.reference_param)).await?;
+            let ids: Vec<String> = refs.into_iter().filter(|(_, t, _)| t == resource_type).map(|(_, _, id)| id).collect();
+            return Ok(Clause { any: vec![Pred::Ids(ids)], negate: false });
+        }
+        if let Some(chain) = &c.chain {
+            let mut any = Vec::new();
+            for target in &chain.target_types {
+                let targets = self.visible_matches_of(gate, target, &chain.criterion).await?;
+                any.push(Pred::Reference { param: param.clone(), target_type: Some(target.clone()), ids: targets.into_iter().map(|s| s.id).collect(), url: None });
+            }
+            return Ok(Clause { any, negate: false });
+        }
+        if c.modifier == Some(Modifier::Missing) {
+            let missing = matches!(c.values.first(), Some(Value::Boolean(true)));
+            if param == "_id" {
+                return Ok(Clause { any: vec![Pred::Ids(Vec::new())], negate: !missing });
+            }
+            let table = table_of(c.kind).ok_or_else(|| unsupported(&param, "':missing' on this parameter"))?;
+            return Ok(Clause { any: vec![Pred::Missing { param, table, missing }], negate: false });
+        }
+        let negate = c.modifier == Some(Modifier::Not);
+        let mut any = Vec::new();
+        if param == "_id" {
+            let ids: Vec<String> = c
+                .values
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Token { code: Some(code), .. } => Some(code.clone()),
+                    Value::String { value, .. } => Some(value.clone()),
+                    Value::Reference { id: Some(id), .. } => Some(id.clone()),
+                    Value::Uri(u) => Some(u.clone()),
+                    _ => None,
+                })
+                .collect();
+            return Ok(Clause { any: vec![Pred::Ids(ids)], negate });
+        }
+        for v in &c.values {
+            let pred = match (v, &c.modifier) {
+                (Value::Token { system, code }, None | Some(Modifier::Not)) => {
+                    Pred::Token { param: param.clone(), system: system.clone().map(|s| s.unwrap_or_default()), code: code.clone() }
+                }
+                (Value::String { normalized, value }, modifier) if c.kind == ParamKind::String => {
+                    let (mode, value) = match modifier {
+                        Some(Modifier::Exact) => (StringMode::Exact, value.clone()),
+                        Some(Modifier::Contains) => (StringMode::Contains, normalized.clone()),
+                        None => (StringMode::Prefix, normalized.clone()),
+                        Some(m) => return Err(unsupported(&param, &format!("the modifier ':{}'", m.as_str()))),
+                    };
+                    Pred::String { param: param.clone(), mode, value }
+                }
+                (Value::Date { prefix, low, high }, None) => Pred::Date { param: param.clone(), prefix: prefix_of(*prefix), low: *low, high: *high },
+                (Value::Number { prefix, value, low, high }, None) => Pred::Number {
+                    param: param.clone(),
+                    prefix: prefix_of(*prefix),
+                    value: *value,
+                    low: *low,
+                    high: *high,
+                    system: None,
+                    code: None,
+                },
+                (Value::Quantity { prefix, value, low, high, system, code }, None) => Pred::Number {
+                    param: param.clone(),
+                    prefix: prefix_of(*prefix),
+                    value: *value,
+                    low: *low,
+                    high: *high,
+                    system: system.clone(),
+                    code: code.clone(),
+                },
+                (Value::Reference { target_type, id, url }, None | Some(Modifier::Type(_))) => {
+                    let target_type = match &c.modifier {
+                        Some(Modifier::Type(t)) => Some(t.clone()),
+                        _ => target_type.clone(),
+                    };
+                    Pred::Reference { param: param.clone(), target_type, ids: id.iter().cloned().collect(), url: url.clone() }
+                }
+                (Value::Uri(u), None) => Pred::Uri { param: param.clone(), mode: UriMode::Equals, value: u.clone() },
+                (Value::Uri(u), Some(Modifier::Below)) => Pred::Uri { param: param.clone(), mode: UriMode::Below, value: u.clone() },
+                (Value::Uri(u), Some(Modifier::Above)) => Pred::Uri { param: param.clone(), mode: UriMode::Above, value: u.clone() },
+                (_, Some(m)) => return Err(unsupported(&param, &format!("the modifier ':{}'", m.as_str()))),
+                (Value::Composite(_), _) => return Err(unsupported(&param, "composite parameters")),
+                _ => return Err(unsupported(&param, "this kind of value")),
+            };
+            any.push(pred);
+        }
+        let _ = resource_type;
+        Ok(Clause { any, negate })
+    }
+
+    /// `_include` and `_revinclude` targets of `page` that the subject may see.
+    async fn includes(&self, gate: &mut Gate<'_>, request: &SearchRequest, page: &[Stored]) -> Result<Vec<Stored>, FhirError> {
+        let mut out: Vec<Stored> = Vec::new();
+        if request.includes.is_empty() || page.is_empty() {
+            return Ok(out);
+        }
+        let mut seen: std::collections::HashSet<(String, String)> = page.iter().map(|s| (s.resource_type.clone(), s.id.clone())).collect();
+        let mut frontier: Vec<Stored> = page.to_vec();
+        for depth in 0..=MAX_ITERATE {
+            let mut found: Vec<Stored> = Vec::new();
+            for inc in &request.includes {
+                if depth > 0 && !inc.iterate {
+                    continue;
+                }
+                if inc.reverse {
+                    // Resources of `source_type` whose `param` refers to a frontier resource.
+                    let mut by_type: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+                    for s in &frontier {
+                        by_type.entry(s.resource_type.as_str()).or_default().push(s.id.clone());
+                    }
+                    if inc.source_type == "*" || inc.param == "*" {
+                        continue;
+                    }
+                    gate.access().require_scope(&inc.source_type, ScopeOp::Read)?;
+                    for (ty, ids) in by_type {
+                        if inc.target_type.as_deref().is_some_and(|t| t != ty) {
+                            continue;
+                        }
+                        let mut q = IndexQuery::new(Some(&inc.source_type));
+                        q.clauses.push(Clause { any: vec![Pred::Reference { param: inc.param.clone(), target_type: Some(ty.to_string()), ids, url: None }], negate: false });
+                        q.limit = self.config().max_page_size;
+                        let seqs = self.store().search(&q).await?;
+                        found.extend(self.store().load(&seqs).await?);
+                    }
+                } else {
+                    for s in &frontier {
+                        if inc.source_type != "*" && inc.source_type != s.resource_type {
+                            continue;
+                        }
+                        let params: Vec<String> = if inc.param == "*" { Vec::new() } else { vec![inc.param.clone()] };
+                        let refs = self.store().references(&s.resource_type, &[s.seq], &params).await?;
+                        for (_, t, id) in refs {
+                            if inc.target_type.as_deref().is_some_and(|x| x != t) || t.is_empty() || seen.contains(&(t.clone(), id.clone())) {
+                                continue;
+                            }
+                            if gate.access().require_scope(&t, ScopeOp::Read).is_err() {
+                                continue;
+                            }
+                            if let Some(target) = self.store().read(&t, &id).await? {
+                                found.push(target);
+                            }
+                        }
+                    }
+                }
+            }
+            let mut next = Vec::new();
+            for s in found {
+                if s.deleted || !seen.insert((s.resource_type.clone(), s.id.clone())) {
+                    continue;
+                }
+                if gate.visibility(&s).await? == Visibility::Visible {
+                    next.push(s.clone());
+                    out.push(s);
+                }
+            }
+            if next.is_empty() || !request.includes.iter().any(|i| i.iterate) {
+                break;
+            }
+            frontier = next;
+        }
+        Ok(out)
+    }
+}
+
+/// The clause of a compartment search: the resource refers to the patient through one of
+/// its Patient-compartment parameters (or is the patient).
+fn compartment_clause(patient: &str, resource_type: &str) -> Clause {
+    if resource_type == "Patient" {
+        return Clause { any: vec![Pred::Ids(vec![patient.to_string()])], negate: false };
+    }
+    let any = tessera_fhir::definitions::patient_compartment_params(resource_type)
+        .iter()
+        .map(|p| Pred::Reference { param: p.code.clone(), target_type: Some("Patient".into()), ids: vec![patient.to_string()], url: None })
+        .collect();
+    Clause { any, negate: false }
+}
+
+fn sort_key(resource_type: &str, param: &str, descending: bool) -> Result<SortKey, FhirError> {
+    match param {
+        "_lastUpdated" => Ok(SortKey::LastUpdated { descending }),
+        "_id" => Ok(SortKey::Id { descending }),
+        _ => {
+            let sp = tessera_fhir::definitions::search_parameters_for(resource_type)
+                .find(|p| p.code == param)
+                .ok_or_else(|| FhirError::bad_request(format!("cannot sort by '{param}': not a search parameter of {resource_type}")))?;
+            let table = Table::for_kind(&sp.kind).ok_or_else(|| FhirError::bad_request(format!("cannot sort by the {} parameter '{param}'", sp.kind)))?;
+            Ok(SortKey::Param { param: param.to_string(), table, descending })
+        }
+    }
+}
+
+fn table_of(kind: ParamKind) -> Option<Table> {
+    Some(match kind {
+        ParamKind::Token => Table::Token,
+        ParamKind::String => Table::String,
+        ParamKind::Date => Table::Date,
+        ParamKind::Number | ParamKind::Quantity => Table::Quantity,
+        ParamKind::Reference => Table::Reference,
+        ParamKind::Uri => Table::Uri,
+        _ => return None,
+    })
+}
+
+fn prefix_of(p: QPrefix) -> Prefix {
+    match p {
+        QPrefix::Eq => Prefix::Eq,
+        QPrefix::Ne => Prefix::Ne,
+        QPrefix::Gt => Prefix::Gt,
+        QPrefix::Lt => Prefix::Lt,
+        QPrefix::Ge => Prefix::Ge,
+        QPrefix::Le => Prefix::Le,
+        QPrefix::Sa => Prefix::Sa,
+        QPrefix::Eb => Prefix::Eb,
+        QPrefix::Ap => Prefix::Ap,
+    }
+}
+
+fn unsupported(param: &str, what: &str) -> FhirError {
+    FhirError::new(400, IssueType::NotSupported, format!("search parameter '{param}': {what} is not supported")).at(param.to_string())
+}
+
+fn query_errors(errors: Vec<query::QueryError>) -> FhirError {
+    let issues: Vec<tessera_fhir::Issue> =
+        errors.iter().map(|e| tessera_fhir::Issue::error(IssueType::Invalid, e.message.clone()).at(e.param.clone())).collect();
+    FhirError::invalid(issues)
+}
+
+fn suppressed_outcome() -> Vec<u8> {
+    let oo = tessera_fhir::outcome::operation_outcome(&[tessera_fhir::Issue {
+        severity: tessera_fhir::IssueSeverity::Information,
+        code: IssueType::Suppressed,
+        diagnostics: "more results exist but are protected: break the glass for the patient to view them".into(),
+        expression: Vec::new(),
+    }]);
+    serde_json::to_vec(&oo).expect("outcome serialises")
+}
+
+/// The resource as `_elements` / `_summary=data` ask (marked `SUBSETTED`).
+fn shape(json: &[u8], request: &SearchRequest) -> Vec<u8> {
+    let keep: Option<Vec<&str>> = if !request.elements.is_empty() {
+        Some(request.elements.iter().map(String::as_str).collect())
+    } else {
+        None
+    };
+    let data_only = request.summary == Some(Summary::Data);
+    if keep.is_none() && !data_only {
+        return json.to_vec();
+    }
+    let Ok(Json::Object(mut m)) = serde_json::from_slice::<Json>(json) else { return json.to_vec() };
+    if let Some(keep) = keep {
+        m.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.contains(&k.as_str()));
+    }
+    if data_only {
+        m.remove("text");
+    }
+    let meta = m.entry("meta").or_insert_with(|| json!({}));
+    if let Some(meta) = meta.as_object_mut() {
+        let tags = meta.entry("tag").or_insert_with(|| json!([]));
+        if let Some(tags) = tags.as_array_mut() {
+            tags.push(json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED", "display": "subsetted"}));
+        }
+    }
+    serde_json::to_vec(&Json::Object(m)).unwrap_or_default()
+}
