@@ -27,10 +27,9 @@ impl Engine {
                     "conditionalUpdate": true,
                     "conditionalDelete": "single",
                     "referencePolicy": ["literal", "logical"],
-                    "searchParam": [
-                        {"name": "_id", "type": "token", "documentation": "Logical id of the resource"},
-                        {"name": "identifier", "type": "token", "documentation": "Business identifier (system|value)"},
-                    ],
+                    "searchParam": search_params(t),
+                    "searchInclude": ["*"],
+                    "searchRevInclude": ["*"],
                 })
             })
             .collect();
@@ -48,8 +47,30 @@ impl Engine {
             "rest": [{
                 "mode": "server",
                 "resource": resources,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}, {"code": "search-system"}],
+                "operation": [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
             }],
         })
     }
+}
+
+/// The search parameters of a type that the index answers: `_id`, `_lastUpdated`, the
+/// common `_tag`/`_profile`/`_security`/`_source`, and every R4 parameter of the type except
+/// composite and special ones.
+fn search_params(resource_type: &str) -> Vec<Value> {
+    let mut out = vec![
+        json!({"name": "_id", "type": "token"}),
+        json!({"name": "_lastUpdated", "type": "date"}),
+        json!({"name": "_tag", "type": "token"}),
+        json!({"name": "_profile", "type": "uri"}),
+        json!({"name": "_security", "type": "token"}),
+        json!({"name": "_source", "type": "uri"}),
+    ];
+    for p in tessera_fhir::definitions::search_parameters_for(resource_type) {
+        if matches!(p.kind.as_str(), "composite" | "special") || p.code.starts_with('_') {
+            continue;
+        }
+        out.push(json!({"name": p.code, "definition": p.url, "type": p.kind}));
+    }
+    out
 }

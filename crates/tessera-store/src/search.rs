@@ -306,9 +306,9 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
                     (Table::Uri, false) => ("uri", "MIN"),
                     (Table::Uri, true) => ("uri", "MAX"),
                 };
-                let nulls = if *descending { "NULLS LAST" } else { "NULLS LAST" };
+                // Resources without a value sort last either way.
                 order.push(format!(
-                    "(SELECT {agg}(s.{column}) FROM {} s WHERE s.p = {p} AND s.seq = c.seq) {} {nulls}",
+                    "(SELECT {agg}(s.{column}) FROM {} s WHERE s.p = {p} AND s.seq = c.seq) {} NULLS LAST",
                     table.name(),
                     dir(*descending)
                 ));
