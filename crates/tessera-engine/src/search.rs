@@ -361,9 +361,14 @@ impl Engine {
             // Resources of `has.resource_type` matching the inner criterion (visible ones
             // only), and the ids they refer to through `has.reference_param`.
             let sources = self.visible_matches_of(gate, &has.resource_type, &has.criterion).await?;
-            let seqs: Vec<i64> = sources.iter().map(|s| s.seq).collect();
-            let refs = self.store().references(&has.resource_type, &seqs, std::slice::from_ref(&has.reference_param)).await?;
-            let ids: Vec<String> = refs.into_iter().filter(|(_, t, _)| t == resource_type).map(|(_, _, id)| id).collect();
+            let mut ids: Vec<String> = Vec::new();
+            for source in &sources {
+                for (t, id) in references_in(source, std::slice::from_ref(&has.reference_param)) {
+                    if t == resource_type && !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
             return Ok(Clause { any: vec![Pred::Ids(ids)], negate: false });
         }
         if let Some(chain) = &c.chain {
@@ -491,8 +496,7 @@ impl Engine {
                             continue;
                         }
                         let params: Vec<String> = if inc.param == "*" { Vec::new() } else { vec![inc.param.clone()] };
-                        let refs = self.store().references(&s.resource_type, &[s.seq], &params).await?;
-                        for (_, t, id) in refs {
+                        for (t, id) in references_in(s, &params) {
                             if inc.target_type.as_deref().is_some_and(|x| x != t) || t.is_empty() || seen.contains(&(t.clone(), id.clone())) {
                                 continue;
                             }
@@ -624,4 +628,22 @@ fn shape(json: &[u8], request: &SearchRequest) -> Vec<u8> {
         }
     }
     serde_json::to_vec(&Json::Object(m)).unwrap_or_default()
+}
+
+/// The `(type, id)` references a stored resource holds in the reference parameters
+/// `params` (all of them if empty), as its search index has them.
+fn references_in(s: &Stored, params: &[String]) -> Vec<(String, String)> {
+    let Ok(value) = serde_json::from_slice::<Json>(&s.json) else { return Vec::new() };
+    let mut out: Vec<(String, String)> = Vec::new();
+    for e in tessera_search::index_resource(&value) {
+        if !params.is_empty() && !params.contains(&e.param) {
+            continue;
+        }
+        if let tessera_search::IndexValue::Reference { target_type: Some(t), target_id: Some(id), .. } = e.value {
+            if !out.iter().any(|(a, b)| *a == t && *b == id) {
+                out.push((t, id));
+            }
+        }
+    }
+    out
 }

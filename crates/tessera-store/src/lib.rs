@@ -422,9 +422,6 @@ pub trait Store: Send + Sync + 'static {
     async fn search(&self, query: &search::IndexQuery) -> Result<Vec<i64>>;
     /// The versions with these `seq`s, in the order given (missing ones left out).
     async fn load(&self, seqs: &[i64]) -> Result<Vec<Stored>>;
-    /// The references that the versions `seqs` (of `resource_type`) hold in the search
-    /// parameters `params` (all reference parameters if empty): `(seq, target type, target id)`.
-    async fn references(&self, resource_type: &str, seqs: &[i64], params: &[String]) -> Result<Vec<(i64, String, String)>>;
     /// A small key/value table for server state (e.g. import progress).
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;

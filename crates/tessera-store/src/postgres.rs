@@ -139,6 +139,7 @@ CREATE INDEX IF NOT EXISTS sp_string_seq ON sp_string (seq);
 CREATE TABLE IF NOT EXISTS sp_date (p bigint NOT NULL, low bigint NOT NULL, high bigint NOT NULL, seq bigint NOT NULL);
 CREATE INDEX IF NOT EXISTS sp_date_key ON sp_date (p, low, high);
 CREATE INDEX IF NOT EXISTS sp_date_seq ON sp_date (seq);
+CREATE INDEX IF NOT EXISTS sp_date_high ON sp_date (p, high);
 CREATE TABLE IF NOT EXISTS sp_quantity (p bigint NOT NULL, value float8 NOT NULL, low float8 NOT NULL, high float8 NOT NULL,
     system text COLLATE "C" NOT NULL, code text COLLATE "C" NOT NULL, seq bigint NOT NULL);
 CREATE INDEX IF NOT EXISTS sp_quantity_key ON sp_quantity (p, value);
@@ -546,32 +547,6 @@ impl Store for PostgresStore {
             by_seq.insert(s.seq, s);
         }
         Ok(seqs.iter().filter_map(|s| by_seq.remove(s)).collect())
-    }
-
-    async fn references(&self, resource_type: &str, seqs: &[i64], params: &[String]) -> Result<Vec<(i64, String, String)>> {
-        if seqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<i64> = params.iter().map(|p| crate::search::param_key(resource_type, p)).collect();
-        let c = self.client().await?;
-        let stmt = c
-            .prepare_cached(
-                "SELECT seq, p, target_type, target_id FROM sp_reference WHERE seq = ANY($1::bigint[]) AND target_id <> '' \
-                 ORDER BY seq, p, target_type, target_id",
-            )
-            .await
-            .map_err(pg)?;
-        let rows = c.query(&stmt, &[&seqs]).await.map_err(pg)?;
-        let mut out = Vec::new();
-        for r in &rows {
-            let p: i64 = r.try_get(1).map_err(pg)?;
-            if keys.is_empty() || keys.contains(&p) {
-                out.push((r.try_get(0).map_err(pg)?, r.try_get(2).map_err(pg)?, r.try_get(3).map_err(pg)?));
-            }
-        }
-        // In the order of `seqs`.
-        out.sort_by_key(|(s, _, _)| seqs.iter().position(|x| x == s).unwrap_or(usize::MAX));
-        Ok(out)
     }
 
     async fn read(&self, resource_type: &str, id: &str) -> Result<Option<Stored>> {

@@ -3,9 +3,10 @@
 //! Each [`Write`](crate::Write) carries the index entries of its resource
 //! (`tessera_search::index_resource`). The store keeps the entries of current versions
 //! only, one table per value kind (`sp_token`, `sp_string`, `sp_date`, `sp_quantity` (numbers
-//! and quantities), `sp_reference`, `sp_uri`), each row keyed by the version's `seq`: a write
+//! and quantities), `sp_reference`, `sp_uri`), each row holding the version's `seq`: a write
 //! deletes the rows of the version it replaces and inserts its own, in the same
-//! transaction; a deletion leaves none. A parameter is identified by [`param_key`], a stable
+//! transaction; a deletion leaves none. (`_id` is answered by `resource_current` and has no
+//! rows.) A parameter is identified by [`param_key`], a stable
 //! 31-bit hash of `Type.code` (a test checks the shipped parameters do not collide), so
 //! rows stay small and no lookup table is needed.
 //!
@@ -81,6 +82,9 @@ pub enum Row {
 pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
     let mut out: Vec<Row> = Vec::with_capacity(entries.len());
     for e in entries {
+        if e.param == "_id" {
+            continue; // answered by `resource_current`
+        }
         let p = param_key(resource_type, &e.param);
         let row = match &e.value {
             IndexValue::Token { system, code, .. } => Row::Token { p, system: system.clone().unwrap_or_default(), code: code.clone() },
@@ -267,9 +271,39 @@ impl SqlBuilder {
     }
 }
 
-/// `SELECT c.seq …` for the query: the `seq`s of the matching current versions, in order.
+/// `SELECT … seq …` for the query: the `seq`s of the matching current versions, in order.
+///
+/// Two plans. When results are in commit order (the default) and a clause can drive —
+/// a single positive predicate on an index table — the query walks that table's rows
+/// newest first and probes every other clause by `seq` (each index table has a key that
+/// starts with the parameter and leads to `seq` quickly), stopping at the limit. Otherwise
+/// it walks `resource_current` of the type with the same probes.
 pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
     let mut b = SqlBuilder::new(dialect);
+    let ty = q.resource_type.clone().unwrap_or_default();
+    let default_order = q.sort.iter().all(|k| matches!(k, SortKey::LastUpdated { descending: true }));
+    let driver = if default_order && !ty.is_empty() { choose_driver(q) } else { None };
+    if let Some(d) = driver {
+        let Some((table, conds)) = index_pred(&mut b, &ty, &q.clauses[d].any[0], "x", false) else { unreachable!("drivers are index predicates") };
+        let mut conditions = conds;
+        if let Some(before) = q.before_seq {
+            let v = b.int(before);
+            conditions.push(format!("x.seq < {v}"));
+        }
+        for (n, clause) in q.clauses.iter().enumerate() {
+            if n != d {
+                conditions.push(clause_sql(&mut b, &ty, clause, "x.seq", false));
+            }
+        }
+        let limit = b.int(q.limit as i64);
+        let offset = b.int(q.offset as i64);
+        b.sql = format!(
+            "SELECT DISTINCT x.seq FROM {} x WHERE {} ORDER BY x.seq DESC LIMIT {limit} OFFSET {offset}",
+            table.name(),
+            conditions.join(" AND ")
+        );
+        return b;
+    }
     let mut conditions = vec![b.not_deleted().to_string()];
     if let Some(t) = &q.resource_type {
         let t = b.text(t);
@@ -279,13 +313,11 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
         let v = b.int(before);
         conditions.push(format!("c.seq < {v}"));
     }
-    let ty = q.resource_type.clone().unwrap_or_default();
     for clause in &q.clauses {
-        let parts: Vec<String> = clause.any.iter().map(|p| pred_sql(&mut b, &ty, p)).collect();
-        let joined = if parts.is_empty() { "0 = 1".to_string() } else { parts.join(" OR ") };
-        conditions.push(if clause.negate { format!("NOT ({joined})") } else { format!("({joined})") });
+        conditions.push(clause_sql(&mut b, &ty, clause, "c.seq", true));
     }
     let mut order = Vec::new();
+    let mut joins: Vec<String> = Vec::new();
     for key in &q.sort {
         match key {
             SortKey::LastUpdated { descending } => order.push(format!("c.seq {}", dir(*descending))),
@@ -306,12 +338,14 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
                     (Table::Uri, false) => ("uri", "MIN"),
                     (Table::Uri, true) => ("uri", "MAX"),
                 };
-                // Resources without a value sort last either way.
-                order.push(format!(
-                    "(SELECT {agg}(s.{column}) FROM {} s WHERE s.p = {p} AND s.seq = c.seq) {} NULLS LAST",
-                    table.name(),
-                    dir(*descending)
+                // One pass over the parameter's rows, grouped by resource; resources
+                // without a value sort last either way.
+                let n = joins.len();
+                joins.push(format!(
+                    " LEFT JOIN (SELECT s.seq AS seq, {agg}(s.{column}) AS k FROM {} s WHERE s.p = {p} GROUP BY s.seq) sk{n} ON sk{n}.seq = c.seq",
+                    table.name()
                 ));
+                order.push(format!("sk{n}.k {} NULLS LAST", dir(*descending)));
             }
         }
     }
@@ -320,11 +354,250 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
     let limit = b.int(q.limit as i64);
     let offset = b.int(q.offset as i64);
     b.sql = format!(
-        "SELECT c.seq FROM resource_current c WHERE {} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+        "SELECT c.seq FROM resource_current c{} WHERE {} ORDER BY {} LIMIT {limit} OFFSET {offset}",
+        joins.concat(),
         conditions.join(" AND "),
         order.join(", ")
     );
     b
+}
+
+/// The clause to drive the query from, if any: a positive single-predicate clause on an
+/// index table, preferring coded values with a system (usually the most selective), then
+/// references to given resources, then other tokens, dates and the rest.
+fn choose_driver(q: &IndexQuery) -> Option<usize> {
+    let rank = |c: &Clause| -> Option<u8> {
+        if c.negate || c.any.len() != 1 {
+            return None;
+        }
+        Some(match &c.any[0] {
+            Pred::Token { system: Some(_), code: Some(_), .. } => 0,
+            Pred::Reference { ids, url: None, .. } if !ids.is_empty() && ids.len() <= 16 => 1,
+            Pred::Token { code: Some(_), .. } => 2,
+            Pred::Uri { mode: UriMode::Equals, .. } => 3,
+            Pred::String { mode: StringMode::Exact | StringMode::Prefix, .. } => 4,
+            Pred::Date { .. } => 5,
+            Pred::Number { .. } => 6,
+            _ => return None,
+        })
+    };
+    q.clauses.iter().enumerate().filter_map(|(i, c)| rank(c).map(|r| (r, i))).min().map(|(_, i)| i)
+}
+
+/// A clause as a condition on the resource whose `seq` is `target` (`in_current`: the
+/// query walks `resource_current` as `c`).
+fn clause_sql(b: &mut SqlBuilder, ty: &str, clause: &Clause, target: &str, in_current: bool) -> String {
+    let parts: Vec<String> = clause.any.iter().map(|p| probe_sql(b, ty, p, target, in_current)).collect();
+    let joined = if parts.is_empty() { "0 = 1".to_string() } else { parts.join(" OR ") };
+    if clause.negate {
+        format!("NOT ({joined})")
+    } else {
+        format!("({joined})")
+    }
+}
+
+/// One predicate as a condition on the resource whose `seq` is `target`.
+fn probe_sql(b: &mut SqlBuilder, ty: &str, p: &Pred, target: &str, in_current: bool) -> String {
+    match p {
+        Pred::Ids(ids) => {
+            if ids.is_empty() {
+                return "0 = 1".into();
+            }
+            let list: Vec<String> = ids.iter().map(|i| b.text(i)).collect();
+            if in_current {
+                format!("c.id IN ({})", list.join(", "))
+            } else {
+                let t = b.text(ty);
+                format!("{target} IN (SELECT r.seq FROM resource_current r WHERE r.res_type = {t} AND r.id IN ({}))", list.join(", "))
+            }
+        }
+        Pred::Compartment(patient) => {
+            let v = b.text(patient);
+            if in_current {
+                format!("c.compartment = {v}")
+            } else {
+                format!("{target} IN (SELECT r.seq FROM resource_current r WHERE r.compartment = {v})")
+            }
+        }
+        Pred::Types(types) => {
+            if types.is_empty() {
+                return "0 = 1".into();
+            }
+            let list: Vec<String> = types.iter().map(|t| b.text(t)).collect();
+            if in_current {
+                format!("c.res_type IN ({})", list.join(", "))
+            } else {
+                format!("{target} IN (SELECT r.seq FROM resource_current r WHERE r.res_type IN ({}))", list.join(", "))
+            }
+        }
+        Pred::Missing { param, table, missing } => {
+            let k = key_cond(b, ty, param, "m");
+            let has = format!("EXISTS (SELECT 1 FROM {} m WHERE {k} AND m.seq = {target})", table.name());
+            if *missing {
+                format!("NOT {has}")
+            } else {
+                has
+            }
+        }
+        _ => {
+            let Some((table, conds)) = index_pred(b, ty, p, "x2", true) else { return "0 = 1".into() };
+            format!("EXISTS (SELECT 1 FROM {} x2 WHERE {} AND x2.seq = {target})", table.name(), conds.join(" AND "))
+        }
+    }
+}
+
+/// `{alias}.p = key` (or, for a search across all types, any type's key for the parameter).
+fn key_cond(b: &mut SqlBuilder, ty: &str, param: &str, alias: &str) -> String {
+    if ty.is_empty() {
+        let keys: Vec<String> = tessera_fhir::definitions::resource_types().map(|t| param_key(t, param).to_string()).collect();
+        return format!("{alias}.p IN ({})", keys.join(", "));
+    }
+    let k = b.int(param_key(ty, param));
+    format!("{alias}.p = {k}")
+}
+
+/// An index predicate as its table and conditions on `alias` (without the `seq`). For a
+/// `probe` (looked up by `seq`), range conditions on SQLite are written `+column`, which
+/// keeps the planner on the key that leads to `seq` instead of a range index.
+fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) -> Option<(Table, Vec<String>)> {
+    let a = alias;
+    let ranged = if probe && b.dialect == Dialect::Sqlite { format!("+{alias}") } else { alias.to_string() };
+    let r = ranged.as_str();
+    Some(match p {
+        Pred::Token { param, system, code } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            if let Some(code) = code {
+                let v = b.text(code);
+                w.push(format!("{a}.code = {v}"));
+            }
+            if let Some(system) = system {
+                let v = b.text(system);
+                w.push(format!("{a}.system = {v}"));
+            }
+            (Table::Token, w)
+        }
+        Pred::String { param, mode, value } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            w.push(match mode {
+                StringMode::Exact => {
+                    let n = b.text(&tessera_search::normalize_string(value));
+                    let v = b.text(value);
+                    // `norm` first, so that the key is used; `exact` decides.
+                    format!("{a}.norm = {n} AND {a}.exact = {v}")
+                }
+                StringMode::Prefix => {
+                    let lo = b.text(value);
+                    let hi = b.text(&format!("{value}\u{10ffff}"));
+                    format!("{a}.norm >= {lo} AND {a}.norm < {hi}")
+                }
+                StringMode::Contains => {
+                    let escaped = value.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                    let v = b.text(&format!("%{escaped}%"));
+                    format!("{a}.norm LIKE {v} ESCAPE '\\'")
+                }
+            });
+            (Table::String, w)
+        }
+        Pred::Date { param, prefix, low, high } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            let (lo, hi) = (b.int(*low), b.int(*high));
+            w.push(match prefix {
+                Prefix::Eq => format!("{r}.low >= {lo} AND {r}.high <= {hi}"),
+                Prefix::Ne => format!("NOT ({r}.low >= {lo} AND {r}.high <= {hi})"),
+                Prefix::Gt => format!("{r}.high > {hi}"),
+                Prefix::Lt => format!("{r}.low < {lo}"),
+                Prefix::Ge => format!("{r}.high >= {lo}"),
+                Prefix::Le => format!("{r}.low <= {hi}"),
+                Prefix::Sa => format!("{r}.low > {hi}"),
+                Prefix::Eb => format!("{r}.high < {lo}"),
+                Prefix::Ap => {
+                    // Approximately: overlaps the value widened by 10 % of its distance from now.
+                    let now = crate::now_micros();
+                    let margin = ((now - low).abs() / 10).max(86_400_000_000);
+                    let (alo, ahi) = (b.int(low.saturating_sub(margin)), b.int(high.saturating_add(margin)));
+                    format!("{r}.high >= {alo} AND {r}.low <= {ahi}")
+                }
+            });
+            (Table::Date, w)
+        }
+        Pred::Number { param, prefix, value, low, high, system, code } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            let v = b.real(*value);
+            w.push(match prefix {
+                Prefix::Eq => {
+                    let (lo, hi) = (b.real(*low), b.real(*high));
+                    format!("{r}.value >= {lo} AND {r}.value < {hi}")
+                }
+                Prefix::Ne => {
+                    let (lo, hi) = (b.real(*low), b.real(*high));
+                    format!("NOT ({r}.value >= {lo} AND {r}.value < {hi})")
+                }
+                Prefix::Gt | Prefix::Sa => format!("{r}.value > {v}"),
+                Prefix::Lt | Prefix::Eb => format!("{r}.value < {v}"),
+                Prefix::Ge => format!("{r}.value >= {v}"),
+                Prefix::Le => format!("{r}.value <= {v}"),
+                Prefix::Ap => {
+                    let margin = (value.abs() * 0.1).max(f64::EPSILON);
+                    let (lo, hi) = (b.real(value - margin), b.real(value + margin));
+                    format!("{r}.value >= {lo} AND {r}.value <= {hi}")
+                }
+            });
+            if let Some(system) = system {
+                let v = b.text(system);
+                w.push(format!("{a}.system = {v}"));
+            }
+            if let Some(code) = code {
+                let v = b.text(code);
+                w.push(format!("{a}.code = {v}"));
+            }
+            (Table::Quantity, w)
+        }
+        Pred::Reference { param, target_type, ids, url } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            let mut alternatives = Vec::new();
+            if !ids.is_empty() {
+                let list: Vec<String> = ids.iter().map(|i| b.text(i)).collect();
+                let mut c = format!("{a}.target_id IN ({})", list.join(", "));
+                if let Some(t) = target_type {
+                    let v = b.text(t);
+                    c.push_str(&format!(" AND {a}.target_type = {v}"));
+                }
+                alternatives.push(format!("({c})"));
+            }
+            if let Some(url) = url {
+                let v = b.text(url);
+                alternatives.push(format!("{a}.url = {v}"));
+            }
+            if alternatives.is_empty() {
+                alternatives.push("0 = 1".into());
+            }
+            w.push(format!("({})", alternatives.join(" OR ")));
+            (Table::Reference, w)
+        }
+        Pred::Uri { param, mode, value } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            w.push(match mode {
+                UriMode::Equals => {
+                    let v = b.text(value);
+                    format!("{a}.uri = {v}")
+                }
+                UriMode::Below => {
+                    let lo = b.text(value);
+                    let hi = b.text(&format!("{value}\u{10ffff}"));
+                    format!("{a}.uri >= {lo} AND {a}.uri < {hi}")
+                }
+                UriMode::Above => {
+                    let v = b.text(value);
+                    match b.dialect {
+                        Dialect::Sqlite => format!("substr({v}, 1, length({a}.uri)) = {a}.uri"),
+                        Dialect::Postgres => format!("left({v}, length({a}.uri)) = {a}.uri"),
+                    }
+                }
+            });
+            (Table::Uri, w)
+        }
+        Pred::Ids(_) | Pred::Compartment(_) | Pred::Types(_) | Pred::Missing { .. } => return None,
+    })
 }
 
 fn dir(descending: bool) -> &'static str {
@@ -332,171 +605,6 @@ fn dir(descending: bool) -> &'static str {
         "DESC"
     } else {
         "ASC"
-    }
-}
-
-fn pred_sql(b: &mut SqlBuilder, ty: &str, p: &Pred) -> String {
-    let key = |b: &mut SqlBuilder, param: &str| b.int(param_key(ty, param));
-    match p {
-        Pred::Ids(ids) => {
-            if ids.is_empty() {
-                return "0 = 1".into();
-            }
-            let list: Vec<String> = ids.iter().map(|i| b.text(i)).collect();
-            format!("c.id IN ({})", list.join(", "))
-        }
-        Pred::Types(types) => {
-            if types.is_empty() {
-                return "0 = 1".into();
-            }
-            let list: Vec<String> = types.iter().map(|t| b.text(t)).collect();
-            format!("c.res_type IN ({})", list.join(", "))
-        }
-        Pred::Compartment(patient) => {
-            let v = b.text(patient);
-            format!("c.compartment = {v}")
-        }
-        Pred::Token { param, system, code } => {
-            let k = key(b, param);
-            let mut w = vec![format!("s.p = {k}")];
-            if let Some(code) = code {
-                let v = b.text(code);
-                w.push(format!("s.code = {v}"));
-            }
-            if let Some(system) = system {
-                let v = b.text(system);
-                w.push(format!("s.system = {v}"));
-            }
-            format!("c.seq IN (SELECT s.seq FROM sp_token s WHERE {})", w.join(" AND "))
-        }
-        Pred::String { param, mode, value } => {
-            let k = key(b, param);
-            let cond = match mode {
-                StringMode::Exact => {
-                    let v = b.text(value);
-                    format!("s.exact = {v}")
-                }
-                StringMode::Prefix => {
-                    // A range, so that the index is used: [value, value + U+10FFFF).
-                    let lo = b.text(value);
-                    let hi = b.text(&format!("{value}\u{10ffff}"));
-                    format!("s.norm >= {lo} AND s.norm < {hi}")
-                }
-                StringMode::Contains => {
-                    let escaped = value.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-                    let v = b.text(&format!("%{escaped}%"));
-                    format!("s.norm LIKE {v} ESCAPE '\\'")
-                }
-            };
-            format!("c.seq IN (SELECT s.seq FROM sp_string s WHERE s.p = {k} AND {cond})")
-        }
-        Pred::Date { param, prefix, low, high } => {
-            let k = key(b, param);
-            let (lo, hi) = (b.int(*low), b.int(*high));
-            let cond = match prefix {
-                Prefix::Eq => format!("s.low >= {lo} AND s.high <= {hi}"),
-                Prefix::Ne => format!("NOT (s.low >= {lo} AND s.high <= {hi})"),
-                Prefix::Gt => format!("s.high > {hi}"),
-                Prefix::Lt => format!("s.low < {lo}"),
-                Prefix::Ge => format!("s.high >= {lo}"),
-                Prefix::Le => format!("s.low <= {hi}"),
-                Prefix::Sa => format!("s.low > {hi}"),
-                Prefix::Eb => format!("s.high < {lo}"),
-                Prefix::Ap => {
-                    // Approximately: overlaps the value widened by 10 % of its distance from now.
-                    let now = crate::now_micros();
-                    let margin = ((now - low).abs() / 10).max(86_400_000_000);
-                    let (alo, ahi) = (b.int(low.saturating_sub(margin)), b.int(high.saturating_add(margin)));
-                    format!("s.high >= {alo} AND s.low <= {ahi}")
-                }
-            };
-            format!("c.seq IN (SELECT s.seq FROM sp_date s WHERE s.p = {k} AND {cond})")
-        }
-        Pred::Number { param, prefix, value, low, high, system, code } => {
-            let k = key(b, param);
-            let mut w = vec![format!("s.p = {k}")];
-            let v = b.real(*value);
-            w.push(match prefix {
-                Prefix::Eq => {
-                    let (lo, hi) = (b.real(*low), b.real(*high));
-                    format!("s.value >= {lo} AND s.value < {hi}")
-                }
-                Prefix::Ne => {
-                    let (lo, hi) = (b.real(*low), b.real(*high));
-                    format!("NOT (s.value >= {lo} AND s.value < {hi})")
-                }
-                Prefix::Gt | Prefix::Sa => format!("s.value > {v}"),
-                Prefix::Lt | Prefix::Eb => format!("s.value < {v}"),
-                Prefix::Ge => format!("s.value >= {v}"),
-                Prefix::Le => format!("s.value <= {v}"),
-                Prefix::Ap => {
-                    let margin = (value.abs() * 0.1).max(f64::EPSILON);
-                    let (lo, hi) = (b.real(value - margin), b.real(value + margin));
-                    format!("s.value >= {lo} AND s.value <= {hi}")
-                }
-            });
-            if let Some(system) = system {
-                let v = b.text(system);
-                w.push(format!("s.system = {v}"));
-            }
-            if let Some(code) = code {
-                let v = b.text(code);
-                w.push(format!("s.code = {v}"));
-            }
-            format!("c.seq IN (SELECT s.seq FROM sp_quantity s WHERE {})", w.join(" AND "))
-        }
-        Pred::Reference { param, target_type, ids, url } => {
-            let k = key(b, param);
-            let mut alternatives = Vec::new();
-            if !ids.is_empty() {
-                let list: Vec<String> = ids.iter().map(|i| b.text(i)).collect();
-                let mut c = format!("s.target_id IN ({})", list.join(", "));
-                if let Some(t) = target_type {
-                    let v = b.text(t);
-                    c.push_str(&format!(" AND s.target_type = {v}"));
-                }
-                alternatives.push(format!("({c})"));
-            }
-            if let Some(url) = url {
-                let v = b.text(url);
-                alternatives.push(format!("s.url = {v}"));
-            }
-            if alternatives.is_empty() {
-                return "0 = 1".into();
-            }
-            format!("c.seq IN (SELECT s.seq FROM sp_reference s WHERE s.p = {k} AND ({}))", alternatives.join(" OR "))
-        }
-        Pred::Uri { param, mode, value } => {
-            let k = key(b, param);
-            let cond = match mode {
-                UriMode::Equals => {
-                    let v = b.text(value);
-                    format!("s.uri = {v}")
-                }
-                UriMode::Below => {
-                    let lo = b.text(value);
-                    let hi = b.text(&format!("{value}\u{10ffff}"));
-                    format!("s.uri >= {lo} AND s.uri < {hi}")
-                }
-                UriMode::Above => {
-                    let v = b.text(value);
-                    match b.dialect {
-                        Dialect::Sqlite => format!("substr({v}, 1, length(s.uri)) = s.uri"),
-                        Dialect::Postgres => format!("left({v}, length(s.uri)) = s.uri"),
-                    }
-                }
-            };
-            format!("c.seq IN (SELECT s.seq FROM sp_uri s WHERE s.p = {k} AND {cond})")
-        }
-        Pred::Missing { param, table, missing } => {
-            let k = key(b, param);
-            let exists = format!("EXISTS (SELECT 1 FROM {} s WHERE s.p = {k} AND s.seq = c.seq)", table.name());
-            if *missing {
-                format!("NOT {exists}")
-            } else {
-                exists
-            }
-        }
     }
 }
 
@@ -524,9 +632,13 @@ mod tests {
         q.clauses.push(Clause { any: vec![Pred::Token { param: "code".into(), system: Some("http://loinc.org".into()), code: Some("8867-4".into()) }], negate: false });
         q.clauses.push(Clause { any: vec![Pred::Reference { param: "subject".into(), target_type: Some("Patient".into()), ids: vec!["p1".into()], url: None }], negate: false });
         let b = select_sql(&q, Dialect::Sqlite);
-        assert_eq!(b.args.len(), 9, "{}", b.sql);
-        assert!(b.sql.contains("?9") && !b.sql.contains("?10"));
+        assert_eq!(b.args.len(), 8, "{}", b.sql);
+        assert!(b.sql.starts_with("SELECT DISTINCT x.seq FROM sp_token x"), "the coded value drives: {}", b.sql);
+        assert!(b.sql.contains("?8") && !b.sql.contains("?9"));
         let pg = select_sql(&q, Dialect::Postgres);
-        assert!(pg.sql.contains("$9::bigint"), "{}", pg.sql);
+        assert!(pg.sql.contains("$8::bigint"), "{}", pg.sql);
+        // Sorted by a parameter: the type's current resources are walked.
+        q.sort.push(SortKey::Param { param: "date".into(), table: Table::Date, descending: true });
+        assert!(select_sql(&q, Dialect::Sqlite).sql.starts_with("SELECT c.seq FROM resource_current c"));
     }
 }

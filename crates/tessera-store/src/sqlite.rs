@@ -26,6 +26,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
@@ -56,24 +57,22 @@ CREATE TABLE IF NOT EXISTS resource_current (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS resource_current_type_seq ON resource_current (res_type, seq);
 CREATE INDEX IF NOT EXISTS resource_current_compartment ON resource_current (compartment, seq) WHERE compartment IS NOT NULL;
-CREATE TABLE IF NOT EXISTS sp_token (p INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, seq INTEGER NOT NULL,
-    PRIMARY KEY (p, code, system, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sp_token_seq ON sp_token (seq);
-CREATE TABLE IF NOT EXISTS sp_string (p INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL, seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS sp_string_key ON sp_string (p, norm);
-CREATE INDEX IF NOT EXISTS sp_string_seq ON sp_string (seq);
-CREATE TABLE IF NOT EXISTS sp_date (p INTEGER NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL, seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS sp_date_key ON sp_date (p, low, high);
-CREATE INDEX IF NOT EXISTS sp_date_seq ON sp_date (seq);
-CREATE TABLE IF NOT EXISTS sp_quantity (p INTEGER NOT NULL, value REAL NOT NULL, low REAL NOT NULL, high REAL NOT NULL,
-    system TEXT NOT NULL, code TEXT NOT NULL, seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS sp_quantity_key ON sp_quantity (p, value);
-CREATE INDEX IF NOT EXISTS sp_quantity_seq ON sp_quantity (seq);
-CREATE TABLE IF NOT EXISTS sp_reference (p INTEGER NOT NULL, target_id TEXT NOT NULL, target_type TEXT NOT NULL, url TEXT NOT NULL,
-    seq INTEGER NOT NULL, PRIMARY KEY (p, target_id, target_type, url, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sp_reference_seq ON sp_reference (seq);
+-- Search index rows (see `search`): keyed by value then `seq`, no `seq` index — a write
+-- that replaces a version deletes that version's rows by their full key.
+CREATE TABLE IF NOT EXISTS sp_token (p INTEGER NOT NULL, code TEXT NOT NULL, seq INTEGER NOT NULL, system TEXT NOT NULL,
+    PRIMARY KEY (p, code, seq, system)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sp_string (p INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (p, norm, exact, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sp_date (p INTEGER NOT NULL, seq INTEGER NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL,
+    PRIMARY KEY (p, seq, low, high)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sp_date_low ON sp_date (p, low);
+CREATE INDEX IF NOT EXISTS sp_date_high ON sp_date (p, high);
+CREATE TABLE IF NOT EXISTS sp_quantity (p INTEGER NOT NULL, seq INTEGER NOT NULL, value REAL NOT NULL, low REAL NOT NULL,
+    high REAL NOT NULL, system TEXT NOT NULL, code TEXT NOT NULL, PRIMARY KEY (p, seq, value, system, code, low, high)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sp_quantity_value ON sp_quantity (p, value);
+CREATE TABLE IF NOT EXISTS sp_reference (p INTEGER NOT NULL, target_id TEXT NOT NULL, target_type TEXT NOT NULL, seq INTEGER NOT NULL,
+    url TEXT NOT NULL, PRIMARY KEY (p, target_id, target_type, seq, url)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sp_uri (p INTEGER NOT NULL, uri TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (p, uri, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS sp_uri_seq ON sp_uri (seq);
 CREATE TABLE IF NOT EXISTS identifier_index (
     res_type TEXT NOT NULL,
     value    TEXT NOT NULL,
@@ -128,6 +127,8 @@ const MAX_BATCH_WRITES: usize = 20_000;
 
 struct Job {
     writes: Transaction,
+    /// The search index rows of each write (computed by the caller, off the writer thread).
+    rows: Vec<Vec<search::Row>>,
     audit: Vec<PendingAudit>,
     ack: oneshot::Sender<Result<()>>,
 }
@@ -153,7 +154,7 @@ impl SqliteStore {
         let conn = Connection::open(&path).map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; \
-             PRAGMA wal_autocheckpoint=4000; PRAGMA cache_size=-16384;",
+             PRAGMA wal_autocheckpoint=16000; PRAGMA cache_size=-49152;",
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
@@ -203,11 +204,7 @@ impl SqliteStore {
             writer
                 .as_ref()
                 .ok_or(StoreError::Closed)?
-                .send(Job {
-                    writes: Vec::new(),
-                    audit: Vec::new(),
-                    ack,
-                })
+                .send(Job { writes: Vec::new(), rows: Vec::new(), audit: Vec::new(), ack })
                 .map_err(|_| StoreError::Closed)?;
         }
         done.await.map_err(|_| StoreError::Closed)?
@@ -391,8 +388,10 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = tx;
+        let mut rows = Vec::with_capacity(tx.len());
         for w in &mut tx {
             w.json = codec::encode(&w.json)?;
+            rows.push(if w.deleted { Vec::new() } else { search::rows(&w.resource_type, &std::mem::take(&mut w.index)) });
         }
         let audit = PendingAudit::prepare(audit);
         let (ack, done) = oneshot::channel();
@@ -401,11 +400,7 @@ impl Store for SqliteStore {
             writer
                 .as_ref()
                 .ok_or(StoreError::Closed)?
-                .send(Job {
-                    writes: tx,
-                    audit,
-                    ack,
-                })
+                .send(Job { writes: tx, rows, audit, ack })
                 .map_err(|_| StoreError::Closed)?;
         }
         done.await.map_err(|_| StoreError::Closed)?
@@ -430,29 +425,6 @@ impl Store for SqliteStore {
             for seq in seqs {
                 if let Some(s) = stmt.query_row([seq], row_to_stored).optional()? {
                     out.push(s);
-                }
-            }
-            Ok(out)
-        })
-    }
-
-    async fn references(&self, resource_type: &str, seqs: &[i64], params: &[String]) -> Result<Vec<(i64, String, String)>> {
-        if seqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<i64> = params.iter().map(|p| search::param_key(resource_type, p)).collect();
-        self.with_reader(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, p, target_type, target_id FROM sp_reference WHERE seq = ?1 AND target_id <> '' ORDER BY p, target_type, target_id",
-            )?;
-            let mut out = Vec::new();
-            for seq in seqs {
-                let rows = stmt.query_map([seq], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)))?;
-                for row in rows {
-                    let (seq, p, t, id) = row?;
-                    if keys.is_empty() || keys.contains(&p) {
-                        out.push((seq, t, id));
-                    }
                 }
             }
             Ok(out)
@@ -713,7 +685,7 @@ fn find_ids(c: &Connection, criteria: &Criteria) -> rusqlite::Result<Vec<String>
 }
 
 /// Fold the journal once it holds this many records (or is full, or the writer is idle).
-const FOLD_AT: usize = 4096;
+const FOLD_AT: usize = 512;
 
 /// The writer thread's state.
 struct Writer<'m> {
@@ -899,6 +871,9 @@ fn apply_batch(
     }
     let mut chain = *head;
     let mut results = Vec::with_capacity(jobs.len());
+    // Search index rows are inserted at the end of the batch, sorted, so that the B-trees
+    // are written in key order; rows of versions superseded within the batch never are.
+    let mut deferred: HashMap<i64, Vec<search::Row>> = HashMap::new();
     for job in jobs {
         if job.writes.is_empty() {
             // Audit records alone: nothing can conflict, no savepoint needed.
@@ -908,15 +883,19 @@ fn apply_batch(
         }
         let sp = txn.unchecked_transaction_savepoint()?;
         let before = chain;
-        let applied = apply_transaction(&txn, &job.writes).and_then(|outcome| {
+        let applied = apply_transaction(&txn, &job.writes, &job.rows, &deferred).and_then(|outcome| {
             if outcome.is_ok() {
                 append_audit(&txn, &job.audit, &mut chain)?;
             }
             Ok(outcome)
         });
         match applied {
-            Ok(Ok(())) => {
+            Ok(Ok(index)) => {
                 sp.commit()?;
+                for seq in index.superseded {
+                    deferred.remove(&seq);
+                }
+                deferred.extend(index.add);
                 results.push(Ok(()));
             }
             Ok(Err(conflict)) => {
@@ -931,9 +910,19 @@ fn apply_batch(
             }
         }
     }
+    insert_index_rows(&txn, deferred)?;
     txn.commit()?;
     *head = chain;
     Ok(results)
+}
+
+/// What a transaction changes in the search index, for [`apply_batch`] to apply.
+#[derive(Default)]
+struct IndexChanges {
+    /// Rows of the new versions, by `seq`.
+    add: Vec<(i64, Vec<search::Row>)>,
+    /// Versions written earlier in the batch (rows not inserted yet) that this one replaced.
+    superseded: Vec<i64>,
 }
 
 /// Appends audit records after `head`, advancing it.
@@ -981,7 +970,7 @@ fn insert_audit(
 /// The meta key recording up to which `seq` the by-patient audit index is complete.
 const AUDIT_INDEXED_UPTO: &str = "audit.indexed_upto";
 /// Index the audit tail once it is this long (or whenever the writer is idle).
-const AUDIT_INDEX_BATCH: i64 = 2048;
+const AUDIT_INDEX_BATCH: i64 = 512;
 
 /// Where the by-patient audit index stands (records after it are found by scanning).
 fn audit_indexed_upto(conn: &Connection) -> rusqlite::Result<i64> {
@@ -1066,26 +1055,86 @@ impl Drop for Savepoint<'_> {
     }
 }
 
-/// Inserts a version's search index rows.
-fn insert_index_rows(c: &Connection, seq: i64, rows: &[search::Row]) -> rusqlite::Result<()> {
+/// Deletes the search index rows of the stored version `seq`: they are the rows its JSON
+/// yields (extraction is deterministic; after a change of definitions, `tessera reindex`
+/// rebuilds the index).
+fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite::Result<()> {
     use search::Row;
-    for row in rows {
+    let data: Option<Vec<u8>> = c.prepare_cached("SELECT data FROM resource_version WHERE seq = ?1")?.query_row([seq], |r| r.get(0)).optional()?;
+    let Some(data) = data else { return Ok(()) };
+    let json = codec::decode(&data).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e.to_string()))))?;
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else { return Ok(()) };
+    for row in search::rows(resource_type, &tessera_search::index_resource(&value)) {
+        match row {
+            Row::Token { p, system, code } => {
+                c.prepare_cached("DELETE FROM sp_token WHERE p = ?1 AND code = ?2 AND system = ?3 AND seq = ?4")?.execute(params![p, code, system, seq])?
+            }
+            Row::String { p, norm, exact } => {
+                c.prepare_cached("DELETE FROM sp_string WHERE p = ?1 AND norm = ?2 AND exact = ?3 AND seq = ?4")?.execute(params![p, norm, exact, seq])?
+            }
+            Row::Date { p, low, high } => {
+                c.prepare_cached("DELETE FROM sp_date WHERE p = ?1 AND low = ?2 AND high = ?3 AND seq = ?4")?.execute(params![p, low, high, seq])?
+            }
+            Row::Quantity { p, value, low, high, system, code } => c
+                .prepare_cached(
+                    "DELETE FROM sp_quantity WHERE p = ?1 AND value = ?2 AND system = ?3 AND code = ?4 AND low = ?5 AND high = ?6 AND seq = ?7",
+                )?
+                .execute(params![p, value, system, code, low, high, seq])?,
+            Row::Reference { p, target_type, target_id, url } => c
+                .prepare_cached("DELETE FROM sp_reference WHERE p = ?1 AND target_id = ?2 AND target_type = ?3 AND url = ?4 AND seq = ?5")?
+                .execute(params![p, target_id, target_type, url, seq])?,
+            Row::Uri { p, uri } => c.prepare_cached("DELETE FROM sp_uri WHERE p = ?1 AND uri = ?2 AND seq = ?3")?.execute(params![p, uri, seq])?,
+        };
+    }
+    Ok(())
+}
+
+/// Inserts the search index rows of a batch, table by table in key order.
+fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> rusqlite::Result<()> {
+    use search::Row;
+    let mut all: Vec<(i64, Row)> = rows.into_iter().flat_map(|(seq, rows)| rows.into_iter().map(move |r| (seq, r))).collect();
+    // Order by table, then (roughly) the tables' keys, then seq.
+    fn rank(r: &Row) -> u8 {
+        match r {
+            Row::Token { .. } => 0,
+            Row::String { .. } => 1,
+            Row::Date { .. } => 2,
+            Row::Quantity { .. } => 3,
+            Row::Reference { .. } => 4,
+            Row::Uri { .. } => 5,
+        }
+    }
+    all.sort_by(|(sa, a), (sb, b)| {
+        rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
+            (Row::Token { p: p1, code: c1, system: s1 }, Row::Token { p: p2, code: c2, system: s2 }) => (p1, c1, s1).cmp(&(p2, c2, s2)),
+            (Row::String { p: p1, norm: n1, exact: e1 }, Row::String { p: p2, norm: n2, exact: e2 }) => (p1, n1, e1).cmp(&(p2, n2, e2)),
+            (Row::Date { p: p1, .. }, Row::Date { p: p2, .. }) => p1.cmp(p2),
+            (Row::Quantity { p: p1, .. }, Row::Quantity { p: p2, .. }) => p1.cmp(p2),
+            (Row::Reference { p: p1, target_id: i1, target_type: t1, url: u1 }, Row::Reference { p: p2, target_id: i2, target_type: t2, url: u2 }) => {
+                (p1, i1, t1, u1).cmp(&(p2, i2, t2, u2))
+            }
+            (Row::Uri { p: p1, uri: u1 }, Row::Uri { p: p2, uri: u2 }) => (p1, u1).cmp(&(p2, u2)),
+            _ => std::cmp::Ordering::Equal,
+        })
+        .then(sa.cmp(sb))
+    });
+    for (seq, row) in &all {
         match row {
             Row::Token { p, system, code } => {
                 c.prepare_cached("INSERT OR IGNORE INTO sp_token (p, code, system, seq) VALUES (?1, ?2, ?3, ?4)")?
                     .execute(params![p, code, system, seq])?;
             }
             Row::String { p, norm, exact } => {
-                c.prepare_cached("INSERT INTO sp_string (p, norm, exact, seq) VALUES (?1, ?2, ?3, ?4)")?
+                c.prepare_cached("INSERT OR IGNORE INTO sp_string (p, norm, exact, seq) VALUES (?1, ?2, ?3, ?4)")?
                     .execute(params![p, norm, exact, seq])?;
             }
             Row::Date { p, low, high } => {
-                c.prepare_cached("INSERT INTO sp_date (p, low, high, seq) VALUES (?1, ?2, ?3, ?4)")?
+                c.prepare_cached("INSERT OR IGNORE INTO sp_date (p, low, high, seq) VALUES (?1, ?2, ?3, ?4)")?
                     .execute(params![p, low, high, seq])?;
             }
             Row::Quantity { p, value, low, high, system, code } => {
                 c.prepare_cached(
-                    "INSERT INTO sp_quantity (p, value, low, high, system, code, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR IGNORE INTO sp_quantity (p, value, low, high, system, code, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
                 .execute(params![p, value, low, high, system, code, seq])?;
             }
@@ -1104,7 +1153,13 @@ fn insert_index_rows(c: &Connection, seq: i64, rows: &[search::Row]) -> rusqlite
 }
 
 /// Applies one transaction's writes; `Ok(Err(_))` is a failed precondition.
-fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Result<()>> {
+fn apply_transaction(
+    c: &Connection,
+    writes: &[Write],
+    rows: &[Vec<search::Row>],
+    deferred: &HashMap<i64, Vec<search::Row>>,
+) -> rusqlite::Result<Result<IndexChanges>> {
+    let mut changes = IndexChanges::default();
     for (index, w) in writes.iter().enumerate() {
         let current: Option<(i64, i64, i64)> = c
             .prepare_cached("SELECT version, deleted, seq FROM resource_current WHERE res_type = ?1 AND id = ?2")?
@@ -1176,12 +1231,16 @@ fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Resul
                 .execute(params![w.resource_type, w.id])?;
         }
         if let Some((_, 0, old_seq)) = current {
-            for table in search::Table::ALL {
-                c.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", table.name()))?.execute([old_seq])?;
+            if let Some(i) = changes.add.iter().position(|(s, _)| *s == old_seq) {
+                changes.add.swap_remove(i);
+            } else if deferred.contains_key(&old_seq) {
+                changes.superseded.push(old_seq);
+            } else {
+                delete_index_rows(c, &w.resource_type, old_seq)?;
             }
         }
         if !w.deleted {
-            insert_index_rows(c, seq, &search::rows(&w.resource_type, &w.index))?;
+            changes.add.push((seq, rows.get(index).cloned().unwrap_or_default()));
         }
         if !w.deleted {
             let mut ins = c.prepare_cached(
@@ -1211,5 +1270,5 @@ fn apply_transaction(c: &Connection, writes: &[Write]) -> rusqlite::Result<Resul
             }
         }
     }
-    Ok(Ok(()))
+    Ok(Ok(changes))
 }
