@@ -133,6 +133,9 @@ CREATE INDEX IF NOT EXISTS resource_current_compartment ON resource_current (com
 CREATE TABLE IF NOT EXISTS sp_token (p bigint NOT NULL, code text COLLATE "C" NOT NULL, system text COLLATE "C" NOT NULL,
     seq bigint NOT NULL, PRIMARY KEY (p, code, system, seq));
 CREATE INDEX IF NOT EXISTS sp_token_seq ON sp_token (seq);
+CREATE TABLE IF NOT EXISTS sp_token_pc (p bigint NOT NULL, patient text COLLATE "C" NOT NULL, code text COLLATE "C" NOT NULL,
+    seq bigint NOT NULL, system text COLLATE "C" NOT NULL, PRIMARY KEY (p, patient, code, seq, system));
+CREATE INDEX IF NOT EXISTS sp_token_pc_seq ON sp_token_pc (seq);
 CREATE TABLE IF NOT EXISTS sp_string (p bigint NOT NULL, norm text COLLATE "C" NOT NULL, exact text NOT NULL, seq bigint NOT NULL);
 CREATE INDEX IF NOT EXISTS sp_string_key ON sp_string (p, norm);
 CREATE INDEX IF NOT EXISTS sp_string_seq ON sp_string (seq);
@@ -1156,6 +1159,7 @@ async fn write_search_index(
     }
     let mut token: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
     let mut string: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+    let mut patient_token: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
     let mut date: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
     type QuantityColumns<'a> = (Vec<i64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<&'a str>, Vec<&'a str>, Vec<i64>);
     type ReferenceColumns<'a> = (Vec<i64>, Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<i64>);
@@ -1170,6 +1174,13 @@ async fn write_search_index(
                     token.1.push(code);
                     token.2.push(system);
                     token.3.push(*seq);
+                }
+                Row::PatientToken { p, patient, system, code } => {
+                    patient_token.0.push(*p);
+                    patient_token.1.push(patient);
+                    patient_token.2.push(code);
+                    patient_token.3.push(system);
+                    patient_token.4.push(*seq);
                 }
                 Row::String { p, norm, exact } => {
                     string.0.push(*p);
@@ -1213,6 +1224,16 @@ async fn write_search_index(
             .await
             .map_err(pg)?;
         tx.execute(&stmt, &[&token.0, &token.1, &token.2, &token.3]).await.map_err(pg)?;
+    }
+    if !patient_token.0.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO sp_token_pc (p, patient, code, system, seq) \
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[]) ON CONFLICT DO NOTHING",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&patient_token.0, &patient_token.1, &patient_token.2, &patient_token.3, &patient_token.4]).await.map_err(pg)?;
     }
     if !string.0.is_empty() {
         let stmt = tx

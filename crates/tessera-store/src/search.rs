@@ -32,6 +32,7 @@ pub fn param_key(resource_type: &str, code: &str) -> i64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     Token,
+    PatientToken,
     String,
     Date,
     Quantity,
@@ -40,11 +41,13 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [Table::Token, Table::String, Table::Date, Table::Quantity, Table::Reference, Table::Uri];
+    pub const ALL: [Table; 7] =
+        [Table::Token, Table::PatientToken, Table::String, Table::Date, Table::Quantity, Table::Reference, Table::Uri];
 
     pub fn name(self) -> &'static str {
         match self {
             Table::Token => "sp_token",
+            Table::PatientToken => "sp_token_pc",
             Table::String => "sp_string",
             Table::Date => "sp_date",
             Table::Quantity => "sp_quantity",
@@ -71,6 +74,9 @@ impl Table {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
     Token { p: i64, system: String, code: String },
+    /// A token of a resource in `patient`'s compartment (`sp_token_pc`): lets searches
+    /// such as `Observation?patient=P&code=X` walk only that patient's rows.
+    PatientToken { p: i64, patient: String, system: String, code: String },
     String { p: i64, norm: String, exact: String },
     Date { p: i64, low: i64, high: i64 },
     Quantity { p: i64, value: f64, low: f64, high: f64, system: String, code: String },
@@ -81,13 +87,38 @@ pub enum Row {
 /// The rows a resource's index entries make (duplicates removed).
 pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
     let mut out: Vec<Row> = Vec::with_capacity(entries.len());
+    // The patients whose compartment the resource is in: those its compartment parameters
+    // refer to.
+    let compartment_params = tessera_fhir::definitions::patient_compartment_params(resource_type);
+    let mut patients: Vec<&str> = Vec::new();
+    for e in entries {
+        if let IndexValue::Reference { target_type: Some(t), target_id: Some(id), .. } = &e.value {
+            if t == "Patient" && compartment_params.iter().any(|c| c.code == e.param) && !patients.contains(&id.as_str()) {
+                patients.push(id);
+            }
+        }
+    }
     for e in entries {
         if e.param == "_id" {
             continue; // answered by `resource_current`
         }
         let p = param_key(resource_type, &e.param);
         let row = match &e.value {
-            IndexValue::Token { system, code, .. } => Row::Token { p, system: system.clone().unwrap_or_default(), code: code.clone() },
+            IndexValue::Token { system, code, .. } => {
+                // Tessera's own owner/author tags: ownership is a column of its own.
+                if system.as_deref().is_some_and(|s| s.starts_with("https://tessera.health/")) {
+                    continue;
+                }
+                // Patient-scoped rows for the resource's own codes, not for meta data.
+                let scoped: &[&str] = if e.param.starts_with('_') { &[] } else { &patients };
+                for patient in scoped {
+                    let row = Row::PatientToken { p, patient: patient.to_string(), system: system.clone().unwrap_or_default(), code: code.clone() };
+                    if !out.contains(&row) {
+                        out.push(row);
+                    }
+                }
+                Row::Token { p, system: system.clone().unwrap_or_default(), code: code.clone() }
+            }
             IndexValue::String { normalized, exact } => Row::String { p, norm: normalized.clone(), exact: exact.clone() },
             IndexValue::Date { low, high } => Row::Date { p, low: *low, high: *high },
             IndexValue::Number { value, low, high } => {
@@ -283,6 +314,38 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
     let ty = q.resource_type.clone().unwrap_or_default();
     let default_order = q.sort.iter().all(|k| matches!(k, SortKey::LastUpdated { descending: true }));
     let driver = if default_order && !ty.is_empty() { choose_driver(q) } else { None };
+    if let Some((t, patient)) = if default_order && !ty.is_empty() { patient_token_driver(q, &ty) } else { None } {
+        // The coded value within the patient's compartment drives; every clause (the
+        // reference to the patient included) is probed.
+        let Pred::Token { param, system, code } = &q.clauses[t].any[0] else { unreachable!("chosen as a token") };
+        let k = b.int(param_key(&ty, param));
+        let pv = b.text(&patient);
+        let mut conditions = vec![format!("x.p = {k}"), format!("x.patient = {pv}")];
+        if let Some(code) = code {
+            let v = b.text(code);
+            conditions.push(format!("x.code = {v}"));
+        }
+        if let Some(system) = system {
+            let v = b.text(system);
+            conditions.push(format!("x.system = {v}"));
+        }
+        if let Some(before) = q.before_seq {
+            let v = b.int(before);
+            conditions.push(format!("x.seq < {v}"));
+        }
+        for (n, clause) in q.clauses.iter().enumerate() {
+            if n != t {
+                conditions.push(clause_sql(&mut b, &ty, clause, "x.seq", false));
+            }
+        }
+        let limit = b.int(q.limit as i64);
+        let offset = b.int(q.offset as i64);
+        b.sql = format!(
+            "SELECT DISTINCT x.seq FROM sp_token_pc x WHERE {} ORDER BY x.seq DESC LIMIT {limit} OFFSET {offset}",
+            conditions.join(" AND ")
+        );
+        return b;
+    }
     if let Some(d) = driver {
         let Some((table, conds)) = index_pred(&mut b, &ty, &q.clauses[d].any[0], "x", false) else { unreachable!("drivers are index predicates") };
         let mut conditions = conds;
@@ -331,8 +394,8 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
                     (Table::Quantity, true) => ("value", "MAX"),
                     (Table::String, false) => ("norm", "MIN"),
                     (Table::String, true) => ("norm", "MAX"),
-                    (Table::Token, false) => ("code", "MIN"),
-                    (Table::Token, true) => ("code", "MAX"),
+                    (Table::Token | Table::PatientToken, false) => ("code", "MIN"),
+                    (Table::Token | Table::PatientToken, true) => ("code", "MAX"),
                     (Table::Reference, false) => ("target_id", "MIN"),
                     (Table::Reference, true) => ("target_id", "MAX"),
                     (Table::Uri, false) => ("uri", "MIN"),
@@ -360,6 +423,31 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
         order.join(", ")
     );
     b
+}
+
+/// For a query that names one patient through a Patient-compartment reference parameter
+/// and has a coded value: the token clause and the patient. Every resource that matches
+/// the reference is in that patient's compartment, so `sp_token_pc` holds all candidates.
+fn patient_token_driver(q: &IndexQuery, ty: &str) -> Option<(usize, String)> {
+    let compartment = tessera_fhir::definitions::patient_compartment_params(ty);
+    let patient = q.clauses.iter().find_map(|c| match (c.negate, c.any.as_slice()) {
+        (false, [Pred::Reference { param, target_type, ids, url: None }])
+            if ids.len() == 1 && target_type.as_deref().is_none_or(|t| t == "Patient") && in_compartment(compartment, param) =>
+        {
+            Some(ids[0].clone())
+        }
+        _ => None,
+    })?;
+    let token = q.clauses.iter().position(|c| !c.negate && matches!(c.any.as_slice(), [Pred::Token { code: Some(_), .. }]))?;
+    Some((token, patient))
+}
+
+/// Does a reference to a patient through `param` put the resource in that patient's
+/// compartment? The compartment's own parameters do; so does `patient` where the
+/// compartment goes by `subject` (R4 defines `patient` there as
+/// `subject.where(resolve() is Patient)`).
+fn in_compartment(compartment: &[tessera_fhir::definitions::CompartmentParam], param: &str) -> bool {
+    compartment.iter().any(|p| p.code == param) || (param == "patient" && compartment.iter().any(|p| p.code == "subject"))
 }
 
 /// The clause to drive the query from, if any: a positive single-predicate clause on an
@@ -631,12 +719,18 @@ mod tests {
         let mut q = IndexQuery::new(Some("Observation"));
         q.clauses.push(Clause { any: vec![Pred::Token { param: "code".into(), system: Some("http://loinc.org".into()), code: Some("8867-4".into()) }], negate: false });
         q.clauses.push(Clause { any: vec![Pred::Reference { param: "subject".into(), target_type: Some("Patient".into()), ids: vec!["p1".into()], url: None }], negate: false });
+        // One patient's coded values drive (the subject reference puts the Observation in
+        // that patient's compartment); the reference itself is still probed.
         let b = select_sql(&q, Dialect::Sqlite);
-        assert_eq!(b.args.len(), 8, "{}", b.sql);
-        assert!(b.sql.starts_with("SELECT DISTINCT x.seq FROM sp_token x"), "the coded value drives: {}", b.sql);
-        assert!(b.sql.contains("?8") && !b.sql.contains("?9"));
+        assert_eq!(b.args.len(), 9, "{}", b.sql);
+        assert!(b.sql.starts_with("SELECT DISTINCT x.seq FROM sp_token_pc x"), "{}", b.sql);
+        assert!(b.sql.contains("FROM sp_reference x2") && b.sql.contains("?9") && !b.sql.contains("?10"));
         let pg = select_sql(&q, Dialect::Postgres);
-        assert!(pg.sql.contains("$8::bigint"), "{}", pg.sql);
+        assert!(pg.sql.contains("$9::bigint"), "{}", pg.sql);
+        // Without the patient, the coded value drives over all patients.
+        let mut coded = q.clone();
+        coded.clauses.truncate(1);
+        assert!(select_sql(&coded, Dialect::Sqlite).sql.starts_with("SELECT DISTINCT x.seq FROM sp_token x"));
         // Sorted by a parameter: the type's current resources are walked.
         q.sort.push(SortKey::Param { param: "date".into(), table: Table::Date, descending: true });
         assert!(select_sql(&q, Dialect::Sqlite).sql.starts_with("SELECT c.seq FROM resource_current c"));

@@ -61,6 +61,8 @@ CREATE INDEX IF NOT EXISTS resource_current_compartment ON resource_current (com
 -- that replaces a version deletes that version's rows by their full key.
 CREATE TABLE IF NOT EXISTS sp_token (p INTEGER NOT NULL, code TEXT NOT NULL, seq INTEGER NOT NULL, system TEXT NOT NULL,
     PRIMARY KEY (p, code, seq, system)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sp_token_pc (p INTEGER NOT NULL, patient TEXT NOT NULL, code TEXT NOT NULL, seq INTEGER NOT NULL,
+    system TEXT NOT NULL, PRIMARY KEY (p, patient, code, seq, system)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sp_string (p INTEGER NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (p, norm, exact, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sp_date (p INTEGER NOT NULL, seq INTEGER NOT NULL, low INTEGER NOT NULL, high INTEGER NOT NULL,
@@ -162,6 +164,8 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(db)?;
         let mut conn = conn;
+        // Index rows go in as multi-row statements of many sizes: keep them prepared.
+        conn.set_prepared_statement_cache_capacity(512);
         let head = recover_journal(&mut conn, data_dir)?;
         let (journal, _) = Journal::open(data_dir).map_err(|e| journal_error(data_dir, e))?;
         let metrics = Arc::new(StoreMetrics::default());
@@ -1069,6 +1073,9 @@ fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite:
             Row::Token { p, system, code } => {
                 c.prepare_cached("DELETE FROM sp_token WHERE p = ?1 AND code = ?2 AND system = ?3 AND seq = ?4")?.execute(params![p, code, system, seq])?
             }
+            Row::PatientToken { p, patient, system, code } => c
+                .prepare_cached("DELETE FROM sp_token_pc WHERE p = ?1 AND patient = ?2 AND code = ?3 AND seq = ?4 AND system = ?5")?
+                .execute(params![p, patient, code, seq, system])?,
             Row::String { p, norm, exact } => {
                 c.prepare_cached("DELETE FROM sp_string WHERE p = ?1 AND norm = ?2 AND exact = ?3 AND seq = ?4")?.execute(params![p, norm, exact, seq])?
             }
@@ -1097,6 +1104,7 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
     fn rank(r: &Row) -> u8 {
         match r {
             Row::Token { .. } => 0,
+            Row::PatientToken { .. } => 6,
             Row::String { .. } => 1,
             Row::Date { .. } => 2,
             Row::Quantity { .. } => 3,
@@ -1107,6 +1115,7 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
     all.sort_by(|(sa, a), (sb, b)| {
         rank(a).cmp(&rank(b)).then_with(|| match (a, b) {
             (Row::Token { p: p1, code: c1, system: s1 }, Row::Token { p: p2, code: c2, system: s2 }) => (p1, c1, s1).cmp(&(p2, c2, s2)),
+            (Row::PatientToken { p: p1, patient: a1, code: c1, .. }, Row::PatientToken { p: p2, patient: a2, code: c2, .. }) => (p1, a1, c1).cmp(&(p2, a2, c2)),
             (Row::String { p: p1, norm: n1, exact: e1 }, Row::String { p: p2, norm: n2, exact: e2 }) => (p1, n1, e1).cmp(&(p2, n2, e2)),
             (Row::Date { p: p1, .. }, Row::Date { p: p2, .. }) => p1.cmp(p2),
             (Row::Quantity { p: p1, .. }, Row::Quantity { p: p2, .. }) => p1.cmp(p2),
@@ -1118,36 +1127,48 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
         })
         .then(sa.cmp(sb))
     });
-    for (seq, row) in &all {
-        match row {
-            Row::Token { p, system, code } => {
-                c.prepare_cached("INSERT OR IGNORE INTO sp_token (p, code, system, seq) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![p, code, system, seq])?;
+    // Multi-row INSERTs (up to CHUNK rows a statement): one statement step per chunk.
+    const CHUNK: usize = 64;
+    use rusqlite::types::Value as V;
+    let t = |s: &String| V::Text(s.clone());
+    let values: Vec<(usize, Vec<V>)> = all
+        .iter()
+        .map(|(seq, row)| {
+            let seq = V::Integer(*seq);
+            match row {
+                Row::Token { p, system, code } => (0, vec![V::Integer(*p), t(code), t(system), seq]),
+                Row::String { p, norm, exact } => (1, vec![V::Integer(*p), t(norm), t(exact), seq]),
+                Row::Date { p, low, high } => (2, vec![V::Integer(*p), V::Integer(*low), V::Integer(*high), seq]),
+                Row::Quantity { p, value, low, high, system, code } => {
+                    (3, vec![V::Integer(*p), V::Real(*value), V::Real(*low), V::Real(*high), t(system), t(code), seq])
+                }
+                Row::Reference { p, target_type, target_id, url } => (4, vec![V::Integer(*p), t(target_id), t(target_type), t(url), seq]),
+                Row::Uri { p, uri } => (5, vec![V::Integer(*p), t(uri), seq]),
+                Row::PatientToken { p, patient, system, code } => (6, vec![V::Integer(*p), t(patient), t(code), t(system), seq]),
             }
-            Row::String { p, norm, exact } => {
-                c.prepare_cached("INSERT OR IGNORE INTO sp_string (p, norm, exact, seq) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![p, norm, exact, seq])?;
-            }
-            Row::Date { p, low, high } => {
-                c.prepare_cached("INSERT OR IGNORE INTO sp_date (p, low, high, seq) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![p, low, high, seq])?;
-            }
-            Row::Quantity { p, value, low, high, system, code } => {
-                c.prepare_cached(
-                    "INSERT OR IGNORE INTO sp_quantity (p, value, low, high, system, code, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![p, value, low, high, system, code, seq])?;
-            }
-            Row::Reference { p, target_type, target_id, url } => {
-                c.prepare_cached(
-                    "INSERT OR IGNORE INTO sp_reference (p, target_id, target_type, url, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![p, target_id, target_type, url, seq])?;
-            }
-            Row::Uri { p, uri } => {
-                c.prepare_cached("INSERT OR IGNORE INTO sp_uri (p, uri, seq) VALUES (?1, ?2, ?3)")?.execute(params![p, uri, seq])?;
-            }
+        })
+        .collect();
+    const TABLES: [(&str, usize); 7] = [
+        ("sp_token (p, code, system, seq)", 4),
+        ("sp_string (p, norm, exact, seq)", 4),
+        ("sp_date (p, low, high, seq)", 4),
+        ("sp_quantity (p, value, low, high, system, code, seq)", 7),
+        ("sp_reference (p, target_id, target_type, url, seq)", 5),
+        ("sp_uri (p, uri, seq)", 3),
+        ("sp_token_pc (p, patient, code, system, seq)", 5),
+    ];
+    let mut start = 0;
+    while start < values.len() {
+        let table = values[start].0;
+        let mut end = start;
+        while end < values.len() && values[end].0 == table && end - start < CHUNK {
+            end += 1;
         }
+        let (name, width) = TABLES[table];
+        let one = format!("({})", vec!["?"; width].join(", "));
+        let sql = format!("INSERT OR IGNORE INTO {name} VALUES {}", vec![one.as_str(); end - start].join(", "));
+        c.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(values[start..end].iter().flat_map(|(_, v)| v.iter())))?;
+        start = end;
     }
     Ok(())
 }
