@@ -251,10 +251,9 @@ impl Engine {
         let mut last_seq = cursor.unwrap_or(0);
         'fill: loop {
             q.limit = count + 1;
-            q.clauses.retain(|c| !matches!(c.any.first(), Some(Pred::Ids(_))));
+            // Oldest first, after the cursor.
+            q.after_seq = Some(last_seq);
             let seqs: Vec<i64> = self.store().search(&q).await?;
-            // Ascending by seq; resume after the cursor.
-            let seqs: Vec<i64> = seqs.into_iter().filter(|s| *s > last_seq).collect();
             let exhausted = seqs.len() < q.limit;
             for s in self.store().load(&seqs).await? {
                 last_seq = s.seq;
@@ -277,7 +276,6 @@ impl Engine {
             if exhausted {
                 break;
             }
-            q.offset += seqs.len();
         }
         let base = &self.config().base_url;
         let self_link = if query.is_empty() { format!("{base}/Patient/{patient}/$everything") } else { format!("{base}/Patient/{patient}/$everything?{query}") };

@@ -228,6 +228,8 @@ pub struct IndexQuery {
     pub sort: Vec<SortKey>,
     /// Only versions committed before this `seq` (the paging cursor of unsorted queries).
     pub before_seq: Option<i64>,
+    /// Only versions committed after this `seq` (the cursor of oldest-first listings).
+    pub after_seq: Option<i64>,
     /// Skip this many matches (sorted queries page by offset).
     pub offset: usize,
     pub limit: usize,
@@ -235,7 +237,7 @@ pub struct IndexQuery {
 
 impl IndexQuery {
     pub fn new(resource_type: Option<&str>) -> IndexQuery {
-        IndexQuery { resource_type: resource_type.map(str::to_string), clauses: Vec::new(), sort: Vec::new(), before_seq: None, offset: 0, limit: 100 }
+        IndexQuery { resource_type: resource_type.map(str::to_string), clauses: Vec::new(), sort: Vec::new(), before_seq: None, after_seq: None, offset: 0, limit: 100 }
     }
 }
 
@@ -312,7 +314,7 @@ impl SqlBuilder {
 pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
     let mut b = SqlBuilder::new(dialect);
     let ty = q.resource_type.clone().unwrap_or_default();
-    let default_order = q.sort.iter().all(|k| matches!(k, SortKey::LastUpdated { descending: true }));
+    let default_order = q.after_seq.is_none() && q.sort.iter().all(|k| matches!(k, SortKey::LastUpdated { descending: true }));
     let driver = if default_order && !ty.is_empty() { choose_driver(q) } else { None };
     if let Some((t, patient)) = if default_order && !ty.is_empty() { patient_token_driver(q, &ty) } else { None } {
         // The coded value within the patient's compartment drives; every clause (the
@@ -375,6 +377,10 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
     if let Some(before) = q.before_seq {
         let v = b.int(before);
         conditions.push(format!("c.seq < {v}"));
+    }
+    if let Some(after) = q.after_seq {
+        let v = b.int(after);
+        conditions.push(format!("c.seq > {v}"));
     }
     for clause in &q.clauses {
         conditions.push(clause_sql(&mut b, &ty, clause, "c.seq", true));
@@ -588,16 +594,16 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
         }
         Pred::Date { param, prefix, low, high } => {
             let mut w = vec![key_cond(b, ty, param, a)];
-            let (lo, hi) = (b.int(*low), b.int(*high));
+            // Only the bounds a prefix uses become arguments (PostgreSQL refuses unused ones).
             w.push(match prefix {
-                Prefix::Eq => format!("{r}.low >= {lo} AND {r}.high <= {hi}"),
-                Prefix::Ne => format!("NOT ({r}.low >= {lo} AND {r}.high <= {hi})"),
-                Prefix::Gt => format!("{r}.high > {hi}"),
-                Prefix::Lt => format!("{r}.low < {lo}"),
-                Prefix::Ge => format!("{r}.high >= {lo}"),
-                Prefix::Le => format!("{r}.low <= {hi}"),
-                Prefix::Sa => format!("{r}.low > {hi}"),
-                Prefix::Eb => format!("{r}.high < {lo}"),
+                Prefix::Eq => format!("{r}.low >= {} AND {r}.high <= {}", b.int(*low), b.int(*high)),
+                Prefix::Ne => format!("NOT ({r}.low >= {} AND {r}.high <= {})", b.int(*low), b.int(*high)),
+                Prefix::Gt => format!("{r}.high > {}", b.int(*high)),
+                Prefix::Lt => format!("{r}.low < {}", b.int(*low)),
+                Prefix::Ge => format!("{r}.high >= {}", b.int(*low)),
+                Prefix::Le => format!("{r}.low <= {}", b.int(*high)),
+                Prefix::Sa => format!("{r}.low > {}", b.int(*high)),
+                Prefix::Eb => format!("{r}.high < {}", b.int(*low)),
                 Prefix::Ap => {
                     // Approximately: overlaps the value widened by 10 % of its distance from now.
                     let now = crate::now_micros();
@@ -610,24 +616,16 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
         }
         Pred::Number { param, prefix, value, low, high, system, code } => {
             let mut w = vec![key_cond(b, ty, param, a)];
-            let v = b.real(*value);
             w.push(match prefix {
-                Prefix::Eq => {
-                    let (lo, hi) = (b.real(*low), b.real(*high));
-                    format!("{r}.value >= {lo} AND {r}.value < {hi}")
-                }
-                Prefix::Ne => {
-                    let (lo, hi) = (b.real(*low), b.real(*high));
-                    format!("NOT ({r}.value >= {lo} AND {r}.value < {hi})")
-                }
-                Prefix::Gt | Prefix::Sa => format!("{r}.value > {v}"),
-                Prefix::Lt | Prefix::Eb => format!("{r}.value < {v}"),
-                Prefix::Ge => format!("{r}.value >= {v}"),
-                Prefix::Le => format!("{r}.value <= {v}"),
+                Prefix::Eq => format!("{r}.value >= {} AND {r}.value < {}", b.real(*low), b.real(*high)),
+                Prefix::Ne => format!("NOT ({r}.value >= {} AND {r}.value < {})", b.real(*low), b.real(*high)),
+                Prefix::Gt | Prefix::Sa => format!("{r}.value > {}", b.real(*value)),
+                Prefix::Lt | Prefix::Eb => format!("{r}.value < {}", b.real(*value)),
+                Prefix::Ge => format!("{r}.value >= {}", b.real(*value)),
+                Prefix::Le => format!("{r}.value <= {}", b.real(*value)),
                 Prefix::Ap => {
                     let margin = (value.abs() * 0.1).max(f64::EPSILON);
-                    let (lo, hi) = (b.real(value - margin), b.real(value + margin));
-                    format!("{r}.value >= {lo} AND {r}.value <= {hi}")
+                    format!("{r}.value >= {} AND {r}.value <= {}", b.real(value - margin), b.real(value + margin))
                 }
             });
             if let Some(system) = system {

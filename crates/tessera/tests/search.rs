@@ -1,0 +1,179 @@
+//! The search corpus: queries over Synthea patients, on both backends, each checked against
+//! an oracle — a plain scan of every stored resource of the type, written here without the
+//! search code — so that every parameter type, modifier and prefix returns exactly the
+//! ids it should, and both backends return the same.
+
+mod common;
+use common::Server;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use tessera_engine::Access;
+
+on_both_backends!(synthea_queries_match_the_oracle);
+
+/// Loads the hospitals, practitioners and the first `n` patient bundles.
+async fn load(s: &Server, n: usize) {
+    let dir = common::shared_data().join("synthea");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let (support, patients): (Vec<_>, Vec<_>) =
+        files.into_iter().partition(|p| p.file_name().unwrap().to_string_lossy().starts_with("0-"));
+    for f in support.iter().chain(patients.iter().take(n)) {
+        let bundle = serde_json::to_vec(&common::read_json(f)).unwrap();
+        s.engine.bundle_json(&Access::system("tessera"), &bundle, None).await.unwrap();
+    }
+}
+
+/// Every resource a search returns (following `next` links), by id, in order.
+async fn search(s: &Server, query: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut url = query.to_string();
+    loop {
+        let r = s.get(&url).await;
+        assert_eq!(r.status, 200, "{query}: {}", String::from_utf8_lossy(&r.body));
+        let b = r.json();
+        for e in b["entry"].as_array().into_iter().flatten() {
+            if e["search"]["mode"] == "match" {
+                out.push(e["resource"].clone());
+            }
+        }
+        match b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next") {
+            Some(next) => url = next["url"].as_str().unwrap().split("/fhir/").nth(1).unwrap().to_string(),
+            None => return out,
+        }
+    }
+}
+
+fn ids(resources: &[Value]) -> BTreeSet<String> {
+    resources.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn codings(v: &Value) -> Vec<(String, String)> {
+    v["coding"].as_array().into_iter().flatten().map(|c| (c["system"].as_str().unwrap_or("").to_string(), c["code"].as_str().unwrap_or("").to_string())).collect()
+}
+
+/// Microseconds since the epoch of an RFC 3339 date-time, and its one-second range.
+fn instant(s: &str) -> (i64, i64) {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
+    let micros = (t.unix_timestamp_nanos() / 1000) as i64;
+    (micros, micros + 999_999)
+}
+
+fn day(s: &str) -> (i64, i64) {
+    instant(&format!("{s}T00:00:00Z")).0.pipe(|lo| (lo, lo + 86_400_000_000 - 1))
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl<T> Pipe for T {}
+
+fn check(label: &str, got: &[Value], expected: BTreeSet<String>) {
+    assert!(!expected.is_empty() || label.contains("(none)"), "{label}: the oracle expects nothing — not a useful case");
+    assert_eq!(ids(got), expected, "{label}");
+    assert_eq!(got.len(), expected.len(), "{label}: no resource twice");
+}
+
+async fn synthea_queries_match_the_oracle(s: &Server) {
+    load(s, 3).await;
+    let observations = search(s, "Observation?_count=500").await;
+    let patients = search(s, "Patient?_count=500").await;
+    let encounters = search(s, "Encounter?_count=500").await;
+    let conditions = search(s, "Condition?_count=500").await;
+    assert!(observations.len() > 300 && patients.len() == 3, "{} observations, {} patients", observations.len(), patients.len());
+    let pid = patients[0]["id"].as_str().unwrap().to_string();
+    let subject_of = |o: &Value| o["subject"]["reference"].as_str().unwrap_or("").trim_start_matches("Patient/").to_string();
+    let where_obs = |f: &dyn Fn(&Value) -> bool| -> BTreeSet<String> { observations.iter().filter(|o| f(o)).map(|o| o["id"].as_str().unwrap().to_string()).collect() };
+    let has_code = |o: &Value, system: Option<&str>, code: &str| codings(&o["code"]).iter().any(|(s, c)| c == code && system.is_none_or(|x| x == s));
+
+    // token
+    check("code system|code", &search(s, "Observation?code=http://loinc.org|8867-4").await, where_obs(&|o| has_code(o, Some("http://loinc.org"), "8867-4")));
+    check("code, any system", &search(s, "Observation?code=8867-4").await, where_obs(&|o| has_code(o, None, "8867-4")));
+    check("code OR", &search(s, "Observation?code=8867-4,9279-1").await, where_obs(&|o| has_code(o, None, "8867-4") || has_code(o, None, "9279-1")));
+    check("category", &search(s, "Observation?category=laboratory").await, where_obs(&|o| o["category"].as_array().into_iter().flatten().any(|c| codings(c).iter().any(|(_, k)| k == "laboratory"))));
+    check("status:not", &search(s, "Observation?category:not=laboratory").await, where_obs(&|o| !o["category"].as_array().into_iter().flatten().any(|c| codings(c).iter().any(|(_, k)| k == "laboratory"))));
+    // reference
+    check("subject=Patient/id", &search(s, &format!("Observation?subject=Patient/{pid}")).await, where_obs(&|o| subject_of(o) == pid));
+    check("patient=id", &search(s, &format!("Observation?patient={pid}")).await, where_obs(&|o| subject_of(o) == pid));
+    check(
+        "patient + code (AND)",
+        &search(s, &format!("Observation?patient={pid}&code=http://loinc.org|8867-4")).await,
+        where_obs(&|o| subject_of(o) == pid && has_code(o, Some("http://loinc.org"), "8867-4")),
+    );
+    check("compartment search", &search(s, &format!("Patient/{pid}/Observation?code=8867-4")).await, where_obs(&|o| subject_of(o) == pid && has_code(o, None, "8867-4")));
+    // date, each prefix (Synthea's effectiveDateTime has second precision)
+    let eff = |o: &Value| o["effectiveDateTime"].as_str().map(instant);
+    let (lo, hi) = day("2015-01-01");
+    check("date=ge", &search(s, "Observation?date=ge2015-01-01").await, where_obs(&|o| eff(o).is_some_and(|(_, h)| h >= lo)));
+    check("date=lt", &search(s, "Observation?date=lt2015-01-01").await, where_obs(&|o| eff(o).is_some_and(|(l, _)| l < lo)));
+    check("date=gt", &search(s, "Observation?date=gt2015-01-01").await, where_obs(&|o| eff(o).is_some_and(|(_, h)| h > hi)));
+    check("date=le", &search(s, "Observation?date=le2015-01-01").await, where_obs(&|o| eff(o).is_some_and(|(l, _)| l <= hi)));
+    let some_day = observations.iter().find_map(|o| o["effectiveDateTime"].as_str()).unwrap();
+    let t = instant(some_day).0;
+    let (dlo, dhi) = (t - t.rem_euclid(86_400_000_000), t - t.rem_euclid(86_400_000_000) + 86_400_000_000 - 1);
+    let d = time::OffsetDateTime::from_unix_timestamp(dlo / 1_000_000).unwrap().date().to_string();
+    check("date=eq a day (UTC)", &search(s, &format!("Observation?date={d}")).await, where_obs(&|o| eff(o).is_some_and(|(l, h)| l >= dlo && h <= dhi)));
+    // period (Encounter.period)
+    let period = |e: &Value| (instant(e["period"]["start"].as_str().unwrap()).0, e["period"]["end"].as_str().map_or(i64::MAX, |x| instant(x).1));
+    let enc: BTreeSet<String> = encounters.iter().filter(|e| period(e).1 >= lo).map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    check("Encounter date=ge (period)", &search(s, "Encounter?date=ge2015-01-01").await, enc);
+    // quantity
+    let qv = |o: &Value| o["valueQuantity"]["value"].as_f64();
+    check("value-quantity=gt100", &search(s, "Observation?value-quantity=gt100").await, where_obs(&|o| qv(o).is_some_and(|v| v > 100.0)));
+    check("value-quantity=le5", &search(s, "Observation?value-quantity=le5").await, where_obs(&|o| qv(o).is_some_and(|v| v <= 5.0)));
+    let unit = observations.iter().find_map(|o| o["valueQuantity"]["code"].as_str()).unwrap().to_string();
+    check(
+        "value-quantity with unit",
+        &search(s, &format!("Observation?value-quantity=gt0|http://unitsofmeasure.org|{}", unit.replace('/', "%2F").replace('[', "%5B").replace(']', "%5D").replace('{', "%7B").replace('}', "%7D"))).await,
+        where_obs(&|o| qv(o).is_some_and(|v| v > 0.0) && o["valueQuantity"]["code"].as_str() == Some(unit.as_str()) && o["valueQuantity"]["system"] == "http://unitsofmeasure.org"),
+    );
+    check("value-quantity:missing=true", &search(s, "Observation?value-quantity:missing=true").await, where_obs(&|o| o.get("valueQuantity").is_none() && o.get("valueSampledData").is_none()));
+    // string
+    let family = patients[1]["name"][0]["family"].as_str().unwrap().to_string();
+    let expect_family = |f: &dyn Fn(&str) -> bool| -> BTreeSet<String> {
+        patients.iter().filter(|p| p["name"].as_array().into_iter().flatten().any(|n| n["family"].as_str().is_some_and(f))).map(|p| p["id"].as_str().unwrap().to_string()).collect()
+    };
+    let prefix = family[..3].to_lowercase();
+    check("family (starts with, any case)", &search(s, &format!("Patient?family={}", prefix.to_uppercase())).await, expect_family(&|f| f.to_lowercase().starts_with(&prefix)));
+    check("family:exact", &search(s, &format!("Patient?family:exact={family}")).await, expect_family(&|f| f == family));
+    let middle = family[1..4].to_lowercase();
+    check("family:contains", &search(s, &format!("Patient?family:contains={middle}")).await, expect_family(&|f| f.to_lowercase().contains(&middle)));
+    // chains and _has
+    check(
+        "chain subject:Patient.family",
+        &search(s, &format!("Observation?subject:Patient.family={family}&code=8867-4")).await,
+        where_obs(&|o| has_code(o, None, "8867-4") && patients.iter().any(|p| p["id"].as_str() == Some(subject_of(o).as_str()) && p["name"][0]["family"] == family.as_str())),
+    );
+    let with_hr: BTreeSet<String> = observations.iter().filter(|o| has_code(o, None, "8867-4")).map(subject_of).collect();
+    check("_has:Observation:patient:code", &search(s, "Patient?_has:Observation:patient:code=8867-4").await, with_hr);
+    // Condition tokens on CodeableConcept status
+    let active: BTreeSet<String> = conditions.iter().filter(|c| codings(&c["clinicalStatus"]).iter().any(|(_, k)| k == "active")).map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    check("clinical-status", &search(s, "Condition?clinical-status=active").await, active);
+    // sort: by date ascending, ties by commit order; descending the reverse
+    let sorted = search(s, &format!("Observation?patient={pid}&code=8867-4&_sort=date")).await;
+    let dates: Vec<i64> = sorted.iter().map(|o| eff(o).unwrap().0).collect();
+    assert!(dates.windows(2).all(|w| w[0] <= w[1]), "_sort=date ascending");
+    let sorted = search(s, &format!("Observation?patient={pid}&code=8867-4&_sort=-date&_count=3")).await;
+    let dates: Vec<i64> = sorted.iter().map(|o| eff(o).unwrap().0).collect();
+    assert!(dates.windows(2).all(|w| w[0] >= w[1]), "_sort=-date descending, across pages");
+    // _total and _summary=count agree with the oracle
+    let n = where_obs(&|o| has_code(o, None, "8867-4")).len() as u64;
+    assert_eq!(s.get("Observation?code=8867-4&_total=accurate&_count=1").await.json()["total"], n);
+    assert_eq!(s.get("Observation?code=8867-4&_summary=count").await.json()["total"], n);
+    // _include: exactly the subjects of the matches
+    let b = s.get(&format!("Observation?code=8867-4&_include=Observation:subject&_count=500")).await.json();
+    let included: BTreeSet<String> = b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
+    let subjects: BTreeSet<String> = observations.iter().filter(|o| has_code(o, None, "8867-4")).map(subject_of).collect();
+    assert_eq!(included, subjects, "_include");
+    // $everything: the patient and their compartment
+    let everything = ids(&search(s, &format!("Patient/{pid}/$everything?_count=100")).await);
+    assert!(everything.contains(&pid));
+    assert!(where_obs(&|o| subject_of(o) == pid).is_subset(&everything), "$everything holds the patient's observations");
+    // unknown parameters: lenient ignores (with an outcome), strict refuses
+    let r = s.request("GET", "Observation?code=8867-4&nonsense=1", &[("prefer", "handling=strict")], None).await;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("nonsense"));
+    assert_eq!(ids(&search(s, "Observation?code=8867-4&nonsense=1").await).len() as u64, n);
+}
