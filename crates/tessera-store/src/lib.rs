@@ -422,6 +422,12 @@ pub trait Store: Send + Sync + 'static {
     async fn search(&self, query: &search::IndexQuery) -> Result<Vec<i64>>;
     /// The versions with these `seq`s, in the order given (missing ones left out).
     async fn load(&self, seqs: &[i64]) -> Result<Vec<Stored>>;
+    /// Rebuilding the search index (`tessera reindex`, after the definitions change): removes
+    /// every index row.
+    async fn clear_search_index(&self) -> Result<()>;
+    /// Indexes the current versions with `seq > after_seq`, up to `limit` of them, in one
+    /// transaction; returns the last `seq` done and how many, or `None` when none are left.
+    async fn reindex_chunk(&self, after_seq: i64, limit: usize) -> Result<Option<(i64, usize)>>;
     /// A small key/value table for server state (e.g. import progress).
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
     async fn set_meta(&self, key: &str, value: &str) -> Result<()>;

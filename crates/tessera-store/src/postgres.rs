@@ -517,6 +517,42 @@ async fn find_ids<C: GenericClient>(c: &C, criteria: &Criteria) -> Result<Vec<St
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn clear_search_index(&self) -> Result<()> {
+        let c = self.client().await?;
+        let tables: Vec<&str> = crate::search::Table::ALL.iter().map(|t| t.name()).collect();
+        c.batch_execute(&format!("TRUNCATE {}", tables.join(", "))).await.map_err(pg)?;
+        Ok(())
+    }
+
+    async fn reindex_chunk(&self, after_seq: i64, limit: usize) -> Result<Option<(i64, usize)>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM resource_current r JOIN resource_version v \
+                 ON v.res_type = r.res_type AND v.id = r.id AND v.version = r.version AND v.compartment = r.compartment \
+                 WHERE NOT r.deleted AND r.seq > $1 ORDER BY r.seq LIMIT $2"
+            ))
+            .await
+            .map_err(pg)?;
+        let rows = tx.query(&stmt, &[&after_seq, &(limit as i64)]).await.map_err(pg)?;
+        let mut versions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            versions.push(row_to_stored(row)?);
+        }
+        let Some(last) = versions.last().map(|v| v.seq) else { return Ok(None) };
+        let old: Vec<i64> = versions.iter().map(|v| v.seq).collect();
+        let mut new_rows = Vec::with_capacity(versions.len());
+        for v in &versions {
+            let value: serde_json::Value =
+                serde_json::from_slice(&v.json).map_err(|e| StoreError::Backend(format!("stored {} at {}: {e}", v.resource_type, v.seq)))?;
+            new_rows.push((v.seq, crate::search::rows(&v.resource_type, &tessera_search::index_resource(&value))));
+        }
+        write_search_index(&tx, old, new_rows).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(Some((last, versions.len())))
+    }
+
     async fn search(&self, q: &crate::search::IndexQuery) -> Result<Vec<i64>> {
         let b = crate::search::select_sql(q, crate::search::Dialect::Postgres);
         let args: Vec<Param> = b

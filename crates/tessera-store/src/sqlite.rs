@@ -200,6 +200,15 @@ impl SqliteStore {
         &self.path
     }
 
+    /// A write connection of its own, for maintenance commands run while no server uses
+    /// the data directory (it waits for the writer rather than failing).
+    fn maintenance_connection(&self) -> Result<Connection> {
+        let c = Connection::open(&self.path).map_err(db)?;
+        c.busy_timeout(std::time::Duration::from_secs(30)).map_err(db)?;
+        c.execute_batch("PRAGMA synchronous=FULL; PRAGMA cache_size=-65536;").map_err(db)?;
+        Ok(c)
+    }
+
     /// Moves the journaled audit records into `audit_log` (before the log is read).
     async fn fold_journal(&self) -> Result<()> {
         let (ack, done) = oneshot::channel();
@@ -433,6 +442,39 @@ impl Store for SqliteStore {
             }
             Ok(out)
         })
+    }
+
+    async fn clear_search_index(&self) -> Result<()> {
+        let c = self.maintenance_connection()?;
+        for table in search::Table::ALL {
+            c.execute_batch(&format!("DELETE FROM {}", table.name())).map_err(db)?;
+        }
+        Ok(())
+    }
+
+    async fn reindex_chunk(&self, after_seq: i64, limit: usize) -> Result<Option<(i64, usize)>> {
+        let mut c = self.maintenance_connection()?;
+        let txn = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let versions: Vec<(i64, String, Vec<u8>)> = {
+            let mut stmt = txn
+                .prepare(
+                    "SELECT c.seq, c.res_type, v.data FROM resource_current c JOIN resource_version v ON v.seq = c.seq \
+                     WHERE c.deleted = 0 AND c.seq > ?1 ORDER BY c.seq LIMIT ?2",
+                )
+                .map_err(db)?;
+            let rows = stmt.query_map(params![after_seq, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(db)?
+        };
+        let Some(last) = versions.last().map(|v| v.0) else { return Ok(None) };
+        let mut rows = HashMap::new();
+        for (seq, ty, data) in &versions {
+            let json = codec::decode(data)?;
+            let value: serde_json::Value = serde_json::from_slice(&json).map_err(|e| StoreError::Backend(format!("stored {ty} at {seq}: {e}")))?;
+            rows.insert(*seq, search::rows(ty, &tessera_search::index_resource(&value)));
+        }
+        insert_index_rows(&txn, rows).map_err(db)?;
+        txn.commit().map_err(db)?;
+        Ok(Some((last, versions.len())))
     }
 
     async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {

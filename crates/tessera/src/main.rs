@@ -62,6 +62,17 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Rebuild the search index from the current version of every resource.
+    ///
+    /// Needed after an upgrade that changes the search parameters or how values are
+    /// extracted (the release notes say so). Run it while no server uses the database.
+    /// Example:
+    ///   tessera reindex --data-dir ./tessera-data
+    #[command(verbatim_doc_comment)]
+    Reindex {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Args)]
@@ -321,6 +332,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => user(cmd).await,
+        Command::Reindex { store } => {
+            let store = open_store(&store).await?;
+            let total = store.stats().await.map_err(|e| anyhow::anyhow!("{e}"))?.current_resources;
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} reindexing {pos}/{len} resources [{bar:40}] {per_sec} eta {eta}")
+                    .expect("template")
+                    .progress_chars("=> "),
+            );
+            let started = std::time::Instant::now();
+            store.clear_search_index().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut after = 0;
+            let mut done = 0u64;
+            while let Some((last, n)) = store.reindex_chunk(after, 2_000).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                after = last;
+                done += n as u64;
+                bar.set_position(done);
+            }
+            bar.finish_and_clear();
+            let secs = started.elapsed().as_secs_f64();
+            println!("reindexed {done} resources in {secs:.1} s ({:.0} resources/s)", done as f64 / secs.max(1e-9));
+            Ok(())
+        }
         Command::Audit(AuditCommand::Verify { store }) => {
             let store = open_store(&store).await?;
             let report = tessera_audit::verify(store.as_ref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;

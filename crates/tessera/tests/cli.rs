@@ -108,3 +108,45 @@ organisation = "t1-site"
     let (ok, text) = tessera(&["audit", "verify", "--data-dir", data]);
     assert!(ok, "{text}");
 }
+
+#[test]
+fn reindex_rebuilds_the_search_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("patients.ndjson");
+    std::fs::write(
+        &file,
+        [r#"{"resourceType":"Patient","id":"ri-1","name":[{"family":"Reindex"}],"gender":"female"}"#, r#"{"resourceType":"Patient","id":"ri-2","name":[{"family":"Other"}],"gender":"male"}"#].join("\n"),
+    )
+    .unwrap();
+    let data_arg = data.to_str().unwrap();
+    let (ok, text) = tessera(&["import", "--data-dir", data_arg, file.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    let family = |store: &tessera_store::DynStore| {
+        let store = store.clone();
+        async move {
+            let mut q = tessera_store::search::IndexQuery::new(Some("Patient"));
+            q.clauses.push(tessera_store::search::Clause {
+                any: vec![tessera_store::search::Pred::String { param: "family".into(), mode: tessera_store::search::StringMode::Prefix, value: "rein".into() }],
+                negate: false,
+            });
+            store.search(&q).await.unwrap().len()
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = tessera_store::open(&data, None).await.unwrap();
+        assert_eq!(family(&store).await, 1, "indexed on import");
+        // Lose the index, as an upgrade that changes it would.
+        store.clear_search_index().await.unwrap();
+        assert_eq!(family(&store).await, 0);
+    });
+    let (ok, text) = tessera(&["reindex", "--data-dir", data_arg]);
+    assert!(ok && text.contains("reindexed 2 resources"), "{text}");
+    rt.block_on(async {
+        let store = tessera_store::open(&data, None).await.unwrap();
+        assert_eq!(family(&store).await, 1, "found again after reindex");
+    });
+    let (ok, text) = tessera(&["reindex", "--help"]);
+    assert!(ok && text.contains("--database-url") && text.contains("search index"), "{text}");
+}
