@@ -731,7 +731,7 @@ fn find_ids(c: &Connection, criteria: &Criteria) -> rusqlite::Result<Vec<String>
 }
 
 /// Fold the journal once it holds this many records (or is full, or the writer is idle).
-const FOLD_AT: usize = 512;
+const FOLD_AT: usize = 128;
 
 /// The writer thread's state.
 struct Writer<'m> {
@@ -1016,7 +1016,7 @@ fn insert_audit(
 /// The meta key recording up to which `seq` the by-patient audit index is complete.
 const AUDIT_INDEXED_UPTO: &str = "audit.indexed_upto";
 /// Index the audit tail once it is this long (or whenever the writer is idle).
-const AUDIT_INDEX_BATCH: i64 = 512;
+const AUDIT_INDEX_BATCH: i64 = 256;
 
 /// Where the by-patient audit index stands (records after it are found by scanning).
 fn audit_indexed_upto(conn: &Connection) -> rusqlite::Result<i64> {
