@@ -1195,10 +1195,10 @@ async fn write_search_index(
     }
     let mut token: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
     let mut string: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
-    let mut patient_token: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
-    let mut date: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
     type QuantityColumns<'a> = (Vec<i64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<&'a str>, Vec<&'a str>, Vec<i64>);
     type ReferenceColumns<'a> = (Vec<i64>, Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<i64>);
+    let mut patient_token: ReferenceColumns = Default::default();
+    let mut date: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>) = Default::default();
     let mut quantity: QuantityColumns = Default::default();
     let mut reference: ReferenceColumns = Default::default();
     let mut uri: (Vec<i64>, Vec<&str>, Vec<i64>) = Default::default();
