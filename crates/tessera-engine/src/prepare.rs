@@ -113,7 +113,7 @@ pub fn prepare_write(
     let compartment = tessera_fhir::compartment::patient_compartments(&value).into_iter().next();
     let identifiers = identifiers(&value);
     let links = crate::facts::care_links(&value);
-    let index = tessera_search::index_resource(&value);
+    let index = tessera_search::index_all(&value);
     let json = serde_json::to_vec(&value).map_err(|e| FhirError::internal(format!("cannot serialise resource: {e}")))?;
     Ok(Write {
         resource_type,

@@ -445,7 +445,27 @@ impl Engine {
                 (Value::Uri(u), Some(Modifier::Below)) => Pred::Uri { param: param.clone(), mode: UriMode::Below, value: u.clone() },
                 (Value::Uri(u), Some(Modifier::Above)) => Pred::Uri { param: param.clone(), mode: UriMode::Above, value: u.clone() },
                 (_, Some(m)) => return Err(unsupported(&param, &format!("the modifier ':{}'", m.as_str()))),
-                (Value::Composite(_), _) => return Err(unsupported(&param, "composite parameters")),
+                (Value::Composite(parts), None) => match parts.as_slice() {
+                    [Value::Token { system, code: Some(code) }, Value::Quantity { prefix, value, low, high, system: us, code: unit }] => Pred::TokenQuantity {
+                        param: param.clone(),
+                        system: system.clone().map(|s| s.unwrap_or_default()),
+                        code: code.clone(),
+                        prefix: prefix_of(*prefix),
+                        value: *value,
+                        low: *low,
+                        high: *high,
+                        unit_system: us.clone(),
+                        unit: unit.clone(),
+                    },
+                    [Value::Token { system, code: Some(code) }, Value::Token { system: s2, code: Some(code2) }] => Pred::TokenToken {
+                        param: param.clone(),
+                        system: system.clone().map(|s| s.unwrap_or_default()),
+                        code: code.clone(),
+                        system2: s2.clone().map(|s| s.unwrap_or_default()),
+                        code2: code2.clone(),
+                    },
+                    _ => return Err(unsupported(&param, "this combination of composite components (token + quantity and token + token are searchable)")),
+                },
                 _ => return Err(unsupported(&param, "this kind of value")),
             };
             any.push(pred);

@@ -111,6 +111,9 @@ pub enum IndexValue {
     },
     /// uri: the value as written.
     Uri(String),
+    /// composite: one value per component, in the parameter's component order (see
+    /// [`index_all`]).
+    Composite(Vec<IndexValue>),
 }
 
 /// The values of one composite parameter taken together from one context node: for
@@ -388,6 +391,11 @@ impl Hash for HashKey<'_, IndexValue> {
                 url,
             } => (target_type, target_id, url).hash(h),
             IndexValue::Uri(u) => u.hash(h),
+            IndexValue::Composite(parts) => {
+                for part in parts {
+                    HashKey(part).hash(h);
+                }
+            }
         }
     }
 }
@@ -843,6 +851,14 @@ fn quantity_from_complex(ty: &str, json: &Value, out: &mut Vec<IndexValue>) {
     }
 }
 
+/// Every index entry of a resource: [`index_resource`] and, as
+/// [`IndexValue::Composite`] entries, [`composite_entries`].
+pub fn index_all(resource: &Value) -> Vec<IndexEntry> {
+    let mut out = index_resource(resource);
+    out.extend(composite_entries(resource).into_iter().map(|c| IndexEntry { param: c.param, value: IndexValue::Composite(c.parts) }));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -929,3 +945,4 @@ mod tests {
         assert!(codes.contains(&"code-value-string"), "{codes:?}");
     }
 }
+

@@ -63,6 +63,6 @@ mod params;
 pub mod query;
 mod values;
 
-pub use index::{composite_entries, index_resource, CompositeEntry, IndexEntry, IndexValue};
+pub use index::{composite_entries, index_all, index_resource, CompositeEntry, IndexEntry, IndexValue};
 pub use params::{ParamKind, COMMON_PARAMS};
 pub use values::normalize_string;

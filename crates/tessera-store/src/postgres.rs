@@ -153,6 +153,15 @@ CREATE TABLE IF NOT EXISTS sp_reference (p bigint NOT NULL, target_id text COLLA
 CREATE INDEX IF NOT EXISTS sp_reference_seq ON sp_reference (seq);
 CREATE TABLE IF NOT EXISTS sp_uri (p bigint NOT NULL, uri text COLLATE "C" NOT NULL, seq bigint NOT NULL, PRIMARY KEY (p, uri, seq));
 CREATE INDEX IF NOT EXISTS sp_uri_seq ON sp_uri (seq);
+CREATE TABLE IF NOT EXISTS sp_token_quantity (p bigint NOT NULL, code text COLLATE "C" NOT NULL, seq bigint NOT NULL,
+    system text COLLATE "C" NOT NULL, value float8 NOT NULL, low float8 NOT NULL, high float8 NOT NULL,
+    unit_system text COLLATE "C" NOT NULL, unit text COLLATE "C" NOT NULL);
+CREATE INDEX IF NOT EXISTS sp_token_quantity_key ON sp_token_quantity (p, code, value);
+CREATE INDEX IF NOT EXISTS sp_token_quantity_seq ON sp_token_quantity (seq);
+CREATE TABLE IF NOT EXISTS sp_token_token (p bigint NOT NULL, code text COLLATE "C" NOT NULL, code2 text COLLATE "C" NOT NULL,
+    seq bigint NOT NULL, system text COLLATE "C" NOT NULL, system2 text COLLATE "C" NOT NULL);
+CREATE INDEX IF NOT EXISTS sp_token_token_key ON sp_token_token (p, code, code2);
+CREATE INDEX IF NOT EXISTS sp_token_token_seq ON sp_token_token (seq);
 CREATE TABLE IF NOT EXISTS identifier_index (
     res_type text NOT NULL,
     value    text NOT NULL,
@@ -546,7 +555,7 @@ impl Store for PostgresStore {
         for v in &versions {
             let value: serde_json::Value =
                 serde_json::from_slice(&v.json).map_err(|e| StoreError::Backend(format!("stored {} at {}: {e}", v.resource_type, v.seq)))?;
-            new_rows.push((v.seq, crate::search::rows(&v.resource_type, &tessera_search::index_resource(&value))));
+            new_rows.push((v.seq, crate::search::rows(&v.resource_type, &tessera_search::index_all(&value))));
         }
         write_search_index(&tx, old, new_rows).await?;
         tx.commit().await.map_err(pg)?;
@@ -1202,6 +1211,7 @@ async fn write_search_index(
     let mut quantity: QuantityColumns = Default::default();
     let mut reference: ReferenceColumns = Default::default();
     let mut uri: (Vec<i64>, Vec<&str>, Vec<i64>) = Default::default();
+    let mut composites: Vec<(i64, &Row)> = Vec::new();
     for (seq, rows) in &new_rows {
         for row in rows {
             match row {
@@ -1251,6 +1261,7 @@ async fn write_search_index(
                     uri.1.push(u);
                     uri.2.push(*seq);
                 }
+                Row::TokenQuantity { .. } | Row::TokenToken { .. } => composites.push((*seq, row)),
             }
         }
     }
@@ -1306,6 +1317,29 @@ async fn write_search_index(
             .await
             .map_err(pg)?;
         tx.execute(&stmt, &[&reference.0, &reference.1, &reference.2, &reference.3, &reference.4]).await.map_err(pg)?;
+    }
+    // Composite rows are few: one statement each.
+    for (seq, row) in composites {
+        match row {
+            Row::TokenQuantity { p, system, code, value, low, high, unit_system, unit } => {
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO sp_token_quantity (p, code, seq, system, value, low, high, unit_system, unit) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .await
+                    .map_err(pg)?;
+                tx.execute(&stmt, &[p, code, &seq, system, value, low, high, unit_system, unit]).await.map_err(pg)?;
+            }
+            Row::TokenToken { p, system, code, system2, code2 } => {
+                let stmt = tx
+                    .prepare_cached("INSERT INTO sp_token_token (p, code, code2, seq, system, system2) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .await
+                    .map_err(pg)?;
+                tx.execute(&stmt, &[p, code, code2, &seq, system, system2]).await.map_err(pg)?;
+            }
+            _ => {}
+        }
     }
     if !uri.0.is_empty() {
         let stmt = tx

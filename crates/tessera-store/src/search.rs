@@ -38,11 +38,22 @@ pub enum Table {
     Quantity,
     Reference,
     Uri,
+    TokenQuantity,
+    TokenToken,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] =
-        [Table::Token, Table::PatientToken, Table::String, Table::Date, Table::Quantity, Table::Reference, Table::Uri];
+    pub const ALL: [Table; 9] = [
+        Table::Token,
+        Table::PatientToken,
+        Table::String,
+        Table::Date,
+        Table::Quantity,
+        Table::Reference,
+        Table::Uri,
+        Table::TokenQuantity,
+        Table::TokenToken,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -53,6 +64,8 @@ impl Table {
             Table::Quantity => "sp_quantity",
             Table::Reference => "sp_reference",
             Table::Uri => "sp_uri",
+            Table::TokenQuantity => "sp_token_quantity",
+            Table::TokenToken => "sp_token_token",
         }
     }
 
@@ -82,6 +95,10 @@ pub enum Row {
     Quantity { p: i64, value: f64, low: f64, high: f64, system: String, code: String },
     Reference { p: i64, target_type: String, target_id: String, url: String },
     Uri { p: i64, uri: String },
+    /// A composite of a token and a quantity (`code-value-quantity` …).
+    TokenQuantity { p: i64, system: String, code: String, value: f64, low: f64, high: f64, unit_system: String, unit: String },
+    /// A composite of two tokens (`code-value-concept` …).
+    TokenToken { p: i64, system: String, code: String, system2: String, code2: String },
 }
 
 /// The rows a resource's index entries make (duplicates removed).
@@ -139,6 +156,29 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                 url: url.clone().unwrap_or_default(),
             },
             IndexValue::Uri(uri) => Row::Uri { p, uri: uri.clone() },
+            IndexValue::Composite(parts) => match parts.as_slice() {
+                [IndexValue::Token { system, code, .. }, IndexValue::Quantity { value, low, high, system: us, code: uc, unit }] => {
+                    Row::TokenQuantity {
+                        p,
+                        system: system.clone().unwrap_or_default(),
+                        code: code.clone(),
+                        value: *value,
+                        low: *low,
+                        high: *high,
+                        unit_system: us.clone().unwrap_or_default(),
+                        unit: uc.clone().or_else(|| unit.clone()).unwrap_or_default(),
+                    }
+                }
+                [IndexValue::Token { system, code, .. }, IndexValue::Token { system: s2, code: c2, .. }] => Row::TokenToken {
+                    p,
+                    system: system.clone().unwrap_or_default(),
+                    code: code.clone(),
+                    system2: s2.clone().unwrap_or_default(),
+                    code2: c2.clone(),
+                },
+                // Other combinations (token + date, token + string …) are not searchable yet.
+                _ => continue,
+            },
         };
         if !out.contains(&row) {
             out.push(row);
@@ -200,6 +240,20 @@ pub enum Pred {
     Compartment(String),
     /// The resource is of one of these types.
     Types(Vec<String>),
+    /// A token + quantity composite (`code-value-quantity=http://loinc.org|8480-6$gt140`).
+    TokenQuantity {
+        param: String,
+        system: Option<String>,
+        code: String,
+        prefix: Prefix,
+        value: f64,
+        low: f64,
+        high: f64,
+        unit_system: Option<String>,
+        unit: Option<String>,
+    },
+    /// A token + token composite (`code-value-concept=…|…$…|…`).
+    TokenToken { param: String, system: Option<String>, code: String, system2: Option<String>, code2: String },
 }
 
 /// A disjunction of predicates, optionally negated (`:not`, `ne`).
@@ -406,6 +460,8 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
                     (Table::Reference, true) => ("target_id", "MAX"),
                     (Table::Uri, false) => ("uri", "MIN"),
                     (Table::Uri, true) => ("uri", "MAX"),
+                    (Table::TokenQuantity | Table::TokenToken, false) => ("code", "MIN"),
+                    (Table::TokenQuantity | Table::TokenToken, true) => ("code", "MAX"),
                 };
                 // One pass over the parameter's rows, grouped by resource; resources
                 // without a value sort last either way.
@@ -681,6 +737,50 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
                 }
             });
             (Table::Uri, w)
+        }
+        Pred::TokenQuantity { param, system, code, prefix, value, low, high, unit_system, unit } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            let v = b.text(code);
+            w.push(format!("{a}.code = {v}"));
+            if let Some(system) = system {
+                let v = b.text(system);
+                w.push(format!("{a}.system = {v}"));
+            }
+            w.push(match prefix {
+                Prefix::Eq => format!("{r}.value >= {} AND {r}.value < {}", b.real(*low), b.real(*high)),
+                Prefix::Ne => format!("NOT ({r}.value >= {} AND {r}.value < {})", b.real(*low), b.real(*high)),
+                Prefix::Gt | Prefix::Sa => format!("{r}.value > {}", b.real(*value)),
+                Prefix::Lt | Prefix::Eb => format!("{r}.value < {}", b.real(*value)),
+                Prefix::Ge => format!("{r}.value >= {}", b.real(*value)),
+                Prefix::Le => format!("{r}.value <= {}", b.real(*value)),
+                Prefix::Ap => {
+                    let margin = (value.abs() * 0.1).max(f64::EPSILON);
+                    format!("{r}.value >= {} AND {r}.value <= {}", b.real(value - margin), b.real(value + margin))
+                }
+            });
+            if let Some(us) = unit_system {
+                let v = b.text(us);
+                w.push(format!("{a}.unit_system = {v}"));
+            }
+            if let Some(unit) = unit {
+                let v = b.text(unit);
+                w.push(format!("{a}.unit = {v}"));
+            }
+            (Table::TokenQuantity, w)
+        }
+        Pred::TokenToken { param, system, code, system2, code2 } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            let (c1, c2) = (b.text(code), b.text(code2));
+            w.push(format!("{a}.code = {c1} AND {a}.code2 = {c2}"));
+            if let Some(system) = system {
+                let v = b.text(system);
+                w.push(format!("{a}.system = {v}"));
+            }
+            if let Some(system2) = system2 {
+                let v = b.text(system2);
+                w.push(format!("{a}.system2 = {v}"));
+            }
+            (Table::TokenToken, w)
         }
         Pred::Ids(_) | Pred::Compartment(_) | Pred::Types(_) | Pred::Missing { .. } => return None,
     })

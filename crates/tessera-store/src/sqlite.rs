@@ -75,6 +75,11 @@ CREATE INDEX IF NOT EXISTS sp_quantity_value ON sp_quantity (p, value);
 CREATE TABLE IF NOT EXISTS sp_reference (p INTEGER NOT NULL, target_id TEXT NOT NULL, target_type TEXT NOT NULL, seq INTEGER NOT NULL,
     url TEXT NOT NULL, PRIMARY KEY (p, target_id, target_type, seq, url)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sp_uri (p INTEGER NOT NULL, uri TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (p, uri, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sp_token_quantity (p INTEGER NOT NULL, code TEXT NOT NULL, seq INTEGER NOT NULL, system TEXT NOT NULL,
+    value REAL NOT NULL, low REAL NOT NULL, high REAL NOT NULL, unit_system TEXT NOT NULL, unit TEXT NOT NULL,
+    PRIMARY KEY (p, code, seq, system, value, unit_system, unit, low, high)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sp_token_token (p INTEGER NOT NULL, code TEXT NOT NULL, code2 TEXT NOT NULL, seq INTEGER NOT NULL,
+    system TEXT NOT NULL, system2 TEXT NOT NULL, PRIMARY KEY (p, code, code2, seq, system, system2)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS identifier_index (
     res_type TEXT NOT NULL,
     value    TEXT NOT NULL,
@@ -470,7 +475,7 @@ impl Store for SqliteStore {
         for (seq, ty, data) in &versions {
             let json = codec::decode(data)?;
             let value: serde_json::Value = serde_json::from_slice(&json).map_err(|e| StoreError::Backend(format!("stored {ty} at {seq}: {e}")))?;
-            rows.insert(*seq, search::rows(ty, &tessera_search::index_resource(&value)));
+            rows.insert(*seq, search::rows(ty, &tessera_search::index_all(&value)));
         }
         insert_index_rows(&txn, rows).map_err(db)?;
         txn.commit().map_err(db)?;
@@ -1110,7 +1115,7 @@ fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite:
     let Some(data) = data else { return Ok(()) };
     let json = codec::decode(&data).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e.to_string()))))?;
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else { return Ok(()) };
-    for row in search::rows(resource_type, &tessera_search::index_resource(&value)) {
+    for row in search::rows(resource_type, &tessera_search::index_all(&value)) {
         match row {
             Row::Token { p, system, code } => {
                 c.prepare_cached("DELETE FROM sp_token WHERE p = ?1 AND code = ?2 AND system = ?3 AND seq = ?4")?.execute(params![p, code, system, seq])?
@@ -1133,6 +1138,17 @@ fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite:
                 .prepare_cached("DELETE FROM sp_reference WHERE p = ?1 AND target_id = ?2 AND target_type = ?3 AND url = ?4 AND seq = ?5")?
                 .execute(params![p, target_id, target_type, url, seq])?,
             Row::Uri { p, uri } => c.prepare_cached("DELETE FROM sp_uri WHERE p = ?1 AND uri = ?2 AND seq = ?3")?.execute(params![p, uri, seq])?,
+            Row::TokenQuantity { p, system, code, value, low, high, unit_system, unit } => c
+                .prepare_cached(
+                    "DELETE FROM sp_token_quantity WHERE p = ?1 AND code = ?2 AND seq = ?3 AND system = ?4 AND value = ?5 \
+                     AND unit_system = ?6 AND unit = ?7 AND low = ?8 AND high = ?9",
+                )?
+                .execute(params![p, code, seq, system, value, unit_system, unit, low, high])?,
+            Row::TokenToken { p, system, code, system2, code2 } => c
+                .prepare_cached(
+                    "DELETE FROM sp_token_token WHERE p = ?1 AND code = ?2 AND code2 = ?3 AND seq = ?4 AND system = ?5 AND system2 = ?6",
+                )?
+                .execute(params![p, code, code2, seq, system, system2])?,
         };
     }
     Ok(())
@@ -1147,6 +1163,8 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
         match r {
             Row::Token { .. } => 0,
             Row::PatientToken { .. } => 6,
+            Row::TokenQuantity { .. } => 7,
+            Row::TokenToken { .. } => 8,
             Row::String { .. } => 1,
             Row::Date { .. } => 2,
             Row::Quantity { .. } => 3,
@@ -1187,10 +1205,15 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
                 Row::Reference { p, target_type, target_id, url } => (4, vec![V::Integer(*p), t(target_id), t(target_type), t(url), seq]),
                 Row::Uri { p, uri } => (5, vec![V::Integer(*p), t(uri), seq]),
                 Row::PatientToken { p, patient, system, code } => (6, vec![V::Integer(*p), t(patient), t(code), t(system), seq]),
+                Row::TokenQuantity { p, system, code, value, low, high, unit_system, unit } => (
+                    7,
+                    vec![V::Integer(*p), t(code), seq, t(system), V::Real(*value), V::Real(*low), V::Real(*high), t(unit_system), t(unit)],
+                ),
+                Row::TokenToken { p, system, code, system2, code2 } => (8, vec![V::Integer(*p), t(code), t(code2), seq, t(system), t(system2)]),
             }
         })
         .collect();
-    const TABLES: [(&str, usize); 7] = [
+    const TABLES: [(&str, usize); 9] = [
         ("sp_token (p, code, system, seq)", 4),
         ("sp_string (p, norm, exact, seq)", 4),
         ("sp_date (p, low, high, seq)", 4),
@@ -1198,6 +1221,8 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
         ("sp_reference (p, target_id, target_type, url, seq)", 5),
         ("sp_uri (p, uri, seq)", 3),
         ("sp_token_pc (p, patient, code, system, seq)", 5),
+        ("sp_token_quantity (p, code, seq, system, value, low, high, unit_system, unit)", 9),
+        ("sp_token_token (p, code, code2, seq, system, system2)", 6),
     ];
     let mut start = 0;
     while start < values.len() {

@@ -130,6 +130,19 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
         where_obs(&|o| qv(o).is_some_and(|v| v > 0.0) && o["valueQuantity"]["code"].as_str() == Some(unit.as_str()) && o["valueQuantity"]["system"] == "http://unitsofmeasure.org"),
     );
     check("value-quantity:missing=true", &search(s, "Observation?value-quantity:missing=true").await, where_obs(&|o| o.get("valueQuantity").is_none() && o.get("valueSampledData").is_none()));
+    // composite: token + quantity on the resource and on its components
+    check(
+        "code-value-quantity",
+        &search(s, "Observation?code-value-quantity=http://loinc.org|8867-4$gt80").await,
+        where_obs(&|o| has_code(o, Some("http://loinc.org"), "8867-4") && qv(o).is_some_and(|v| v > 80.0)),
+    );
+    check(
+        "component-code-value-quantity",
+        &search(s, "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt120").await,
+        where_obs(&|o| {
+            o["component"].as_array().into_iter().flatten().any(|c| has_code(c, Some("http://loinc.org"), "8480-6") && c["valueQuantity"]["value"].as_f64().is_some_and(|v| v > 120.0))
+        }),
+    );
     // string
     let family = patients[1]["name"][0]["family"].as_str().unwrap().to_string();
     let expect_family = |f: &dyn Fn(&str) -> bool| -> BTreeSet<String> {
