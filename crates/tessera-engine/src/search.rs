@@ -385,6 +385,22 @@ impl Engine {
             let table = table_of(c.kind).ok_or_else(|| unsupported(&param, "':missing' on this parameter"))?;
             return Ok(Clause { any: vec![Pred::Missing { param, table, missing }], negate: false });
         }
+        if matches!(c.modifier, Some(Modifier::In | Modifier::NotIn)) {
+            // Codes of value sets the server holds (their expansion, or the concepts their
+            // compose lists).
+            let mut any = Vec::new();
+            for v in &c.values {
+                let url = match v {
+                    Value::Uri(u) => u.clone(),
+                    Value::String { value, .. } => value.clone(),
+                    _ => return Err(unsupported(&param, "this value for ':in'")),
+                };
+                for (system, code) in self.value_set_codes(gate, &url).await? {
+                    any.push(Pred::Token { param: param.clone(), system: Some(system), code: Some(code) });
+                }
+            }
+            return Ok(Clause { any, negate: c.modifier == Some(Modifier::NotIn) });
+        }
         let negate = c.modifier == Some(Modifier::Not);
         let mut any = Vec::new();
         if param == "_id" {
@@ -472,6 +488,47 @@ impl Engine {
         }
         let _ = resource_type;
         Ok(Clause { any, negate })
+    }
+
+    /// The `(system, code)`s of the ValueSet with canonical `url` (its `expansion.contains`,
+    /// nested ones included, or else the concepts listed in `compose.include`). A value set
+    /// the server does not hold, or that this subject may not see, is an error.
+    async fn value_set_codes(&self, gate: &mut Gate<'_>, url: &str) -> Result<Vec<(String, String)>, FhirError> {
+        let mut q = IndexQuery::new(Some("ValueSet"));
+        q.clauses.push(Clause { any: vec![Pred::Uri { param: "url".into(), mode: UriMode::Equals, value: url.to_string() }], negate: false });
+        q.limit = 1;
+        let seqs = self.store().search(&q).await?;
+        let mut found = None;
+        for s in self.store().load(&seqs).await? {
+            if gate.visibility(&s).await? == Visibility::Visible {
+                found = Some(s);
+            }
+        }
+        let Some(vs) = found else {
+            return Err(FhirError::new(400, IssueType::NotFound, format!("the value set {url} is not known to this server (':in' and ':not-in' use value sets stored as ValueSet resources)")));
+        };
+        let value: Json = serde_json::from_slice(&vs.json).map_err(|e| FhirError::internal(format!("stored ValueSet: {e}")))?;
+        let mut out = Vec::new();
+        fn contains(list: &Json, out: &mut Vec<(String, String)>) {
+            for c in list.as_array().into_iter().flatten() {
+                if let Some(code) = c["code"].as_str() {
+                    out.push((c["system"].as_str().unwrap_or("").to_string(), code.to_string()));
+                }
+                contains(&c["contains"], out);
+            }
+        }
+        contains(&value["expansion"]["contains"], &mut out);
+        if out.is_empty() {
+            for include in value["compose"]["include"].as_array().into_iter().flatten() {
+                let system = include["system"].as_str().unwrap_or("");
+                for concept in include["concept"].as_array().into_iter().flatten() {
+                    if let Some(code) = concept["code"].as_str() {
+                        out.push((system.to_string(), code.to_string()));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `_include` and `_revinclude` targets of `page` that the subject may see.

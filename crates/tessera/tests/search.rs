@@ -130,6 +130,16 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
         where_obs(&|o| qv(o).is_some_and(|v| v > 0.0) && o["valueQuantity"]["code"].as_str() == Some(unit.as_str()) && o["valueQuantity"]["system"] == "http://unitsofmeasure.org"),
     );
     check("value-quantity:missing=true", &search(s, "Observation?value-quantity:missing=true").await, where_obs(&|o| o.get("valueQuantity").is_none() && o.get("valueSampledData").is_none()));
+    // :in / :not-in a value set the server holds
+    let vs = serde_json::json!({"resourceType": "ValueSet", "id": "vitals-test", "url": "http://example.org/fhir/ValueSet/vitals-test", "status": "active",
+        "compose": {"include": [{"system": "http://loinc.org", "concept": [{"code": "8867-4"}, {"code": "9279-1"}]}]}});
+    assert!(s.put("ValueSet/vitals-test", &vs).await.status < 300);
+    let in_set = |o: &Value| has_code(o, Some("http://loinc.org"), "8867-4") || has_code(o, Some("http://loinc.org"), "9279-1");
+    check("code:in", &search(s, "Observation?code:in=http://example.org/fhir/ValueSet/vitals-test").await, where_obs(&|o| in_set(o)));
+    check("code:not-in", &search(s, "Observation?code:not-in=http://example.org/fhir/ValueSet/vitals-test").await, where_obs(&|o| !in_set(o)));
+    let r = s.get("Observation?code:in=http://example.org/fhir/ValueSet/unknown").await;
+    assert_eq!(r.status, 400, "an unknown value set is an error");
+    assert!(String::from_utf8_lossy(&r.body).contains("ValueSet/unknown"));
     // composite: token + quantity on the resource and on its components
     check(
         "code-value-quantity",
