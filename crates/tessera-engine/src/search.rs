@@ -422,6 +422,9 @@ impl Engine {
                 (Value::Token { system, code }, None | Some(Modifier::Not)) => {
                     Pred::Token { param: param.clone(), system: system.clone().map(|s| s.unwrap_or_default()), code: code.clone() }
                 }
+                (Value::String { normalized, .. }, Some(Modifier::Text)) if c.kind == ParamKind::Token => {
+                    Pred::TokenText { param: param.clone(), value: normalized.clone() }
+                }
                 (Value::String { normalized, value }, modifier) if c.kind == ParamKind::String => {
                     let (mode, value) = match modifier {
                         Some(Modifier::Exact) => (StringMode::Exact, value.clone()),

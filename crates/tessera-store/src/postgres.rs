@@ -158,6 +158,9 @@ CREATE TABLE IF NOT EXISTS sp_token_quantity (p bigint NOT NULL, code text COLLA
     unit_system text COLLATE "C" NOT NULL, unit text COLLATE "C" NOT NULL);
 CREATE INDEX IF NOT EXISTS sp_token_quantity_key ON sp_token_quantity (p, code, value);
 CREATE INDEX IF NOT EXISTS sp_token_quantity_seq ON sp_token_quantity (seq);
+CREATE TABLE IF NOT EXISTS sp_token_text (p bigint NOT NULL, text text COLLATE "C" NOT NULL, seq bigint NOT NULL,
+    PRIMARY KEY (p, text, seq));
+CREATE INDEX IF NOT EXISTS sp_token_text_seq ON sp_token_text (seq);
 CREATE TABLE IF NOT EXISTS sp_token_token (p bigint NOT NULL, code text COLLATE "C" NOT NULL, code2 text COLLATE "C" NOT NULL,
     seq bigint NOT NULL, system text COLLATE "C" NOT NULL, system2 text COLLATE "C" NOT NULL);
 CREATE INDEX IF NOT EXISTS sp_token_token_key ON sp_token_token (p, code, code2);
@@ -1261,7 +1264,7 @@ async fn write_search_index(
                     uri.1.push(u);
                     uri.2.push(*seq);
                 }
-                Row::TokenQuantity { .. } | Row::TokenToken { .. } => composites.push((*seq, row)),
+                Row::TokenQuantity { .. } | Row::TokenToken { .. } | Row::TokenText { .. } => composites.push((*seq, row)),
             }
         }
     }
@@ -1318,7 +1321,7 @@ async fn write_search_index(
             .map_err(pg)?;
         tx.execute(&stmt, &[&reference.0, &reference.1, &reference.2, &reference.3, &reference.4]).await.map_err(pg)?;
     }
-    // Composite rows are few: one statement each.
+    // Composite and token-text rows: one statement each.
     for (seq, row) in composites {
         match row {
             Row::TokenQuantity { p, system, code, value, low, high, unit_system, unit } => {
@@ -1330,6 +1333,13 @@ async fn write_search_index(
                     .await
                     .map_err(pg)?;
                 tx.execute(&stmt, &[p, code, &seq, system, value, low, high, unit_system, unit]).await.map_err(pg)?;
+            }
+            Row::TokenText { p, text } => {
+                let stmt = tx
+                    .prepare_cached("INSERT INTO sp_token_text (p, text, seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .await
+                    .map_err(pg)?;
+                tx.execute(&stmt, &[p, text, &seq]).await.map_err(pg)?;
             }
             Row::TokenToken { p, system, code, system2, code2 } => {
                 let stmt = tx

@@ -40,10 +40,11 @@ pub enum Table {
     Uri,
     TokenQuantity,
     TokenToken,
+    TokenText,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Token,
         Table::PatientToken,
         Table::String,
@@ -53,6 +54,7 @@ impl Table {
         Table::Uri,
         Table::TokenQuantity,
         Table::TokenToken,
+        Table::TokenText,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +68,7 @@ impl Table {
             Table::Uri => "sp_uri",
             Table::TokenQuantity => "sp_token_quantity",
             Table::TokenToken => "sp_token_token",
+            Table::TokenText => "sp_token_text",
         }
     }
 
@@ -99,6 +102,8 @@ pub enum Row {
     TokenQuantity { p: i64, system: String, code: String, value: f64, low: f64, high: f64, unit_system: String, unit: String },
     /// A composite of two tokens (`code-value-concept` …).
     TokenToken { p: i64, system: String, code: String, system2: String, code2: String },
+    /// The text of a coded value (display, `CodeableConcept.text`), normalised, for `:text`.
+    TokenText { p: i64, text: String },
 }
 
 /// The rows a resource's index entries make (duplicates removed).
@@ -121,10 +126,16 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
         }
         let p = param_key(resource_type, &e.param);
         let row = match &e.value {
-            IndexValue::Token { system, code, .. } => {
+            IndexValue::Token { system, code, text } => {
                 // Tessera's own owner/author tags: ownership is a column of its own.
                 if system.as_deref().is_some_and(|s| s.starts_with("https://tessera.health/")) {
                     continue;
+                }
+                if let Some(text) = text.as_ref().filter(|t| !t.is_empty()) {
+                    let row = Row::TokenText { p, text: text.clone() };
+                    if !out.contains(&row) {
+                        out.push(row);
+                    }
                 }
                 // Patient-scoped rows for the resource's own codes, not for meta data.
                 let scoped: &[&str] = if e.param.starts_with('_') { &[] } else { &patients };
@@ -254,6 +265,8 @@ pub enum Pred {
     },
     /// A token + token composite (`code-value-concept=…|…$…|…`).
     TokenToken { param: String, system: Option<String>, code: String, system2: Option<String>, code2: String },
+    /// `:text` on a token: the normalised text starts with `value`.
+    TokenText { param: String, value: String },
 }
 
 /// A disjunction of predicates, optionally negated (`:not`, `ne`).
@@ -462,6 +475,8 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
                     (Table::Uri, true) => ("uri", "MAX"),
                     (Table::TokenQuantity | Table::TokenToken, false) => ("code", "MIN"),
                     (Table::TokenQuantity | Table::TokenToken, true) => ("code", "MAX"),
+                    (Table::TokenText, false) => ("text", "MIN"),
+                    (Table::TokenText, true) => ("text", "MAX"),
                 };
                 // One pass over the parameter's rows, grouped by resource; resources
                 // without a value sort last either way.
@@ -781,6 +796,13 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
                 w.push(format!("{a}.system2 = {v}"));
             }
             (Table::TokenToken, w)
+        }
+        Pred::TokenText { param, value } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            let lo = b.text(value);
+            let hi = b.text(&format!("{value}\u{10ffff}"));
+            w.push(format!("{a}.text >= {lo} AND {a}.text < {hi}"));
+            (Table::TokenText, w)
         }
         Pred::Ids(_) | Pred::Compartment(_) | Pred::Types(_) | Pred::Missing { .. } => return None,
     })

@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS sp_uri (p INTEGER NOT NULL, uri TEXT NOT NULL, seq IN
 CREATE TABLE IF NOT EXISTS sp_token_quantity (p INTEGER NOT NULL, code TEXT NOT NULL, seq INTEGER NOT NULL, system TEXT NOT NULL,
     value REAL NOT NULL, low REAL NOT NULL, high REAL NOT NULL, unit_system TEXT NOT NULL, unit TEXT NOT NULL,
     PRIMARY KEY (p, code, seq, system, value, unit_system, unit, low, high)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sp_token_text (p INTEGER NOT NULL, text TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (p, text, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sp_token_token (p INTEGER NOT NULL, code TEXT NOT NULL, code2 TEXT NOT NULL, seq INTEGER NOT NULL,
     system TEXT NOT NULL, system2 TEXT NOT NULL, PRIMARY KEY (p, code, code2, seq, system, system2)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS identifier_index (
@@ -1144,6 +1146,9 @@ fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite:
                      AND unit_system = ?6 AND unit = ?7 AND low = ?8 AND high = ?9",
                 )?
                 .execute(params![p, code, seq, system, value, unit_system, unit, low, high])?,
+            Row::TokenText { p, text } => {
+                c.prepare_cached("DELETE FROM sp_token_text WHERE p = ?1 AND text = ?2 AND seq = ?3")?.execute(params![p, text, seq])?
+            }
             Row::TokenToken { p, system, code, system2, code2 } => c
                 .prepare_cached(
                     "DELETE FROM sp_token_token WHERE p = ?1 AND code = ?2 AND code2 = ?3 AND seq = ?4 AND system = ?5 AND system2 = ?6",
@@ -1165,6 +1170,7 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
             Row::PatientToken { .. } => 6,
             Row::TokenQuantity { .. } => 7,
             Row::TokenToken { .. } => 8,
+            Row::TokenText { .. } => 9,
             Row::String { .. } => 1,
             Row::Date { .. } => 2,
             Row::Quantity { .. } => 3,
@@ -1210,10 +1216,11 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
                     vec![V::Integer(*p), t(code), seq, t(system), V::Real(*value), V::Real(*low), V::Real(*high), t(unit_system), t(unit)],
                 ),
                 Row::TokenToken { p, system, code, system2, code2 } => (8, vec![V::Integer(*p), t(code), t(code2), seq, t(system), t(system2)]),
+                Row::TokenText { p, text } => (9, vec![V::Integer(*p), t(text), seq]),
             }
         })
         .collect();
-    const TABLES: [(&str, usize); 9] = [
+    const TABLES: [(&str, usize); 10] = [
         ("sp_token (p, code, system, seq)", 4),
         ("sp_string (p, norm, exact, seq)", 4),
         ("sp_date (p, low, high, seq)", 4),
@@ -1223,6 +1230,7 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
         ("sp_token_pc (p, patient, code, system, seq)", 5),
         ("sp_token_quantity (p, code, seq, system, value, low, high, unit_system, unit)", 9),
         ("sp_token_token (p, code, code2, seq, system, system2)", 6),
+        ("sp_token_text (p, text, seq)", 3),
     ];
     let mut start = 0;
     while start < values.len() {

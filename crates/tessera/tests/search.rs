@@ -174,6 +174,16 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     // Condition tokens on CodeableConcept status
     let active: BTreeSet<String> = conditions.iter().filter(|c| codings(&c["clinicalStatus"]).iter().any(|(_, k)| k == "active")).map(|c| c["id"].as_str().unwrap().to_string()).collect();
     check("clinical-status", &search(s, "Condition?clinical-status=active").await, active);
+    // :text on a token: the display or text starts with the value (any case)
+    let text = conditions[0]["code"]["text"].as_str().or(conditions[0]["code"]["coding"][0]["display"].as_str()).unwrap().to_lowercase();
+    let prefix = text[..5.min(text.len())].to_string();
+    let texts = |c: &Value| {
+        let mut t: Vec<String> = c["code"]["coding"].as_array().into_iter().flatten().filter_map(|x| x["display"].as_str()).map(str::to_lowercase).collect();
+        t.extend(c["code"]["text"].as_str().map(str::to_lowercase));
+        t
+    };
+    let expected: BTreeSet<String> = conditions.iter().filter(|c| texts(c).iter().any(|t| t.starts_with(&prefix))).map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    check("code:text", &search(s, &format!("Condition?code:text={}", prefix.to_uppercase().replace(' ', "%20").replace('(', "%28"))).await, expected);
     // sort: by date ascending, ties by commit order; descending the reverse
     let sorted = search(s, &format!("Observation?patient={pid}&code=8867-4&_sort=date")).await;
     let dates: Vec<i64> = sorted.iter().map(|o| eff(o).unwrap().0).collect();
@@ -186,7 +196,7 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     assert_eq!(s.get("Observation?code=8867-4&_total=accurate&_count=1").await.json()["total"], n);
     assert_eq!(s.get("Observation?code=8867-4&_summary=count").await.json()["total"], n);
     // _include: exactly the subjects of the matches
-    let b = s.get(&format!("Observation?code=8867-4&_include=Observation:subject&_count=500")).await.json();
+    let b = s.get("Observation?code=8867-4&_include=Observation:subject&_count=500").await.json();
     let included: BTreeSet<String> = b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
     let subjects: BTreeSet<String> = observations.iter().filter(|o| has_code(o, None, "8867-4")).map(subject_of).collect();
     assert_eq!(included, subjects, "_include");
