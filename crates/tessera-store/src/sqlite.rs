@@ -188,6 +188,7 @@ impl SqliteStore {
                     journal,
                     pending: Vec::new(),
                     indexed,
+                    wal_dirty: false,
                     metrics: &m,
                 };
                 writer_loop(writer, rx)
@@ -750,6 +751,8 @@ struct Writer<'m> {
     pending: Vec<Chained>,
     /// Where the by-patient audit index stands.
     indexed: i64,
+    /// Commits since the last checkpoint made while idle.
+    wal_dirty: bool,
     metrics: &'m StoreMetrics,
 }
 
@@ -763,6 +766,13 @@ fn writer_loop(mut w: Writer<'_>, rx: mpsc::Receiver<Job>) {
                     w.commit(Vec::new());
                 }
                 w.index_audit();
+                // Copy the WAL into the database file now rather than in the middle of
+                // later work (after a bulk load that takes a while).
+                if std::mem::take(&mut w.wal_dirty) {
+                    if let Err(e) = w.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                        tracing::warn!(error = %e, "checkpoint failed; SQLite retries at its next automatic checkpoint");
+                    }
+                }
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -876,6 +886,7 @@ impl Writer<'_> {
     fn commit(&mut self, jobs: Vec<Job>) {
         match apply_batch(&mut self.conn, &jobs, &mut self.head, &self.pending) {
             Ok(results) => {
+                self.wal_dirty = true;
                 self.pending.clear();
                 self.journal.reset();
                 let succeeded = || {
