@@ -106,6 +106,9 @@ pub enum Row {
     TokenText { p: i64, text: String },
 }
 
+/// The token parameter that also gets patient-scoped rows (`sp_token_pc`).
+pub const PATIENT_SCOPED_PARAM: &str = "code";
+
 /// The rows a resource's index entries make (duplicates removed).
 pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
     let mut out: Vec<Row> = Vec::with_capacity(entries.len());
@@ -137,8 +140,9 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                         out.push(row);
                     }
                 }
-                // Patient-scoped rows for the resource's own codes, not for meta data.
-                let scoped: &[&str] = if e.param.starts_with('_') { &[] } else { &patients };
+                // Patient-scoped rows for the resource's principal code only: the selective
+                // value that patient-centred searches combine with the patient.
+                let scoped: &[&str] = if e.param == PATIENT_SCOPED_PARAM { &patients } else { &[] };
                 for patient in scoped {
                     let row = Row::PatientToken { p, patient: patient.to_string(), system: system.clone().unwrap_or_default(), code: code.clone() };
                     if !out.contains(&row) {
@@ -515,7 +519,9 @@ fn patient_token_driver(q: &IndexQuery, ty: &str) -> Option<(usize, String)> {
         }
         _ => None,
     })?;
-    let token = q.clauses.iter().position(|c| !c.negate && matches!(c.any.as_slice(), [Pred::Token { code: Some(_), .. }]))?;
+    let token = q.clauses.iter().position(
+        |c| !c.negate && matches!(c.any.as_slice(), [Pred::Token { param, code: Some(_), .. }] if param == PATIENT_SCOPED_PARAM),
+    )?;
     Some((token, patient))
 }
 
@@ -528,16 +534,16 @@ fn in_compartment(compartment: &[tessera_fhir::definitions::CompartmentParam], p
 }
 
 /// The clause to drive the query from, if any: a positive single-predicate clause on an
-/// index table, preferring coded values with a system (usually the most selective), then
-/// references to given resources, then other tokens, dates and the rest.
+/// index table, preferring references to given resources (one patient's records), then
+/// coded values with a system, other tokens, dates and the rest.
 fn choose_driver(q: &IndexQuery) -> Option<usize> {
     let rank = |c: &Clause| -> Option<u8> {
         if c.negate || c.any.len() != 1 {
             return None;
         }
         Some(match &c.any[0] {
-            Pred::Token { system: Some(_), code: Some(_), .. } => 0,
-            Pred::Reference { ids, url: None, .. } if !ids.is_empty() && ids.len() <= 16 => 1,
+            Pred::Reference { ids, url: None, .. } if !ids.is_empty() && ids.len() <= 16 => 0,
+            Pred::Token { system: Some(_), code: Some(_), .. } => 1,
             Pred::Token { code: Some(_), .. } => 2,
             Pred::Uri { mode: UriMode::Equals, .. } => 3,
             Pred::String { mode: StringMode::Exact | StringMode::Prefix, .. } => 4,
