@@ -14,9 +14,9 @@ use crate::{Engine, FhirError};
 use serde_json::{json, Value as Json};
 use tessera_auth::ScopeOp;
 use tessera_fhir::IssueType;
-use tessera_search::query::{self, Criterion, Modifier, Prefix as QPrefix, SearchRequest, Summary, Total, Value};
+use tessera_search::query::{self, Criterion, Modifier, SearchRequest, Summary, Total, Value};
 use tessera_search::ParamKind;
-use tessera_store::search::{Clause, IndexQuery, Pred, Prefix, SortKey, StringMode, Table, UriMode};
+use tessera_store::search::{Clause, IndexQuery, Pred, SortKey, StringMode, Table, UriMode};
 use tessera_store::Stored;
 
 /// How many matches a chain or `_has` may resolve to before the search is refused as too
@@ -434,10 +434,10 @@ impl Engine {
                     };
                     Pred::String { param: param.clone(), mode, value }
                 }
-                (Value::Date { prefix, low, high }, None) => Pred::Date { param: param.clone(), prefix: prefix_of(*prefix), low: *low, high: *high },
+                (Value::Date { prefix, low, high }, None) => Pred::Date { param: param.clone(), prefix: *prefix, low: *low, high: *high },
                 (Value::Number { prefix, value, low, high }, None) => Pred::Number {
                     param: param.clone(),
-                    prefix: prefix_of(*prefix),
+                    prefix: *prefix,
                     value: *value,
                     low: *low,
                     high: *high,
@@ -446,7 +446,7 @@ impl Engine {
                 },
                 (Value::Quantity { prefix, value, low, high, system, code }, None) => Pred::Number {
                     param: param.clone(),
-                    prefix: prefix_of(*prefix),
+                    prefix: *prefix,
                     value: *value,
                     low: *low,
                     high: *high,
@@ -469,7 +469,7 @@ impl Engine {
                         param: param.clone(),
                         system: system.clone().map(|s| s.unwrap_or_default()),
                         code: code.clone(),
-                        prefix: prefix_of(*prefix),
+                        prefix: *prefix,
                         value: *value,
                         low: *low,
                         high: *high,
@@ -644,20 +644,6 @@ fn table_of(kind: ParamKind) -> Option<Table> {
         ParamKind::Uri => Table::Uri,
         _ => return None,
     })
-}
-
-fn prefix_of(p: QPrefix) -> Prefix {
-    match p {
-        QPrefix::Eq => Prefix::Eq,
-        QPrefix::Ne => Prefix::Ne,
-        QPrefix::Gt => Prefix::Gt,
-        QPrefix::Lt => Prefix::Lt,
-        QPrefix::Ge => Prefix::Ge,
-        QPrefix::Le => Prefix::Le,
-        QPrefix::Sa => Prefix::Sa,
-        QPrefix::Eb => Prefix::Eb,
-        QPrefix::Ap => Prefix::Ap,
-    }
 }
 
 fn unsupported(param: &str, what: &str) -> FhirError {

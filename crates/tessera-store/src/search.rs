@@ -202,19 +202,8 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
     out
 }
 
-/// Date and number comparison prefixes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prefix {
-    Eq,
-    Ne,
-    Gt,
-    Lt,
-    Ge,
-    Le,
-    Sa,
-    Eb,
-    Ap,
-}
+/// Date and number comparison prefixes (as parsed from the request).
+pub use tessera_search::query::Prefix;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StringMode {
@@ -693,18 +682,7 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
         }
         Pred::Number { param, prefix, value, low, high, system, code } => {
             let mut w = vec![key_cond(b, ty, param, a)];
-            w.push(match prefix {
-                Prefix::Eq => format!("{r}.value >= {} AND {r}.value < {}", b.real(*low), b.real(*high)),
-                Prefix::Ne => format!("NOT ({r}.value >= {} AND {r}.value < {})", b.real(*low), b.real(*high)),
-                Prefix::Gt | Prefix::Sa => format!("{r}.value > {}", b.real(*value)),
-                Prefix::Lt | Prefix::Eb => format!("{r}.value < {}", b.real(*value)),
-                Prefix::Ge => format!("{r}.value >= {}", b.real(*value)),
-                Prefix::Le => format!("{r}.value <= {}", b.real(*value)),
-                Prefix::Ap => {
-                    let margin = (value.abs() * 0.1).max(f64::EPSILON);
-                    format!("{r}.value >= {} AND {r}.value <= {}", b.real(value - margin), b.real(value + margin))
-                }
-            });
+            w.push(number_cond(b, r, *prefix, *value, *low, *high));
             if let Some(system) = system {
                 let v = b.text(system);
                 w.push(format!("{a}.system = {v}"));
@@ -767,18 +745,7 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
                 let v = b.text(system);
                 w.push(format!("{a}.system = {v}"));
             }
-            w.push(match prefix {
-                Prefix::Eq => format!("{r}.value >= {} AND {r}.value < {}", b.real(*low), b.real(*high)),
-                Prefix::Ne => format!("NOT ({r}.value >= {} AND {r}.value < {})", b.real(*low), b.real(*high)),
-                Prefix::Gt | Prefix::Sa => format!("{r}.value > {}", b.real(*value)),
-                Prefix::Lt | Prefix::Eb => format!("{r}.value < {}", b.real(*value)),
-                Prefix::Ge => format!("{r}.value >= {}", b.real(*value)),
-                Prefix::Le => format!("{r}.value <= {}", b.real(*value)),
-                Prefix::Ap => {
-                    let margin = (value.abs() * 0.1).max(f64::EPSILON);
-                    format!("{r}.value >= {} AND {r}.value <= {}", b.real(value - margin), b.real(value + margin))
-                }
-            });
+            w.push(number_cond(b, r, *prefix, *value, *low, *high));
             if let Some(us) = unit_system {
                 let v = b.text(us);
                 w.push(format!("{a}.unit_system = {v}"));
@@ -812,6 +779,24 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
         }
         Pred::Ids(_) | Pred::Compartment(_) | Pred::Types(_) | Pred::Missing { .. } => return None,
     })
+}
+
+/// A number compared by prefix, on `{r}.value`: `eq`/`ne` against the range the query
+/// value's precision implies (`[low, high)`), the others against the value itself. Only
+/// the bounds a prefix uses become arguments (PostgreSQL refuses unused ones).
+fn number_cond(b: &mut SqlBuilder, r: &str, prefix: Prefix, value: f64, low: f64, high: f64) -> String {
+    match prefix {
+        Prefix::Eq => format!("{r}.value >= {} AND {r}.value < {}", b.real(low), b.real(high)),
+        Prefix::Ne => format!("NOT ({r}.value >= {} AND {r}.value < {})", b.real(low), b.real(high)),
+        Prefix::Gt | Prefix::Sa => format!("{r}.value > {}", b.real(value)),
+        Prefix::Lt | Prefix::Eb => format!("{r}.value < {}", b.real(value)),
+        Prefix::Ge => format!("{r}.value >= {}", b.real(value)),
+        Prefix::Le => format!("{r}.value <= {}", b.real(value)),
+        Prefix::Ap => {
+            let margin = (value.abs() * 0.1).max(f64::EPSILON);
+            format!("{r}.value >= {} AND {r}.value <= {}", b.real(value - margin), b.real(value + margin))
+        }
+    }
 }
 
 fn dir(descending: bool) -> &'static str {

@@ -211,18 +211,7 @@ async fn sqlite_audit_of_answered_reads_survives_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_audit_of_answered_reads_survives_sigkill() {
-    let Ok(url) = std::env::var("TESSERA_TEST_DATABASE_URL") else {
-        eprintln!("TESSERA_TEST_DATABASE_URL is not set: PostgreSQL variant not run");
-        return;
-    };
-    let schema = format!("tessera_killr_{}", std::process::id());
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await.unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
-    kill_during_reads(Some(&scoped)).await;
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
+    on_postgres_schema("tessera_killr", async |url| kill_during_reads(Some(url)).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,17 +221,22 @@ async fn sqlite_acknowledged_transactions_survive_sigkill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_acknowledged_transactions_survive_sigkill() {
+    on_postgres_schema("tessera_kill", async |url| kill_during_ingest(Some(url)).await).await;
+}
+
+/// Runs `f` with a database URL scoped to a fresh schema of its own (so earlier runs and
+/// other tests don't interfere), dropped afterwards; says so when PostgreSQL is not
+/// configured.
+async fn on_postgres_schema(prefix: &str, f: impl AsyncFnOnce(&str)) {
     let Ok(url) = std::env::var("TESSERA_TEST_DATABASE_URL") else {
         eprintln!("TESSERA_TEST_DATABASE_URL is not set: PostgreSQL variant not run");
         return;
     };
-    // A schema of its own, so earlier runs and other tests don't interfere.
-    let schema = format!("tessera_kill_{}", std::process::id());
+    let schema = format!("{prefix}_{}", std::process::id());
     let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await.unwrap();
     let sep = if url.contains('?') { '&' } else { '?' };
-    let scoped = format!("{url}{sep}options=-csearch_path%3D{schema}");
-    kill_during_ingest(Some(&scoped)).await;
+    f(&format!("{url}{sep}options=-csearch_path%3D{schema}")).await;
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
 }
