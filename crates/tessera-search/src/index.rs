@@ -227,6 +227,41 @@ enum Branches {
 /// top level has operators binding looser than `|` (comparisons, `and`, `or`, …) is kept
 /// whole.
 fn applicable_branches(source: &str, resource_type: &str) -> Branches {
+    let Some(all) = union_branches(source) else {
+        return Branches::All;
+    };
+    let total = all.len();
+    let kept: Vec<&str> = all
+        .into_iter()
+        .filter(|branch| {
+            let head = branch.trim_start_matches(|c: char| c == '(' || c.is_whitespace());
+            let first: &str = head
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .next()
+                .unwrap_or("");
+            first == resource_type || !is_resource_type(first)
+        })
+        .collect();
+    match kept.len() {
+        0 => Branches::None,
+        n if n == total => Branches::All,
+        _ => Branches::Some(kept.join(" | ")),
+    }
+}
+
+/// The expression for `resource_type` of a parameter: its source reduced to the union
+/// branches that can apply to the type (`None` when none can).
+pub(crate) fn expression_for(source: &str, resource_type: &str) -> Option<String> {
+    match applicable_branches(source, resource_type) {
+        Branches::All => Some(source.trim().to_string()),
+        Branches::None => None,
+        Branches::Some(s) => Some(s),
+    }
+}
+
+/// The top-level `|` branches of an expression, trimmed; `None` when its top level has
+/// operators binding looser than `|`, or unbalanced brackets or quotes.
+pub(crate) fn union_branches(source: &str) -> Option<Vec<&str>> {
     let b = source.as_bytes();
     let mut depth = 0i32;
     let mut quote: Option<u8> = None;
@@ -253,7 +288,7 @@ fn applicable_branches(source: &str, resource_type: &str) -> Branches {
             }
         } else if let Some(ws) = word_start.take() {
             if depth == 0 && is_loose_operator_word(&source[ws..i], b, ws, i) {
-                return Branches::All;
+                return None;
             }
         }
         match c {
@@ -261,40 +296,26 @@ fn applicable_branches(source: &str, resource_type: &str) -> Branches {
             b'(' | b'[' | b'{' => depth += 1,
             b')' | b']' | b'}' => depth -= 1,
             b'|' if depth == 0 => splits.push(i),
-            b'=' | b'<' | b'>' | b'~' | b'!' if depth == 0 => return Branches::All,
+            b'=' | b'<' | b'>' | b'~' | b'!' if depth == 0 => return None,
             _ => {}
         }
         i += 1;
     }
     if let Some(ws) = word_start {
         if depth == 0 && is_loose_operator_word(&source[ws..], b, ws, b.len()) {
-            return Branches::All;
+            return None;
         }
     }
     if quote.is_some() || depth != 0 {
-        return Branches::All;
+        return None;
     }
-    let mut kept = Vec::new();
+    let mut out = Vec::new();
     let mut start = 0;
-    let mut total = 0;
     for end in splits.into_iter().chain(std::iter::once(b.len())) {
-        let branch = source[start..end].trim();
+        out.push(source[start..end].trim());
         start = end + 1;
-        total += 1;
-        let head = branch.trim_start_matches(|c: char| c == '(' || c.is_whitespace());
-        let first: &str = head
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .next()
-            .unwrap_or("");
-        if first == resource_type || !is_resource_type(first) {
-            kept.push(branch);
-        }
     }
-    match kept.len() {
-        0 => Branches::None,
-        n if n == total => Branches::All,
-        _ => Branches::Some(kept.join(" | ")),
-    }
+    Some(out)
 }
 
 /// Is the word at `b[start..end]` an operator binding looser than `|`? Words after a `.`

@@ -58,11 +58,13 @@
 //! assert_eq!(req.criteria[1].values, [Value::Token { system: Some(Some("http://loinc.org".into())), code: Some("8480-6".into()) }]);
 //! ```
 
+mod derived;
 pub mod index;
 mod params;
 pub mod query;
 mod values;
 
+pub use derived::{all_derived, derived, Derived};
 pub use index::{composite_entries, index_all, index_resource, CompositeEntry, IndexEntry, IndexValue};
 pub use params::{ParamKind, COMMON_PARAMS};
 pub use values::normalize_string;

@@ -124,8 +124,11 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
         }
     }
     for e in entries {
-        if e.param == "_id" {
-            continue; // answered by `resource_current`
+        if e.param == "_id" || e.param == "_lastUpdated" {
+            continue; // answered by `resource_current` and `resource_version`
+        }
+        if tessera_search::derived(resource_type, &e.param).is_some() {
+            continue; // answered from the rows of the parameters it derives from
         }
         let p = param_key(resource_type, &e.param);
         let row = match &e.value {
@@ -452,7 +455,7 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
             SortKey::LastUpdated { descending } => order.push(format!("c.seq {}", dir(*descending))),
             SortKey::Id { descending } => order.push(format!("c.id {}", dir(*descending))),
             SortKey::Param { param, table, descending } => {
-                let p = b.int(param_key(&ty, param));
+                let key = key_cond(&mut b, &ty, param, "s");
                 let (column, agg) = match (table, descending) {
                     (Table::Date, false) => ("low", "MIN"),
                     (Table::Date, true) => ("high", "MAX"),
@@ -475,7 +478,7 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
                 // without a value sort last either way.
                 let n = joins.len();
                 joins.push(format!(
-                    " LEFT JOIN (SELECT s.seq AS seq, {agg}(s.{column}) AS k FROM {} s WHERE s.p = {p} GROUP BY s.seq) sk{n} ON sk{n}.seq = c.seq",
+                    " LEFT JOIN (SELECT s.seq AS seq, {agg}(s.{column}) AS k FROM {} s WHERE {key} GROUP BY s.seq) sk{n} ON sk{n}.seq = c.seq",
                     table.name()
                 ));
                 order.push(format!("sk{n}.k {} NULLS LAST", dir(*descending)));
@@ -499,6 +502,9 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
 /// and has a coded value: the token clause and the patient. Every resource that matches
 /// the reference is in that patient's compartment, so `sp_token_pc` holds all candidates.
 fn patient_token_driver(q: &IndexQuery, ty: &str) -> Option<(usize, String)> {
+    if tessera_search::derived(ty, PATIENT_SCOPED_PARAM).is_some() {
+        return None;
+    }
     let compartment = tessera_fhir::definitions::patient_compartment_params(ty);
     let patient = q.clauses.iter().find_map(|c| match (c.negate, c.any.as_slice()) {
         (false, [Pred::Reference { param, target_type, ids, url: None }])
@@ -536,7 +542,7 @@ fn choose_driver(q: &IndexQuery) -> Option<usize> {
             Pred::Token { code: Some(_), .. } => 2,
             Pred::Uri { mode: UriMode::Equals, .. } => 3,
             Pred::String { mode: StringMode::Exact | StringMode::Prefix, .. } => 4,
-            Pred::Date { .. } => 5,
+            Pred::Date { param, .. } if param != LAST_UPDATED => 5,
             Pred::Number { .. } => 6,
             _ => return None,
         })
@@ -590,6 +596,9 @@ fn probe_sql(b: &mut SqlBuilder, ty: &str, p: &Pred, target: &str, in_current: b
                 format!("{target} IN (SELECT r.seq FROM resource_current r WHERE r.res_type IN ({}))", list.join(", "))
             }
         }
+        Pred::Date { param, prefix, low, high } if param == LAST_UPDATED => last_updated_sql(b, *prefix, *low, *high, target),
+        // Every version has a commit time.
+        Pred::Missing { param, missing, .. } if param == LAST_UPDATED => if *missing { "0 = 1".into() } else { "1 = 1".into() },
         Pred::Missing { param, table, missing } => {
             let k = key_cond(b, ty, param, "m");
             let has = format!("EXISTS (SELECT 1 FROM {} m WHERE {k} AND m.seq = {target})", table.name());
@@ -607,13 +616,77 @@ fn probe_sql(b: &mut SqlBuilder, ty: &str, p: &Pred, target: &str, in_current: b
 }
 
 /// `{alias}.p = key` (or, for a search across all types, any type's key for the parameter).
+/// A derived parameter (`tessera_search::derived`) is answered from the rows of the
+/// parameters it derives from: `combo-code` by the keys of `code` and `component-code`,
+/// `patient` by the key of `subject` and a Patient target.
 fn key_cond(b: &mut SqlBuilder, ty: &str, param: &str, alias: &str) -> String {
-    if ty.is_empty() {
-        let keys: Vec<String> = tessera_fhir::definitions::resource_types().map(|t| param_key(t, param).to_string()).collect();
-        return format!("{alias}.p IN ({})", keys.join(", "));
+    use tessera_search::Derived;
+    let types: Vec<&str> = if ty.is_empty() { tessera_fhir::definitions::resource_types().collect() } else { vec![ty] };
+    let mut plain: Vec<i64> = Vec::new();
+    let mut patient_of: Vec<i64> = Vec::new();
+    for t in types {
+        match tessera_search::derived(t, param) {
+            None => plain.push(param_key(t, param)),
+            Some(Derived::Union(parts)) => plain.extend(parts.iter().map(|q| param_key(t, q))),
+            Some(Derived::PatientOf(q)) => patient_of.push(param_key(t, q)),
+        }
     }
-    let k = b.int(param_key(ty, param));
-    format!("{alias}.p = {k}")
+    let list = |keys: &[i64]| keys.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+    let mut alternatives = Vec::new();
+    match plain.as_slice() {
+        [] => {}
+        [k] if ty.is_empty() => alternatives.push(format!("{alias}.p = {k}")),
+        [k] => {
+            let v = b.int(*k);
+            alternatives.push(format!("{alias}.p = {v}"));
+        }
+        keys => alternatives.push(format!("{alias}.p IN ({})", list(keys))),
+    }
+    if !patient_of.is_empty() {
+        let keys = if patient_of.len() == 1 {
+            let v = b.int(patient_of[0]);
+            format!("{alias}.p = {v}")
+        } else {
+            format!("{alias}.p IN ({})", list(&patient_of))
+        };
+        alternatives.push(format!("{keys} AND {alias}.target_type = 'Patient'"));
+    }
+    match alternatives.len() {
+        0 => "0 = 1".to_string(),
+        1 => alternatives.remove(0),
+        _ => format!("(({}))", alternatives.join(") OR (")),
+    }
+}
+
+/// `_lastUpdated` is the version's commit time (`resource_version.last_updated`, to the
+/// microsecond): a condition on that row instead of index rows.
+const LAST_UPDATED: &str = "_lastUpdated";
+
+fn last_updated_sql(b: &mut SqlBuilder, prefix: Prefix, low: i64, high: i64, target: &str) -> String {
+    let cond = date_cond(b, "v.last_updated", "v.last_updated", prefix, low, high);
+    format!("EXISTS (SELECT 1 FROM resource_version v WHERE v.seq = {target} AND {cond})")
+}
+
+/// A date range `[lo_col, hi_col]` against the query's range `[low, high]` by prefix.
+/// Only the bounds a prefix uses become arguments (PostgreSQL refuses unused ones).
+fn date_cond(b: &mut SqlBuilder, lo_col: &str, hi_col: &str, prefix: Prefix, low: i64, high: i64) -> String {
+    match prefix {
+        Prefix::Eq => format!("{lo_col} >= {} AND {hi_col} <= {}", b.int(low), b.int(high)),
+        Prefix::Ne => format!("NOT ({lo_col} >= {} AND {hi_col} <= {})", b.int(low), b.int(high)),
+        Prefix::Gt => format!("{hi_col} > {}", b.int(high)),
+        Prefix::Lt => format!("{lo_col} < {}", b.int(low)),
+        Prefix::Ge => format!("{hi_col} >= {}", b.int(low)),
+        Prefix::Le => format!("{lo_col} <= {}", b.int(high)),
+        Prefix::Sa => format!("{lo_col} > {}", b.int(high)),
+        Prefix::Eb => format!("{hi_col} < {}", b.int(low)),
+        Prefix::Ap => {
+            // Approximately: overlaps the value widened by 10 % of its distance from now.
+            let now = crate::now_micros();
+            let margin = ((now - low).abs() / 10).max(86_400_000_000);
+            let (alo, ahi) = (b.int(low.saturating_sub(margin)), b.int(high.saturating_add(margin)));
+            format!("{hi_col} >= {alo} AND {lo_col} <= {ahi}")
+        }
+    }
 }
 
 /// An index predicate as its table and conditions on `alias` (without the `seq`). For a
@@ -660,24 +733,7 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
         }
         Pred::Date { param, prefix, low, high } => {
             let mut w = vec![key_cond(b, ty, param, a)];
-            // Only the bounds a prefix uses become arguments (PostgreSQL refuses unused ones).
-            w.push(match prefix {
-                Prefix::Eq => format!("{r}.low >= {} AND {r}.high <= {}", b.int(*low), b.int(*high)),
-                Prefix::Ne => format!("NOT ({r}.low >= {} AND {r}.high <= {})", b.int(*low), b.int(*high)),
-                Prefix::Gt => format!("{r}.high > {}", b.int(*high)),
-                Prefix::Lt => format!("{r}.low < {}", b.int(*low)),
-                Prefix::Ge => format!("{r}.high >= {}", b.int(*low)),
-                Prefix::Le => format!("{r}.low <= {}", b.int(*high)),
-                Prefix::Sa => format!("{r}.low > {}", b.int(*high)),
-                Prefix::Eb => format!("{r}.high < {}", b.int(*low)),
-                Prefix::Ap => {
-                    // Approximately: overlaps the value widened by 10 % of its distance from now.
-                    let now = crate::now_micros();
-                    let margin = ((now - low).abs() / 10).max(86_400_000_000);
-                    let (alo, ahi) = (b.int(low.saturating_sub(margin)), b.int(high.saturating_add(margin)));
-                    format!("{r}.high >= {alo} AND {r}.low <= {ahi}")
-                }
-            });
+            w.push(date_cond(b, &format!("{r}.low"), &format!("{r}.high"), *prefix, *low, *high));
             (Table::Date, w)
         }
         Pred::Number { param, prefix, value, low, high, system, code } => {

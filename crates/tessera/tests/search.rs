@@ -153,6 +153,38 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
             o["component"].as_array().into_iter().flatten().any(|c| has_code(c, Some("http://loinc.org"), "8480-6") && c["valueQuantity"]["value"].as_f64().is_some_and(|v| v > 120.0))
         }),
     );
+    // derived parameters: answered from the rows of the parameters they are defined by
+    let component_has = |o: &Value, code: &str| o["component"].as_array().into_iter().flatten().any(|c| has_code(c, None, code));
+    check("combo-code (code or component code)", &search(s, "Observation?combo-code=8480-6,8867-4").await, where_obs(&|o| has_code(o, None, "8480-6") || has_code(o, None, "8867-4") || component_has(o, "8480-6") || component_has(o, "8867-4")));
+    let component_values = |o: &Value| -> Vec<f64> { o["component"].as_array().into_iter().flatten().filter_map(|c| c["valueQuantity"]["value"].as_f64()).collect() };
+    check(
+        "combo-value-quantity=gt120",
+        &search(s, "Observation?combo-value-quantity=gt120").await,
+        where_obs(&|o| qv(o).is_some_and(|v| v > 120.0) || component_values(o).iter().any(|v| *v > 120.0)),
+    );
+    check(
+        "combo-code-value-quantity",
+        &search(s, "Observation?combo-code-value-quantity=http://loinc.org|8480-6$gt120").await,
+        where_obs(&|o| {
+            o["component"].as_array().into_iter().flatten().any(|c| has_code(c, Some("http://loinc.org"), "8480-6") && c["valueQuantity"]["value"].as_f64().is_some_and(|v| v > 120.0))
+        }),
+    );
+    check("patient:missing=false", &search(s, "Observation?patient:missing=false").await, where_obs(&|o| o["subject"]["reference"].as_str().is_some_and(|r| r.starts_with("Patient/"))));
+    check("combo-code:missing=true (none)", &search(s, "Observation?combo-code:missing=true").await, where_obs(&|o| o.get("code").is_none()));
+    let sorted = search(s, &format!("Encounter?patient={pid}&_sort=-patient,date&_count=5")).await;
+    let starts: Vec<i64> = sorted.iter().map(|e| instant(e["period"]["start"].as_str().unwrap()).0).collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "sorted by a derived parameter, then by date");
+    let of_pid: BTreeSet<String> = encounters.iter().filter(|e| subject_of(e) == pid).map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    check("Encounter patient, sorted", &sorted, of_pid);
+    // _lastUpdated: the commit time of each version
+    let mut stamps: Vec<String> = observations.iter().map(|o| o["meta"]["lastUpdated"].as_str().unwrap().to_string()).collect();
+    stamps.sort();
+    let mid = stamps[stamps.len() / 2].clone();
+    let (mid_micros, _) = instant(&mid);
+    let lu = |o: &Value| instant(o["meta"]["lastUpdated"].as_str().unwrap()).0;
+    check("_lastUpdated=ge", &search(s, &format!("Observation?_lastUpdated=ge{}", mid.replace('+', "%2B"))).await, where_obs(&|o| lu(o) >= mid_micros));
+    check("_lastUpdated=lt", &search(s, &format!("Observation?_lastUpdated=lt{}&code=8867-4", mid.replace('+', "%2B"))).await, where_obs(&|o| lu(o) < mid_micros && has_code(o, None, "8867-4")));
+    check("_lastUpdated=eq", &search(s, &format!("Observation?_lastUpdated={}", mid.replace('+', "%2B"))).await, where_obs(&|o| lu(o) == mid_micros));
     // string
     let family = patients[1]["name"][0]["family"].as_str().unwrap().to_string();
     let expect_family = |f: &dyn Fn(&str) -> bool| -> BTreeSet<String> {
