@@ -150,9 +150,14 @@ pub fn prepare_delete(resource_type: &str, id: &str, version: u64, precondition:
     }
 }
 
-/// A new server-assigned id.
+/// A new server-assigned id: a time-ordered UUID (version 7: milliseconds since the
+/// epoch, then 74 random bits). Ids made together sort together, so the rows keyed by them
+/// (the current-version table, and index rows that refer to resources created in the same
+/// transaction, such as a Provenance's targets) are appended rather than scattered over
+/// the whole index, which keeps writes to a few pages. The id reveals its creation time to
+/// the millisecond, which `meta.lastUpdated` of the first version shows anyway.
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 #[cfg(test)]

@@ -60,9 +60,6 @@ impl Engine {
             }
         }
         let request = query::parse(resource_type, &pairs, strict).map_err(query_errors)?;
-        if matches!(request.summary, Some(Summary::True | Summary::Text)) && strict {
-            return Err(FhirError::new(400, IssueType::NotSupported, "_summary=true and _summary=text are not supported; use _elements"));
-        }
         let mut gate = self.gate(access);
         let mut q = IndexQuery::new(resource_type);
         if let Scope::Compartment { patient, resource_type } = scope {
@@ -460,6 +457,13 @@ impl Engine {
                     };
                     Pred::Reference { param: param.clone(), target_type, ids: id.iter().cloned().collect(), url: url.clone() }
                 }
+                (Value::OfType { system, code, value }, Some(Modifier::OfType)) => Pred::TokenToken {
+                    param: format!("{param}:of-type"),
+                    system: Some(system.clone().unwrap_or_default()),
+                    code: code.clone(),
+                    system2: None,
+                    code2: value.clone(),
+                },
                 (Value::Uri(u), None) => Pred::Uri { param: param.clone(), mode: UriMode::Equals, value: u.clone() },
                 (Value::Uri(u), Some(Modifier::Below)) => Pred::Uri { param: param.clone(), mode: UriMode::Below, value: u.clone() },
                 (Value::Uri(u), Some(Modifier::Above)) => Pred::Uri { param: param.clone(), mode: UriMode::Above, value: u.clone() },
@@ -673,16 +677,34 @@ fn shape(json: &[u8], request: &SearchRequest) -> Vec<u8> {
     } else {
         None
     };
-    let data_only = request.summary == Some(Summary::Data);
-    if keep.is_none() && !data_only {
+    let summary = request.summary.filter(|s| matches!(s, Summary::True | Summary::Text | Summary::Data));
+    if keep.is_none() && summary.is_none() {
         return json.to_vec();
     }
     let Ok(Json::Object(mut m)) = serde_json::from_slice::<Json>(json) else { return json.to_vec() };
+    let resource_type = m.get("resourceType").and_then(Json::as_str).unwrap_or("").to_string();
     if let Some(keep) = keep {
         m.retain(|k, _| matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.contains(&k.as_str()));
     }
-    if data_only {
-        m.remove("text");
+    match summary {
+        Some(Summary::Data) => {
+            m.remove("text");
+        }
+        Some(Summary::True) => {
+            if let Some(t) = tessera_fhir::definitions::definitions().resource(&resource_type) {
+                summary_view(&mut m, t);
+            }
+        }
+        Some(Summary::Text) => {
+            // The narrative, `id`, `meta` and the mandatory top-level elements.
+            if let Some(t) = tessera_fhir::definitions::definitions().resource(&resource_type) {
+                m.retain(|k, _| {
+                    matches!(k.as_str(), "resourceType" | "id" | "meta" | "text")
+                        || t.lookup(k.trim_start_matches('_')).is_some_and(|(e, _)| t.elements[e].min >= 1)
+                });
+            }
+        }
+        _ => {}
     }
     let meta = m.entry("meta").or_insert_with(|| json!({}));
     if let Some(meta) = meta.as_object_mut() {
@@ -692,6 +714,31 @@ fn shape(json: &[u8], request: &SearchRequest) -> Vec<u8> {
         }
     }
     serde_json::to_vec(&Json::Object(m)).unwrap_or_default()
+}
+
+/// `_summary=true`: keeps the elements the definitions mark `isSummary` (with their
+/// `_x` primitive extensions), and within nested backbone elements their summary
+/// elements in turn; data types are kept whole.
+fn summary_view(m: &mut serde_json::Map<String, Json>, t: &tessera_fhir::definitions::TypeDef) {
+    use tessera_fhir::definitions::{definitions, Target, TypeKind};
+    m.retain(|k, _| k == "resourceType" || t.lookup(k.trim_start_matches('_')).is_some_and(|(e, _)| t.elements[e].summary));
+    for (k, v) in m.iter_mut() {
+        let Some((e, ty)) = t.lookup(k) else { continue };
+        let Some(Target::Complex(id)) = t.elements[e].types.get(ty).map(|x| x.target) else { continue };
+        let nested = definitions().get(id);
+        if nested.kind != TypeKind::Backbone {
+            continue;
+        }
+        let items: Vec<&mut Json> = match v {
+            Json::Array(a) => a.iter_mut().collect(),
+            other => vec![other],
+        };
+        for item in items {
+            if let Json::Object(o) = item {
+                summary_view(o, nested);
+            }
+        }
+    }
 }
 
 /// The `(type, id)` references a stored resource holds in the reference parameters

@@ -118,6 +118,8 @@ pub struct ElementDef {
     pub min: u32,
     /// `max = "*"`: represented as a JSON array.
     pub many: bool,
+    /// `isSummary`: part of the `_summary=true` view.
+    pub summary: bool,
     pub types: Vec<ElementType>,
 }
 
@@ -289,7 +291,7 @@ impl Definitions {
             let mut elements = Vec::with_capacity(rows.len());
             let mut keys = FastMap::default();
             let mut required = Vec::new();
-            for (index, ElementRow(raw_name, codes, min, max)) in rows.into_iter().enumerate() {
+            for (index, ElementRow(raw_name, codes, min, max, summary)) in rows.into_iter().enumerate() {
                 let (element_name, choice) = match raw_name.strip_suffix("[x]") {
                     Some(base) => (base.to_string(), true),
                     None => (raw_name, false),
@@ -303,7 +305,7 @@ impl Definitions {
                 if min >= 1 {
                     required.push(index as u16);
                 }
-                elements.push(ElementDef { name: element_name, choice, min, many: max == "*", types: element_types });
+                elements.push(ElementDef { name: element_name, choice, min, many: max == "*", summary, types: element_types });
             }
             types.push(TypeDef { name, kind, elements, keys, required });
         }

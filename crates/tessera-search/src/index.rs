@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | token | `Coding` | `system`/`code`, `display` as text |
 //! | token | `CodeableConcept` | each coding as above (the concept's `text` standing in for a missing `display`, and added as a second entry when both differ); with no coded coding, one entry with an empty code and the `text` |
-//! | token | `Identifier` | `system`/`value`, `type.text` as text |
+//! | token | `Identifier` | `system`/`value`, `type.text` as text; and for `:of-type`, the entry `{code}:of-type` per `type` coding: (coding system and code, value) |
 //! | token | `ContactPoint` | `value` as code, no system (a ContactPoint's `system` is not a URI) |
 //! | token | `code`, `string`, `id`, `uri`, … primitives | the value, no system |
 //! | token | `boolean` | `true` / `false`, no system |
@@ -32,8 +32,7 @@
 //! Not indexed: `#contained` and `urn:uuid:`/`urn:oid:` references (nothing outside the
 //! resource or its bundle can be found by them; a transaction resolves bundle-local
 //! references before the resource is stored), references with only an `identifier` or a
-//! `display`, `Reference.identifier` (for `:identifier`), `Identifier.type` codings (for
-//! `:of-type`), `SampledData`, the contained resources themselves, embedded resources
+//! `display`, `Reference.identifier` (for `:identifier`), `SampledData`, the contained resources themselves, embedded resources
 //! under reference parameters (`Bundle.composition`), values a
 //! parameter's type cannot hold (a `Range` under a date parameter), and the parameters
 //! without an expression or of type `special` (`_text`, `_content`, `_query`, `near`).
@@ -352,8 +351,36 @@ fn index_with(params: &TypeParams, resource: &Value) -> Vec<IndexEntry> {
             param: p.code.to_string(),
             value,
         }));
+        if p.kind == ParamKind::Token {
+            of_type_entries(p.code, &items, &mut out);
+        }
     }
     out
+}
+
+/// For `:of-type`: each `Identifier` with a value, once per `type` coding, as the entry
+/// `{code}:of-type` = (the type's system and code, the value).
+fn of_type_entries(code: &str, items: &[Item<'_>], out: &mut Vec<IndexEntry>) {
+    let start = out.len();
+    for item in items {
+        let Item::Node(node) = item else { continue };
+        if node.type_name() != "Identifier" {
+            continue;
+        }
+        let json = node.json();
+        let Some(value) = str_field(json, "value") else { continue };
+        let codings = json.get("type").and_then(|t| t.get("coding")).and_then(Value::as_array);
+        for c in codings.into_iter().flatten() {
+            let Some(type_code) = str_field(c, "code") else { continue };
+            let entry = IndexEntry {
+                param: format!("{code}:of-type"),
+                value: IndexValue::Composite(vec![token(str_field(c, "system"), type_code, None), token(None, value, None)]),
+            };
+            if !out[start..].contains(&entry) {
+                out.push(entry);
+            }
+        }
+    }
 }
 
 /// Removes repeated values, keeping the first of each in order: pairwise for the usual

@@ -147,6 +147,7 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
     metrics: Arc<StoreMetrics>,
 }
 
@@ -163,7 +164,8 @@ impl SqliteStore {
         let conn = Connection::open(&path).map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; \
-             PRAGMA wal_autocheckpoint=16000; PRAGMA cache_size=-49152;",
+             PRAGMA wal_autocheckpoint=65536; PRAGMA journal_size_limit=67108864; \
+             PRAGMA cache_size=-49152; PRAGMA temp_store=MEMORY;",
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
@@ -194,11 +196,13 @@ impl SqliteStore {
                 writer_loop(writer, rx)
             })
             .map_err(|e| StoreError::Backend(format!("cannot start writer: {e}")))?;
+        let checkpointer = Checkpointer::start(&path, metrics.clone())?;
         Ok(SqliteStore {
             path,
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some(checkpointer)),
             metrics,
         })
     }
@@ -260,6 +264,55 @@ impl Drop for SqliteStore {
         if let Some(h) = self.writer_thread.lock().expect("writer thread").take() {
             let _ = h.join();
         }
+        if let Some(c) = self.checkpointer.lock().expect("checkpointer").take() {
+            c.stop();
+        }
+    }
+}
+
+/// Copies the WAL into the database file on a thread of its own, so that the writer does
+/// not (a passive checkpoint runs alongside the writer; the writer restarts the WAL once a
+/// checkpoint has caught up). It runs when the writer has committed since its last run,
+/// at most every [`CHECKPOINT_EVERY`]. The writer's own automatic checkpoint stays as a
+/// backstop at 256 MB of WAL.
+struct Checkpointer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Checkpointer {
+    fn start(path: &Path, metrics: Arc<StoreMetrics>) -> Result<Checkpointer> {
+        use std::sync::atomic::Ordering;
+        let conn = Connection::open(path).map_err(db)?;
+        conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA cache_size=-2048;").map_err(db)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tessera-sqlite-checkpoint".into())
+            .spawn(move || {
+                let commits = || metrics.commit_batches.load(Ordering::Relaxed);
+                let mut seen = commits();
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    let now = commits();
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "checkpoint failed; retrying later");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot start the checkpointer: {e}")))?;
+        Ok(Checkpointer { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
     }
 }
 

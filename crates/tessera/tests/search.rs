@@ -227,6 +227,38 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     let n = where_obs(&|o| has_code(o, None, "8867-4")).len() as u64;
     assert_eq!(s.get("Observation?code=8867-4&_total=accurate&_count=1").await.json()["total"], n);
     assert_eq!(s.get("Observation?code=8867-4&_summary=count").await.json()["total"], n);
+    // identifier:of-type (type coding, value)
+    let mr = patients[2]["identifier"].as_array().unwrap().iter().find(|i| codings(&i["type"]).iter().any(|(_, c)| c == "MR")).expect("a Synthea MRN");
+    let mr_value = mr["value"].as_str().unwrap().to_string();
+    let v2 = "http://terminology.hl7.org/CodeSystem/v2-0203";
+    let with_type = |code: &str, value: &str| -> BTreeSet<String> {
+        patients
+            .iter()
+            .filter(|p| p["identifier"].as_array().into_iter().flatten().any(|i| i["value"] == value && codings(&i["type"]).iter().any(|(s, c)| s == v2 && c == code)))
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    check("identifier:of-type", &search(s, &format!("Patient?identifier:of-type={v2}|MR|{mr_value}")).await, with_type("MR", &mr_value));
+    check("identifier:of-type, other type (none)", &search(s, &format!("Patient?identifier:of-type={v2}|SS|{mr_value}")).await, with_type("SS", &mr_value));
+    // _summary=true: the elements marked isSummary, tagged SUBSETTED; _summary=text: the
+    // narrative, id, meta and the mandatory elements
+    let summary = search(s, "Patient?_summary=true").await;
+    assert_eq!(ids(&summary), ids(&patients));
+    for p in &summary {
+        let keys: BTreeSet<&str> = p.as_object().unwrap().keys().map(String::as_str).collect();
+        assert!(keys.contains("name") && keys.contains("gender") && keys.contains("birthDate"), "{keys:?}");
+        for absent in ["text", "extension", "maritalStatus", "communication", "multipleBirthBoolean"] {
+            assert!(!keys.contains(absent), "_summary=true keeps {absent}");
+        }
+        assert!(p["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "SUBSETTED"));
+    }
+    let text = search(s, &format!("Observation?patient={pid}&code=8867-4&_summary=text")).await;
+    assert!(!text.is_empty());
+    for o in &text {
+        let keys: BTreeSet<&str> = o.as_object().unwrap().keys().map(String::as_str).collect();
+        assert!(keys.contains("status") && keys.contains("code") && keys.contains("id"), "{keys:?}");
+        assert!(!keys.contains("valueQuantity") && !keys.contains("subject") && !keys.contains("effectiveDateTime"), "{keys:?}");
+    }
     // _include: exactly the subjects of the matches
     let b = s.get("Observation?code=8867-4&_include=Observation:subject&_count=500").await.json();
     let included: BTreeSet<String> = b["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "include").map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();

@@ -147,6 +147,8 @@ struct FlatElement {
     /// Type codes, or empty when `content_reference` is set.
     types: Vec<String>,
     content_reference: Option<String>,
+    /// `ElementDefinition.isSummary`: part of the `_summary=true` view.
+    summary: bool,
 }
 
 fn element_tables(sds: &BTreeMap<String, Value>) -> Result<Vec<TypeRow>> {
@@ -193,6 +195,7 @@ fn flat_elements(name: &str, sds: &BTreeMap<String, Value>, cache: &mut HashMap<
         let min = de.get("min").and_then(Value::as_u64).map(|m| m as u32);
         let max = str_at(de, "max").map(str::to_string);
         let content_reference = str_at(de, "contentReference").map(|c| c.trim_start_matches('#').to_string());
+        let summary = de.get("isSummary").and_then(Value::as_bool);
         if let Some(existing) = elements.iter_mut().find(|e| e.rel == rel) {
             // A derived type restating an inherited element (e.g. constraining it).
             if let Some(min) = min {
@@ -204,6 +207,9 @@ fn flat_elements(name: &str, sds: &BTreeMap<String, Value>, cache: &mut HashMap<
             if !types.is_empty() {
                 existing.types = types;
             }
+            if let Some(summary) = summary {
+                existing.summary = summary;
+            }
             continue;
         }
         let (Some(min), Some(max)) = (min, max) else {
@@ -212,7 +218,7 @@ fn flat_elements(name: &str, sds: &BTreeMap<String, Value>, cache: &mut HashMap<
         if types.is_empty() && content_reference.is_none() {
             return Err(format!("{path}: element without type"));
         }
-        elements.push(FlatElement { rel: rel.to_string(), min, max, types, content_reference });
+        elements.push(FlatElement { rel: rel.to_string(), min, max, types, content_reference, summary: summary.unwrap_or(false) });
     }
     cache.insert(name.to_string(), elements.clone());
     Ok(elements)
@@ -272,12 +278,12 @@ fn split_tables(name: &str, kind: TypeKind, flat: &[FlatElement]) -> Result<Vec<
             let table = format!("{name}.{}", e.rel);
             // Nested elements inherit id/extension (and modifierExtension for BackboneElement).
             let mut inherited = vec![
-                ElementRow("id".into(), vec!["string".into()], 0, "1".into()),
-                ElementRow("extension".into(), vec!["Extension".into()], 0, "*".into()),
+                ElementRow("id".into(), vec!["string".into()], 0, "1".into(), false),
+                ElementRow("extension".into(), vec!["Extension".into()], 0, "*".into(), false),
             ];
             match e.types.as_slice() {
                 [t] if t == "BackboneElement" => {
-                    inherited.push(ElementRow("modifierExtension".into(), vec!["Extension".into()], 0, "*".into()))
+                    inherited.push(ElementRow("modifierExtension".into(), vec!["Extension".into()], 0, "*".into(), true))
                 }
                 [t] if t == "Element" => {}
                 other => return Err(format!("{name}.{}: nested element of type {other:?}", e.rel)),
@@ -291,7 +297,7 @@ fn split_tables(name: &str, kind: TypeKind, flat: &[FlatElement]) -> Result<Vec<
             .iter_mut()
             .find(|t| t.name == parent)
             .ok_or_else(|| format!("{name}.{}: parent {parent} not defined before it", e.rel))?;
-        table.elements.push(ElementRow(child, types, e.min, e.max.clone()));
+        table.elements.push(ElementRow(child, types, e.min, e.max.clone(), e.summary));
     }
     Ok(tables)
 }
@@ -300,7 +306,7 @@ fn check_type_references(primitives: &[PrimitiveRow], types: &[TypeRow]) -> Resu
     let known: BTreeSet<&str> =
         primitives.iter().map(|p| p.name.as_str()).chain(types.iter().map(|t| t.name.as_str())).chain(["Resource"]).collect();
     for t in types {
-        for ElementRow(name, element_types, _, max) in &t.elements {
+        for ElementRow(name, element_types, _, max, _) in &t.elements {
             if max != "1" && max != "*" {
                 return Err(format!("{}.{name}: unsupported max {max}", t.name));
             }

@@ -49,15 +49,16 @@ pub struct TypeRow {
     pub elements: Vec<ElementRow>,
 }
 
-/// `[name, types, min, max]`, e.g. `["value[x]", ["Quantity", "string"], 0, "1"]`.
+/// `[name, types, min, max, summary]`, e.g. `["value[x]", ["Quantity", "string"], 0, "1", true]`.
 ///
 /// * `name` ends in `[x]` for choice elements.
 /// * `types` are primitive or complex type names, `Resource` for an embedded resource,
 ///   or the name of a nested element table (it contains a dot: `Patient.contact`,
 ///   also the target of a `contentReference` such as `Questionnaire.item`).
 /// * `max` is `"1"` or `"*"`.
+/// * `summary` is `ElementDefinition.isSummary` (the `_summary=true` view).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ElementRow(pub String, pub Vec<String>, pub u32, pub String);
+pub struct ElementRow(pub String, pub Vec<String>, pub u32, pub String, pub bool);
 
 /// One R4 `SearchParameter`, reduced to what a server needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
