@@ -463,6 +463,7 @@ impl Engine {
                     code: code.clone(),
                     system2: None,
                     code2: value.clone(),
+                    prefix2: false,
                 },
                 (Value::Uri(u), None) => Pred::Uri { param: param.clone(), mode: UriMode::Equals, value: u.clone() },
                 (Value::Uri(u), Some(Modifier::Below)) => Pred::Uri { param: param.clone(), mode: UriMode::Below, value: u.clone() },
@@ -486,8 +487,46 @@ impl Engine {
                         code: code.clone(),
                         system2: s2.clone().map(|s| s.unwrap_or_default()),
                         code2: code2.clone(),
+                        prefix2: false,
                     },
-                    _ => return Err(unsupported(&param, "this combination of composite components (token + quantity and token + token are searchable)")),
+                    [Value::Token { system, code: Some(code) }, Value::String { normalized, .. }] => Pred::TokenToken {
+                        param: param.clone(),
+                        system: system.clone().map(|s| s.unwrap_or_default()),
+                        code: code.clone(),
+                        system2: None,
+                        code2: normalized.clone(),
+                        prefix2: true,
+                    },
+                    [Value::Token { system, code: Some(code) }, Value::Date { prefix, low, high }] => Pred::TokenDate {
+                        param: param.clone(),
+                        system: system.clone().map(|s| s.unwrap_or_default()),
+                        code: code.clone(),
+                        prefix: *prefix,
+                        low: *low,
+                        high: *high,
+                    },
+                    [Value::Reference { target_type, id, url }, Value::Token { system: s2, code: Some(code2) }] if id.is_some() || url.is_some() => {
+                        Pred::TokenToken {
+                            param: param.clone(),
+                            system: if id.is_some() { target_type.clone() } else { None },
+                            code: id.clone().or_else(|| url.clone()).unwrap_or_default(),
+                            system2: s2.clone().map(|s| s.unwrap_or_default()),
+                            code2: code2.clone(),
+                            prefix2: false,
+                        }
+                    }
+                    [Value::Token { system, code: Some(code) }, Value::Number { prefix: p1, value: v1, low: l1, high: h1 }, Value::Number { prefix: p2, value: v2, low: l2, high: h2 }] => {
+                        Pred::TokenRange {
+                            param: param.clone(),
+                            system: system.clone().map(|s| s.unwrap_or_default()),
+                            code: code.clone(),
+                            start_prefix: *p1,
+                            start: (*v1, *l1, *h1),
+                            end_prefix: *p2,
+                            end: (*v2, *l2, *h2),
+                        }
+                    }
+                    _ => return Err(unsupported(&param, "this combination of composite values")),
                 },
                 _ => return Err(unsupported(&param, "this kind of value")),
             };

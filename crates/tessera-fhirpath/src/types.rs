@@ -199,10 +199,33 @@ pub(crate) fn item_is(item: &Item<'_>, spec: &TypeSpec, subtypes: bool) -> Resul
 
 /// `as`/`ofType` matching: derived complex types and resources match their bases;
 /// primitives must match exactly (`code` is not returned by `as(string)`).
+///
+/// A FHIR primitive also matches the System type its value has (`valueDateTime` is
+/// returned by `ofType(DateTime)`): R4's own search parameters are written that way
+/// (`Observation-code-value-date` selects `value.ofType(DateTime)`).
 pub(crate) fn item_as(item: &Item<'_>, spec: &TypeSpec) -> Result<bool, String> {
     let exact_primitive =
         matches!(item, Item::Node(n) if matches!(n.ty, NodeType::Primitive(_) | NodeType::Untyped));
+    if let (TypeSpec::System(want), Item::Node(n)) = (spec, item) {
+        if let Some(Err(p)) = node_fhir(n) {
+            return Ok(primitive_system_type(p.name()) == Some(*want));
+        }
+    }
     item_is(item, spec, !exact_primitive)
+}
+
+/// The System type of a FHIR primitive's value.
+fn primitive_system_type(name: &str) -> Option<SysType> {
+    Some(match name {
+        "boolean" => SysType::Boolean,
+        "integer" | "unsignedInt" | "positiveInt" => SysType::Integer,
+        "decimal" => SysType::Decimal,
+        "date" => SysType::Date,
+        "dateTime" | "instant" => SysType::DateTime,
+        "time" => SysType::Time,
+        "string" | "code" | "id" | "uri" | "url" | "canonical" | "oid" | "uuid" | "markdown" | "base64Binary" | "xhtml" => SysType::String,
+        _ => return None,
+    })
 }
 
 /// `type()` of an item: namespace and name.

@@ -57,7 +57,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::OnceLock;
-use tessera_fhir::definitions::{is_resource_type, resource_types, search_parameters_for};
+use tessera_fhir::definitions::{is_resource_type, resource_types, search_parameters_for, SearchParameter};
 use tessera_fhirpath::{Context, Expression, Item, Node, Temporal};
 
 /// One value a resource holds for one search parameter.
@@ -185,7 +185,7 @@ fn compile(resource_type: &str, reduce: bool) -> TypeParams {
                 else {
                     break;
                 };
-                let Ok(e) = Expression::parse(&format!("%{NODE_VAR}.select({})", c.expression))
+                let Ok(e) = Expression::parse(&format!("%{NODE_VAR}.select({})", component_expression(p, c)))
                 else {
                     break;
                 };
@@ -209,6 +209,22 @@ fn compile(resource_type: &str, reduce: bool) -> TypeParams {
         }
     }
     out
+}
+
+/// A composite component's expression. R4 pairs the components of
+/// `DocumentReference.relationship` crosswise (the reference parameter `relatesto` with
+/// `code`, the token `relation` with `target`); each is taken from the element its
+/// parameter's own expression selects.
+fn component_expression<'a>(p: &SearchParameter, c: &'a tessera_fhir::definitions::SearchComponent) -> &'a str {
+    if p.id == "DocumentReference-relationship" {
+        if c.definition.ends_with("/DocumentReference-relatesto") {
+            return "target";
+        }
+        if c.definition.ends_with("/DocumentReference-relation") {
+            return "code";
+        }
+    }
+    &c.expression
 }
 
 enum Branches {

@@ -194,7 +194,46 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                     system2: s2.clone().unwrap_or_default(),
                     code2: c2.clone(),
                 },
-                // Other combinations (token + date, token + string …) are not searchable yet.
+                // Token + date: the date range in the quantity columns (microseconds are
+                // exact in a double up to year 287,000).
+                [IndexValue::Token { system, code, .. }, IndexValue::Date { low, high }] => Row::TokenQuantity {
+                    p,
+                    system: system.clone().unwrap_or_default(),
+                    code: code.clone(),
+                    value: *low as f64,
+                    low: *low as f64,
+                    high: *high as f64,
+                    unit_system: String::new(),
+                    unit: String::new(),
+                },
+                // Token + string: the normalised string as the second code.
+                [IndexValue::Token { system, code, .. }, IndexValue::String { normalized, .. }] => Row::TokenToken {
+                    p,
+                    system: system.clone().unwrap_or_default(),
+                    code: code.clone(),
+                    system2: String::new(),
+                    code2: normalized.clone(),
+                },
+                // Reference + token (`DocumentReference.relationship`): the target's type and
+                // id (or its URL) as the first token.
+                [IndexValue::Reference { target_type, target_id, url }, IndexValue::Token { system: s2, code: c2, .. }] => Row::TokenToken {
+                    p,
+                    system: target_type.clone().unwrap_or_default(),
+                    code: target_id.clone().or_else(|| url.clone()).unwrap_or_default(),
+                    system2: s2.clone().unwrap_or_default(),
+                    code2: c2.clone(),
+                },
+                // Token + two numbers (`MolecularSequence` coordinates): start and end.
+                [IndexValue::Token { system, code, .. }, IndexValue::Number { value: start, .. }, IndexValue::Number { value: end, .. }] => Row::TokenQuantity {
+                    p,
+                    system: system.clone().unwrap_or_default(),
+                    code: code.clone(),
+                    value: *start,
+                    low: *start,
+                    high: *end,
+                    unit_system: String::new(),
+                    unit: String::new(),
+                },
                 _ => continue,
             },
         };
@@ -259,8 +298,15 @@ pub enum Pred {
         unit_system: Option<String>,
         unit: Option<String>,
     },
-    /// A token + token composite (`code-value-concept=…|…$…|…`).
-    TokenToken { param: String, system: Option<String>, code: String, system2: Option<String>, code2: String },
+    /// A token + token composite (`code-value-concept=…|…$…|…`); with `prefix2`, the second
+    /// value is a normalised string the indexed one starts with (token + string), and a
+    /// reference + token composite has the target type as `system` and its id as `code`.
+    TokenToken { param: String, system: Option<String>, code: String, system2: Option<String>, code2: String, prefix2: bool },
+    /// A token + date composite (`code-value-date=…$ge2020`).
+    TokenDate { param: String, system: Option<String>, code: String, prefix: Prefix, low: i64, high: i64 },
+    /// A token + start + end composite (`chromosome-variant-coordinate=1$ge100$lt200`):
+    /// `value` compares with the start (`start_prefix`) and `end` with the end.
+    TokenRange { param: String, system: Option<String>, code: String, start_prefix: Prefix, start: (f64, f64, f64), end_prefix: Prefix, end: (f64, f64, f64) },
     /// `:text` on a token: the normalised text starts with `value`.
     TokenText { param: String, value: String },
 }
@@ -663,27 +709,28 @@ fn key_cond(b: &mut SqlBuilder, ty: &str, param: &str, alias: &str) -> String {
 const LAST_UPDATED: &str = "_lastUpdated";
 
 fn last_updated_sql(b: &mut SqlBuilder, prefix: Prefix, low: i64, high: i64, target: &str) -> String {
-    let cond = date_cond(b, "v.last_updated", "v.last_updated", prefix, low, high);
+    let cond = date_cond(b, "v.last_updated", "v.last_updated", prefix, low, high, false);
     format!("EXISTS (SELECT 1 FROM resource_version v WHERE v.seq = {target} AND {cond})")
 }
 
 /// A date range `[lo_col, hi_col]` against the query's range `[low, high]` by prefix.
 /// Only the bounds a prefix uses become arguments (PostgreSQL refuses unused ones).
-fn date_cond(b: &mut SqlBuilder, lo_col: &str, hi_col: &str, prefix: Prefix, low: i64, high: i64) -> String {
+fn date_cond(b: &mut SqlBuilder, lo_col: &str, hi_col: &str, prefix: Prefix, low: i64, high: i64, real: bool) -> String {
+    let bind = |b: &mut SqlBuilder, v: i64| if real { b.real(v as f64) } else { b.int(v) };
     match prefix {
-        Prefix::Eq => format!("{lo_col} >= {} AND {hi_col} <= {}", b.int(low), b.int(high)),
-        Prefix::Ne => format!("NOT ({lo_col} >= {} AND {hi_col} <= {})", b.int(low), b.int(high)),
-        Prefix::Gt => format!("{hi_col} > {}", b.int(high)),
-        Prefix::Lt => format!("{lo_col} < {}", b.int(low)),
-        Prefix::Ge => format!("{hi_col} >= {}", b.int(low)),
-        Prefix::Le => format!("{lo_col} <= {}", b.int(high)),
-        Prefix::Sa => format!("{lo_col} > {}", b.int(high)),
-        Prefix::Eb => format!("{hi_col} < {}", b.int(low)),
+        Prefix::Eq => format!("{lo_col} >= {} AND {hi_col} <= {}", bind(b, low), bind(b, high)),
+        Prefix::Ne => format!("NOT ({lo_col} >= {} AND {hi_col} <= {})", bind(b, low), bind(b, high)),
+        Prefix::Gt => format!("{hi_col} > {}", bind(b, high)),
+        Prefix::Lt => format!("{lo_col} < {}", bind(b, low)),
+        Prefix::Ge => format!("{hi_col} >= {}", bind(b, low)),
+        Prefix::Le => format!("{lo_col} <= {}", bind(b, high)),
+        Prefix::Sa => format!("{lo_col} > {}", bind(b, high)),
+        Prefix::Eb => format!("{hi_col} < {}", bind(b, low)),
         Prefix::Ap => {
             // Approximately: overlaps the value widened by 10 % of its distance from now.
             let now = crate::now_micros();
             let margin = ((now - low).abs() / 10).max(86_400_000_000);
-            let (alo, ahi) = (b.int(low.saturating_sub(margin)), b.int(high.saturating_add(margin)));
+            let (alo, ahi) = (bind(b, low.saturating_sub(margin)), bind(b, high.saturating_add(margin)));
             format!("{hi_col} >= {alo} AND {lo_col} <= {ahi}")
         }
     }
@@ -733,12 +780,12 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
         }
         Pred::Date { param, prefix, low, high } => {
             let mut w = vec![key_cond(b, ty, param, a)];
-            w.push(date_cond(b, &format!("{r}.low"), &format!("{r}.high"), *prefix, *low, *high));
+            w.push(date_cond(b, &format!("{r}.low"), &format!("{r}.high"), *prefix, *low, *high, false));
             (Table::Date, w)
         }
         Pred::Number { param, prefix, value, low, high, system, code } => {
             let mut w = vec![key_cond(b, ty, param, a)];
-            w.push(number_cond(b, r, *prefix, *value, *low, *high));
+            w.push(number_cond(b, &format!("{r}.value"), *prefix, *value, *low, *high));
             if let Some(system) = system {
                 let v = b.text(system);
                 w.push(format!("{a}.system = {v}"));
@@ -801,7 +848,7 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
                 let v = b.text(system);
                 w.push(format!("{a}.system = {v}"));
             }
-            w.push(number_cond(b, r, *prefix, *value, *low, *high));
+            w.push(number_cond(b, &format!("{r}.value"), *prefix, *value, *low, *high));
             if let Some(us) = unit_system {
                 let v = b.text(us);
                 w.push(format!("{a}.unit_system = {v}"));
@@ -812,10 +859,18 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
             }
             (Table::TokenQuantity, w)
         }
-        Pred::TokenToken { param, system, code, system2, code2 } => {
+        Pred::TokenToken { param, system, code, system2, code2, prefix2 } => {
             let mut w = vec![key_cond(b, ty, param, a)];
-            let (c1, c2) = (b.text(code), b.text(code2));
-            w.push(format!("{a}.code = {c1} AND {a}.code2 = {c2}"));
+            let c1 = b.text(code);
+            w.push(format!("{a}.code = {c1}"));
+            if *prefix2 {
+                let lo = b.text(code2);
+                let hi = b.text(&format!("{code2}\u{10ffff}"));
+                w.push(format!("{a}.code2 >= {lo} AND {a}.code2 < {hi}"));
+            } else {
+                let c2 = b.text(code2);
+                w.push(format!("{a}.code2 = {c2}"));
+            }
             if let Some(system) = system {
                 let v = b.text(system);
                 w.push(format!("{a}.system = {v}"));
@@ -825,6 +880,29 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
                 w.push(format!("{a}.system2 = {v}"));
             }
             (Table::TokenToken, w)
+        }
+        Pred::TokenDate { param, system, code, prefix, low, high } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            let v = b.text(code);
+            w.push(format!("{a}.code = {v}"));
+            if let Some(system) = system {
+                let v = b.text(system);
+                w.push(format!("{a}.system = {v}"));
+            }
+            w.push(date_cond(b, &format!("{r}.low"), &format!("{r}.high"), *prefix, *low, *high, true));
+            (Table::TokenQuantity, w)
+        }
+        Pred::TokenRange { param, system, code, start_prefix, start, end_prefix, end } => {
+            let mut w = vec![key_cond(b, ty, param, a)];
+            let v = b.text(code);
+            w.push(format!("{a}.code = {v}"));
+            if let Some(system) = system {
+                let v = b.text(system);
+                w.push(format!("{a}.system = {v}"));
+            }
+            w.push(number_cond(b, &format!("{r}.value"), *start_prefix, start.0, start.1, start.2));
+            w.push(number_cond(b, &format!("{r}.high"), *end_prefix, end.0, end.1, end.2));
+            (Table::TokenQuantity, w)
         }
         Pred::TokenText { param, value } => {
             let mut w = vec![key_cond(b, ty, param, a)];
@@ -837,20 +915,20 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
     })
 }
 
-/// A number compared by prefix, on `{r}.value`: `eq`/`ne` against the range the query
+/// A number compared by prefix, on column `col`: `eq`/`ne` against the range the query
 /// value's precision implies (`[low, high)`), the others against the value itself. Only
 /// the bounds a prefix uses become arguments (PostgreSQL refuses unused ones).
-fn number_cond(b: &mut SqlBuilder, r: &str, prefix: Prefix, value: f64, low: f64, high: f64) -> String {
+fn number_cond(b: &mut SqlBuilder, col: &str, prefix: Prefix, value: f64, low: f64, high: f64) -> String {
     match prefix {
-        Prefix::Eq => format!("{r}.value >= {} AND {r}.value < {}", b.real(low), b.real(high)),
-        Prefix::Ne => format!("NOT ({r}.value >= {} AND {r}.value < {})", b.real(low), b.real(high)),
-        Prefix::Gt | Prefix::Sa => format!("{r}.value > {}", b.real(value)),
-        Prefix::Lt | Prefix::Eb => format!("{r}.value < {}", b.real(value)),
-        Prefix::Ge => format!("{r}.value >= {}", b.real(value)),
-        Prefix::Le => format!("{r}.value <= {}", b.real(value)),
+        Prefix::Eq => format!("{col} >= {} AND {col} < {}", b.real(low), b.real(high)),
+        Prefix::Ne => format!("NOT ({col} >= {} AND {col} < {})", b.real(low), b.real(high)),
+        Prefix::Gt | Prefix::Sa => format!("{col} > {}", b.real(value)),
+        Prefix::Lt | Prefix::Eb => format!("{col} < {}", b.real(value)),
+        Prefix::Ge => format!("{col} >= {}", b.real(value)),
+        Prefix::Le => format!("{col} <= {}", b.real(value)),
         Prefix::Ap => {
             let margin = (value.abs() * 0.1).max(f64::EPSILON);
-            format!("{r}.value >= {} AND {r}.value <= {}", b.real(value - margin), b.real(value + margin))
+            format!("{col} >= {} AND {col} <= {}", b.real(value - margin), b.real(value + margin))
         }
     }
 }

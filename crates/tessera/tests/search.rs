@@ -5,7 +5,7 @@
 
 mod common;
 use common::Server;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use tessera_engine::Access;
 
@@ -78,6 +78,24 @@ fn check(label: &str, got: &[Value], expected: BTreeSet<String>) {
 
 async fn synthea_queries_match_the_oracle(s: &Server) {
     load(s, 3).await;
+    // Values Synthea does not have, for the token + date, token + string and reference +
+    // token composites.
+    let extra = [
+        json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "11778-8"}]}, "valueDateTime": "2021-03-04"}),
+        json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "11778-8"}]}, "valueDateTime": "2019-12-31T23:00:00Z"}),
+        json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "11778-8"}]}, "valuePeriod": {"start": "2020-06-01", "end": "2020-07-01"}}),
+        json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8251-1"}]}, "valueString": "Chest pain on exertion"}),
+        json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8251-1"}]}, "valueString": "Shortness of breath"}),
+    ];
+    for r in &extra {
+        assert_eq!(s.post("Observation", r).await.status, 201);
+    }
+    let target = s.post("DocumentReference", &json!({"resourceType": "DocumentReference", "status": "current", "content": [{"attachment": {"contentType": "text/plain"}}]})).await.json();
+    let target_id = target["id"].as_str().unwrap().to_string();
+    let replacing = s
+        .post("DocumentReference", &json!({"resourceType": "DocumentReference", "status": "current", "relatesTo": [{"code": "replaces", "target": {"reference": format!("DocumentReference/{target_id}")}}], "content": [{"attachment": {"contentType": "text/plain"}}]}))
+        .await
+        .json();
     let observations = search(s, "Observation?_count=500").await;
     let patients = search(s, "Patient?_count=500").await;
     let encounters = search(s, "Encounter?_count=500").await;
@@ -153,6 +171,43 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
             o["component"].as_array().into_iter().flatten().any(|c| has_code(c, Some("http://loinc.org"), "8480-6") && c["valueQuantity"]["value"].as_f64().is_some_and(|v| v > 120.0))
         }),
     );
+    // composites of a token with a date, a string; of a reference with a token
+    let value_range = |o: &Value| -> Option<(i64, i64)> {
+        if let Some(d) = o["valueDateTime"].as_str() {
+            return Some(if d.len() == 10 { day(d) } else { instant(d) });
+        }
+        let p = &o["valuePeriod"];
+        Some((day(p["start"].as_str()?).0, day(p["end"].as_str()?).1))
+    };
+    let (y2020, _) = day("2020-01-01");
+    check(
+        "code-value-date=ge2020",
+        &search(s, "Observation?code-value-date=http://loinc.org|11778-8$ge2020-01-01").await,
+        where_obs(&|o| has_code(o, Some("http://loinc.org"), "11778-8") && value_range(o).is_some_and(|(_, h)| h >= y2020)),
+    );
+    check(
+        "code-value-date=lt2020",
+        &search(s, "Observation?code-value-date=11778-8$lt2020-01-01").await,
+        where_obs(&|o| has_code(o, None, "11778-8") && value_range(o).is_some_and(|(l, _)| l < y2020)),
+    );
+    check(
+        "code-value-string (starts with)",
+        &search(s, "Observation?code-value-string=http://loinc.org|8251-1$chest").await,
+        where_obs(&|o| has_code(o, None, "8251-1") && o["valueString"].as_str().is_some_and(|v| v.to_lowercase().starts_with("chest"))),
+    );
+    let rel = search(s, &format!("DocumentReference?relationship=DocumentReference/{target_id}$replaces")).await;
+    assert_eq!(ids(&rel), BTreeSet::from([replacing["id"].as_str().unwrap().to_string()]), "relationship");
+    assert!(search(s, &format!("DocumentReference?relationship=DocumentReference/{target_id}$transforms")).await.is_empty());
+    // a composite of a token and two numbers (sequence coordinates)
+    let mut seq = common::read_json(&common::shared_data().join("fhir-r4-examples/molecularsequence-example.json"));
+    seq.as_object_mut().unwrap().remove("id");
+    let r = s.post("MolecularSequence", &seq).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let seq_id = r.json()["id"].as_str().unwrap().to_string();
+    let found = search(s, "MolecularSequence?referenceseqid-variant-coordinate=NC_000009.11$ge22125500$le22125510").await;
+    assert_eq!(ids(&found), BTreeSet::from([seq_id.clone()]), "variant within the window");
+    assert!(search(s, "MolecularSequence?referenceseqid-variant-coordinate=NC_000009.11$ge22125504$le22125510").await.is_empty(), "starts before");
+    assert!(search(s, "MolecularSequence?referenceseqid-variant-coordinate=NC_000009.12$ge22125500$le22125510").await.is_empty(), "other sequence");
     // derived parameters: answered from the rows of the parameters they are defined by
     let component_has = |o: &Value, code: &str| o["component"].as_array().into_iter().flatten().any(|c| has_code(c, None, code));
     check("combo-code (code or component code)", &search(s, "Observation?combo-code=8480-6,8867-4").await, where_obs(&|o| has_code(o, None, "8480-6") || has_code(o, None, "8867-4") || component_has(o, "8480-6") || component_has(o, "8867-4")));
