@@ -28,6 +28,7 @@ pub mod guard;
 pub mod history;
 pub mod prepare;
 pub mod privacy;
+mod residual;
 pub mod rest;
 pub mod search;
 pub mod worklist;

@@ -10,6 +10,7 @@
 use crate::access::Access;
 use crate::bundle::BundleWriter;
 use crate::guard::{Gate, Visibility};
+use crate::residual::{residual, Residual};
 use crate::{Engine, FhirError};
 use serde_json::{json, Value as Json};
 use tessera_auth::ScopeOp;
@@ -68,7 +69,12 @@ impl Engine {
         if !request.types.is_empty() {
             q.clauses.push(Clause { any: vec![Pred::Types(request.types.clone())], negate: false });
         }
+        let mut residuals: Vec<Residual> = Vec::new();
         for c in &request.criteria {
+            if let Some(r) = residual(c)? {
+                residuals.push(r);
+                continue;
+            }
             let clause = Box::pin(self.compile(&mut gate, resource_type.unwrap_or(""), c)).await?;
             q.clauses.push(clause);
         }
@@ -97,6 +103,9 @@ impl Engine {
                         next_offset += 1;
                     } else {
                         next_cursor = Some(s.seq);
+                    }
+                    if !meets(&residuals, &s) {
+                        continue;
                     }
                     match gate.visibility(&s).await? {
                         Visibility::Visible if page.len() == count => {
@@ -128,7 +137,7 @@ impl Engine {
 
         // _total (and _summary=count): visible matches only.
         let total = if request.summary == Some(Summary::Count) || matches!(request.total, Total::Accurate | Total::Estimate) {
-            Some(self.count_visible(&mut gate, &q).await? as u64)
+            Some(self.count_visible(&mut gate, &q, &residuals).await? as u64)
         } else if !more && cursor.is_none() && offset == 0 {
             Some(page.len() as u64)
         } else {
@@ -300,7 +309,7 @@ impl Engine {
     }
 
     /// The number of visible matches of `q` (up to [`MAX_TOTAL`]).
-    async fn count_visible(&self, gate: &mut Gate<'_>, q: &IndexQuery) -> Result<usize, FhirError> {
+    async fn count_visible(&self, gate: &mut Gate<'_>, q: &IndexQuery, residuals: &[Residual]) -> Result<usize, FhirError> {
         let mut q = q.clone();
         q.sort.clear();
         q.offset = 0;
@@ -312,7 +321,7 @@ impl Engine {
             let seqs = self.store().search(&q).await?;
             let done = seqs.len() < q.limit;
             for s in self.store().load(&seqs).await? {
-                if gate.visibility(&s).await? == Visibility::Visible {
+                if meets(residuals, &s) && gate.visibility(&s).await? == Visibility::Visible {
                     n += 1;
                 }
             }
@@ -328,9 +337,12 @@ impl Engine {
     /// chains and `_has`. Refused when too many.
     async fn visible_matches_of(&self, gate: &mut Gate<'_>, resource_type: &str, criterion: &Criterion) -> Result<Vec<Stored>, FhirError> {
         gate.access().require_scope(resource_type, ScopeOp::Search)?;
-        let clause = Box::pin(self.compile(gate, resource_type, criterion)).await?;
+        let residuals: Vec<Residual> = residual(criterion)?.into_iter().collect();
         let mut q = IndexQuery::new(Some(resource_type));
-        q.clauses.push(clause);
+        if residuals.is_empty() {
+            let clause = Box::pin(self.compile(gate, resource_type, criterion)).await?;
+            q.clauses.push(clause);
+        }
         q.limit = MAX_INNER + 1;
         let seqs = self.store().search(&q).await?;
         if seqs.len() > MAX_INNER {
@@ -342,7 +354,7 @@ impl Engine {
         }
         let mut out = Vec::new();
         for s in self.store().load(&seqs).await? {
-            if gate.visibility(&s).await? == Visibility::Visible {
+            if meets(&residuals, &s) && gate.visibility(&s).await? == Visibility::Visible {
                 out.push(s);
             }
         }
@@ -373,6 +385,9 @@ impl Engine {
                 any.push(Pred::Reference { param: param.clone(), target_type: Some(target.clone()), ids: targets.into_iter().map(|s| s.id).collect(), url: None });
             }
             return Ok(Clause { any, negate: false });
+        }
+        if param == "_list" {
+            return self.list_members(gate, resource_type, &c.values).await;
         }
         if c.modifier == Some(Modifier::Missing) {
             let missing = matches!(c.values.first(), Some(Value::Boolean(true)));
@@ -536,6 +551,37 @@ impl Engine {
         Ok(Clause { any, negate })
     }
 
+    /// `_list=[id],…`: the resources of `resource_type` the Lists hold (`entry.item`). A List
+    /// the subject may not see holds nothing for them; functional lists (`$current-…`)
+    /// are not kept by this server.
+    async fn list_members(&self, gate: &mut Gate<'_>, resource_type: &str, values: &[Value]) -> Result<Clause, FhirError> {
+        gate.access().require_scope("List", ScopeOp::Read)?;
+        let mut ids: Vec<String> = Vec::new();
+        for v in values {
+            let Value::String { value: id, .. } = v else { continue };
+            if id.starts_with('$') {
+                return Err(unsupported("_list", &format!("the functional list '{id}'")));
+            }
+            let Some(list) = self.store().read("List", id).await? else { continue };
+            if list.deleted || gate.visibility(&list).await? != Visibility::Visible {
+                continue;
+            }
+            let json: Json = serde_json::from_slice(&list.json).map_err(|e| FhirError::internal(format!("stored List: {e}")))?;
+            for entry in json["entry"].as_array().into_iter().flatten() {
+                if entry["deleted"].as_bool() == Some(true) {
+                    continue;
+                }
+                let Some(reference) = entry["item"]["reference"].as_str() else { continue };
+                let mut parts = reference.rsplit('/');
+                let (Some(rid), Some(rtype)) = (parts.next(), parts.next()) else { continue };
+                if (resource_type.is_empty() || rtype == resource_type) && !ids.iter().any(|x| x == rid) {
+                    ids.push(rid.to_string());
+                }
+            }
+        }
+        Ok(Clause { any: vec![Pred::Ids(ids)], negate: false })
+    }
+
     /// The `(system, code)`s of the ValueSet with canonical `url` (its `expansion.contains`,
     /// nested ones included, or else the concepts listed in `compose.include`). A value set
     /// the server does not hold, or that this subject may not see, is an error.
@@ -687,6 +733,15 @@ fn table_of(kind: ParamKind) -> Option<Table> {
         ParamKind::Uri => Table::Uri,
         _ => return None,
     })
+}
+
+/// Does a stored resource meet every residual criterion?
+fn meets(residuals: &[Residual], s: &Stored) -> bool {
+    if residuals.is_empty() {
+        return true;
+    }
+    let Ok(json) = serde_json::from_slice::<Json>(&s.json) else { return false };
+    residuals.iter().all(|r| r.matches(&json))
 }
 
 fn unsupported(param: &str, what: &str) -> FhirError {

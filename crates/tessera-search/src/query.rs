@@ -661,6 +661,20 @@ fn criterion(
         Some((c, m)) => (c, Some(m)),
         None => (head, None),
     };
+    if code == "_list" {
+        // The resources a List holds (`_list=42`); answered by the engine.
+        if modifier_text.is_some() || chained.is_some() {
+            return unsupported("_list takes no modifier or chain");
+        }
+        return Ok(Criterion {
+            param: code.to_string(),
+            kind: ParamKind::Special,
+            modifier: None,
+            chain: None,
+            has: None,
+            values: split_unescaped(value, ',').iter().map(|v| string_value(v)).collect(),
+        });
+    }
     let Some(param) = params::lookup(resource_type, code) else {
         return unsupported(unknown_param_message(resource_type, code));
     };

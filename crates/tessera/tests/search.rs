@@ -295,6 +295,46 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     };
     check("identifier:of-type", &search(s, &format!("Patient?identifier:of-type={v2}|MR|{mr_value}")).await, with_type("MR", &mr_value));
     check("identifier:of-type, other type (none)", &search(s, &format!("Patient?identifier:of-type={v2}|SS|{mr_value}")).await, with_type("SS", &mr_value));
+    // near: Locations within a distance (the oracle's own great-circle distance)
+    let locations = search(s, "Location?_count=500").await;
+    let first = locations.iter().find(|l| l["position"].is_object()).expect("a Synthea location with a position");
+    let (lat, lon) = (first["position"]["latitude"].as_f64().unwrap(), first["position"]["longitude"].as_f64().unwrap());
+    let km = |l: &Value| -> Option<f64> {
+        let (a, b) = (l["position"]["latitude"].as_f64()?, l["position"]["longitude"].as_f64()?);
+        let (p1, p2) = (lat.to_radians(), a.to_radians());
+        let h = ((a - lat).to_radians() / 2.0).sin().powi(2) + p1.cos() * p2.cos() * ((b - lon).to_radians() / 2.0).sin().powi(2);
+        Some(2.0 * 6371.0088 * h.sqrt().asin())
+    };
+    let within = |d: f64| -> BTreeSet<String> { locations.iter().filter(|l| km(l).is_some_and(|k| k <= d)).map(|l| l["id"].as_str().unwrap().to_string()).collect() };
+    check("near 25 km", &search(s, &format!("Location?near={lat}|{lon}|25|km")).await, within(25.0));
+    check("near 10 miles", &search(s, &format!("Location?near={lat}|{lon}|10|%5Bmi_i%5D")).await, within(16.09344));
+    assert_eq!(s.get("Location?near=95|0|1|km").await.status, 400, "a latitude out of range is an error");
+    // _content (every text of the resource) and _text (the narrative)
+    let content_family = patients[0]["name"][0]["family"].as_str().unwrap().to_string();
+    let strings_of = |v: &Value| serde_json::to_string(v).unwrap().to_lowercase();
+    let expected: BTreeSet<String> = patients.iter().filter(|p| strings_of(p).contains(&content_family.to_lowercase())).map(|p| p["id"].as_str().unwrap().to_string()).collect();
+    check("_content", &search(s, &format!("Patient?_content={}", content_family.to_uppercase())).await, expected);
+    let narrated: BTreeSet<String> = patients.iter().filter(|p| p["text"]["div"].as_str().is_some_and(|d| d.contains("Synthea"))).map(|p| p["id"].as_str().unwrap().to_string()).collect();
+    check("_text", &search(s, "Patient?_text=synthea").await, narrated);
+    check("_text, a word no narrative has (none)", &search(s, "Patient?_text=synthea%20zyxwv").await, BTreeSet::new());
+    assert_eq!(s.get("Patient?_text=synthea&_summary=count").await.json()["total"], 3);
+    // _list: the resources a List holds
+    let members: Vec<String> = observations.iter().take(2).map(|o| o["id"].as_str().unwrap().to_string()).collect();
+    let list = s
+        .post(
+            "List",
+            &json!({"resourceType": "List", "status": "current", "mode": "working", "entry": [
+                {"item": {"reference": format!("Observation/{}", members[0])}},
+                {"item": {"reference": format!("Observation/{}", members[1])}},
+                {"item": {"reference": format!("Patient/{pid}")}}
+            ]}),
+        )
+        .await
+        .json();
+    let list_id = list["id"].as_str().unwrap();
+    check("_list", &search(s, &format!("Observation?_list={list_id}")).await, members.iter().cloned().collect());
+    check("_list, with a criterion", &search(s, &format!("Patient?_list={list_id}&_id={pid}")).await, BTreeSet::from([pid.clone()]));
+    check("_list, unknown (none)", &search(s, "Observation?_list=no-such-list").await, BTreeSet::new());
     // _summary=true: the elements marked isSummary, tagged SUBSETTED; _summary=text: the
     // narrative, id, meta and the mandatory elements
     let summary = search(s, "Patient?_summary=true").await;
