@@ -15,7 +15,7 @@ use crate::{Engine, FhirError};
 use serde_json::{json, Value as Json};
 use tessera_auth::ScopeOp;
 use tessera_fhir::IssueType;
-use tessera_search::query::{self, Criterion, Modifier, SearchRequest, Summary, Total, Value};
+use tessera_search::query::{self, Contained, ContainedType, Criterion, Modifier, SearchRequest, Summary, Total, Value};
 use tessera_search::ParamKind;
 use tessera_store::search::{Clause, IndexQuery, Pred, SortKey, StringMode, Table, UriMode};
 use tessera_store::Stored;
@@ -82,6 +82,34 @@ impl Engine {
         for key in &request.sort {
             q.sort.push(sort_key(resource_type.unwrap_or(""), &key.param, key.descending)?);
         }
+        if request.contained != Contained::False {
+            // `_contained=true`: the criteria apply to contained resources of the type; the
+            // matches are their containers.
+            let Some(t) = resource_type.filter(|_| matches!(scope, Scope::Type(_))) else {
+                return Err(FhirError::new(400, IssueType::NotSupported, "_contained needs a type-level search ([type]?…&_contained=true)"));
+            };
+            if request.contained == Contained::Both {
+                return Err(FhirError::new(400, IssueType::NotSupported, "_contained=both is not supported; search with _contained=true and without it"));
+            }
+            if request.contained_type == ContainedType::Contained {
+                return Err(FhirError::new(400, IssueType::NotSupported, "_containedType=contained is not supported; the containers are returned (_containedType=container)"));
+            }
+            if !residuals.is_empty() {
+                return Err(FhirError::new(400, IssueType::NotSupported, "_text, _content and near cannot be combined with _contained"));
+            }
+            q.contained = true;
+            for clause in &mut q.clauses {
+                to_contained(clause);
+            }
+            for key in &mut q.sort {
+                if let SortKey::Param { param, .. } = key {
+                    *param = format!("#{param}");
+                }
+            }
+            // Containers of at least one resource of the type.
+            q.clauses.push(Clause { any: vec![Pred::Token { param: "#_id".into(), system: None, code: None }], negate: false });
+            let _ = t;
+        }
         let count = request.count.unwrap_or(self.config().default_page_size).min(self.config().max_page_size);
 
         // The page: visible matches only.
@@ -104,7 +132,7 @@ impl Engine {
                     } else {
                         next_cursor = Some(s.seq);
                     }
-                    if !meets(&residuals, &s) {
+                    if !meets(&residuals, &s) || (q.contained && access.require_scope(&s.resource_type, ScopeOp::Search).is_err()) {
                         continue;
                     }
                     match gate.visibility(&s).await? {
@@ -733,6 +761,40 @@ fn table_of(kind: ParamKind) -> Option<Table> {
         ParamKind::Uri => Table::Uri,
         _ => return None,
     })
+}
+
+/// A clause on resources made a clause on the contained resources of the type
+/// (`_contained=true`): parameters become `#param`, `_id` the contained resource's id.
+fn to_contained(clause: &mut Clause) {
+    let mut any = Vec::with_capacity(clause.any.len());
+    for mut pred in clause.any.drain(..) {
+        match &mut pred {
+            Pred::Ids(ids) => {
+                any.extend(ids.drain(..).map(|id| Pred::Token { param: "#_id".into(), system: None, code: Some(id) }));
+                continue;
+            }
+            Pred::Token { param, .. }
+            | Pred::String { param, .. }
+            | Pred::Date { param, .. }
+            | Pred::Number { param, .. }
+            | Pred::Reference { param, .. }
+            | Pred::Uri { param, .. }
+            | Pred::Missing { param, .. }
+            | Pred::TokenQuantity { param, .. }
+            | Pred::TokenToken { param, .. }
+            | Pred::TokenDate { param, .. }
+            | Pred::TokenRange { param, .. }
+            | Pred::TokenText { param, .. } => {
+                // `_lastUpdated` stays the container's (contained resources have no meta).
+                if param != "_lastUpdated" {
+                    *param = format!("#{param}");
+                }
+            }
+            Pred::Compartment(_) | Pred::Types(_) => {}
+        }
+        any.push(pred);
+    }
+    clause.any = any;
 }
 
 /// Does a stored resource meet every residual criterion?

@@ -916,8 +916,21 @@ fn quantity_from_complex(ty: &str, json: &Value, out: &mut Vec<IndexValue>) {
 }
 
 /// Every index entry of a resource: [`index_resource`] and, as
-/// [`IndexValue::Composite`] entries, [`composite_entries`].
+/// [`IndexValue::Composite`] entries, [`composite_entries`]; then the entries of each
+/// contained resource (for `_contained`), named `#{type}.{param}` (`#Medication.code`,
+/// with `#Medication._id` for its local id).
 pub fn index_all(resource: &Value) -> Vec<IndexEntry> {
+    let mut out = own_entries(resource);
+    for c in resource.get("contained").and_then(Value::as_array).into_iter().flatten() {
+        let Some(ty) = c.get("resourceType").and_then(Value::as_str) else { continue };
+        for e in own_entries(c) {
+            out.push(IndexEntry { param: format!("#{ty}.{}", e.param), value: e.value });
+        }
+    }
+    out
+}
+
+fn own_entries(resource: &Value) -> Vec<IndexEntry> {
     let mut out = index_resource(resource);
     out.extend(composite_entries(resource).into_iter().map(|c| IndexEntry { param: c.param, value: IndexValue::Composite(c.parts) }));
     out

@@ -124,13 +124,19 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
         }
     }
     for e in entries {
-        if e.param == "_id" || e.param == "_lastUpdated" {
+        // A contained resource's entries (`#Medication.code`) are keyed by its type and
+        // `#code`; its `_id` gets a row (the container is found by it).
+        let (key_type, param, contained) = match e.param.strip_prefix('#').and_then(|r| r.split_once('.')) {
+            Some((t, p)) => (t, p, true),
+            None => (resource_type, e.param.as_str(), false),
+        };
+        if (param == "_id" && !contained) || param == "_lastUpdated" {
             continue; // answered by `resource_current` and `resource_version`
         }
-        if tessera_search::derived(resource_type, &e.param).is_some() {
+        if tessera_search::derived(key_type, param).is_some() {
             continue; // answered from the rows of the parameters it derives from
         }
-        let p = param_key(resource_type, &e.param);
+        let p = if contained { param_key(key_type, &format!("#{param}")) } else { param_key(resource_type, param) };
         let row = match &e.value {
             IndexValue::Token { system, code, text } => {
                 // Tessera's own owner/author tags: ownership is a column of its own.
@@ -145,7 +151,7 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                 }
                 // Patient-scoped rows for the resource's principal code only: the selective
                 // value that patient-centred searches combine with the patient.
-                let scoped: &[&str] = if e.param == PATIENT_SCOPED_PARAM { &patients } else { &[] };
+                let scoped: &[&str] = if !contained && param == PATIENT_SCOPED_PARAM { &patients } else { &[] };
                 for patient in scoped {
                     let row = Row::PatientToken { p, patient: patient.to_string(), system: system.clone().unwrap_or_default(), code: code.clone() };
                     if !out.contains(&row) {
@@ -342,11 +348,14 @@ pub struct IndexQuery {
     /// Skip this many matches (sorted queries page by offset).
     pub offset: usize,
     pub limit: usize,
+    /// `_contained=true`: the parameters (written `#code`) are those of contained resources
+    /// of `resource_type`, and the matches are their containers, of any type.
+    pub contained: bool,
 }
 
 impl IndexQuery {
     pub fn new(resource_type: Option<&str>) -> IndexQuery {
-        IndexQuery { resource_type: resource_type.map(str::to_string), clauses: Vec::new(), sort: Vec::new(), before_seq: None, after_seq: None, offset: 0, limit: 100 }
+        IndexQuery { resource_type: resource_type.map(str::to_string), clauses: Vec::new(), sort: Vec::new(), before_seq: None, after_seq: None, offset: 0, limit: 100, contained: false }
     }
 }
 
@@ -479,7 +488,7 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
         return b;
     }
     let mut conditions = vec![b.not_deleted().to_string()];
-    if let Some(t) = &q.resource_type {
+    if let Some(t) = q.resource_type.as_ref().filter(|_| !q.contained) {
         let t = b.text(t);
         conditions.push(format!("c.res_type = {t}"));
     }
@@ -586,6 +595,7 @@ fn choose_driver(q: &IndexQuery) -> Option<usize> {
             Pred::Reference { ids, url: None, .. } if !ids.is_empty() && ids.len() <= 16 => 0,
             Pred::Token { system: Some(_), code: Some(_), .. } => 1,
             Pred::Token { code: Some(_), .. } => 2,
+            Pred::Token { code: None, system: None, .. } => 7,
             Pred::Uri { mode: UriMode::Equals, .. } => 3,
             Pred::String { mode: StringMode::Exact | StringMode::Prefix, .. } => 4,
             Pred::Date { param, .. } if param != LAST_UPDATED => 5,
@@ -670,11 +680,17 @@ fn key_cond(b: &mut SqlBuilder, ty: &str, param: &str, alias: &str) -> String {
     let types: Vec<&str> = if ty.is_empty() { tessera_fhir::definitions::resource_types().collect() } else { vec![ty] };
     let mut plain: Vec<i64> = Vec::new();
     let mut patient_of: Vec<i64> = Vec::new();
+    // `#code`: the parameter of contained resources of the type (`_contained`).
+    let (param, mark) = match param.strip_prefix('#') {
+        Some(p) => (p, "#"),
+        None => (param, ""),
+    };
+    let key = |t: &str, q: &str| param_key(t, &format!("{mark}{q}"));
     for t in types {
         match tessera_search::derived(t, param) {
-            None => plain.push(param_key(t, param)),
-            Some(Derived::Union(parts)) => plain.extend(parts.iter().map(|q| param_key(t, q))),
-            Some(Derived::PatientOf(q)) => patient_of.push(param_key(t, q)),
+            None => plain.push(key(t, param)),
+            Some(Derived::Union(parts)) => plain.extend(parts.iter().map(|q| key(t, q))),
+            Some(Derived::PatientOf(q)) => patient_of.push(key(t, q)),
         }
     }
     let list = |keys: &[i64]| keys.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");

@@ -335,6 +335,22 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     check("_list", &search(s, &format!("Observation?_list={list_id}")).await, members.iter().cloned().collect());
     check("_list, with a criterion", &search(s, &format!("Patient?_list={list_id}&_id={pid}")).await, BTreeSet::from([pid.clone()]));
     check("_list, unknown (none)", &search(s, "Observation?_list=no-such-list").await, BTreeSet::new());
+    // _contained=true: criteria on contained resources, their containers returned
+    let eobs = search(s, "ExplanationOfBenefit?_count=500").await;
+    let contained_of = |e: &Value, ty: &str| -> Vec<Value> { e["contained"].as_array().into_iter().flatten().filter(|c| c["resourceType"] == ty).cloned().collect() };
+    let eobs_where = |f: &dyn Fn(&Value) -> bool| -> BTreeSet<String> {
+        eobs.iter().filter(|e| contained_of(e, "ServiceRequest").iter().any(f)).map(|e| e["id"].as_str().unwrap().to_string()).collect()
+    };
+    check("ServiceRequest?status&_contained=true", &search(s, "ServiceRequest?status=completed&_contained=true").await, eobs_where(&|c| c["status"] == "completed"));
+    check(
+        "ServiceRequest?subject&_contained=true",
+        &search(s, &format!("ServiceRequest?subject=Patient/{pid}&_contained=true")).await,
+        eobs_where(&|c| c["subject"]["reference"].as_str() == Some(&format!("Patient/{pid}"))),
+    );
+    let with_coverage: BTreeSet<String> = eobs.iter().filter(|e| !contained_of(e, "Coverage").is_empty()).map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    check("Coverage?_contained=true", &search(s, "Coverage?_contained=true").await, with_coverage);
+    assert!(search(s, "ServiceRequest?status=completed").await.iter().all(|r| r["resourceType"] == "ServiceRequest"), "without _contained, no containers");
+    assert_eq!(s.get("Coverage?_contained=both").await.status, 400);
     // _summary=true: the elements marked isSummary, tagged SUBSETTED; _summary=text: the
     // narrative, id, meta and the mandatory elements
     let summary = search(s, "Patient?_summary=true").await;
