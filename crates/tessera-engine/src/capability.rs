@@ -54,9 +54,9 @@ impl Engine {
     }
 }
 
-/// The search parameters of a type that the index answers: `_id`, `_lastUpdated`, the
-/// common `_tag`/`_profile`/`_security`/`_source`, and every R4 parameter of the type except
-/// composite and special ones.
+/// The search parameters of a type: `_id`, `_lastUpdated`, the common `_tag`/`_profile`/
+/// `_security`/`_source`, `_content` (and `_text` on domain resources), `_list`, and every
+/// R4 parameter of the type (composites and `near` included).
 fn search_params(resource_type: &str) -> Vec<Value> {
     let mut out = vec![
         json!({"name": "_id", "type": "token"}),
@@ -65,9 +65,14 @@ fn search_params(resource_type: &str) -> Vec<Value> {
         json!({"name": "_profile", "type": "uri"}),
         json!({"name": "_security", "type": "token"}),
         json!({"name": "_source", "type": "uri"}),
+        json!({"name": "_content", "type": "string", "documentation": "every text of the resource contains all the words; checked on each candidate"}),
+        json!({"name": "_list", "type": "special", "documentation": "the resources a List (by id) holds"}),
     ];
+    if !matches!(resource_type, "Bundle" | "Binary" | "Parameters") {
+        out.push(json!({"name": "_text", "type": "string", "documentation": "the narrative contains all the words; checked on each candidate"}));
+    }
     for p in tessera_fhir::definitions::search_parameters_for(resource_type) {
-        if matches!(p.kind.as_str(), "composite" | "special") || p.code.starts_with('_') {
+        if p.code.starts_with('_') {
             continue;
         }
         out.push(json!({"name": p.code, "definition": p.url, "type": p.kind}));

@@ -160,6 +160,11 @@ async fn leak_matrix(s: &Server) {
             let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&{extra}"), None).await.json();
             assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "search {extra}: {row}");
         }
+        // a criterion checked on each candidate's content (every text of the resource
+        // holds its id): the reader's view decides as for any other search
+        let b = s.request_as(&t, "GET", &format!("{ty}?_content={id}&_total=accurate"), None).await.json();
+        assert_eq!(ids_in(&b, reference), expected == V::Yes, "_content: {row}");
+        assert_eq!(b["total"].as_u64().unwrap_or(0) as usize, b["entry"].as_array().map_or(0, |e| e.iter().filter(|e| e["search"]["mode"] == "match").count()), "_content total: {row}");
         // the paths that start from the patient: compartment search, $everything,
         // _revinclude, _has and a chain — hidden data must not show, nor reveal itself
         // through the patient being listed or not
