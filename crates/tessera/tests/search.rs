@@ -133,6 +133,30 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     let (dlo, dhi) = (t - t.rem_euclid(86_400_000_000), t - t.rem_euclid(86_400_000_000) + 86_400_000_000 - 1);
     let d = time::OffsetDateTime::from_unix_timestamp(dlo / 1_000_000).unwrap().date().to_string();
     check("date=eq a day (UTC)", &search(s, &format!("Observation?date={d}")).await, where_obs(&|o| eff(o).is_some_and(|(l, h)| l >= dlo && h <= dhi)));
+    check("date=ne a day", &search(s, &format!("Observation?date=ne{d}")).await, where_obs(&|o| eff(o).is_some_and(|(l, h)| !(l >= dlo && h <= dhi))));
+    check("date=sa", &search(s, "Observation?date=sa2015-01-01").await, where_obs(&|o| eff(o).is_some_and(|(l, _)| l > hi)));
+    check("date=eb", &search(s, "Observation?date=eb2015-01-01").await, where_obs(&|o| eff(o).is_some_and(|(_, h)| h < lo)));
+    check("date=ge&date=lt (a range, AND)", &search(s, "Observation?date=ge2015-01-01&date=lt2016-01-01").await, where_obs(&|o| eff(o).is_some_and(|(l, h)| h >= lo && l < day("2016-01-01").0)));
+    // `ap`: within 10 % of the distance from now (at least a day) of the given day
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
+    let margin = ((now - dlo).abs() / 10).max(86_400_000_000);
+    let near_day = |o: &Value| eff(o).is_some_and(|(l, h)| h >= dlo - margin && l <= dhi + margin);
+    let ap = search(s, &format!("Observation?date=ap{d}")).await;
+    let expected_ap = where_obs(&near_day);
+    // Margins near the edge depend on the moment each side takes `now`: allow what moved.
+    let edge = |o: &Value| eff(o).is_some_and(|(l, h)| (h - (dlo - margin)).abs() < 60_000_000 || (l - (dhi + margin)).abs() < 60_000_000);
+    let got_ap = ids(&ap);
+    let differ: Vec<&String> = got_ap.symmetric_difference(&expected_ap).collect();
+    assert!(!expected_ap.is_empty() && differ.iter().all(|id| observations.iter().any(|o| o["id"].as_str() == Some(id.as_str()) && edge(o))), "date=ap: {differ:?}");
+    // token forms: system| (any code of the system), |code (no system), :missing
+    check("code=system|", &search(s, "Observation?category=http://terminology.hl7.org/CodeSystem/observation-category|").await, where_obs(&|o| o["category"].as_array().into_iter().flatten().any(|c| codings(c).iter().any(|(sys, _)| sys == "http://terminology.hl7.org/CodeSystem/observation-category"))));
+    check("code=|code (no system) (none)", &search(s, "Observation?code=|8867-4").await, where_obs(&|o| codings(&o["code"]).iter().any(|(sys, c)| sys.is_empty() && c == "8867-4")));
+    check("category:missing=true (none)", &search(s, "Observation?category:missing=true").await, where_obs(&|o| o.get("category").is_none()));
+    check("encounter:missing=false", &search(s, "Observation?encounter:missing=false").await, where_obs(&|o| o.get("encounter").is_some()));
+    check("date:missing=false", &search(s, "Observation?date:missing=false").await, where_obs(&|o| o.get("effectiveDateTime").is_some() || o.get("effectivePeriod").is_some() || o.get("effectiveInstant").is_some() || o.get("effectiveTiming").is_some()));
+    // reference forms: :Type, an absolute URL on this server
+    check("subject:Patient=id", &search(s, &format!("Observation?subject:Patient={pid}")).await, where_obs(&|o| subject_of(o) == pid));
+    check("subject=absolute URL of this server", &search(s, &format!("Observation?subject={}/Patient/{pid}", s.base)).await, where_obs(&|o| subject_of(o) == pid));
     // period (Encounter.period)
     let period = |e: &Value| (instant(e["period"]["start"].as_str().unwrap()).0, e["period"]["end"].as_str().map_or(i64::MAX, |x| instant(x).1));
     let enc: BTreeSet<String> = encounters.iter().filter(|e| period(e).1 >= lo).map(|e| e["id"].as_str().unwrap().to_string()).collect();
@@ -147,6 +171,8 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
         &search(s, &format!("Observation?value-quantity=gt0|http://unitsofmeasure.org|{}", unit.replace('/', "%2F").replace('[', "%5B").replace(']', "%5D").replace('{', "%7B").replace('}', "%7D"))).await,
         where_obs(&|o| qv(o).is_some_and(|v| v > 0.0) && o["valueQuantity"]["code"].as_str() == Some(unit.as_str()) && o["valueQuantity"]["system"] == "http://unitsofmeasure.org"),
     );
+    check("value-quantity=ap100 (±10 %)", &search(s, "Observation?value-quantity=ap100").await, where_obs(&|o| qv(o).is_some_and(|v| (90.0..=110.0).contains(&v))));
+    check("value-quantity=ne100 and has a value", &search(s, "Observation?value-quantity=ne100&value-quantity:missing=false").await, where_obs(&|o| qv(o).is_some_and(|v| !(99.5..100.5).contains(&v))));
     check("value-quantity:missing=true", &search(s, "Observation?value-quantity:missing=true").await, where_obs(&|o| o.get("valueQuantity").is_none() && o.get("valueSampledData").is_none()));
     // :in / :not-in a value set the server holds
     let vs = serde_json::json!({"resourceType": "ValueSet", "id": "vitals-test", "url": "http://example.org/fhir/ValueSet/vitals-test", "status": "active",
@@ -154,6 +180,14 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     assert!(s.put("ValueSet/vitals-test", &vs).await.status < 300);
     let in_set = |o: &Value| has_code(o, Some("http://loinc.org"), "8867-4") || has_code(o, Some("http://loinc.org"), "9279-1");
     check("code:in", &search(s, "Observation?code:in=http://example.org/fhir/ValueSet/vitals-test").await, where_obs(&|o| in_set(o)));
+    // uri: equality, :below, :above
+    let vs_id = BTreeSet::from(["vitals-test".to_string()]);
+    check("url=", &search(s, "ValueSet?url=http://example.org/fhir/ValueSet/vitals-test").await, vs_id.clone());
+    check("url:below", &search(s, "ValueSet?url:below=http://example.org/fhir/").await, vs_id.clone());
+    check("url:above", &search(s, "ValueSet?url:above=http://example.org/fhir/ValueSet/vitals-test/extra").await, vs_id.clone());
+    check("url:below, other base (none)", &search(s, "ValueSet?url:below=http://example.com/").await, BTreeSet::new());
+    check("url:missing=false", &search(s, "ValueSet?url:missing=false").await, vs_id);
+
     check("code:not-in", &search(s, "Observation?code:not-in=http://example.org/fhir/ValueSet/vitals-test").await, where_obs(&|o| !in_set(o)));
     let r = s.get("Observation?code:in=http://example.org/fhir/ValueSet/unknown").await;
     assert_eq!(r.status, 400, "an unknown value set is an error");
@@ -208,6 +242,16 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     assert_eq!(ids(&found), BTreeSet::from([seq_id.clone()]), "variant within the window");
     assert!(search(s, "MolecularSequence?referenceseqid-variant-coordinate=NC_000009.11$ge22125504$le22125510").await.is_empty(), "starts before");
     assert!(search(s, "MolecularSequence?referenceseqid-variant-coordinate=NC_000009.12$ge22125500$le22125510").await.is_empty(), "other sequence");
+    // number: prefixes and precision (variant start 22125503)
+    let seq_only = BTreeSet::from([seq_id.clone()]);
+    check("number eq", &search(s, "MolecularSequence?variant-start=22125503").await, seq_only.clone());
+    check("number eq by precision (none)", &search(s, "MolecularSequence?variant-start=22125503.7").await, BTreeSet::new());
+    check("number gt", &search(s, "MolecularSequence?variant-start=gt22125502").await, seq_only.clone());
+    check("number lt (none)", &search(s, "MolecularSequence?variant-start=lt22125503").await, BTreeSet::new());
+    check("number ap (within 10 %)", &search(s, "MolecularSequence?variant-start=ap21000000").await, seq_only.clone());
+    check("number ne (none)", &search(s, "MolecularSequence?variant-start=ne22125503").await, BTreeSet::new());
+    check("number :missing=false", &search(s, "MolecularSequence?variant-start:missing=false").await, seq_only);
+
     // derived parameters: answered from the rows of the parameters they are defined by
     let component_has = |o: &Value, code: &str| o["component"].as_array().into_iter().flatten().any(|c| has_code(c, None, code));
     check("combo-code (code or component code)", &search(s, "Observation?combo-code=8480-6,8867-4").await, where_obs(&|o| has_code(o, None, "8480-6") || has_code(o, None, "8867-4") || component_has(o, "8480-6") || component_has(o, "8867-4")));
