@@ -160,6 +160,37 @@ async fn leak_matrix(s: &Server) {
             let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&{extra}"), None).await.json();
             assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "search {extra}: {row}");
         }
+        // sort order and paging: every page of the type sorted by id, two at a time — pages
+        // before the last are full (a withheld resource leaves no gap), the resource is
+        // listed only when visible, and the pages agree with the count
+        let mut url = format!("{ty}?_sort=_id&_count=2");
+        let mut listed: Vec<String> = Vec::new();
+        for page in 0.. {
+            assert!(page < 500, "paging ends: {row}");
+            let b = s.request_as(&t, "GET", &url, None).await.json();
+            let entries: Vec<String> = b["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["search"]["mode"] == "match")
+                .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or(""), e["resource"]["id"].as_str().unwrap_or("")))
+                .collect();
+            let next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_string);
+            if next.is_some() {
+                assert_eq!(entries.len(), 2, "a page before the last is full: {row}");
+            }
+            listed.extend(entries);
+            match next {
+                Some(n) => url = n.strip_prefix(&format!("{}/", s.base)).expect("next link on this server").to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(listed.iter().any(|r| r == reference), expected == V::Yes, "sorted paging: {row}");
+        let mut sorted = listed.clone();
+        sorted.sort();
+        assert_eq!(listed, sorted, "sorted by id across pages: {row}");
+        let count = s.request_as(&t, "GET", &format!("{ty}?_summary=count"), None).await.json()["total"].as_u64().unwrap();
+        assert_eq!(count as usize, listed.len(), "paging and _summary=count agree: {row}");
         // a criterion checked on each candidate's content (every text of the resource
         // holds its id): the reader's view decides as for any other search
         let b = s.request_as(&t, "GET", &format!("{ty}?_content={id}&_total=accurate"), None).await.json();
