@@ -91,8 +91,8 @@ impl Engine {
             if request.contained == Contained::Both {
                 return Err(FhirError::new(400, IssueType::NotSupported, "_contained=both is not supported; search with _contained=true and without it"));
             }
-            if request.contained_type == ContainedType::Contained {
-                return Err(FhirError::new(400, IssueType::NotSupported, "_containedType=contained is not supported; the containers are returned (_containedType=container)"));
+            if sorted {
+                return Err(FhirError::new(400, IssueType::NotSupported, "_sort cannot be combined with _contained (matches are listed newest first)"));
             }
             if !residuals.is_empty() {
                 return Err(FhirError::new(400, IssueType::NotSupported, "_text, _content and near cannot be combined with _contained"));
@@ -114,6 +114,8 @@ impl Engine {
 
         // The page: visible matches only.
         let mut page = Vec::new();
+        let mut page_cursors: Vec<i64> = Vec::new();
+        let contained = q.contained.then_some(request.contained_type);
         let mut behind_glass = 0usize;
         let mut more = false;
         let mut next_cursor = cursor;
@@ -125,17 +127,17 @@ impl Engine {
                 q.limit = (count + 1 - page.len().min(count)).max(16);
                 let seqs = self.store().search(&q).await?;
                 let exhausted = seqs.len() < q.limit;
-                let stored = self.store().load(&seqs).await?;
-                for s in stored {
+                for c in self.candidates(&seqs, contained).await? {
                     if sorted {
                         next_offset += 1;
                     } else {
-                        next_cursor = Some(s.seq);
+                        next_cursor = Some(c.cursor);
                     }
-                    if !meets(&residuals, &s) || (q.contained && access.require_scope(&s.resource_type, ScopeOp::Search).is_err()) {
+                    let s = &c.decided_on;
+                    if !meets(&residuals, s) || (q.contained && access.require_scope(&s.resource_type, ScopeOp::Search).is_err()) {
                         continue;
                     }
-                    match gate.visibility(&s).await? {
+                    match gate.visibility(s).await? {
                         Visibility::Visible if page.len() == count => {
                             more = true;
                             if sorted {
@@ -143,7 +145,10 @@ impl Engine {
                             }
                             break 'fill;
                         }
-                        Visibility::Visible => page.push(s),
+                        Visibility::Visible => {
+                            page_cursors.push(c.cursor);
+                            page.push(c.listed.unwrap_or(c.decided_on));
+                        }
                         Visibility::BehindGlass => behind_glass += 1,
                         Visibility::Hidden => {}
                     }
@@ -159,13 +164,13 @@ impl Engine {
             }
             if !sorted && more {
                 // The cursor is the last listed match: the next page starts after it.
-                next_cursor = page.last().map(|s| s.seq);
+                next_cursor = page_cursors.last().copied();
             }
         }
 
         // _total (and _summary=count): visible matches only.
         let total = if request.summary == Some(Summary::Count) || matches!(request.total, Total::Accurate | Total::Estimate) {
-            Some(self.count_visible(&mut gate, &q, &residuals).await? as u64)
+            Some(self.count_visible(&mut gate, &q, &residuals, contained).await? as u64)
         } else if !more && cursor.is_none() && offset == 0 {
             Some(page.len() as u64)
         } else {
@@ -337,7 +342,7 @@ impl Engine {
     }
 
     /// The number of visible matches of `q` (up to [`MAX_TOTAL`]).
-    async fn count_visible(&self, gate: &mut Gate<'_>, q: &IndexQuery, residuals: &[Residual]) -> Result<usize, FhirError> {
+    async fn count_visible(&self, gate: &mut Gate<'_>, q: &IndexQuery, residuals: &[Residual], contained: Option<ContainedType>) -> Result<usize, FhirError> {
         let mut q = q.clone();
         q.sort.clear();
         q.offset = 0;
@@ -348,8 +353,10 @@ impl Engine {
         loop {
             let seqs = self.store().search(&q).await?;
             let done = seqs.len() < q.limit;
-            for s in self.store().load(&seqs).await? {
-                if meets(residuals, &s) && gate.visibility(&s).await? == Visibility::Visible {
+            for c in self.candidates(&seqs, contained).await? {
+                let s = &c.decided_on;
+                let in_scope = contained.is_none() || gate.access().require_scope(&s.resource_type, ScopeOp::Search).is_ok();
+                if in_scope && meets(residuals, s) && gate.visibility(s).await? == Visibility::Visible {
                     n += 1;
                 }
             }
@@ -357,7 +364,11 @@ impl Engine {
             if done || seen >= MAX_TOTAL {
                 return Ok(n);
             }
-            q.before_seq = seqs.last().copied();
+            // Below every contained resource of the last container (each is counted once).
+            q.before_seq = seqs.last().map(|&v| match (contained, tessera_store::search::container_of(v)) {
+                (Some(ContainedType::Container), Some((container, _))) => tessera_store::search::contained_seq(container, 0),
+                _ => v,
+            });
         }
     }
 
@@ -579,6 +590,52 @@ impl Engine {
         Ok(Clause { any, negate })
     }
 
+    /// The stored resources behind index matches (`seqs`, in order), each with its paging
+    /// cursor and the resource access is decided on. With `_contained`, matches are
+    /// contained resources: access is decided on their container, and what is listed is
+    /// the container (once, however many of its contained resources match) or, with
+    /// `_containedType=contained`, the contained resource itself.
+    async fn candidates(&self, seqs: &[i64], contained: Option<ContainedType>) -> Result<Vec<Candidate>, FhirError> {
+        use tessera_store::search::{contained_seq, container_of};
+        let Some(mode) = contained else {
+            return Ok(self.store().load(seqs).await?.into_iter().map(|s| Candidate { cursor: s.seq, decided_on: s, listed: None }).collect());
+        };
+        let mut containers: Vec<i64> = Vec::new();
+        for &v in seqs {
+            if let Some((c, _)) = container_of(v) {
+                if containers.last() != Some(&c) {
+                    containers.push(c);
+                }
+            }
+        }
+        let loaded: std::collections::HashMap<i64, Stored> = self.store().load(&containers).await?.into_iter().map(|s| (s.seq, s)).collect();
+        let mut out = Vec::new();
+        let mut last = None;
+        for &v in seqs {
+            let Some((c, sub)) = container_of(v) else { continue };
+            let Some(container) = loaded.get(&c) else { continue };
+            match mode {
+                ContainedType::Container => {
+                    if last == Some(c) {
+                        continue;
+                    }
+                    last = Some(c);
+                    out.push(Candidate { cursor: contained_seq(c, 0), decided_on: container.clone(), listed: None });
+                }
+                ContainedType::Contained => {
+                    let Ok(json) = serde_json::from_slice::<Json>(&container.json) else { continue };
+                    let Some(inner) = json["contained"].get(sub as usize - 1) else { continue };
+                    let mut listed = container.clone();
+                    listed.resource_type = container.resource_type.clone();
+                    listed.id = format!("{}#{}", container.id, inner["id"].as_str().unwrap_or(""));
+                    listed.json = serde_json::to_vec(inner).unwrap_or_default();
+                    out.push(Candidate { cursor: v, decided_on: container.clone(), listed: Some(listed) });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `_list=[id],…`: the resources of `resource_type` the Lists hold (`entry.item`). A List
     /// the subject may not see holds nothing for them; functional lists (`$current-…`)
     /// are not kept by this server.
@@ -761,6 +818,16 @@ fn table_of(kind: ParamKind) -> Option<Table> {
         ParamKind::Uri => Table::Uri,
         _ => return None,
     })
+}
+
+/// An index match as the search lists it (see [`Engine::candidates`]).
+struct Candidate {
+    /// Where the next page starts below.
+    cursor: i64,
+    /// The stored resource access is decided on (a contained resource's container).
+    decided_on: Stored,
+    /// What is listed instead, if not `decided_on` (a contained resource).
+    listed: Option<Stored>,
 }
 
 /// A clause on resources made a clause on the contained resources of the type

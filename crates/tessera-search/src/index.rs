@@ -915,16 +915,21 @@ fn quantity_from_complex(ty: &str, json: &Value, out: &mut Vec<IndexValue>) {
     }
 }
 
+/// How many contained resources of one resource are indexed (for `_contained`).
+pub const MAX_CONTAINED: usize = 63;
+
 /// Every index entry of a resource: [`index_resource`] and, as
 /// [`IndexValue::Composite`] entries, [`composite_entries`]; then the entries of each
-/// contained resource (for `_contained`), named `#{type}.{param}` (`#Medication.code`,
-/// with `#Medication._id` for its local id).
+/// contained resource (for `_contained`; the first [`MAX_CONTAINED`]), named
+/// `#{n}:{type}.{param}` with `n` its position in `contained` from 1
+/// (`#1:Medication.code`, and `#1:Medication._id` for its local id).
 pub fn index_all(resource: &Value) -> Vec<IndexEntry> {
     let mut out = own_entries(resource);
-    for c in resource.get("contained").and_then(Value::as_array).into_iter().flatten() {
+    let contained = resource.get("contained").and_then(Value::as_array);
+    for (n, c) in contained.into_iter().flatten().take(MAX_CONTAINED).enumerate() {
         let Some(ty) = c.get("resourceType").and_then(Value::as_str) else { continue };
         for e in own_entries(c) {
-            out.push(IndexEntry { param: format!("#{ty}.{}", e.param), value: e.value });
+            out.push(IndexEntry { param: format!("#{}:{ty}.{}", n + 1, e.param), value: e.value });
         }
     }
     out

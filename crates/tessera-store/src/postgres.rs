@@ -1200,9 +1200,17 @@ async fn write_search_index(
 ) -> Result<()> {
     use crate::search::{Row, Table};
     if !old_seqs.is_empty() {
+        // The replaced versions' rows, and those of their contained resources (at
+        // `contained_seq(seq, 1..=63)`).
+        let first: Vec<i64> = old_seqs.iter().map(|&s| crate::search::contained_seq(s, 1)).collect();
         for table in Table::ALL {
             let stmt = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ANY($1::bigint[])", table.name())).await.map_err(pg)?;
             tx.execute(&stmt, &[&old_seqs]).await.map_err(pg)?;
+            let stmt = tx
+                .prepare_cached(&format!("DELETE FROM {} x USING unnest($1::bigint[]) o(lo) WHERE x.seq BETWEEN o.lo AND o.lo + 62", table.name()))
+                .await
+                .map_err(pg)?;
+            tx.execute(&stmt, &[&first]).await.map_err(pg)?;
         }
     }
     let mut token: (Vec<i64>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
@@ -1216,7 +1224,8 @@ async fn write_search_index(
     let mut uri: (Vec<i64>, Vec<&str>, Vec<i64>) = Default::default();
     let mut composites: Vec<(i64, &Row)> = Vec::new();
     for (seq, rows) in &new_rows {
-        for row in rows {
+        for (seq, row) in crate::search::placed(*seq, rows) {
+            let seq = &seq;
             match row {
                 Row::Token { p, system, code } => {
                     token.0.push(*p);
@@ -1265,6 +1274,7 @@ async fn write_search_index(
                     uri.2.push(*seq);
                 }
                 Row::TokenQuantity { .. } | Row::TokenToken { .. } | Row::TokenText { .. } => composites.push((*seq, row)),
+                Row::Contained { .. } => unreachable!("placed() unwraps contained rows"),
             }
         }
     }

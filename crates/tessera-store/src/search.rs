@@ -104,6 +104,8 @@ pub enum Row {
     TokenToken { p: i64, system: String, code: String, system2: String, code2: String },
     /// The text of a coded value (display, `CodeableConcept.text`), normalised, for `:text`.
     TokenText { p: i64, text: String },
+    /// A row of the `sub`-th contained resource (from 1): stored at [`contained_seq`].
+    Contained { sub: u8, row: Box<Row> },
 }
 
 /// The token parameter that also gets patient-scoped rows (`sp_token_pc`).
@@ -124,12 +126,15 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
         }
     }
     for e in entries {
-        // A contained resource's entries (`#Medication.code`) are keyed by its type and
-        // `#code`; its `_id` gets a row (the container is found by it).
-        let (key_type, param, contained) = match e.param.strip_prefix('#').and_then(|r| r.split_once('.')) {
-            Some((t, p)) => (t, p, true),
-            None => (resource_type, e.param.as_str(), false),
+        // A contained resource's entries (`#1:Medication.code`) are keyed by its type and
+        // `#code`, and placed at the contained resource's own `seq` ([`contained_seq`]); its
+        // `_id` gets a row (every contained resource has one).
+        let (key_type, param, sub) = match e.param.strip_prefix('#').and_then(|r| r.split_once(':')).and_then(|(n, r)| Some((n.parse::<u8>().ok()?, r.split_once('.')?))) {
+            Some((n, (t, p))) => (t, p, n),
+            None => (resource_type, e.param.as_str(), 0),
         };
+        let contained = sub > 0;
+        let wrap = |row: Row| if contained { Row::Contained { sub, row: Box::new(row) } } else { row };
         if (param == "_id" && !contained) || param == "_lastUpdated" {
             continue; // answered by `resource_current` and `resource_version`
         }
@@ -144,7 +149,7 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                     continue;
                 }
                 if let Some(text) = text.as_ref().filter(|t| !t.is_empty()) {
-                    let row = Row::TokenText { p, text: text.clone() };
+                    let row = wrap(Row::TokenText { p, text: text.clone() });
                     if !out.contains(&row) {
                         out.push(row);
                     }
@@ -243,11 +248,44 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                 _ => continue,
             },
         };
+        let row = wrap(row);
         if !out.contains(&row) {
             out.push(row);
         }
     }
     out
+}
+
+/// The first `seq` beyond those of versions: contained resources are placed above it.
+const CONTAINED_BASE: i64 = 1 << 56;
+
+/// The `seq` at which the index rows of the `sub`-th contained resource (from 1) of the
+/// version `seq` are kept: above every version's `seq`, growing with `seq`, so that the
+/// rows of one contained resource match together and order as their container.
+pub fn contained_seq(seq: i64, sub: u8) -> i64 {
+    CONTAINED_BASE + seq * 64 + sub as i64
+}
+
+/// The container `seq` and position of a contained resource's `seq`, if it is one.
+pub fn container_of(seq: i64) -> Option<(i64, u8)> {
+    (seq >= CONTAINED_BASE).then(|| ((seq - CONTAINED_BASE) / 64, ((seq - CONTAINED_BASE) % 64) as u8))
+}
+
+/// The rows of a version at `seq`, each with the `seq` it is stored at (contained
+/// resources' rows at theirs).
+pub fn placed(seq: i64, rows: &[Row]) -> impl Iterator<Item = (i64, &Row)> {
+    rows.iter().map(move |r| match r {
+        Row::Contained { sub, row } => (contained_seq(seq, *sub), row.as_ref()),
+        other => (seq, other),
+    })
+}
+
+/// The same, taking the rows.
+pub fn placed_owned(seq: i64, rows: Vec<Row>) -> impl Iterator<Item = (i64, Row)> {
+    rows.into_iter().map(move |r| match r {
+        Row::Contained { sub, row } => (contained_seq(seq, sub), *row),
+        other => (seq, other),
+    })
 }
 
 /// Date and number comparison prefixes (as parsed from the request).
@@ -726,7 +764,8 @@ const LAST_UPDATED: &str = "_lastUpdated";
 
 fn last_updated_sql(b: &mut SqlBuilder, prefix: Prefix, low: i64, high: i64, target: &str) -> String {
     let cond = date_cond(b, "v.last_updated", "v.last_updated", prefix, low, high, false);
-    format!("EXISTS (SELECT 1 FROM resource_version v WHERE v.seq = {target} AND {cond})")
+    // A contained resource's `seq` stands for its container's version.
+    format!("EXISTS (SELECT 1 FROM resource_version v WHERE v.seq = (CASE WHEN {target} >= {CONTAINED_BASE} THEN ({target} - {CONTAINED_BASE}) / 64 ELSE {target} END) AND {cond})")
 }
 
 /// A date range `[lo_col, hi_col]` against the query's range `[low, high]` by prefix.

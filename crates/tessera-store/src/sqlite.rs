@@ -1181,7 +1181,8 @@ fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite:
     let Some(data) = data else { return Ok(()) };
     let json = codec::decode(&data).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e.to_string()))))?;
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else { return Ok(()) };
-    for row in search::rows(resource_type, &tessera_search::index_all(&value)) {
+    let version_seq = seq;
+    for (seq, row) in search::placed_owned(version_seq, search::rows(resource_type, &tessera_search::index_all(&value))) {
         match row {
             Row::Token { p, system, code } => {
                 c.prepare_cached("DELETE FROM sp_token WHERE p = ?1 AND code = ?2 AND system = ?3 AND seq = ?4")?.execute(params![p, code, system, seq])?
@@ -1218,6 +1219,7 @@ fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite:
                     "DELETE FROM sp_token_token WHERE p = ?1 AND code = ?2 AND code2 = ?3 AND seq = ?4 AND system = ?5 AND system2 = ?6",
                 )?
                 .execute(params![p, code, code2, seq, system, system2])?,
+            Row::Contained { .. } => unreachable!("placed_owned() unwraps contained rows"),
         };
     }
     Ok(())
@@ -1226,7 +1228,7 @@ fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite:
 /// Inserts the search index rows of a batch, table by table in key order.
 fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> rusqlite::Result<()> {
     use search::Row;
-    let mut all: Vec<(i64, Row)> = rows.into_iter().flat_map(|(seq, rows)| rows.into_iter().map(move |r| (seq, r))).collect();
+    let mut all: Vec<(i64, Row)> = rows.into_iter().flat_map(|(seq, rows)| search::placed_owned(seq, rows)).collect();
     // Order by table, then (roughly) the tables' keys, then seq.
     fn rank(r: &Row) -> u8 {
         match r {
@@ -1235,6 +1237,7 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
             Row::TokenQuantity { .. } => 7,
             Row::TokenToken { .. } => 8,
             Row::TokenText { .. } => 9,
+            Row::Contained { .. } => 10,
             Row::String { .. } => 1,
             Row::Date { .. } => 2,
             Row::Quantity { .. } => 3,
@@ -1281,6 +1284,7 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
                 ),
                 Row::TokenToken { p, system, code, system2, code2 } => (8, vec![V::Integer(*p), t(code), t(code2), seq, t(system), t(system2)]),
                 Row::TokenText { p, text } => (9, vec![V::Integer(*p), t(text), seq]),
+                Row::Contained { .. } => unreachable!("placed_owned() unwraps contained rows"),
             }
         })
         .collect();

@@ -395,6 +395,29 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     check("Coverage?_contained=true", &search(s, "Coverage?_contained=true").await, with_coverage);
     assert!(search(s, "ServiceRequest?status=completed").await.iter().all(|r| r["resourceType"] == "ServiceRequest"), "without _contained, no containers");
     assert_eq!(s.get("Coverage?_contained=both").await.status, 400);
+    // criteria hold together on one contained resource; _containedType=contained lists them
+    let both = |c: &Value| c["status"] == "completed" && c["subject"]["reference"].as_str() == Some(&format!("Patient/{pid}"));
+    check("two criteria on one contained resource", &search(s, &format!("ServiceRequest?status=completed&subject=Patient/{pid}&_contained=true")).await, eobs_where(&both));
+    let listed = search(s, &format!("ServiceRequest?subject=Patient/{pid}&_contained=true&_containedType=contained&_count=7")).await;
+    let expected_n: usize = eobs.iter().map(|e| contained_of(e, "ServiceRequest").iter().filter(|c| both(c) || c["subject"]["reference"].as_str() == Some(&format!("Patient/{pid}"))).count()).sum();
+    assert!(expected_n > 0 && listed.len() == expected_n, "{} contained ServiceRequests listed, {expected_n} expected", listed.len());
+    assert!(listed.iter().all(|r| r["resourceType"] == "ServiceRequest"), "the contained resources themselves");
+    // replacing a version replaces its contained resources' index rows
+    let med = json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": {"reference": format!("Patient/{pid}")},
+        "contained": [{"resourceType": "Medication", "id": "m1", "code": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "999123"}]}}],
+        "medicationReference": {"reference": "#m1"}});
+    let created = s.post("MedicationRequest", &med).await.json();
+    let mr_id = created["id"].as_str().unwrap().to_string();
+    let found = search(s, "Medication?code=999123&_contained=true").await;
+    assert_eq!(ids(&found), BTreeSet::from([mr_id.clone()]), "found through its contained Medication");
+    let mut replaced = created.clone();
+    replaced.as_object_mut().unwrap().remove("contained");
+    replaced.as_object_mut().unwrap().remove("medicationReference");
+    replaced["medicationCodeableConcept"] = json!({"text": "as prescribed"});
+    assert_eq!(s.put(&format!("MedicationRequest/{mr_id}"), &replaced).await.status, 200);
+    assert!(search(s, "Medication?code=999123&_contained=true").await.is_empty(), "the replaced version's contained rows are gone");
+    let recent = search(s, &format!("ServiceRequest?_contained=true&_lastUpdated=ge{}", mid.replace('+', "%2B"))).await;
+    assert!(recent.iter().all(|e| instant(e["meta"]["lastUpdated"].as_str().unwrap()).0 >= mid_micros), "_lastUpdated is the container's");
     // _summary=true: the elements marked isSummary, tagged SUBSETTED; _summary=text: the
     // narrative, id, meta and the mandatory elements
     let summary = search(s, "Patient?_summary=true").await;
