@@ -82,20 +82,23 @@ impl Engine {
         for key in &request.sort {
             q.sort.push(sort_key(resource_type.unwrap_or(""), &key.param, key.descending)?);
         }
+        // With `_contained=both`, the search of the resources themselves, run after that of
+        // the contained ones (whose `seq`s are all above theirs: one cursor pages both).
+        let mut plain_too: Option<IndexQuery> = None;
         if request.contained != Contained::False {
             // `_contained=true`: the criteria apply to contained resources of the type; the
-            // matches are their containers.
+            // matches are their containers (or themselves, `_containedType=contained`).
             let Some(t) = resource_type.filter(|_| matches!(scope, Scope::Type(_))) else {
                 return Err(FhirError::new(400, IssueType::NotSupported, "_contained needs a type-level search ([type]?…&_contained=true)"));
             };
-            if request.contained == Contained::Both {
-                return Err(FhirError::new(400, IssueType::NotSupported, "_contained=both is not supported; search with _contained=true and without it"));
-            }
             if sorted {
                 return Err(FhirError::new(400, IssueType::NotSupported, "_sort cannot be combined with _contained (matches are listed newest first)"));
             }
             if !residuals.is_empty() {
                 return Err(FhirError::new(400, IssueType::NotSupported, "_text, _content and near cannot be combined with _contained"));
+            }
+            if request.contained == Contained::Both {
+                plain_too = Some(q.clone());
             }
             q.contained = true;
             for clause in &mut q.clauses {
@@ -115,26 +118,40 @@ impl Engine {
         // The page: visible matches only.
         let mut page = Vec::new();
         let mut page_cursors: Vec<i64> = Vec::new();
-        let contained = q.contained.then_some(request.contained_type);
         let mut behind_glass = 0usize;
         let mut more = false;
         let mut next_cursor = cursor;
         let mut next_offset = offset;
+        // The searches to run, in order, with their contained mode: one, or with
+        // `_contained=both` the contained resources' and then the resources' own.
+        let mut phases: Vec<(IndexQuery, Option<ContainedType>)> = vec![(q, None)];
+        if phases[0].0.contained {
+            phases[0].1 = Some(request.contained_type);
+        }
+        if let Some(plain) = plain_too {
+            phases.push((plain, None));
+        }
         if request.summary != Some(Summary::Count) {
-            q.before_seq = if sorted { None } else { cursor };
-            q.offset = if sorted { offset } else { 0 };
-            'fill: loop {
+            // A cursor below every contained `seq` resumes in the last phase.
+            let mut phase = if phases.len() > 1 && cursor.is_some_and(|c| tessera_store::search::container_of(c).is_none()) { phases.len() - 1 } else { 0 };
+            let mut before = if sorted { None } else { cursor };
+            let mut skip = if sorted { offset } else { 0 };
+            'fill: while phase < phases.len() {
+                let (q, contained) = &mut phases[phase];
+                q.before_seq = before;
+                q.offset = skip;
                 q.limit = (count + 1 - page.len().min(count)).max(16);
-                let seqs = self.store().search(&q).await?;
+                let seqs = self.store().search(q).await?;
                 let exhausted = seqs.len() < q.limit;
-                for c in self.candidates(&seqs, contained).await? {
+                for c in self.candidates(&seqs, *contained).await? {
                     if sorted {
                         next_offset += 1;
                     } else {
                         next_cursor = Some(c.cursor);
                     }
                     let s = &c.decided_on;
-                    if !meets(&residuals, s) || (q.contained && access.require_scope(&s.resource_type, ScopeOp::Search).is_err()) {
+                    let through_container = tessera_store::search::container_of(c.cursor).is_some();
+                    if !meets(&residuals, s) || (through_container && access.require_scope(&s.resource_type, ScopeOp::Search).is_err()) {
                         continue;
                     }
                     match gate.visibility(s).await? {
@@ -154,12 +171,15 @@ impl Engine {
                     }
                 }
                 if exhausted {
-                    break;
+                    phase += 1;
+                    before = None;
+                    skip = 0;
+                    continue;
                 }
                 if sorted {
-                    q.offset = next_offset;
+                    skip = next_offset;
                 } else {
-                    q.before_seq = next_cursor;
+                    before = next_cursor;
                 }
             }
             if !sorted && more {
@@ -170,7 +190,11 @@ impl Engine {
 
         // _total (and _summary=count): visible matches only.
         let total = if request.summary == Some(Summary::Count) || matches!(request.total, Total::Accurate | Total::Estimate) {
-            Some(self.count_visible(&mut gate, &q, &residuals, contained).await? as u64)
+            let mut n = 0;
+            for (q, contained) in &phases {
+                n += self.count_visible(&mut gate, q, &residuals, *contained).await?;
+            }
+            Some(n as u64)
         } else if !more && cursor.is_none() && offset == 0 {
             Some(page.len() as u64)
         } else {

@@ -392,9 +392,14 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
         eobs_where(&|c| c["subject"]["reference"].as_str() == Some(&format!("Patient/{pid}"))),
     );
     let with_coverage: BTreeSet<String> = eobs.iter().filter(|e| !contained_of(e, "Coverage").is_empty()).map(|e| e["id"].as_str().unwrap().to_string()).collect();
-    check("Coverage?_contained=true", &search(s, "Coverage?_contained=true").await, with_coverage);
+    check("Coverage?_contained=true", &search(s, "Coverage?_contained=true").await, with_coverage.clone());
     assert!(search(s, "ServiceRequest?status=completed").await.iter().all(|r| r["resourceType"] == "ServiceRequest"), "without _contained, no containers");
-    assert_eq!(s.get("Coverage?_contained=both").await.status, 400);
+    // _contained=both: the containers, then the resources themselves, one cursor across both
+    let own_coverage = s.post("Coverage", &json!({"resourceType": "Coverage", "status": "active", "beneficiary": {"reference": format!("Patient/{pid}")}, "payor": [{"reference": format!("Patient/{pid}")}]})).await.json();
+    let mut expected_both = with_coverage.clone();
+    expected_both.insert(own_coverage["id"].as_str().unwrap().to_string());
+    check("Coverage?_contained=both, paged by 3", &search(s, "Coverage?_contained=both&_count=3").await, expected_both.clone());
+    assert_eq!(s.get("Coverage?_contained=both&_total=accurate&_count=1").await.json()["total"], expected_both.len());
     // criteria hold together on one contained resource; _containedType=contained lists them
     let both = |c: &Value| c["status"] == "completed" && c["subject"]["reference"].as_str() == Some(&format!("Patient/{pid}"));
     check("two criteria on one contained resource", &search(s, &format!("ServiceRequest?status=completed&subject=Patient/{pid}&_contained=true")).await, eobs_where(&both));
