@@ -113,6 +113,13 @@ fn ids_in(bundle: &Value, reference: &str) -> bool {
 
 async fn leak_matrix(s: &Server) {
     load_demo(s).await;
+    // A List holding every resource of the matrix, for `_list`; as the system wrote it,
+    // readers do not see it (so it lists nothing for them), and each reader's own copy.
+    let entries: Vec<Value> = MATRIX.iter().map(|(_, r, _)| json!({"item": {"reference": r}})).collect();
+    let list_body = json!({"resourceType": "List", "status": "current", "mode": "working", "entry": entries,
+        "contained": [{"resourceType": "Basic", "id": "b", "code": {"coding": [{"system": "urn:tessera:test", "code": "leak-contained"}]}}]});
+    let system_list = s.post("List", &list_body).await.json()["id"].as_str().unwrap().to_string();
+    let mut list_seen = 0;
     for &(who, reference, expected) in MATRIX {
         let t = token(s, who);
         let (ty, id) = reference.split_once('/').unwrap();
@@ -191,6 +198,26 @@ async fn leak_matrix(s: &Server) {
         assert_eq!(listed, sorted, "sorted by id across pages: {row}");
         let count = s.request_as(&t, "GET", &format!("{ty}?_summary=count"), None).await.json()["total"].as_u64().unwrap();
         assert_eq!(count as usize, listed.len(), "paging and _summary=count agree: {row}");
+        // _list: a List the reader may see lists only what they may see; one they may not
+        // see lists nothing
+        let own = s.request_as(&t, "POST", "List", Some(&serde_json::to_vec(&list_body).unwrap())).await;
+        let mut lists = vec![system_list.clone()];
+        if own.status == 201 {
+            lists.push(own.json()["id"].as_str().unwrap().to_string());
+        }
+        // `_contained`: a contained resource is found only through a container the reader sees
+        let found = s.request_as(&t, "GET", "Basic?code=urn:tessera:test|leak-contained&_contained=true&_count=1000", None).await.json();
+        for list_id in &lists {
+            let list_visible = s.request_as(&t, "GET", &format!("List/{list_id}"), None).await.status == 200;
+            assert_eq!(ids_in(&found, &format!("List/{list_id}")), list_visible, "_contained: {row}");
+            let b = s.request_as(&t, "GET", &format!("{ty}?_list={list_id}&_total=accurate"), None).await.json();
+            assert_eq!(ids_in(&b, reference), list_visible && expected == V::Yes, "_list: {row}");
+            if list_visible {
+                list_seen += 1;
+            } else {
+                assert_eq!(b["total"], 0, "_list of a List not visible: {row}");
+            }
+        }
         // a criterion checked on each candidate's content (every text of the resource
         // holds its id): the reader's view decides as for any other search
         let b = s.request_as(&t, "GET", &format!("{ty}?_content={id}&_total=accurate"), None).await.json();
@@ -239,6 +266,7 @@ async fn leak_matrix(s: &Server) {
             assert_eq!(b["entry"][0]["resource"]["id"].as_str() == Some(id) && b["entry"][0]["resource"]["resourceType"] == ty, expected == V::Yes, "{kind} body: {row}");
         }
     }
+    assert!(list_seen > 0, "the shared List is visible to some readers, so _list is exercised");
 }
 
 async fn break_glass_flow(s: &Server) {
