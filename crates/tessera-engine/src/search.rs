@@ -535,6 +535,9 @@ impl Engine {
                     };
                     Pred::Reference { param: param.clone(), target_type, ids: id.iter().cloned().collect(), url: url.clone() }
                 }
+                (Value::Token { system, code }, Some(Modifier::Identifier)) => {
+                    Pred::Token { param: format!("{param}:identifier"), system: system.clone().map(|s| s.unwrap_or_default()), code: code.clone() }
+                }
                 (Value::OfType { system, code, value }, Some(Modifier::OfType)) => Pred::TokenToken {
                     param: format!("{param}:of-type"),
                     system: Some(system.clone().unwrap_or_default()),

@@ -31,11 +31,14 @@
 //!
 //! Not indexed: `#contained` and `urn:uuid:`/`urn:oid:` references (nothing outside the
 //! resource or its bundle can be found by them; a transaction resolves bundle-local
-//! references before the resource is stored), references with only an `identifier` or a
-//! `display`, `Reference.identifier` (for `:identifier`), `SampledData`, the contained resources themselves, embedded resources
-//! under reference parameters (`Bundle.composition`), values a
+//! references before the resource is stored), references with only a `display`,
+//! `SampledData`, embedded resources under reference parameters (`Bundle.composition`),
+//! values a
 //! parameter's type cannot hold (a `Range` under a date parameter), and the parameters
 //! without an expression or of type `special` (`_text`, `_content`, `_query`, `near`).
+//!
+//! A reference's `identifier` is indexed as the token entry `{code}:identifier` (for the
+//! `:identifier` modifier); contained resources by [`index_all`], under their own type.
 //!
 //! Composite parameters (`code-value-quantity`, `component-code-value-quantity`,
 //! `combo-code-value-concept`, `context-type-value`, …) are indexed separately by
@@ -370,8 +373,26 @@ fn index_with(params: &TypeParams, resource: &Value) -> Vec<IndexEntry> {
         if p.kind == ParamKind::Token {
             of_type_entries(p.code, &items, &mut out);
         }
+        if p.kind == ParamKind::Reference {
+            reference_identifier_entries(p.code, &items, &mut out);
+        }
     }
     out
+}
+
+/// For `:identifier`: the `identifier` of each `Reference`, as the token entry
+/// `{code}:identifier` (system, value).
+fn reference_identifier_entries(code: &str, items: &[Item<'_>], out: &mut Vec<IndexEntry>) {
+    let start = out.len();
+    for item in items {
+        let Item::Node(node) = item else { continue };
+        let Some(identifier) = node.json().get("identifier") else { continue };
+        let Some(value) = str_field(identifier, "value") else { continue };
+        let entry = IndexEntry { param: format!("{code}:identifier"), value: token(str_field(identifier, "system"), value, None) };
+        if !out[start..].contains(&entry) {
+            out.push(entry);
+        }
+    }
 }
 
 /// For `:of-type`: each `Identifier` with a value, once per `type` coding, as the entry

@@ -423,6 +423,17 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     assert!(search(s, "Medication?code=999123&_contained=true").await.is_empty(), "the replaced version's contained rows are gone");
     let recent = search(s, &format!("ServiceRequest?_contained=true&_lastUpdated=ge{}", mid.replace('+', "%2B"))).await;
     assert!(recent.iter().all(|e| instant(e["meta"]["lastUpdated"].as_str().unwrap()).0 >= mid_micros), "_lastUpdated is the container's");
+    // reference:identifier (the identifier written in the reference)
+    let by_identifier = s
+        .post("Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "note"}, "subject": {"identifier": {"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}}}))
+        .await
+        .json();
+    check(
+        "subject:identifier",
+        &search(s, "Observation?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919").await,
+        BTreeSet::from([by_identifier["id"].as_str().unwrap().to_string()]),
+    );
+    check("subject:identifier, other value (none)", &search(s, "Observation?subject:identifier=https://fhir.nhs.uk/Id/nhs-number|9434765918").await, BTreeSet::new());
     // _summary=true: the elements marked isSummary, tagged SUBSETTED; _summary=text: the
     // narrative, id, meta and the mandatory elements
     let summary = search(s, "Patient?_summary=true").await;
