@@ -476,6 +476,20 @@ impl Engine {
             }
             return Ok(Clause { any, negate: c.modifier == Some(Modifier::NotIn) });
         }
+        if c.kind == ParamKind::Token && matches!(c.modifier, Some(Modifier::Below | Modifier::Above)) {
+            // Subsumption within a code system the server holds (its `concept` hierarchy).
+            let below = c.modifier == Some(Modifier::Below);
+            let mut any = Vec::new();
+            for v in &c.values {
+                let Value::Token { system: Some(Some(system)), code: Some(code) } = v else {
+                    return Err(unsupported(&param, "':below'/':above' without [system]|[code]"));
+                };
+                for code in self.subsumption(gate, system, code, below).await? {
+                    any.push(Pred::Token { param: param.clone(), system: Some(system.clone()), code: Some(code) });
+                }
+            }
+            return Ok(Clause { any, negate: false });
+        }
         let negate = c.modifier == Some(Modifier::Not);
         let mut any = Vec::new();
         if param == "_id" {
@@ -659,6 +673,61 @@ impl Engine {
                     out.push(Candidate { cursor: v, decided_on: container.clone(), listed: Some(listed) });
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// The codes `code` subsumes (`below`: itself and its descendants) or that subsume it
+    /// (itself and its ancestors) in the CodeSystem with canonical `system`, by its nested
+    /// `concept`s. A code system the server does not hold (or this subject may not see), or a
+    /// code it does not define, is an error.
+    async fn subsumption(&self, gate: &mut Gate<'_>, system: &str, code: &str, below: bool) -> Result<Vec<String>, FhirError> {
+        let mut q = IndexQuery::new(Some("CodeSystem"));
+        q.clauses.push(Clause { any: vec![Pred::Uri { param: "url".into(), mode: UriMode::Equals, value: system.to_string() }], negate: false });
+        q.limit = 1;
+        let seqs = self.store().search(&q).await?;
+        let mut found = None;
+        for s in self.store().load(&seqs).await? {
+            if gate.visibility(&s).await? == Visibility::Visible {
+                found = Some(s);
+            }
+        }
+        let Some(cs) = found else {
+            return Err(FhirError::new(400, IssueType::NotFound, format!("the code system {system} is not known to this server (':below' and ':above' use code systems stored as CodeSystem resources)")));
+        };
+        let json: Json = serde_json::from_slice(&cs.json).map_err(|e| FhirError::internal(format!("stored CodeSystem: {e}")))?;
+        /// Finds `code` under `concepts`: the path of codes to it (ancestors first), and its node.
+        fn find<'a>(concepts: &'a Json, code: &str, path: &mut Vec<String>) -> Option<&'a Json> {
+            for c in concepts.as_array().into_iter().flatten() {
+                let Some(this) = c["code"].as_str() else { continue };
+                if this == code {
+                    return Some(c);
+                }
+                path.push(this.to_string());
+                if let Some(hit) = find(&c["concept"], code, path) {
+                    return Some(hit);
+                }
+                path.pop();
+            }
+            None
+        }
+        fn descendants(node: &Json, out: &mut Vec<String>) {
+            for c in node["concept"].as_array().into_iter().flatten() {
+                if let Some(code) = c["code"].as_str() {
+                    out.push(code.to_string());
+                }
+                descendants(c, out);
+            }
+        }
+        let mut ancestors = Vec::new();
+        let Some(node) = find(&json["concept"], code, &mut ancestors) else {
+            return Err(FhirError::new(400, IssueType::NotFound, format!("the code {code} is not defined by the code system {system}")));
+        };
+        let mut out = vec![code.to_string()];
+        if below {
+            descendants(node, &mut out);
+        } else {
+            out.extend(ancestors);
         }
         Ok(out)
     }

@@ -180,6 +180,15 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     assert!(s.put("ValueSet/vitals-test", &vs).await.status < 300);
     let in_set = |o: &Value| has_code(o, Some("http://loinc.org"), "8867-4") || has_code(o, Some("http://loinc.org"), "9279-1");
     check("code:in", &search(s, "Observation?code:in=http://example.org/fhir/ValueSet/vitals-test").await, where_obs(&|o| in_set(o)));
+    // token :below / :above within a code system the server holds
+    let cs = json!({"resourceType": "CodeSystem", "id": "loinc-groups", "url": "http://loinc.org", "status": "active", "content": "fragment",
+        "concept": [{"code": "vitals-group", "concept": [{"code": "8867-4"}, {"code": "breathing-group", "concept": [{"code": "9279-1"}]}]}]});
+    assert!(s.put("CodeSystem/loinc-groups", &cs).await.status < 300);
+    let hr_or_rr = |o: &Value| has_code(o, Some("http://loinc.org"), "8867-4") || has_code(o, Some("http://loinc.org"), "9279-1");
+    check("code:below", &search(s, "Observation?code:below=http://loinc.org|vitals-group").await, where_obs(&hr_or_rr));
+    check("code:below, a leaf", &search(s, "Observation?code:below=http://loinc.org|breathing-group").await, where_obs(&|o| has_code(o, Some("http://loinc.org"), "9279-1")));
+    check("code:above", &search(s, "Observation?code:above=http://loinc.org|9279-1").await, where_obs(&|o| has_code(o, Some("http://loinc.org"), "9279-1")));
+    assert_eq!(s.get("Observation?code:below=http://example.org/unknown|x").await.status, 400, "an unknown code system is an error");
     // uri: equality, :below, :above
     let vs_id = BTreeSet::from(["vitals-test".to_string()]);
     check("url=", &search(s, "ValueSet?url=http://example.org/fhir/ValueSet/vitals-test").await, vs_id.clone());
