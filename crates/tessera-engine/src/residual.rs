@@ -160,7 +160,7 @@ fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     let dp = (lat2 - lat1).to_radians();
     let dl = (lon2 - lon1).to_radians();
     let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * 6_371.0088 * a.sqrt().asin()
+    2.0 * 6_371.008_8 * a.sqrt().asin()
 }
 
 #[cfg(test)]

@@ -88,9 +88,9 @@ impl Engine {
         if request.contained != Contained::False {
             // `_contained=true`: the criteria apply to contained resources of the type; the
             // matches are their containers (or themselves, `_containedType=contained`).
-            let Some(t) = resource_type.filter(|_| matches!(scope, Scope::Type(_))) else {
+            if resource_type.is_none() || !matches!(scope, Scope::Type(_)) {
                 return Err(FhirError::new(400, IssueType::NotSupported, "_contained needs a type-level search ([type]?…&_contained=true)"));
-            };
+            }
             if sorted {
                 return Err(FhirError::new(400, IssueType::NotSupported, "_sort cannot be combined with _contained (matches are listed newest first)"));
             }
@@ -111,7 +111,6 @@ impl Engine {
             }
             // Containers of at least one resource of the type.
             q.clauses.push(Clause { any: vec![Pred::Token { param: "#_id".into(), system: None, code: None }], negate: false });
-            let _ = t;
         }
         let count = request.count.unwrap_or(self.config().default_page_size).min(self.config().max_page_size);
 

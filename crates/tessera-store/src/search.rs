@@ -5,8 +5,11 @@
 //! only, one table per value kind (`sp_token`, `sp_string`, `sp_date`, `sp_quantity` (numbers
 //! and quantities), `sp_reference`, `sp_uri`), each row holding the version's `seq`: a write
 //! deletes the rows of the version it replaces and inserts its own, in the same
-//! transaction; a deletion leaves none. (`_id` is answered by `resource_current` and has no
-//! rows.) A parameter is identified by [`param_key`], a stable
+//! transaction; a deletion leaves none. (`_id` is answered by `resource_current`,
+//! `_lastUpdated` by `resource_version`, and the parameters R4 derives from others
+//! (`tessera_search::derived`) by those others' rows: none of them has rows of its own.
+//! Contained resources' rows are kept at [`contained_seq`]s.) A parameter is identified by
+//! [`param_key`], a stable
 //! 31-bit hash of `Type.code` (a test checks the shipped parameters do not collide), so
 //! rows stay small and no lookup table is needed.
 //!
