@@ -200,6 +200,7 @@ fn decode_frame(bytes: &[u8]) -> Option<(Chained, usize)> {
         action,
         break_glass,
         event,
+        stored: None,
     };
     Some((
         Chained {
@@ -261,6 +262,7 @@ mod tests {
             action: "read".into(),
             break_glass: n % 3 == 0,
             event: format!("{{\"n\":{n}}}").into_bytes(),
+            stored: None,
         }
     }
 

@@ -225,8 +225,11 @@ pub(crate) struct PendingAudit {
     pub patients: Vec<String>,
     pub action: String,
     pub break_glass: bool,
-    /// As given (and hashed); compressed only when stored in the database.
+    /// As given (and hashed).
     pub event: Vec<u8>,
+    /// The event as the database stores it (compressed), made by the caller so that the
+    /// single writer does not; `None` when recovered from the journal.
+    pub stored: Option<Vec<u8>>,
 }
 
 impl PendingAudit {
@@ -243,6 +246,7 @@ impl PendingAudit {
                     patients,
                     action: a.action,
                     break_glass: a.break_glass,
+                    stored: codec::encode_audit(&a.event).ok(),
                     event: a.event,
                 }
             })
@@ -251,7 +255,10 @@ impl PendingAudit {
 
     /// The event as stored in the database (compressed, see [`codec::encode_audit`]).
     pub(crate) fn stored_event(&self) -> Result<Vec<u8>> {
-        codec::encode_audit(&self.event)
+        match &self.stored {
+            Some(stored) => Ok(stored.clone()),
+            None => codec::encode_audit(&self.event),
+        }
     }
 
     /// The patients, as stored in the `audit_log.patients` column (a JSON array, or none).
