@@ -91,6 +91,19 @@ fn parse_near(raw: &str) -> Result<(f64, f64, f64), FhirError> {
 }
 
 impl Residual {
+    /// For `near`: the distance in km from the nearest of the points to the resource's
+    /// position, if it has one.
+    pub(crate) fn distance_km(&self, json: &Json) -> Option<f64> {
+        let Residual::Near(points) = self else { return None };
+        let pos = &json["position"];
+        let (lat, lon) = (pos["latitude"].as_f64()?, pos["longitude"].as_f64()?);
+        points.iter().map(|&(plat, plon, _)| haversine_km(lat, lon, plat, plon)).min_by(f64::total_cmp)
+    }
+
+    pub(crate) fn is_near(&self) -> bool {
+        matches!(self, Residual::Near(_))
+    }
+
     /// Does the stored resource (JSON) meet the criterion?
     pub(crate) fn matches(&self, json: &Json) -> bool {
         match self {

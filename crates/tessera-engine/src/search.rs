@@ -130,7 +130,16 @@ impl Engine {
         if let Some(plain) = plain_too {
             phases.push((plain, None));
         }
-        if request.summary != Some(Summary::Count) {
+        // `near` without `_sort`: nearest first, paged by offset.
+        let by_distance = !sorted && phases.len() == 1 && !phases[0].0.contained && residuals.iter().any(Residual::is_near);
+        let sorted = sorted || by_distance;
+        if by_distance && request.summary != Some(Summary::Count) {
+            let (nearest, glass, further) = self.nearest_page(&mut gate, &phases[0].0, &residuals, offset, count).await?;
+            next_offset = offset + nearest.len();
+            page = nearest;
+            behind_glass = glass;
+            more = further;
+        } else if request.summary != Some(Summary::Count) {
             // A cursor below every contained `seq` resumes in the last phase.
             let mut phase = if phases.len() > 1 && cursor.is_some_and(|c| tessera_store::search::container_of(c).is_none()) { phases.len() - 1 } else { 0 };
             let mut before = if sorted { None } else { cursor };
@@ -628,6 +637,52 @@ impl Engine {
         }
         let _ = resource_type;
         Ok(Clause { any, negate })
+    }
+
+    /// `near` without `_sort`: every visible match, nearest first, and the page at `offset`
+    /// (with how many matches were behind break-glass, and whether more follow).
+    async fn nearest_page(
+        &self,
+        gate: &mut Gate<'_>,
+        q: &IndexQuery,
+        residuals: &[Residual],
+        offset: usize,
+        count: usize,
+    ) -> Result<(Vec<Stored>, usize, bool), FhirError> {
+        let mut q = q.clone();
+        q.before_seq = None;
+        q.limit = 1000;
+        let mut found: Vec<(f64, Stored)> = Vec::new();
+        let mut behind_glass = 0;
+        let mut seen = 0;
+        loop {
+            let seqs = self.store().search(&q).await?;
+            let done = seqs.len() < q.limit;
+            for s in self.store().load(&seqs).await? {
+                let Ok(json) = serde_json::from_slice::<Json>(&s.json) else { continue };
+                if !residuals.iter().all(|r| r.matches(&json)) {
+                    continue;
+                }
+                let distance = residuals.iter().find_map(|r| r.distance_km(&json)).unwrap_or(f64::MAX);
+                match gate.visibility(&s).await? {
+                    Visibility::Visible => found.push((distance, s)),
+                    Visibility::BehindGlass => behind_glass += 1,
+                    Visibility::Hidden => {}
+                }
+            }
+            seen += seqs.len();
+            if done {
+                break;
+            }
+            if seen >= MAX_TOTAL {
+                return Err(FhirError::new(400, IssueType::TooCostly, format!("'near' is checked on more than {MAX_TOTAL} candidates; add a criterion or a _sort")));
+            }
+            q.before_seq = seqs.last().copied();
+        }
+        // Stable: equally distant matches stay newest first.
+        found.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let more = found.len() > offset + count;
+        Ok((found.into_iter().skip(offset).take(count).map(|(_, s)| s).collect(), behind_glass, more))
     }
 
     /// The stored resources behind index matches (`seqs`, in order), each with its paging

@@ -359,7 +359,10 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
         Some(2.0 * 6371.0088 * h.sqrt().asin())
     };
     let within = |d: f64| -> BTreeSet<String> { locations.iter().filter(|l| km(l).is_some_and(|k| k <= d)).map(|l| l["id"].as_str().unwrap().to_string()).collect() };
-    check("near 25 km", &search(s, &format!("Location?near={lat}|{lon}|25|km")).await, within(25.0));
+    let nearest = search(s, &format!("Location?near={lat}|{lon}|25|km&_count=4")).await;
+    check("near 25 km", &nearest, within(25.0));
+    let distances: Vec<f64> = nearest.iter().map(|l| km(l).unwrap()).collect();
+    assert!(distances.windows(2).all(|w| w[0] <= w[1] + 1e-9), "near: nearest first, across pages: {distances:?}");
     check("near 10 miles", &search(s, &format!("Location?near={lat}|{lon}|10|%5Bmi_i%5D")).await, within(16.09344));
     assert_eq!(s.get("Location?near=95|0|1|km").await.status, 400, "a latitude out of range is an error");
     // _content (every text of the resource) and _text (the narrative)
