@@ -736,20 +736,9 @@ impl Engine {
     /// `concept`s. A code system the server does not hold (or this subject may not see), or a
     /// code it does not define, is an error.
     async fn subsumption(&self, gate: &mut Gate<'_>, system: &str, code: &str, below: bool) -> Result<Vec<String>, FhirError> {
-        let mut q = IndexQuery::new(Some("CodeSystem"));
-        q.clauses.push(Clause { any: vec![Pred::Uri { param: "url".into(), mode: UriMode::Equals, value: system.to_string() }], negate: false });
-        q.limit = 1;
-        let seqs = self.store().search(&q).await?;
-        let mut found = None;
-        for s in self.store().load(&seqs).await? {
-            if gate.visibility(&s).await? == Visibility::Visible {
-                found = Some(s);
-            }
-        }
-        let Some(cs) = found else {
+        let Some(json) = self.visible_by_url(gate, "CodeSystem", system).await? else {
             return Err(FhirError::new(400, IssueType::NotFound, format!("the code system {system} is not known to this server (':below' and ':above' use code systems stored as CodeSystem resources)")));
         };
-        let json: Json = serde_json::from_slice(&cs.json).map_err(|e| FhirError::internal(format!("stored CodeSystem: {e}")))?;
         /// Finds `code` under `concepts`: the path of codes to it (ancestors first), and its node.
         fn find<'a>(concepts: &'a Json, code: &str, path: &mut Vec<String>) -> Option<&'a Json> {
             for c in concepts.as_array().into_iter().flatten() {
@@ -817,24 +806,29 @@ impl Engine {
         Ok(Clause { any: vec![Pred::Ids(ids)], negate: false })
     }
 
+    /// The newest `resource_type` (a canonical resource) with `url` that the subject may
+    /// see, as JSON.
+    async fn visible_by_url(&self, gate: &mut Gate<'_>, resource_type: &str, url: &str) -> Result<Option<Json>, FhirError> {
+        let mut q = IndexQuery::new(Some(resource_type));
+        q.clauses.push(Clause { any: vec![Pred::Uri { param: "url".into(), mode: UriMode::Equals, value: url.to_string() }], negate: false });
+        q.limit = 16;
+        let seqs = self.store().search(&q).await?;
+        for s in self.store().load(&seqs).await? {
+            if gate.visibility(&s).await? == Visibility::Visible {
+                let json = serde_json::from_slice(&s.json).map_err(|e| FhirError::internal(format!("stored {resource_type}: {e}")))?;
+                return Ok(Some(json));
+            }
+        }
+        Ok(None)
+    }
+
     /// The `(system, code)`s of the ValueSet with canonical `url` (its `expansion.contains`,
     /// nested ones included, or else the concepts listed in `compose.include`). A value set
     /// the server does not hold, or that this subject may not see, is an error.
     async fn value_set_codes(&self, gate: &mut Gate<'_>, url: &str) -> Result<Vec<(String, String)>, FhirError> {
-        let mut q = IndexQuery::new(Some("ValueSet"));
-        q.clauses.push(Clause { any: vec![Pred::Uri { param: "url".into(), mode: UriMode::Equals, value: url.to_string() }], negate: false });
-        q.limit = 1;
-        let seqs = self.store().search(&q).await?;
-        let mut found = None;
-        for s in self.store().load(&seqs).await? {
-            if gate.visibility(&s).await? == Visibility::Visible {
-                found = Some(s);
-            }
-        }
-        let Some(vs) = found else {
+        let Some(value) = self.visible_by_url(gate, "ValueSet", url).await? else {
             return Err(FhirError::new(400, IssueType::NotFound, format!("the value set {url} is not known to this server (':in' and ':not-in' use value sets stored as ValueSet resources)")));
         };
-        let value: Json = serde_json::from_slice(&vs.json).map_err(|e| FhirError::internal(format!("stored ValueSet: {e}")))?;
         let mut out = Vec::new();
         fn contains(list: &Json, out: &mut Vec<(String, String)>) {
             for c in list.as_array().into_iter().flatten() {

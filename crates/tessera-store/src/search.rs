@@ -447,6 +447,19 @@ impl SqlBuilder {
         self.arg(Arg::Text(s.to_string()))
     }
 
+    /// `{col} = value`.
+    fn eq(&mut self, col: &str, value: &str) -> String {
+        let v = self.text(value);
+        format!("{col} = {v}")
+    }
+
+    /// `{col}` starts with `value` (a range on the column, so that its key is used).
+    fn starts_with(&mut self, col: &str, value: &str) -> String {
+        let lo = self.text(value);
+        let hi = self.text(&format!("{value}\u{10ffff}"));
+        format!("{col} >= {lo} AND {col} < {hi}")
+    }
+
     fn int(&mut self, i: i64) -> String {
         self.arg(Arg::Int(i))
     }
@@ -483,12 +496,10 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
         let pv = b.text(&patient);
         let mut conditions = vec![format!("x.p = {k}"), format!("x.patient = {pv}")];
         if let Some(code) = code {
-            let v = b.text(code);
-            conditions.push(format!("x.code = {v}"));
+            conditions.push(b.eq("x.code", code));
         }
         if let Some(system) = system {
-            let v = b.text(system);
-            conditions.push(format!("x.system = {v}"));
+            conditions.push(b.eq("x.system", system));
         }
         if let Some(before) = q.before_seq {
             let v = b.int(before);
@@ -794,6 +805,19 @@ fn date_cond(b: &mut SqlBuilder, lo_col: &str, hi_col: &str, prefix: Prefix, low
     }
 }
 
+/// The parameter's key, and the coded value (`code`, `system`) where given: the start of
+/// every token-keyed predicate.
+fn coded(b: &mut SqlBuilder, ty: &str, param: &str, a: &str, code: Option<&str>, system: Option<&str>) -> Vec<String> {
+    let mut w = vec![key_cond(b, ty, param, a)];
+    if let Some(code) = code {
+        w.push(b.eq(&format!("{a}.code"), code));
+    }
+    if let Some(system) = system {
+        w.push(b.eq(&format!("{a}.system"), system));
+    }
+    w
+}
+
 /// An index predicate as its table and conditions on `alias` (without the `seq`). For a
 /// `probe` (looked up by `seq`), range conditions on SQLite are written `+column`, which
 /// keeps the planner on the key that leads to `seq` instead of a range index.
@@ -802,18 +826,7 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
     let ranged = if probe && b.dialect == Dialect::Sqlite { format!("+{alias}") } else { alias.to_string() };
     let r = ranged.as_str();
     Some(match p {
-        Pred::Token { param, system, code } => {
-            let mut w = vec![key_cond(b, ty, param, a)];
-            if let Some(code) = code {
-                let v = b.text(code);
-                w.push(format!("{a}.code = {v}"));
-            }
-            if let Some(system) = system {
-                let v = b.text(system);
-                w.push(format!("{a}.system = {v}"));
-            }
-            (Table::Token, w)
-        }
+        Pred::Token { param, system, code } => (Table::Token, coded(b, ty, param, a, code.as_deref(), system.as_deref())),
         Pred::String { param, mode, value } => {
             let mut w = vec![key_cond(b, ty, param, a)];
             w.push(match mode {
@@ -823,11 +836,7 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
                     // `norm` first, so that the key is used; `exact` decides.
                     format!("{a}.norm = {n} AND {a}.exact = {v}")
                 }
-                StringMode::Prefix => {
-                    let lo = b.text(value);
-                    let hi = b.text(&format!("{value}\u{10ffff}"));
-                    format!("{a}.norm >= {lo} AND {a}.norm < {hi}")
-                }
+                StringMode::Prefix => b.starts_with(&format!("{a}.norm"), value),
                 StringMode::Contains => {
                     let escaped = value.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
                     let v = b.text(&format!("%{escaped}%"));
@@ -845,12 +854,10 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
             let mut w = vec![key_cond(b, ty, param, a)];
             w.push(number_cond(b, &format!("{r}.value"), *prefix, *value, *low, *high));
             if let Some(system) = system {
-                let v = b.text(system);
-                w.push(format!("{a}.system = {v}"));
+                w.push(b.eq(&format!("{a}.system"), system));
             }
             if let Some(code) = code {
-                let v = b.text(code);
-                w.push(format!("{a}.code = {v}"));
+                w.push(b.eq(&format!("{a}.code"), code));
             }
             (Table::Quantity, w)
         }
@@ -879,15 +886,8 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
         Pred::Uri { param, mode, value } => {
             let mut w = vec![key_cond(b, ty, param, a)];
             w.push(match mode {
-                UriMode::Equals => {
-                    let v = b.text(value);
-                    format!("{a}.uri = {v}")
-                }
-                UriMode::Below => {
-                    let lo = b.text(value);
-                    let hi = b.text(&format!("{value}\u{10ffff}"));
-                    format!("{a}.uri >= {lo} AND {a}.uri < {hi}")
-                }
+                UriMode::Equals => b.eq(&format!("{a}.uri"), value),
+                UriMode::Below => b.starts_with(&format!("{a}.uri"), value),
                 UriMode::Above => {
                     let v = b.text(value);
                     match b.dialect {
@@ -899,74 +899,42 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
             (Table::Uri, w)
         }
         Pred::TokenQuantity { param, system, code, prefix, value, low, high, unit_system, unit } => {
-            let mut w = vec![key_cond(b, ty, param, a)];
-            let v = b.text(code);
-            w.push(format!("{a}.code = {v}"));
-            if let Some(system) = system {
-                let v = b.text(system);
-                w.push(format!("{a}.system = {v}"));
-            }
+            let mut w = coded(b, ty, param, a, Some(code), system.as_deref());
             w.push(number_cond(b, &format!("{r}.value"), *prefix, *value, *low, *high));
             if let Some(us) = unit_system {
-                let v = b.text(us);
-                w.push(format!("{a}.unit_system = {v}"));
+                w.push(b.eq(&format!("{a}.unit_system"), us));
             }
             if let Some(unit) = unit {
-                let v = b.text(unit);
-                w.push(format!("{a}.unit = {v}"));
+                w.push(b.eq(&format!("{a}.unit"), unit));
             }
             (Table::TokenQuantity, w)
         }
         Pred::TokenToken { param, system, code, system2, code2, prefix2 } => {
-            let mut w = vec![key_cond(b, ty, param, a)];
-            let c1 = b.text(code);
-            w.push(format!("{a}.code = {c1}"));
+            let mut w = coded(b, ty, param, a, Some(code), system.as_deref());
             if *prefix2 {
-                let lo = b.text(code2);
-                let hi = b.text(&format!("{code2}\u{10ffff}"));
-                w.push(format!("{a}.code2 >= {lo} AND {a}.code2 < {hi}"));
+                w.push(b.starts_with(&format!("{a}.code2"), code2));
             } else {
-                let c2 = b.text(code2);
-                w.push(format!("{a}.code2 = {c2}"));
-            }
-            if let Some(system) = system {
-                let v = b.text(system);
-                w.push(format!("{a}.system = {v}"));
+                w.push(b.eq(&format!("{a}.code2"), code2));
             }
             if let Some(system2) = system2 {
-                let v = b.text(system2);
-                w.push(format!("{a}.system2 = {v}"));
+                w.push(b.eq(&format!("{a}.system2"), system2));
             }
             (Table::TokenToken, w)
         }
         Pred::TokenDate { param, system, code, prefix, low, high } => {
-            let mut w = vec![key_cond(b, ty, param, a)];
-            let v = b.text(code);
-            w.push(format!("{a}.code = {v}"));
-            if let Some(system) = system {
-                let v = b.text(system);
-                w.push(format!("{a}.system = {v}"));
-            }
+            let mut w = coded(b, ty, param, a, Some(code), system.as_deref());
             w.push(date_cond(b, &format!("{r}.low"), &format!("{r}.high"), *prefix, *low, *high, true));
             (Table::TokenQuantity, w)
         }
         Pred::TokenRange { param, system, code, start_prefix, start, end_prefix, end } => {
-            let mut w = vec![key_cond(b, ty, param, a)];
-            let v = b.text(code);
-            w.push(format!("{a}.code = {v}"));
-            if let Some(system) = system {
-                let v = b.text(system);
-                w.push(format!("{a}.system = {v}"));
-            }
+            let mut w = coded(b, ty, param, a, Some(code), system.as_deref());
             w.push(number_cond(b, &format!("{r}.value"), *start_prefix, start.0, start.1, start.2));
             w.push(number_cond(b, &format!("{r}.high"), *end_prefix, end.0, end.1, end.2));
             (Table::TokenQuantity, w)
         }
         Pred::TokenText { param, value } => {
             let mut w = vec![key_cond(b, ty, param, a)];
-            let lo = b.text(value);
-            let hi = b.text(&format!("{value}\u{10ffff}"));
-            w.push(format!("{a}.text >= {lo} AND {a}.text < {hi}"));
+            w.push(b.starts_with(&format!("{a}.text"), value));
             (Table::TokenText, w)
         }
         Pred::Ids(_) | Pred::Compartment(_) | Pred::Types(_) | Pred::Missing { .. } => return None,
