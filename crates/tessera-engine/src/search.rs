@@ -790,6 +790,8 @@ impl Engine {
             if list.deleted || gate.visibility(&list).await? != Visibility::Visible {
                 continue;
             }
+            // The List's membership decides the results: its use is an access of its own.
+            gate.record_access("read", true, &[format!("List/{}", list.id)], crate::rest::patients_of(&list), Some(&format!("_list={id}")));
             let json: Json = serde_json::from_slice(&list.json).map_err(|e| FhirError::internal(format!("stored List: {e}")))?;
             for entry in json["entry"].as_array().into_iter().flatten() {
                 if entry["deleted"].as_bool() == Some(true) {

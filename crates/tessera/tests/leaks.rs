@@ -400,6 +400,16 @@ async fn audit_trail(s: &Server) {
     let after = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap();
     assert_eq!(after.len(), before + 3, "every read, failed read and search is audited");
     assert!(after.iter().any(|r| r.patients.contains(&"daniel-okafor".to_string()) || String::from_utf8_lossy(&r.event).contains("cond-daniel-psy")), "the failed access is recorded");
+    // A search through a List records the search and the List it used.
+    let list = s.request_as(&patel, "POST", "List", Some(&serde_json::to_vec(&json!({"resourceType": "List", "status": "current", "mode": "working",
+        "entry": [{"item": {"reference": "Observation/obs-jane-hr"}}]})).unwrap())).await;
+    assert_eq!(list.status, 201);
+    let list_id = list.json()["id"].as_str().unwrap().to_string();
+    let mark = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap().len();
+    assert_eq!(s.request_as(&patel, "GET", &format!("Observation?_list={list_id}"), None).await.status, 200);
+    let records = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap();
+    assert_eq!(records.len(), mark + 2, "the search and the List it read");
+    assert!(records.iter().any(|r| String::from_utf8_lossy(&r.event).contains(&format!("List/{list_id}"))), "the List is named");
     // The patient's access log (privacy officer) names who looked.
     let walsh = token(s, WALSH);
     let log = s.request_as(&walsh, "GET", "Patient/jane-smith/$access-log", None).await;
