@@ -16,6 +16,8 @@
 //! nrbac_code = "R8000"             # NHS national RBAC job role code
 //! may_break_glass = true           # default false
 //! needs_relationship = true        # default true
+//! relationship = "site"            # site | location; default site: how close a care
+//!                                  # relationship must be (see below)
 //! sees_sealed = false              # default false
 //! permissions = { demographics = "rw", clinical = "rw", psychiatry = "r" }
 //!                                  # "r", "rw", "rwd", "" or { read = true, write = true }
@@ -59,10 +61,27 @@
 //! ```
 //!
 //! Unknown keys are errors (a misspelt key would otherwise be silently ignored).
+//!
+//! A role's `relationship` is the granularity of the care relationship it needs:
+//! `site` — a care link (encounter, appointment, care team, …) anywhere at the user's
+//! organisation (hospital or site) counts; `location` — only a link at one of the user's own
+//! locations (wards, clinics, teams), or one naming the user. The built-in catalogue makes
+//! doctors, pharmacists and receptionists `site`, nurses, students and admin support
+//! `location`.
+//!
+//! A `[[roles]]` entry is a whole role: there is no way to change one field of a built-in
+//! role. To change, say, the nurses' granularity, declare the `nurse` role in full (id,
+//! name, NRBAC code, permissions, flags) with the new `relationship`. A file with
+//! `[[roles]]` read on its own ([`parse_domain_file`]) has exactly the roles it lists; applied
+//! to a domain ([`Domain::apply_file`]) its roles replace those of the same ids and the
+//! others stay — but a file without `[[roles]]` applied later brings back the built-in
+//! definitions of the built-in ids.
 
 use crate::check::{Entry, Found, Section};
 use crate::error::{DomainError, Problem};
-use crate::model::{DataClass, Domain, Location, Organisation, Permission, Role, RoleAssignment, ServiceAccount, Settings, Sharing, SharingAgreement, User};
+use crate::model::{
+    DataClass, Domain, Location, Organisation, Permission, RelationshipScope, Role, RoleAssignment, ServiceAccount, Settings, Sharing, SharingAgreement, User,
+};
 use crate::roles::default_roles;
 use crate::secret::{hash_file_secret, MIN_PASSWORD_LEN, MIN_SECRET_LEN};
 use serde::de::{self, Deserializer};
@@ -112,6 +131,8 @@ struct FileRole {
     permissions: BTreeMap<DataClass, PermissionSpec>,
     #[serde(default = "yes")]
     needs_relationship: bool,
+    #[serde(default)]
+    relationship: Option<RelationshipSpec>,
     #[serde(default)]
     may_break_glass: bool,
     #[serde(default)]
@@ -186,6 +207,26 @@ struct FileSharing {
     owner: String,
     viewer: String,
     classes: BTreeMap<DataClass, Sharing>,
+}
+
+/// A role's `relationship`, as written: any string, checked in [`read`] so that the error
+/// names the role.
+struct RelationshipSpec(String);
+
+impl<'de> Deserialize<'de> for RelationshipSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = RelationshipSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a relationship granularity: \"site\" or \"location\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RelationshipSpec, E> {
+                Ok(RelationshipSpec(s.to_string()))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
 }
 
 /// A permission written as letters (`"r"`, `"rw"`, `"rwd"`, `""`) or as a table.
@@ -319,25 +360,37 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
         };
     }
 
-    domain.roles = match file.roles {
-        None => default_roles(),
-        Some(roles) => roles
-            .into_iter()
-            .map(|r| {
-                note(Section::Role, &r.get_ref().id, r.span());
+    match file.roles {
+        None => domain.roles = default_roles(),
+        Some(roles) => {
+            for r in roles {
+                let entry = note(Section::Role, &r.get_ref().id, r.span());
                 let r = r.into_inner();
-                Role {
+                let relationship = match r.relationship.as_ref().map(|s| s.0.as_str()) {
+                    None | Some("site") => RelationshipScope::Site,
+                    Some("location") => RelationshipScope::Location,
+                    Some(other) => {
+                        let message = format!(
+                            "relationship `{other}` is not a relationship granularity: use \"site\" (a care link anywhere at the user's \
+                             organisation) or \"location\" (only at the user's own locations, or naming the user)"
+                        );
+                        local.problems.push((problem(&format!("role `{}`", r.id), &message), Some(entry)));
+                        RelationshipScope::Site
+                    }
+                };
+                domain.roles.push(Role {
                     id: r.id,
                     name: r.name,
                     nrbac_code: r.nrbac_code,
                     permissions: r.permissions.into_iter().map(|(c, p)| (c, p.0)).collect(),
                     needs_relationship: r.needs_relationship,
+                    relationship,
                     may_break_glass: r.may_break_glass,
                     sees_sealed: r.sees_sealed,
-                }
-            })
-            .collect(),
-    };
+                });
+            }
+        }
+    }
 
     for o in file.organisations {
         note(Section::Organisation, &o.get_ref().id, o.span());

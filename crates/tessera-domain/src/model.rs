@@ -85,6 +85,24 @@ pub struct Permission {
     pub delete: bool,
 }
 
+/// How close a care relationship must be for a role: which of a patient's care links
+/// (encounters, appointments, episodes of care, referrals, care-team memberships) give a
+/// user in that role a relationship with the patient.
+///
+/// Whatever the setting, a link naming the user personally always counts, and so does a
+/// link at one of the locations of the user's role assignment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelationshipScope {
+    /// A care link anywhere at the user's organisation (the hospital or site of the role
+    /// assignment) counts: for staff who are on call, consult or book across their site.
+    #[default]
+    Site,
+    /// Only a care link at one of the user's own locations (wards, clinics, teams), or one
+    /// naming the user, counts: for ward- or team-based staff.
+    Location,
+}
+
 /// A role type from the role catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Role {
@@ -99,6 +117,12 @@ pub struct Role {
     /// True unless a role says otherwise (e.g. a privacy officer reading the audit trail).
     #[serde(default = "yes")]
     pub needs_relationship: bool,
+    /// How close a care relationship must be: `site` — a care link anywhere at the user's
+    /// organisation (hospital or site) counts; `location` — only a link at one of the user's
+    /// own locations, or one naming the user. Default `site`. Irrelevant to roles that need
+    /// no relationship or see no patient data.
+    #[serde(default)]
+    pub relationship: RelationshipScope,
     /// May break the glass.
     #[serde(default)]
     pub may_break_glass: bool,

@@ -6,7 +6,7 @@
 //! and consent still apply on top of them (a role's permission is necessary, never
 //! sufficient).
 
-use crate::model::{DataClass, Permission, Role};
+use crate::model::{DataClass, Permission, RelationshipScope, Role};
 use std::collections::BTreeMap;
 
 /// Ids of the built-in roles.
@@ -56,6 +56,7 @@ fn role(id: &str, name: &str, nrbac_code: &str, permissions: &[(DataClass, Permi
         nrbac_code: nrbac_code.into(),
         permissions: permissions.iter().copied().collect::<BTreeMap<_, _>>(),
         needs_relationship: true,
+        relationship: RelationshipScope::Site,
         may_break_glass: false,
         sees_sealed: false,
     }
@@ -68,17 +69,25 @@ fn with_sensitive(mut base: Vec<(DataClass, Permission)>, permission: Permission
 
 /// The built-in role catalogue.
 ///
-/// | role | NRBAC | grants |
-/// |---|---|---|
-/// | `receptionist` | R8009 Receptionist Access Role | demographics, administrative and restricted rw |
-/// | `admin-support` | R8008 Admin/Clinical Support Access Role | as receptionist, plus clinical r |
-/// | `nurse` | R8001 Nurse Access Role | demographics r; administrative, clinical and sensitive rw; may break the glass |
-/// | `doctor` | R8000 Clinical Practitioner Access Role | demographics, administrative, clinical and sensitive rw; may break the glass |
-/// | `pharmacist` | R8003 Health Professional Access Role | clinical rw; demographics, administrative, restricted, HIV, psychiatry, substance abuse, STD r |
-/// | `student` | R8004 Healthcare Student Access Role | demographics, administrative, clinical r |
-/// | `researcher` | R8012 Information Officer Access Role | no patient data |
-/// | `privacy-officer` | R0001 Privacy Officer | audit r, demographics r; no care relationship needed |
-/// | `domain-admin` | R8015 Systems Support Access Role | configuration rwd; no patient data |
+/// | role | NRBAC | grants | relationship |
+/// |---|---|---|---|
+/// | `receptionist` | R8009 Receptionist Access Role | demographics, administrative and restricted rw | site |
+/// | `admin-support` | R8008 Admin/Clinical Support Access Role | as receptionist, plus clinical r | location |
+/// | `nurse` | R8001 Nurse Access Role | demographics r; administrative, clinical and sensitive rw; may break the glass | location |
+/// | `doctor` | R8000 Clinical Practitioner Access Role | demographics, administrative, clinical and sensitive rw; may break the glass | site |
+/// | `pharmacist` | R8003 Health Professional Access Role | clinical rw; demographics, administrative, restricted, HIV, psychiatry, substance abuse, STD r | site |
+/// | `student` | R8004 Healthcare Student Access Role | demographics, administrative, clinical r | location |
+/// | `researcher` | R8012 Information Officer Access Role | no patient data | site (no effect) |
+/// | `privacy-officer` | R0001 Privacy Officer | audit r, demographics r; no care relationship needed | site (no effect) |
+/// | `domain-admin` | R8015 Systems Support Access Role | configuration rwd; no patient data | site (no effect) |
+///
+/// *relationship* is the granularity of the care relationship ([`RelationshipScope`]):
+/// `site` — a care link anywhere at the user's organisation (hospital or site) counts;
+/// `location` — only a link at one of the user's own locations, or one naming the user.
+/// Doctors, pharmacists and receptionists work across their site (on call, consulting,
+/// booking for any of its clinics); nurses, students and ward clerks work on a ward or in a
+/// team. The researcher, privacy officer and domain administrator keep the default: they
+/// need no relationship or see no patient data.
 ///
 /// The sensitive classes are restricted, very restricted and the topic classes (HIV,
 /// psychiatry, domestic violence, substance abuse, sexually transmitted disease,
@@ -92,24 +101,32 @@ pub fn default_roles() -> Vec<Role> {
     vec![
         // R8009 Receptionist Access Role: registration, appointments, admissions. Restricted
         // rw so that front-desk work is possible for patients whose records are labelled R.
+        // Site-level relationship: receptionists book across the site's clinics.
         role(RECEPTIONIST, "Receptionist", "R8009", &[(Demographics, RW), (Administrative, RW), (Restricted, RW)]),
         // R8008 Admin/Clinical Support Access Role: ward clerks, clinical support workers.
-        role(
-            ADMIN_SUPPORT,
-            "Admin and clinical support",
-            "R8008",
-            &[(Demographics, RW), (Administrative, RW), (Clinical, R), (Restricted, R)],
-        ),
+        // Location-level relationship: they work on their ward or in their team.
+        Role {
+            relationship: RelationshipScope::Location,
+            ..role(
+                ADMIN_SUPPORT,
+                "Admin and clinical support",
+                "R8008",
+                &[(Demographics, RW), (Administrative, RW), (Clinical, R), (Restricted, R)],
+            )
+        },
         // R8001 Nurse Access Role. Nurses write notes that carry sensitive labels (a mental
         // health nurse's notes are psychiatry), so sensitive rw; demographics read only.
+        // Location-level relationship: nurses are ward or team based.
         Role {
             may_break_glass: true,
+            relationship: RelationshipScope::Location,
             ..role(NURSE, "Nurse", "R8001", &with_sensitive(vec![(Demographics, R), (Administrative, RW), (Clinical, RW)], RW))
         },
         // R8000 Clinical Practitioner Access Role: doctors (and staff doing the same work).
         // Doctors record diagnoses that carry sensitive labels (an HIV result, a psychiatric
         // assessment), so they write the sensitive classes as well as read them; the dials
-        // still decide what they see of other trusts' data.
+        // still decide what they see of other trusts' data. Site-level relationship: doctors
+        // are on call and consult across their hospital.
         Role {
             may_break_glass: true,
             ..role(DOCTOR, "Doctor", "R8000", &with_sensitive(vec![(Demographics, RW), (Administrative, RW), (Clinical, RW)], RW))
@@ -118,7 +135,7 @@ pub fn default_roles() -> Vec<Role> {
         // health professionals. Clinical rw for medicines work (prescriptions, dispensing,
         // reconciliation), which needs allergies, conditions and results as well, and read
         // of the sensitive classes medicines reveal (antiretrovirals, antipsychotics, opioid
-        // substitution).
+        // substitution). Site-level relationship: pharmacists serve every ward of their site.
         role(
             PHARMACIST,
             "Pharmacist",
@@ -135,8 +152,11 @@ pub fn default_roles() -> Vec<Role> {
             ],
         ),
         // R8004 Healthcare Student Access Role: reads the records of the patients they help
-        // care for.
-        role(STUDENT, "Healthcare student", "R8004", &[(Demographics, R), (Administrative, R), (Clinical, R)]),
+        // care for: location-level relationship, on their placement's ward or team.
+        Role {
+            relationship: RelationshipScope::Location,
+            ..role(STUDENT, "Healthcare student", "R8004", &[(Demographics, R), (Administrative, R), (Clinical, R)])
+        },
         // R8012 Information Officer Access Role: works on de-identified extracts outside
         // the record; nothing identifiable here.
         role(RESEARCHER, "Researcher", "R8012", &[]),

@@ -2,7 +2,7 @@
 
 use tessera_domain::{
     default_roles, is_valid_fhir_id, nrbac_display, parse_domain_file, to_fhir_resources, verify_secret, DataClass, Domain, DomainError,
-    RoleAssignment, Sharing, User,
+    RelationshipScope, RoleAssignment, Sharing, User,
 };
 
 const DEMO: &str = include_str!("../demo/demo-domain.toml");
@@ -519,6 +519,127 @@ fn default_role_catalogue() {
     let po = get("privacy-officer");
     assert!(!po.needs_relationship && can("privacy-officer", DataClass::Audit).read && !can("privacy-officer", DataClass::Clinical).read);
     assert!(can("domain-admin", DataClass::Configuration).write && !can("domain-admin", DataClass::Clinical).read);
+
+    // The granularity of the care relationship.
+    for (id, scope) in [
+        ("doctor", RelationshipScope::Site),
+        ("pharmacist", RelationshipScope::Site),
+        ("receptionist", RelationshipScope::Site),
+        ("nurse", RelationshipScope::Location),
+        ("student", RelationshipScope::Location),
+        ("admin-support", RelationshipScope::Location),
+        ("researcher", RelationshipScope::Site),
+        ("privacy-officer", RelationshipScope::Site),
+        ("domain-admin", RelationshipScope::Site),
+    ] {
+        assert_eq!(get(id).relationship, scope, "{id}");
+    }
+    assert_eq!(RelationshipScope::default(), RelationshipScope::Site);
+}
+
+/// A role's `relationship`: its default, the two values, a bad value, and a round trip.
+#[test]
+fn relationship_granularity_in_the_file() {
+    let roles = r#"
+[[roles]]
+id = "doctor"
+name = "Doctor"
+nrbac_code = "R8000"
+may_break_glass = true
+permissions = { clinical = "rw" }
+
+[[roles]]
+id = "nurse"
+name = "Nurse"
+nrbac_code = "R8001"
+relationship = "location"
+permissions = { clinical = "rw" }
+
+[[roles]]
+id = "receptionist"
+name = "Receptionist"
+nrbac_code = "R8009"
+relationship = "site"
+permissions = { administrative = "rw" }
+"#;
+    let d = parse_domain_file(&format!("{BASE}{roles}")).unwrap();
+    assert_eq!(d.role("doctor").unwrap().relationship, RelationshipScope::Site, "default: site");
+    assert_eq!(d.role("nurse").unwrap().relationship, RelationshipScope::Location);
+    assert_eq!(d.role("receptionist").unwrap().relationship, RelationshipScope::Site);
+
+    // A bad value names the role and its line, and says what is allowed.
+    let text = format!("{BASE}{}", roles.replace("relationship = \"location\"", "relationship = \"ward\""));
+    let err = parse_domain_file(&text).unwrap_err();
+    let line = text.lines().position(|l| l == "id = \"nurse\"").unwrap(); // 0-based: the [[roles]] line
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert_eq!(err.problems()[0].line, Some(line));
+    assert_mentions(&err.to_string(), &[&format!("line {line}"), "role `nurse`", "relationship `ward`", "\"site\"", "\"location\""]);
+    // Values are lower case, like the file's other keywords.
+    let err = refused(&format!("{BASE}{}", roles.replace("relationship = \"location\"", "relationship = \"Location\"")));
+    assert_mentions(&err, &["role `nurse`", "relationship `Location`"]);
+    // Not a string: a syntax error.
+    let text = format!("{BASE}{}", roles.replace("relationship = \"location\"", "relationship = true"));
+    let line = text.lines().position(|l| l == "relationship = true").unwrap() + 1;
+    assert_mentions(&refused(&text), &[&format!("line {line}, column 16"), "expected a relationship granularity: \"site\" or \"location\""]);
+    // Every bad value is reported.
+    let bad = roles.replace("relationship = \"location\"", "relationship = \"ward\"").replace("relationship = \"site\"", "relationship = \"trust\"");
+    let err = refused(&format!("{BASE}{bad}"));
+    assert_mentions(&err, &["2 problems", "role `nurse`: relationship `ward`", "role `receptionist`: relationship `trust`"]);
+
+    // The stored domain (JSON) keeps the setting…
+    let json = serde_json::to_string(&d).unwrap();
+    assert!(json.contains(r#""relationship":"location""#), "{json}");
+    let back: Domain = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, d);
+    assert_eq!(back.role("nurse").unwrap().relationship, RelationshipScope::Location);
+    let defaults = Domain { roles: default_roles(), ..Domain::default() };
+    let back: Domain = serde_json::from_str(&serde_json::to_string(&defaults).unwrap()).unwrap();
+    assert_eq!(back.roles, default_roles());
+    // …and a role stored without it reads as `site`.
+    let mut value = serde_json::to_value(&d).unwrap();
+    for role in value["roles"].as_array_mut().unwrap() {
+        role.as_object_mut().unwrap().remove("relationship");
+    }
+    let old: Domain = serde_json::from_value(value).unwrap();
+    assert!(old.roles.iter().all(|r| r.relationship == RelationshipScope::Site));
+    assert!(serde_json::from_str::<RelationshipScope>("\"ward\"").is_err());
+
+    // Changing the granularity of a built-in role: the file declares the role whole; applied
+    // to a domain, it replaces that role and leaves the others.
+    let mut d = Domain::bootstrap();
+    d.apply_file(BASE).unwrap();
+    let mut nurse = d.role("nurse").unwrap().clone();
+    assert_eq!(nurse.relationship, RelationshipScope::Location);
+    let permissions: Vec<String> = nurse
+        .permissions
+        .iter()
+        .map(|(class, p)| {
+            let letters = [(p.read, "r"), (p.write, "w"), (p.delete, "d")].iter().filter(|(on, _)| *on).map(|(_, l)| *l).collect::<String>();
+            format!("{} = \"{letters}\"", serde_json::to_value(class).unwrap().as_str().unwrap())
+        })
+        .collect();
+    let fragment = format!(
+        "[[roles]]\nid = \"nurse\"\nname = \"Nurse\"\nnrbac_code = \"R8001\"\nmay_break_glass = true\nrelationship = \"site\"\npermissions = {{ {} }}\n",
+        permissions.join(", ")
+    );
+    d.apply_file(&fragment).unwrap();
+    nurse.relationship = RelationshipScope::Site;
+    assert_eq!(d.role("nurse").unwrap(), &nurse, "only the granularity changed");
+    assert_eq!(d.roles.len(), default_roles().len(), "the other roles stay");
+    for r in default_roles().iter().filter(|r| r.id != "nurse") {
+        assert_eq!(d.role(&r.id).unwrap(), r);
+    }
+    // A file without [[roles]] applied later carries the built-in catalogue.
+    d.apply_file(BASE).unwrap();
+    assert_eq!(d.role("nurse").unwrap().relationship, RelationshipScope::Location);
+
+    // The example of docs/access-control.md does the same.
+    const DOC: &str = include_str!("../../../docs/access-control.md");
+    let section = &DOC[DOC.find("## Relationship granularity").unwrap()..];
+    let example = &section[section.find("```toml\n").unwrap() + 8..];
+    let example = &example[..example.find("```").unwrap()];
+    d.apply_file(example).unwrap_or_else(|e| panic!("the example of docs/access-control.md: {e}"));
+    assert_eq!(d.role("nurse").unwrap(), &nurse, "the example changes only the nurses' granularity");
 }
 
 #[test]

@@ -101,6 +101,19 @@ impl Access {
         }
     }
 
+    /// The domain's bootstrap account: the built-in system account acting for the domain
+    /// itself (`tessera token --system` without `--org`, and the server's own work on the
+    /// domain). The one unrestricted subject; every use is audited.
+    pub fn is_domain_bootstrap(&self) -> bool {
+        self.kind == AccessKind::System && self.subject == crate::SYSTEM_ACCOUNT && self.organisation == tessera_domain::BOOTSTRAP_ORGANISATION
+    }
+
+    /// The domain's bootstrap access (see [`Access::is_domain_bootstrap`]): the server's own
+    /// work on the domain itself.
+    pub fn bootstrap() -> Access {
+        Access::system(tessera_domain::BOOTSTRAP_ORGANISATION)
+    }
+
     /// The FHIR reference of the subject: `Practitioner/…` or `Device/…`.
     pub fn reference(&self) -> String {
         match self.kind {

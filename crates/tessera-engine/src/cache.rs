@@ -55,7 +55,14 @@ impl Engine {
             }
         }
         let links = self.store().care_links(patient).await?;
-        let confidentiality = match self.store().read("Patient", patient).await? {
+        // A deleted Patient keeps the confidentiality of its last version: the record of
+        // a very restricted patient stays so.
+        let mut person = self.store().read("Patient", patient).await?;
+        while let Some(p) = person.as_ref().filter(|p| p.deleted && p.version > 1) {
+            let (id, version) = (p.id.clone(), p.version - 1);
+            person = self.store().vread("Patient", &id, version).await?;
+        }
+        let confidentiality = match person {
             Some(p) if !p.deleted => crate::guard::confidentiality_of(&p.json),
             _ => None,
         };

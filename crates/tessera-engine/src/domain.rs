@@ -37,8 +37,11 @@ impl Engine {
 
     /// May this subject change the domain configuration?
     pub fn require_domain_admin(&self, access: &Access) -> Result<(), FhirError> {
-        if access.kind == AccessKind::System {
+        if access.is_domain_bootstrap() {
             return Ok(());
+        }
+        if access.kind == AccessKind::System {
+            return Err(FhirError::new(403, IssueType::Forbidden, "a service account may not read or change the domain configuration"));
         }
         let domain = self.domain();
         let allowed = access
@@ -76,7 +79,7 @@ impl Engine {
         self.set_domain(domain.clone());
         let resources = tessera_domain::to_fhir_resources(&domain);
         let mut changed = 0;
-        let system = Access::system(domain.organisations.first().map(|o| o.id.as_str()).unwrap_or("tessera"));
+        let system = Access::bootstrap();
         for r in resources {
             let ty = r["resourceType"].as_str().unwrap_or_default().to_string();
             let id = r["id"].as_str().unwrap_or_default().to_string();

@@ -12,7 +12,7 @@ use crate::access::{Access, AccessKind};
 use crate::{Engine, FhirError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tessera_domain::{Domain, Role};
+use tessera_domain::{Domain, RelationshipScope, Role};
 use tessera_fhir::IssueType;
 use tessera_policy::{Action, Confidentiality, Decision, PatientFacts, ResourceFacts, Subject, SubjectKind};
 use tessera_store::{NewAudit, Stored};
@@ -108,6 +108,7 @@ impl<'a> Gate<'a> {
 
     fn subject(&self) -> Subject<'_> {
         match self.access.kind {
+            AccessKind::System if self.access.is_domain_bootstrap() => Subject::domain(&self.access.organisation),
             AccessKind::System => Subject::system(&self.access.subject, &self.access.organisation),
             AccessKind::User => Subject {
                 kind: SubjectKind::User { id: &self.access.subject },
@@ -129,6 +130,9 @@ impl<'a> Gate<'a> {
         let expiry = self.domain.settings.relationship_days_after_discharge as i64 * 86_400_000_000;
         let subject_trust = self.domain.trust_of(&self.access.organisation).to_string();
         let mut facts = PatientFacts { confidentiality: record.confidentiality, ..PatientFacts::default() };
+        // The role's granularity: a care link anywhere at the user's site, or only at the
+        // user's own locations (a link naming the user always counts).
+        let site_level = self.role.as_ref().is_none_or(|r| r.relationship == RelationshipScope::Site);
         for link in record.links.iter() {
             let current = link.active
                 && link.start_micros.is_none_or(|s| s <= now + 86_400_000_000)
@@ -141,9 +145,13 @@ impl<'a> Gate<'a> {
                 continue;
             }
             let org = link.organisation.as_deref().or_else(|| link.location.as_deref().and_then(|l| self.domain.location(l)).map(|l| l.organisation.as_str()));
-            let by_org = org.is_some_and(|o| self.domain.trust_of(o) == subject_trust && self.access.kind == AccessKind::User && self.access.locations.is_empty());
+            // Systems act for their whole trust; site-level users without locations too.
+            let by_org = org.is_some_and(|o| {
+                self.domain.trust_of(o) == subject_trust
+                    && (self.access.kind == AccessKind::System || (site_level && self.access.locations.is_empty()))
+            });
             let by_location = link.location.as_ref().is_some_and(|l| self.access.locations.contains(l));
-            let by_site = org.is_some_and(|o| o == self.access.organisation);
+            let by_site = site_level && org.is_some_and(|o| o == self.access.organisation);
             let by_person = link.practitioner.as_deref().is_some_and(|p| self.access.kind == AccessKind::User && p == self.access.subject);
             if by_org || by_location || by_site || by_person {
                 facts.relationship = true;
@@ -156,8 +164,25 @@ impl<'a> Gate<'a> {
         Ok(facts)
     }
 
-    /// The policy decision on reading one stored version.
-    pub async fn read_decision(&mut self, s: &Stored) -> Result<Decision, FhirError> {
+    /// Whether the token's scopes let this subject see resources of `resource_type` at all
+    /// (read or search). A scope only ever narrows what the policy allows.
+    pub fn scope_allows(&self, resource_type: &str) -> bool {
+        let scopes = &self.access.scopes;
+        scopes.allows(resource_type, tessera_auth::ScopeOp::Read) || scopes.allows(resource_type, tessera_auth::ScopeOp::Search)
+    }
+
+    /// The policy decision on reading one stored version with content (a deletion is
+    /// decided by the version before it: see [`Gate::visibility`]).
+    async fn read_decision(&mut self, s: &Stored) -> Result<Decision, FhirError> {
+        if !self.scope_allows(&s.resource_type) {
+            return Ok(Decision::Deny);
+        }
+        self.policy_read_decision(s).await
+    }
+
+    /// [`Gate::read_decision`] by the policy alone: for writes, whose scope is checked as a
+    /// write (a write-only interface may change what its organisation owns).
+    async fn policy_read_decision(&mut self, s: &Stored) -> Result<Decision, FhirError> {
         if !self.enforced() {
             return Ok(Decision::Permit);
         }
@@ -182,14 +207,50 @@ impl<'a> Gate<'a> {
         Ok(verdict.decision)
     }
 
-    /// Visibility of one stored version to this reader (deleted versions are judged by
-    /// their owner and compartment alone).
+    /// The last version of a resource that had content, for a deletion (`None` if it never
+    /// had any): a deletion is decided with the facts of what it deleted.
+    async fn last_live(&self, deleted: &Stored) -> Result<Option<Stored>, FhirError> {
+        let mut version = deleted.version;
+        while version > 1 {
+            version -= 1;
+            if let Some(v) = self.engine.store().vread(&deleted.resource_type, &deleted.id, version).await? {
+                if !v.deleted {
+                    return Ok(Some(v));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Visibility of one stored version to this reader. A deletion is decided like the
+    /// version it deleted, and is never offered behind the glass: a deleted resource the
+    /// reader could not have seen behaves as an unknown id.
     pub async fn visibility(&mut self, s: &Stored) -> Result<Visibility, FhirError> {
+        if s.deleted {
+            let decision = match self.last_live(s).await? {
+                Some(live) => self.read_decision(&live).await?,
+                // Nothing to judge by but the type, owner and compartment.
+                None => self.read_decision(s).await?,
+            };
+            return Ok(if decision == Decision::Permit { Visibility::Visible } else { Visibility::Hidden });
+        }
         Ok(match self.read_decision(s).await? {
             Decision::Permit => Visibility::Visible,
             Decision::BreakGlass if self.domain.settings.break_glass_marker => Visibility::BehindGlass,
             _ => Visibility::Hidden,
         })
+    }
+
+    /// Visibility of an older version (vread, history): the strictest of that version's
+    /// and the current version's, so that relabelling, sealing or deleting a resource
+    /// also covers its past.
+    pub async fn version_visibility(&mut self, version: &Stored, current: Option<&Stored>) -> Result<Visibility, FhirError> {
+        let mine = self.visibility(version).await?;
+        let now = match current {
+            Some(c) if c.version != version.version => self.visibility(c).await?,
+            _ => mine,
+        };
+        Ok(strictest(mine, now))
     }
 
     /// Keeps the versions this reader may see; returns them and how many are behind glass.
@@ -227,8 +288,20 @@ impl<'a> Gate<'a> {
         if !self.enforced() {
             return Ok(());
         }
+        if let Some(gone) = existing.filter(|c| c.deleted) {
+            // Writing over a deletion: one the subject could not have seen is an unknown id.
+            let live = self.last_live(gone).await?;
+            if self.policy_read_decision(live.as_ref().unwrap_or(gone)).await? != Decision::Permit {
+                return Err(FhirError::not_found(resource_type, id));
+            }
+        }
         if let Some(cur) = existing.filter(|c| !c.deleted) {
-            match self.visibility(cur).await? {
+            let seen = match self.policy_read_decision(cur).await? {
+                Decision::Permit => Visibility::Visible,
+                Decision::BreakGlass if self.domain.settings.break_glass_marker => Visibility::BehindGlass,
+                _ => Visibility::Hidden,
+            };
+            match seen {
                 Visibility::Hidden => return Err(FhirError::not_found(resource_type, id)),
                 Visibility::BehindGlass => return Err(behind_glass(resource_type, id)),
                 Visibility::Visible => {}
@@ -337,6 +410,16 @@ pub fn forbidden(action: Action, resource_type: &str, id: &str) -> FhirError {
         Action::Delete => "delete",
     };
     FhirError::new(403, IssueType::Forbidden, format!("your role does not allow you to {verb} {resource_type}/{id}"))
+}
+
+/// The stricter of two visibilities (hidden over behind glass over visible).
+pub fn strictest(a: Visibility, b: Visibility) -> Visibility {
+    use Visibility::*;
+    match (a, b) {
+        (Hidden, _) | (_, Hidden) => Hidden,
+        (BehindGlass, _) | (_, BehindGlass) => BehindGlass,
+        _ => Visible,
+    }
 }
 
 /// The marker for data behind break-glass.

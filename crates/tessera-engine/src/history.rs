@@ -60,6 +60,7 @@ impl Engine {
         };
         // Fill the page with visible versions, reading further pages of the store as needed.
         let mut versions = Vec::with_capacity(count + 1);
+        let mut current: std::collections::HashMap<(String, String), Visibility> = std::collections::HashMap::new();
         let mut withheld = false;
         let mut exhausted;
         for _round in 0..16 {
@@ -67,7 +68,21 @@ impl Engine {
             exhausted = batch.len() < query.count;
             let last_seq = batch.last().map(|v| v.seq);
             for v in batch {
-                let allowed = access.scopes.allows(&v.resource_type, ScopeOp::Read) && gate.visibility(&v).await? == Visibility::Visible;
+                // Each version is decided with the strictest of its own facts and the
+                // current version's (a later relabel or deletion covers the past).
+                let key = (v.resource_type.clone(), v.id.clone());
+                let now = match current.get(&key) {
+                    Some(vis) => *vis,
+                    None => {
+                        let vis = match self.store().read(&v.resource_type, &v.id).await? {
+                            Some(c) => gate.visibility(&c).await?,
+                            None => Visibility::Hidden,
+                        };
+                        current.insert(key, vis);
+                        vis
+                    }
+                };
+                let allowed = now == Visibility::Visible && gate.visibility(&v).await? == Visibility::Visible;
                 if allowed {
                     versions.push(v);
                 } else {
@@ -94,9 +109,10 @@ impl Engine {
             }
         }
         let has_next = versions.len() > count;
-        // A count must not reveal versions this subject may not see: systems (which see
-        // everything) get the store's count; users only when the whole result is on this page.
-        let full_view = !self.config().enforce() || access.kind == crate::access::AccessKind::System;
+        // A count must not reveal versions this subject may not see: the domain's bootstrap
+        // account (which sees everything) gets the store's count; everyone else only when
+        // the whole result is on this page.
+        let full_view = !self.config().enforce() || access.is_domain_bootstrap();
         let total = if full_view {
             Some(self.store().history_count(&HistoryQuery { before_seq: None, ..query.clone() }).await?)
         } else if !withheld && !has_next && params.cursor.is_none() {

@@ -90,7 +90,7 @@ impl Engine {
             Err(_) => Err(not_found()),
             Ok(v) => match self.store().vread(resource_type, id, v).await? {
                 None => Err(not_found()),
-                Some(s) => match gate.visibility(&s).await? {
+                Some(s) => match gate.version_visibility(&s, self.store().read(resource_type, id).await?.as_ref()).await? {
                     Visibility::Hidden => Err(not_found()),
                     Visibility::BehindGlass => Err(behind_glass(resource_type, id)),
                     Visibility::Visible if s.deleted => Err(FhirError::gone(resource_type, id)),

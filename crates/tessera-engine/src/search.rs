@@ -61,6 +61,10 @@ impl Engine {
             }
         }
         let request = query::parse(resource_type, &pairs, strict).map_err(query_errors)?;
+        // `GET [base]?_type=…` asks for each type as a type-level search would.
+        for t in &request.types {
+            access.require_scope(t, ScopeOp::Search)?;
+        }
         let mut gate = self.gate(access);
         let mut q = IndexQuery::new(resource_type);
         if let Scope::Compartment { patient, resource_type } = scope {

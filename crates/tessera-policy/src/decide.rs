@@ -70,8 +70,11 @@ impl Decision {
 pub enum SubjectKind<'a> {
     /// A person, by user (Practitioner) id.
     User { id: &'a str },
-    /// A system, by service account id.
+    /// A system (service account), bound to the organisation it acts for (rule 2).
     System { account: &'a str },
+    /// The domain's own bootstrap account: the one unrestricted subject (an operator
+    /// credential, never issued to an interface; every use is audited).
+    Domain,
 }
 
 /// The subject of a decision: a user in its active role context, or a system.
@@ -94,6 +97,11 @@ impl<'a> Subject<'a> {
 
     pub fn system(account: &'a str, organisation: &'a str) -> Self {
         Subject { kind: SubjectKind::System { account }, organisation, locations: &[], role: None }
+    }
+
+    /// The domain's bootstrap account (unrestricted).
+    pub fn domain(organisation: &'a str) -> Self {
+        Subject { kind: SubjectKind::Domain, organisation, locations: &[], role: None }
     }
 }
 
@@ -134,8 +142,13 @@ pub struct PatientFacts {
 pub enum Reason {
     /// Permit: every rule passed.
     Allowed,
-    /// Permit: a system account (rule 2).
+    /// Permit: the domain's bootstrap account (rule 2).
     System,
+    /// Deny: a system account where a person would have to break the glass (rule 2).
+    SystemNoGlass,
+    /// Deny: a system account, a confidential patient, and no care relationship of its
+    /// organisation (rule 7).
+    ConfidentialPatientSystem,
     /// Permit: the subject holds an active break-glass grant for the patient.
     BreakGlassGrant,
     /// Permit: the Patient resource of a non-confidential patient, without a relationship (rule 6).
@@ -175,7 +188,9 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Allowed => f.write_str("allowed by role, ownership and relationship"),
-            Reason::System => f.write_str("system account"),
+            Reason::System => f.write_str("domain bootstrap account"),
+            Reason::SystemNoGlass => f.write_str("a system account cannot break the glass"),
+            Reason::ConfidentialPatientSystem => f.write_str("confidential patient without a relationship of the system's organisation"),
             Reason::BreakGlassGrant => f.write_str("allowed under an active break-glass grant"),
             Reason::PatientLookup => f.write_str("patient look-up without a relationship"),
             Reason::Registration => f.write_str("registration or booking without a relationship"),
@@ -281,27 +296,42 @@ pub fn evaluate(
 ) -> Verdict {
     use Decision::{BreakGlass, Deny, Permit};
 
-    // Rule 2: systems.
-    let user = match subject.kind {
-        SubjectKind::System { .. } => return Verdict::new(Permit, Reason::System),
-        SubjectKind::User { id } => id,
+    // Rule 2: the bootstrap account; service accounts are bound like users, without a
+    // role (their scopes stand in for it) and without the glass.
+    let (user, role) = match subject.kind {
+        SubjectKind::Domain => return Verdict::new(Permit, Reason::System),
+        SubjectKind::System { account } => (account, None),
+        SubjectKind::User { id } => match subject.role {
+            Some(role) => (id, Some(role)),
+            None => return Verdict::new(Deny, Reason::NoRole),
+        },
     };
-    let Some(role) = subject.role else {
-        return Verdict::new(Deny, Reason::NoRole);
-    };
-    let classes = data_classes(resource.resource_type, resource.security);
+    let mut classes = data_classes(resource.resource_type, resource.security);
+    // Rule 7: a patient's confidentiality covers every resource of their record.
+    let is_patient_data = resource.patient.is_some() || resource.resource_type == "Patient";
+    // (Audit records about the patient are governed by the audit rules instead.)
+    if is_patient_data && classes.base != DataClass::Audit {
+        match patient.and_then(|p| p.confidentiality) {
+            Some(Confidentiality::Restricted) if classes.base != DataClass::Restricted => classes.sensitive.insert(DataClass::Restricted),
+            Some(Confidentiality::VeryRestricted) => classes.sensitive.insert(DataClass::VeryRestricted),
+            _ => {}
+        }
+    }
 
     // Rule 3: the role's permission on every class the resource holds. Configuration is
     // readable by every user.
-    for class in classes.iter() {
-        if action == Action::Read && class == DataClass::Configuration {
-            continue;
-        }
-        let permission = role.permissions.get(&class).copied().unwrap_or_default();
-        if !action.allowed_by(permission) {
-            return Verdict::new(Deny, Reason::RoleLacks(action, class));
+    if let Some(role) = role {
+        for class in classes.iter() {
+            if action == Action::Read && class == DataClass::Configuration {
+                continue;
+            }
+            let permission = role.permissions.get(&class).copied().unwrap_or_default();
+            if !action.allowed_by(permission) {
+                return Verdict::new(Deny, Reason::RoleLacks(action, class));
+            }
         }
     }
+    let sees_sealed = role.is_some_and(|r| r.sees_sealed);
 
     // Ownership: a new resource will belong to the subject's organisation.
     let owner = match (action, resource.owner) {
@@ -316,7 +346,7 @@ pub fn evaluate(
         Seal::None => {}
         Seal::Sealed => {
             let owning_trust = owner.is_some() && same_trust;
-            if !owning_trust && !role.sees_sealed {
+            if !owning_trust && !sees_sealed {
                 return Verdict::new(Deny, Reason::Sealed);
             }
         }
@@ -355,37 +385,44 @@ pub fn evaluate(
     }
 
     // Rules 6 and 7: relationship and patient confidentiality.
-    let is_patient_data = resource.patient.is_some() || resource.resource_type == "Patient";
     let mut permit_reason = Reason::Allowed;
     let facts = if is_patient_data {
         let Some(facts) = patient else {
             return Verdict::new(Deny, Reason::NoPatientFacts);
         };
         let very_restricted = facts.confidentiality == Some(Confidentiality::VeryRestricted);
-        if facts.relationship {
-            // Relationship held: nothing more to check here.
-        } else if !role.needs_relationship {
-            permit_reason = Reason::RelationshipNotNeeded;
-        } else {
-            let lookup = action == Action::Read
-                && resource.resource_type == "Patient"
-                && classes.sensitive.is_empty()
-                && facts.confidentiality.is_none();
-            let registration = action == Action::Create
-                && matches!(classes.base, DataClass::Demographics | DataClass::Administrative)
-                && !very_restricted;
-            if lookup {
-                permit_reason = Reason::PatientLookup;
-            } else if registration {
-                permit_reason = Reason::Registration;
-            } else if very_restricted && !role.sees_sealed {
-                return Verdict::new(Deny, Reason::VeryRestrictedPatient);
-            } else {
-                glass.get_or_insert(Reason::NoRelationship);
+        match role {
+            // A system acts for its organisation and needs no care relationship, except
+            // with a confidential (`R`/`V`) patient: then its organisation must have one
+            // to read or change the record (recording new data, such as the admission
+            // that starts the relationship, needs none).
+            None if facts.confidentiality.is_some() && !facts.relationship && action != Action::Create => {
+                return Verdict::new(Deny, Reason::ConfidentialPatientSystem);
+            }
+            None => {}
+            Some(_) if facts.relationship => {}
+            Some(role) if !role.needs_relationship => permit_reason = Reason::RelationshipNotNeeded,
+            Some(_) => {
+                let lookup = action == Action::Read
+                    && resource.resource_type == "Patient"
+                    && classes.sensitive.is_empty()
+                    && facts.confidentiality.is_none();
+                let registration = action == Action::Create
+                    && matches!(classes.base, DataClass::Demographics | DataClass::Administrative)
+                    && !very_restricted;
+                if lookup {
+                    permit_reason = Reason::PatientLookup;
+                } else if registration {
+                    permit_reason = Reason::Registration;
+                } else if very_restricted && !sees_sealed {
+                    return Verdict::new(Deny, Reason::VeryRestrictedPatient);
+                } else {
+                    glass.get_or_insert(Reason::NoRelationship);
+                }
             }
         }
         // Rule 7: no breaking the glass into a very restricted patient's record.
-        if glass.is_some() && very_restricted && !role.sees_sealed {
+        if glass.is_some() && very_restricted && !sees_sealed {
             return Verdict::new(Deny, Reason::VeryRestrictedPatient);
         }
         Some(facts)
@@ -395,11 +432,21 @@ pub fn evaluate(
 
     match glass {
         None => Verdict::new(Permit, permit_reason),
+        Some(_) if role.is_none() => Verdict::new(Deny, Reason::SystemNoGlass),
         Some(why) => match facts {
             None => Verdict::new(Deny, Reason::NoPatientToBreakGlassFor),
             Some(f) if f.break_glass => Verdict::new(Permit, Reason::BreakGlassGrant),
-            Some(_) if role.may_break_glass => Verdict::new(BreakGlass, why),
+            Some(_) if role.is_some_and(|r| r.may_break_glass) => Verdict::new(BreakGlass, why),
             Some(_) => Verdict::new(Deny, why),
         },
     }
+}
+
+/// Whether `organisation`'s trust may see a resource under the sharing table alone: it owns
+/// it, or the owner shares every class of it with that organisation on the *shared* dial
+/// (the view of a service account of that organisation). Used to redact the audit trail.
+pub fn shared_with(domain: &Domain, organisation: &str, resource: &ResourceFacts, patient: Option<&PatientFacts>) -> bool {
+    let subject = Subject::system("", organisation);
+    let relationship = PatientFacts { break_glass: false, ..patient.copied().unwrap_or_default() };
+    evaluate(domain, &subject, Action::Read, resource, Some(&relationship)).decision == Decision::Permit
 }

@@ -29,8 +29,15 @@
 //!    ([`CONFIDENTIALITY_SYSTEM`]); act codes `HIV`, `PSY`, `SDV`, `ETH`, `STD`, `SEX`
 //!    ([`ACT_CODE_SYSTEM`]) → the matching class. The older `http://hl7.org/fhir/v3/…` and
 //!    OID spellings of both systems are recognised too.
-//! 2. **Systems** ([`SubjectKind::System`]) are permitted everything; their SMART scopes are
-//!    checked by the auth crate. A user without an active role is denied everything.
+//! 2. **Systems.** The domain's bootstrap account ([`SubjectKind::Domain`]) is the one
+//!    unrestricted subject: an operator credential, never issued to an interface. A service
+//!    account ([`SubjectKind::System`]) is bound like a user of the organisation it acts
+//!    for: its SMART scopes stand in for a role (rule 3 is the engine's scope check), it
+//!    needs no care relationship (rule 6) — except with a confidential patient (rule 7) —,
+//!    it sees only what sealed data a role without
+//!    `sees_sealed` sees (rule 8), it writes only its own trust's data (rule 5), and it
+//!    cannot break the glass — where a person would need to, it is denied
+//!    ([`Reason::SystemNoGlass`]). A user without an active role is denied everything.
 //! 3. **Role permission**: the role must grant the action (read; write for create and
 //!    update; delete) on the base class and on every sensitive class. Configuration data is
 //!    readable by every user; writing it needs write on configuration. Audit data needs
@@ -56,12 +63,17 @@
 //!    (b) *registration*: creating demographics or administrative data (registering a
 //!    patient, booking, admitting, which is how a relationship starts) needs none. Roles
 //!    without `needs_relationship` (a privacy officer reading audit) skip this rule.
-//! 7. **Confidential patients** (`PatientFacts::confidentiality`): `R` removes the
+//! 7. **Confidential patients** (`PatientFacts::confidentiality`): the patient's `R` or `V`
+//!    adds the restricted or very-restricted class to *every* resource of their record,
+//!    labelled or not (rules 3 and 4 then apply to it). `R` removes the
 //!    patient look-up exception of rule 6 (registration stays); break-glass stays possible.
 //!    `V` removes both exceptions, and break-glass is not allowed: where a user would need
 //!    to break the glass (no relationship, or a break-glass dial), the answer is deny, even
 //!    with an active grant, unless the role `sees_sealed` (then rules 4 and 6 apply as for
-//!    anyone). Roles without `needs_relationship` still need no relationship.
+//!    anyone). Roles without `needs_relationship` still need no relationship. A system
+//!    account sees an `R` or `V` patient's record only when its organisation's trust has a
+//!    care relationship with the patient (`PatientFacts::relationship`, computed at the
+//!    trust for systems).
 //! 8. **Sealed data** ([`TESSERA_SECURITY_SYSTEM`]): [`SEALED`] → only the owning trust or
 //!    roles with `sees_sealed` (unowned sealed data: only `sees_sealed`); [`SEALED_LOCKED`] →
 //!    only the author (`ResourceFacts::author` equals the user id), whatever the role. The
@@ -84,7 +96,8 @@ pub use classes::{
     CONFIDENTIALITY_SYSTEM, SEALED, SEALED_LOCKED, TESSERA_SECURITY_SYSTEM,
 };
 pub use decide::{
-    decide, evaluate, explain, Action, Decision, PatientFacts, Reason, ResourceFacts, Subject, SubjectKind, Verdict,
+    decide, evaluate, explain, shared_with, Action, Decision, PatientFacts, Reason, ResourceFacts, Subject, SubjectKind,
+    Verdict,
 };
 /// The role catalogue lives with the domain model; re-exported for callers of the policy.
 pub use tessera_domain::{default_roles, nrbac_display as nrbac_name};

@@ -120,11 +120,12 @@ struct Row {
 
 fn run(domain: &Domain, row: &Row) -> Verdict {
     let role: Option<&Role> = match row.role {
-        "-" | "system" => None,
+        "-" | "system" | "domain" => None,
         id => Some(domain.role(id).unwrap_or_else(|| panic!("no role {id}"))),
     };
     let kind = match row.role {
         "system" => SubjectKind::System { account: "pas-feed" },
+        "domain" => SubjectKind::Domain,
         _ => SubjectKind::User { id: USER },
     };
     let subject = Subject { kind, organisation: row.org, locations: &[], role };
@@ -156,10 +157,34 @@ macro_rules! rows {
 fn matrix() {
     let domain = domain();
     let rows = rows![
-        // Rule 2: systems; users without a role.
-        "system" N "mind" "Observation" ["PSY"] "-" "?" Read => 'P';
-        "system" N "south" "Observation" [""] "-" "none+dissent" Delete => 'P';
-        "system" N "north" "Observation" ["LOCKED"] "u2" "?" Read => 'P';
+        // Rule 2: the bootstrap account; service accounts bound to their organisation;
+        // users without a role.
+        "domain" N "mind" "Observation" ["PSY"] "-" "?" Read => 'P';
+        "domain" N "south" "Observation" [""] "-" "none+dissent" Delete => 'P';
+        "domain" N "north" "Observation" ["LOCKED"] "u2" "?" Read => 'P';
+        "system" N "north" "Observation" [""] "-" "none" Read => 'P';
+        "system" N "north" "Observation" ["PSY"] "-" "none" Delete => 'P';
+        "system" N "-" "Observation" [""] "-" "none" Create => 'P';
+        "system" N "south" "Observation" [""] "-" "none" Create => 'D';
+        "system" N "mind" "Observation" ["PSY"] "-" "none" Read => 'D';
+        "system" N "mind" "Observation" [""] "-" "none" Read => 'D';
+        "system" N "mind" "Observation" [""] "-" "glass" Read => 'D';
+        "system" S "north" "Observation" [""] "-" "none" Read => 'P';
+        "system" S "north" "Observation" ["PSY"] "-" "none" Read => 'D';
+        "system" N "south" "Observation" [""] "-" "none" Delete => 'D';
+        "system" N "south" "Observation" [""] "-" "none" Write => 'D';
+        "system" S "north" "Observation" [""] "-" "none+dissent" Read => 'D';
+        "system" N "north" "Observation" ["LOCKED"] "u2" "none" Read => 'D';
+        "system" N "north" "Observation" ["SEALED"] "-" "none" Read => 'P';
+        "system" S "north" "Observation" ["SEALED"] "-" "none" Read => 'D';
+        "system" N "north" "Observation" [""] "-" "?" Read => 'D';
+        "system" N "north" "Observation" [""] "-" "none+V" Read => 'D';
+        "system" N "north" "Observation" [""] "-" "rel+V" Read => 'P';
+        "system" N "-" "Patient" [""] "-" "none+R" Read => 'D';
+        "system" N "-" "Patient" [""] "-" "none" Read => 'P';
+        "system" N "-" "Encounter" [""] "-" "none+V" Create => 'P';
+        "system" N "north" "Encounter" [""] "-" "none+V" Write => 'D';
+        "system" S "north" "Observation" [""] "-" "rel+R" Read => 'D';
         "-" N "north" "Observation" [""] "-" "rel" Read => 'D';
 
         // Rule 3: role permission on base and sensitive classes.
@@ -263,6 +288,15 @@ fn matrix() {
         "mh-consultant" N "north" "Observation" [""] "-" "none+V" Read => 'G';
         "mh-consultant" N "north" "Observation" [""] "-" "glass+V" Read => 'P';
 
+        // Rule 7: the patient's R/V covers every resource of the record.
+        "student" N "north" "Observation" [""] "-" "rel+R" Read => 'D';
+        "student" N "north" "Observation" [""] "-" "rel" Read => 'P';
+        "receptionist" N "north" "Encounter" [""] "-" "rel+V" Read => 'D';
+        "receptionist" N "north" "Encounter" [""] "-" "rel+R" Read => 'P';
+        "doctor" S "north" "Observation" [""] "-" "rel+R" Read => 'G';
+        "doctor" S "north" "Observation" [""] "-" "rel+V" Read => 'D';
+        "privacy-officer" N "north" "AuditEvent" [""] "-" "none+R" Read => 'P';
+
         // Rule 8: sealed data.
         "doctor" N "north" "Observation" ["SEALED"] "-" "rel" Read => 'P';
         "doctor" S "north" "Observation" ["SEALED"] "-" "rel" Read => 'D';
@@ -321,7 +355,9 @@ fn row(
 fn reasons() {
     let d = domain();
     let reason = |r: Row| run(&d, &r).reason;
-    assert_eq!(reason(row("system", N, "north", "Observation", "", "?", Action::Read)), Reason::System);
+    assert_eq!(reason(row("domain", N, "north", "Observation", "", "?", Action::Read)), Reason::System);
+    assert_eq!(reason(row("system", N, "mind", "Observation", "", "none", Action::Read)), Reason::SystemNoGlass);
+    assert_eq!(reason(row("system", N, "north", "Observation", "", "none+V", Action::Read)), Reason::ConfidentialPatientSystem);
     assert_eq!(reason(row("-", N, "north", "Observation", "", "rel", Action::Read)), Reason::NoRole);
     assert_eq!(
         reason(row("pharmacist", N, "north", "Observation", "SDV", "rel", Action::Read)),
@@ -380,8 +416,8 @@ fn explain_is_one_line() {
     assert!(!line.contains('\n'));
     assert_eq!(decide(&d, &subject, Action::Read, &resource, Some(&facts)), Decision::Deny);
 
-    let system = Subject::system("pas-feed", "north");
-    assert_eq!(explain(&d, &system, Action::Delete, &resource, None), "permit: system account");
+    let bootstrap = Subject::domain("tessera");
+    assert_eq!(explain(&d, &bootstrap, Action::Delete, &resource, None), "permit: domain bootstrap account");
     let grant = PatientFacts { break_glass: true, ..PatientFacts::default() };
     let doctor = Subject::user(USER, N, &[], d.role("doctor").unwrap());
     let plain = ResourceFacts { security: &[], ..resource };

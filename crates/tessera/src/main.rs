@@ -85,8 +85,10 @@ struct TokenArgs {
     /// Role context (default: the user's first role).
     #[arg(long)]
     role: Option<String>,
-    /// Organisation: of the role context, or what the system account writes on behalf of
-    /// (default: the domain's first organisation).
+    /// Organisation: of the role context, or the one the system account acts for — it then
+    /// sees and writes only what a service account of that organisation may. Without it,
+    /// `--system` gives the domain's bootstrap account: unrestricted, for operators only,
+    /// never to be configured in an interface (every use is audited).
     #[arg(long)]
     org: Option<String>,
     /// Location within the role context.
@@ -95,7 +97,7 @@ struct TokenArgs {
     /// SMART scopes (default: everything the subject may have).
     #[arg(long)]
     scope: Option<String>,
-    /// A token for the built-in system account (`system/*.*`).
+    /// A token for the built-in system account (`system/*.*`; see --org).
     #[arg(long)]
     system: bool,
     /// Lifetime in minutes (system tokens).
@@ -217,7 +219,8 @@ struct ImportArgs {
     /// Bundles committed at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// The organisation that owns what is imported (default: the domain's first organisation).
+    /// The organisation that owns what is imported; the import is then bound to it like a
+    /// service account of that organisation (default: the domain itself, unrestricted).
     #[arg(long)]
     org: Option<String>,
 }
@@ -293,7 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => {
             init_logging(false);
             let (engine, _) = open_engine(&args.store, EngineConfig::default()).await?;
-            let org = args.org.clone().unwrap_or_else(|| first_org(&engine));
+            let org = args.org.clone().unwrap_or_else(|| tessera_domain::BOOTSTRAP_ORGANISATION.to_string());
             let summary = tessera_import::run(&engine, &Access::system(&org), &args.paths, &tessera_import::Options { concurrency: args.concurrency }).await?;
             println!("{summary}");
             if summary.errors.is_empty() {
@@ -319,7 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let mut domain = (*engine.domain()).clone();
             domain.apply_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let changed = engine.apply_domain(&Access::system(&first_org(&engine)), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let changed = engine.apply_domain(&Access::bootstrap(), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("domain applied from {} ({changed} resources changed)", file.display());
             Ok(())
         }
@@ -377,10 +380,6 @@ async fn open_store(args: &StoreArgs) -> anyhow::Result<tessera_store::DynStore>
     Ok(store)
 }
 
-/// The domain's first organisation (what the system account acts for by default).
-fn first_org(engine: &Engine) -> String {
-    engine.domain().organisations.first().map(|o| o.id.clone()).unwrap_or_else(|| "tessera".into())
-}
 
 /// Opens the store, loads the domain and the token signing key (created on first use).
 async fn open_engine(args: &StoreArgs, config: EngineConfig) -> anyhow::Result<(Engine, std::sync::Arc<tessera_auth::Authenticator>)> {
@@ -406,7 +405,7 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
     let domain = engine.domain();
     let now = tessera_auth::now();
     let token = if args.system {
-        let org = args.org.clone().unwrap_or_else(|| first_org(&engine));
+        let org = args.org.clone().unwrap_or_else(|| tessera_domain::BOOTSTRAP_ORGANISATION.to_string());
         anyhow::ensure!(domain.organisation(&org).is_some(), "organisation '{org}' is not in the domain");
         auth.issue_system_token(tessera_engine::SYSTEM_ACCOUNT, &org, args.scope.as_deref().unwrap_or("system/*.*"), now, args.minutes)
     } else {
@@ -431,7 +430,7 @@ async fn user(cmd: UserCommand) -> anyhow::Result<()> {
             if let Some(p) = password {
                 domain.set_password(&id, &p).map_err(|e| anyhow::anyhow!("{e}"))?;
             }
-            engine.apply_domain(&Access::system(&first_org(&engine)), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            engine.apply_domain(&Access::bootstrap(), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("user {id} saved");
             Ok(())
         }
@@ -447,7 +446,7 @@ async fn user(cmd: UserCommand) -> anyhow::Result<()> {
             };
             let mut domain = (*engine.domain()).clone();
             domain.set_password(&id, &password).map_err(|e| anyhow::anyhow!("{e}"))?;
-            engine.apply_domain(&Access::system(&first_org(&engine)), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            engine.apply_domain(&Access::bootstrap(), domain).await.map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("password of {id} set");
             Ok(())
         }

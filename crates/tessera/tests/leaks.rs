@@ -19,6 +19,9 @@ on_both_backends!(
     audit_trail,
     worklists_follow_the_dials,
     conditional_operations_do_not_reveal_hidden_matches,
+    leak_matrix_changed_data,
+    service_accounts_are_bound,
+    scopes_narrow_every_path,
 );
 
 /// Expected visibility.
@@ -122,151 +125,192 @@ async fn leak_matrix(s: &Server) {
     let mut list_seen = 0;
     for &(who, reference, expected) in MATRIX {
         let t = token(s, who);
-        let (ty, id) = reference.split_once('/').unwrap();
         let row = format!("{} ({} at {}) → {reference}: expected {expected:?}", who.0, who.1, who.2);
-
-        // read
-        let r = s.request_as(&t, "GET", reference, None).await;
-        match expected {
-            V::Yes => assert_eq!((r.status, r.json()["id"].as_str().unwrap_or("").to_string()), (200, id.to_string()), "read: {row}"),
-            V::Glass => {
-                assert_eq!(r.status, 403, "read: {row}");
-                assert_eq!(r.json()["issue"][0]["code"], "suppressed", "read marker: {row}");
-                assert!(!String::from_utf8_lossy(&r.body).contains("\"meta\""), "read: no data behind glass: {row}");
-            }
-            V::No => assert_eq!(r.status, 404, "read: {row}"),
-        }
-        // vread
-        let r = s.request_as(&t, "GET", &format!("{reference}/_history/1"), None).await;
-        assert_eq!(r.status, match expected { V::Yes => 200, V::Glass => 403, V::No => 404 }, "vread: {row}");
-        // instance history
-        let r = s.request_as(&t, "GET", &format!("{reference}/_history"), None).await;
-        match expected {
-            V::Yes => assert!(r.status == 200 && ids_in(&r.json(), reference), "history: {row}"),
-            _ => assert_eq!(r.status, 404, "history: {row}"),
-        }
-        // type history: listed only when visible; a total never counts what was withheld
-        let r = s.request_as(&t, "GET", &format!("{ty}/_history?_count=1000"), None).await;
-        assert_eq!(r.status, 200, "type history: {row}");
-        let b = r.json();
-        assert_eq!(ids_in(&b, reference), expected == V::Yes, "type history: {row}");
-        if let Some(total) = b["total"].as_u64() {
-            assert_eq!(total as usize, b["entry"].as_array().map_or(0, Vec::len), "type history total counts only what is shown: {row}");
-        }
-        // system history
-        let b = s.request_as(&t, "GET", "_history?_count=1000", None).await.json();
-        assert_eq!(ids_in(&b, reference), expected == V::Yes, "system history: {row}");
-        // search by id, and its total
-        let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}"), None).await.json();
-        assert_eq!(ids_in(&b, reference), expected == V::Yes, "search: {row}");
-        assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "search total: {row}");
-        let marker = b["entry"].as_array().into_iter().flatten().any(|e| e["search"]["mode"] == "outcome");
-        assert_eq!(marker, expected == V::Glass, "search break-glass marker: {row}");
-        // full search: _total and _summary=count count only what may be seen
-        for extra in ["_total=accurate", "_summary=count"] {
-            let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&{extra}"), None).await.json();
-            assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "search {extra}: {row}");
-        }
-        // sort order and paging: every page of the type sorted by id, two at a time — pages
-        // before the last are full (a withheld resource leaves no gap), the resource is
-        // listed only when visible, and the pages agree with the count
-        let mut url = format!("{ty}?_sort=_id&_count=2");
-        let mut listed: Vec<String> = Vec::new();
-        for page in 0.. {
-            assert!(page < 500, "paging ends: {row}");
-            let b = s.request_as(&t, "GET", &url, None).await.json();
-            let entries: Vec<String> = b["entry"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|e| e["search"]["mode"] == "match")
-                .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or(""), e["resource"]["id"].as_str().unwrap_or("")))
-                .collect();
-            let next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_string);
-            if next.is_some() {
-                assert_eq!(entries.len(), 2, "a page before the last is full: {row}");
-            }
-            listed.extend(entries);
-            match next {
-                Some(n) => url = n.strip_prefix(&format!("{}/", s.base)).expect("next link on this server").to_string(),
-                None => break,
-            }
-        }
-        assert_eq!(listed.iter().any(|r| r == reference), expected == V::Yes, "sorted paging: {row}");
-        let mut sorted = listed.clone();
-        sorted.sort();
-        assert_eq!(listed, sorted, "sorted by id across pages: {row}");
-        let count = s.request_as(&t, "GET", &format!("{ty}?_summary=count"), None).await.json()["total"].as_u64().unwrap();
-        assert_eq!(count as usize, listed.len(), "paging and _summary=count agree: {row}");
-        // _list: a List the reader may see lists only what they may see; one they may not
-        // see lists nothing
-        let own = s.request_as(&t, "POST", "List", Some(&serde_json::to_vec(&list_body).unwrap())).await;
-        let mut lists = vec![system_list.clone()];
-        if own.status == 201 {
-            lists.push(own.json()["id"].as_str().unwrap().to_string());
-        }
-        // `_contained`: a contained resource is found only through a container the reader sees
-        let found = s.request_as(&t, "GET", "Basic?code=urn:tessera:test|leak-contained&_contained=true&_count=1000", None).await.json();
-        for list_id in &lists {
-            let list_visible = s.request_as(&t, "GET", &format!("List/{list_id}"), None).await.status == 200;
-            assert_eq!(ids_in(&found, &format!("List/{list_id}")), list_visible, "_contained: {row}");
-            let b = s.request_as(&t, "GET", &format!("{ty}?_list={list_id}&_total=accurate"), None).await.json();
-            assert_eq!(ids_in(&b, reference), list_visible && expected == V::Yes, "_list: {row}");
-            if list_visible {
-                list_seen += 1;
-            } else {
-                assert_eq!(b["total"], 0, "_list of a List not visible: {row}");
-            }
-        }
-        // a criterion checked on each candidate's content (every text of the resource
-        // holds its id): the reader's view decides as for any other search
-        let b = s.request_as(&t, "GET", &format!("{ty}?_content={id}&_total=accurate"), None).await.json();
-        assert_eq!(ids_in(&b, reference), expected == V::Yes, "_content: {row}");
-        assert_eq!(b["total"].as_u64().unwrap_or(0) as usize, b["entry"].as_array().map_or(0, |e| e.iter().filter(|e| e["search"]["mode"] == "match").count()), "_content total: {row}");
-        // the paths that start from the patient: compartment search, $everything,
-        // _revinclude, _has and a chain — hidden data must not show, nor reveal itself
-        // through the patient being listed or not
-        let stored = s.get(reference).await.json();
-        let pid = if ty == "Patient" {
-            Some(id.to_string())
-        } else {
-            ["patient", "subject"]
-                .iter()
-                .filter_map(|k| stored[*k]["reference"].as_str())
-                .find_map(|r| r.strip_prefix("Patient/"))
-                .map(str::to_string)
-        };
-        if let Some(pid) = pid {
-            let patient_visible = s.request_as(&t, "GET", &format!("Patient/{pid}"), None).await.status == 200;
-            let shown = expected == V::Yes;
-            let b = s.request_as(&t, "GET", &format!("Patient/{pid}/{ty}?_id={id}"), None).await.json();
-            assert_eq!(ids_in(&b, reference), shown, "compartment search: {row}");
-            let r = s.request_as(&t, "GET", &format!("Patient/{pid}/$everything"), None).await;
-            assert_eq!(r.status == 200 && ids_in(&r.json(), reference), shown && patient_visible, "$everything: {row}");
-            if ty != "Patient" {
-                let b = s.request_as(&t, "GET", &format!("Patient?_id={pid}&_revinclude={ty}:patient"), None).await.json();
-                assert_eq!(ids_in(&b, reference), shown && patient_visible, "_revinclude: {row}");
-                let b = s.request_as(&t, "GET", &format!("Patient?_id={pid}&_has:{ty}:patient:_id={id}"), None).await.json();
-                assert_eq!(ids_in(&b, &format!("Patient/{pid}")), shown && patient_visible, "_has: {row}");
-                let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&patient._id={pid}"), None).await.json();
-                assert_eq!(ids_in(&b, reference), shown && patient_visible, "chain: {row}");
-                let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&_include={ty}:patient"), None).await.json();
-                assert_eq!(ids_in(&b, &format!("Patient/{pid}")), shown && patient_visible, "_include: {row}");
-            }
-        }
-        // batch and transaction GET entries
-        for kind in ["batch", "transaction"] {
-            let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": reference}}]});
-            let r = s.request_as(&t, "POST", "", Some(&serde_json::to_vec(&bundle).unwrap())).await;
-            assert_eq!(r.status, 200, "{kind}: {row}");
-            let b = r.json();
-            let status = b["entry"][0]["response"]["status"].as_str().unwrap_or("").to_string();
-            let want = match expected { V::Yes => "200", V::Glass => "403", V::No => "404" };
-            assert!(status.starts_with(want), "{kind} GET entry {status}: {row}");
-            assert_eq!(b["entry"][0]["resource"]["id"].as_str() == Some(id) && b["entry"][0]["resource"]["resourceType"] == ty, expected == V::Yes, "{kind} body: {row}");
-        }
+        list_seen += check_paths(s, &t, &row, reference, expected, &list_body, &system_list).await;
     }
     assert!(list_seen > 0, "the shared List is visible to some readers, so _list is exercised");
+}
+
+/// Asks one reader (token `t`) for one resource on every read path, and checks each answer
+/// against the expected visibility. Returns how many `_list` Lists the reader could see.
+async fn check_paths(s: &Server, t: &str, row: &str, reference: &str, expected: V, list_body: &Value, system_list: &str) -> usize {
+    let (ty, id) = reference.split_once('/').unwrap();
+    let mut list_seen = 0;
+    let t = t.to_string();
+
+    // read
+    let r = s.request_as(&t, "GET", reference, None).await;
+    match expected {
+        V::Yes => assert_eq!((r.status, r.json()["id"].as_str().unwrap_or("").to_string()), (200, id.to_string()), "read: {row}"),
+        V::Glass => {
+            assert_eq!(r.status, 403, "read: {row}");
+            assert_eq!(r.json()["issue"][0]["code"], "suppressed", "read marker: {row}");
+            assert!(!String::from_utf8_lossy(&r.body).contains("\"meta\""), "read: no data behind glass: {row}");
+        }
+        V::No => assert_eq!(r.status, 404, "read: {row}"),
+    }
+    // HEAD, and a conditional read: the same status as the read, and never "not modified"
+    // for what may not be seen
+    let want = match expected { V::Yes => 200, V::Glass => 403, V::No => 404 };
+    let r = s.request_as(&t, "HEAD", reference, None).await;
+    assert_eq!(r.status, want, "HEAD: {row}");
+    let r = s.request("GET", reference, &[("authorization", &format!("Bearer {t}")), ("if-none-match", "W/\"1\"")], None).await;
+    match expected {
+        V::Yes => assert!(r.status == 304 || r.status == 200, "conditional read {}: {row}", r.status),
+        _ => assert_eq!(r.status, want, "conditional read: {row}"),
+    }
+    // vread
+    let r = s.request_as(&t, "GET", &format!("{reference}/_history/1"), None).await;
+    assert_eq!(r.status, match expected { V::Yes => 200, V::Glass => 403, V::No => 404 }, "vread: {row}");
+    // instance history
+    let r = s.request_as(&t, "GET", &format!("{reference}/_history"), None).await;
+    match expected {
+        V::Yes => assert!(r.status == 200 && ids_in(&r.json(), reference), "history: {row}"),
+        _ => assert_eq!(r.status, 404, "history: {row}"),
+    }
+    // type history: listed only when visible; a total never counts what was withheld
+    let r = s.request_as(&t, "GET", &format!("{ty}/_history?_count=1000"), None).await;
+    assert_eq!(r.status, 200, "type history: {row}");
+    let b = r.json();
+    assert_eq!(ids_in(&b, reference), expected == V::Yes, "type history: {row}");
+    if let Some(total) = b["total"].as_u64() {
+        assert_eq!(total as usize, b["entry"].as_array().map_or(0, Vec::len), "type history total counts only what is shown: {row}");
+    }
+    // system history
+    let b = s.request_as(&t, "GET", "_history?_count=1000", None).await.json();
+    assert_eq!(ids_in(&b, reference), expected == V::Yes, "system history: {row}");
+    // search by id, and its total
+    let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}"), None).await.json();
+    assert_eq!(ids_in(&b, reference), expected == V::Yes, "search: {row}");
+    assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "search total: {row}");
+    let marker = b["entry"].as_array().into_iter().flatten().any(|e| e["search"]["mode"] == "outcome");
+    assert_eq!(marker, expected == V::Glass, "search break-glass marker: {row}");
+    // system-level search, with and without _type, and _elements
+    for path in [format!("?_type={ty}&_id={id}"), format!("?_id={id}&_total=accurate"), format!("{ty}?_id={id}&_elements=id")] {
+        let r = s.request_as(&t, "GET", &path, None).await;
+        if r.status == 403 {
+            // A type the token's scopes do not cover: refused as a whole.
+            assert_ne!(expected, V::Yes, "{path}: {row}");
+            continue;
+        }
+        assert_eq!(r.status, 200, "{path}: {row}");
+        let b = r.json();
+        let listed = b["entry"].as_array().into_iter().flatten().any(|e| e["fullUrl"].as_str().is_some_and(|u| u.ends_with(&format!("/{reference}"))));
+        assert_eq!(listed, expected == V::Yes, "{path}: {row}");
+        if let Some(total) = b["total"].as_u64() {
+            assert_eq!(total, u64::from(expected == V::Yes), "{path} total: {row}");
+        }
+    }
+    // full search: _total and _summary=count count only what may be seen
+    for extra in ["_total=accurate", "_summary=count"] {
+        let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&{extra}"), None).await.json();
+        assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "search {extra}: {row}");
+    }
+    // sort order and paging: every page of the type sorted by id, two at a time — pages
+    // before the last are full (a withheld resource leaves no gap), the resource is
+    // listed only when visible, and the pages agree with the count
+    let mut url = format!("{ty}?_sort=_id&_count=2");
+    let mut listed: Vec<String> = Vec::new();
+    for page in 0.. {
+        assert!(page < 500, "paging ends: {row}");
+        let b = s.request_as(&t, "GET", &url, None).await.json();
+        let entries: Vec<String> = b["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or(""), e["resource"]["id"].as_str().unwrap_or("")))
+            .collect();
+        let next = b["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next").and_then(|l| l["url"].as_str()).map(str::to_string);
+        if next.is_some() {
+            assert_eq!(entries.len(), 2, "a page before the last is full: {row}");
+        }
+        listed.extend(entries);
+        match next {
+            Some(n) => url = n.strip_prefix(&format!("{}/", s.base)).expect("next link on this server").to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(listed.iter().any(|r| r == reference), expected == V::Yes, "sorted paging: {row}");
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "sorted by id across pages: {row}");
+    let count = s.request_as(&t, "GET", &format!("{ty}?_summary=count"), None).await.json()["total"].as_u64().unwrap();
+    assert_eq!(count as usize, listed.len(), "paging and _summary=count agree: {row}");
+    // _list: a List the reader may see lists only what they may see; one they may not
+    // see lists nothing
+    let own = s.request_as(&t, "POST", "List", Some(&serde_json::to_vec(list_body).unwrap())).await;
+    let mut lists = vec![system_list.to_string()];
+    if own.status == 201 {
+        lists.push(own.json()["id"].as_str().unwrap().to_string());
+    }
+    // `_contained`: a contained resource is found only through a container the reader sees
+    let found = s.request_as(&t, "GET", "Basic?code=urn:tessera:test|leak-contained&_contained=true&_count=1000", None).await.json();
+    for list_id in &lists {
+        let list_visible = s.request_as(&t, "GET", &format!("List/{list_id}"), None).await.status == 200;
+        assert_eq!(ids_in(&found, &format!("List/{list_id}")), list_visible, "_contained: {row}");
+        let b = s.request_as(&t, "GET", &format!("{ty}?_list={list_id}&_total=accurate"), None).await.json();
+        assert_eq!(ids_in(&b, reference), list_visible && expected == V::Yes, "_list: {row}");
+        if list_visible {
+            list_seen += 1;
+        } else {
+            assert_eq!(b["total"], 0, "_list of a List not visible: {row}");
+        }
+    }
+    // a criterion checked on each candidate's content (every text of the resource
+    // holds its id): the reader's view decides as for any other search
+    let b = s.request_as(&t, "GET", &format!("{ty}?_content={id}&_total=accurate"), None).await.json();
+    assert_eq!(ids_in(&b, reference), expected == V::Yes, "_content: {row}");
+    assert_eq!(b["total"].as_u64().unwrap_or(0) as usize, b["entry"].as_array().map_or(0, |e| e.iter().filter(|e| e["search"]["mode"] == "match").count()), "_content total: {row}");
+    // the paths that start from the patient: compartment search, $everything,
+    // _revinclude, _has and a chain — hidden data must not show, nor reveal itself
+    // through the patient being listed or not
+    let stored = s.get(reference).await.json();
+    let pid = if ty == "Patient" {
+        Some(id.to_string())
+    } else {
+        ["patient", "subject"]
+            .iter()
+            .filter_map(|k| stored[*k]["reference"].as_str())
+            .find_map(|r| r.strip_prefix("Patient/"))
+            .map(str::to_string)
+    };
+    if let Some(pid) = pid {
+        let patient_visible = s.request_as(&t, "GET", &format!("Patient/{pid}"), None).await.status == 200;
+        let shown = expected == V::Yes;
+        let b = s.request_as(&t, "GET", &format!("Patient/{pid}/{ty}?_id={id}"), None).await.json();
+        assert_eq!(ids_in(&b, reference), shown, "compartment search: {row}");
+        let r = s.request_as(&t, "GET", &format!("Patient/{pid}/$everything"), None).await;
+        assert_eq!(r.status == 200 && ids_in(&r.json(), reference), shown && patient_visible, "$everything: {row}");
+        if ty != "Patient" {
+            let b = s.request_as(&t, "GET", &format!("Patient?_id={pid}&_revinclude={ty}:patient"), None).await.json();
+            assert_eq!(ids_in(&b, reference), shown && patient_visible, "_revinclude: {row}");
+            let b = s.request_as(&t, "GET", &format!("Patient?_id={pid}&_has:{ty}:patient:_id={id}"), None).await.json();
+            assert_eq!(ids_in(&b, &format!("Patient/{pid}")), shown && patient_visible, "_has: {row}");
+            let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&patient._id={pid}"), None).await.json();
+            assert_eq!(ids_in(&b, reference), shown && patient_visible, "chain: {row}");
+            let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&_include={ty}:patient"), None).await.json();
+            assert_eq!(ids_in(&b, &format!("Patient/{pid}")), shown && patient_visible, "_include: {row}");
+            let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&_include=*"), None).await.json();
+            assert_eq!(ids_in(&b, &format!("Patient/{pid}")), shown && patient_visible, "_include=*: {row}");
+            let b = s.request_as(&t, "GET", &format!("Patient?_id={pid}&_revinclude:iterate={ty}:patient"), None).await.json();
+            assert_eq!(ids_in(&b, reference), shown && patient_visible, "_revinclude:iterate: {row}");
+            let r = s.request_as(&t, "GET", &format!("Patient/{pid}/$everything?_type=Patient,{ty}"), None).await;
+            assert_eq!(r.status == 200 && ids_in(&r.json(), reference), shown && patient_visible, "$everything?_type: {row}");
+        }
+    }
+    // batch and transaction GET entries
+    for kind in ["batch", "transaction"] {
+        let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": reference}}]});
+        let r = s.request_as(&t, "POST", "", Some(&serde_json::to_vec(&bundle).unwrap())).await;
+        assert_eq!(r.status, 200, "{kind}: {row}");
+        let b = r.json();
+        let status = b["entry"][0]["response"]["status"].as_str().unwrap_or("").to_string();
+        let want = match expected { V::Yes => "200", V::Glass => "403", V::No => "404" };
+        assert!(status.starts_with(want), "{kind} GET entry {status}: {row}");
+        assert_eq!(b["entry"][0]["resource"]["id"].as_str() == Some(id) && b["entry"][0]["resource"]["resourceType"] == ty, expected == V::Yes, "{kind} body: {row}");
+    }
+    list_seen
 }
 
 async fn break_glass_flow(s: &Server) {
@@ -492,4 +536,246 @@ async fn conditional_operations_do_not_reveal_hidden_matches(s: &Server) {
     let r = s.request_as(&murphy, "POST", "", Some(&serde_json::to_vec(&tx).unwrap())).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["entry"][0]["response"]["status"], "201 Created");
+}
+
+const JONES: Who = ("nurse.jones", "nurse", "rx1-general", Some("ward-7a"));
+const FRASER: Who = ("student.fraser", "student", "rx1-general", Some("ward-7a"));
+const PATEL_ST_ANNES: Who = ("dr.patel", "doctor", "rx1-st-annes", Some("ward-3b"));
+const WRIGHT: Who = ("nurse.wright", "nurse", "rx1-general", Some("rx1-ed"));
+
+/// A system token bound to `org` (the built-in system account acting for one organisation,
+/// as `tessera token --system --org ORG` issues it).
+fn system_token(s: &Server, org: &str, scopes: &str) -> String {
+    s.auth.issue_system_token("system", org, scopes, tessera_auth::now(), 60)
+}
+
+/// A service account's token from the token endpoint (client credentials).
+async fn client_token(s: &Server, id: &str, secret: &str) -> String {
+    let r = form(s, &format!("grant_type=client_credentials&client_id={id}&client_secret={secret}")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
+/// The data the demo does not have, written as the trusts would: a very restricted (`V`)
+/// patient admitted to Ward 7A, a resource relabelled after it was read, a sealed one, and
+/// deleted ones.
+async fn load_changed_data(s: &Server) -> String {
+    load_demo(s).await;
+    let rx1 = system_token(s, "rx1-general", "system/*.*");
+    let put = |path: &'static str, body: Value| {
+        let rx1 = rx1.clone();
+        async move {
+            let r = s.request_as(&rx1, "PUT", path, Some(&serde_json::to_vec(&body).unwrap())).await;
+            assert!(r.status == 200 || r.status == 201, "PUT {path}: {} {}", r.status, String::from_utf8_lossy(&r.body));
+        }
+    };
+    let confidentiality = |code: &str| json!([{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": code}]);
+    let act = |code: &str| json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code});
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let day_ago = tessera_domain::demo::relative_dates("{{DAYS_AGO:1}}", now);
+    put("Patient/vera-v", json!({"resourceType": "Patient", "id": "vera-v", "meta": {"security": confidentiality("V")},
+        "name": [{"family": "Vale", "given": ["Vera"]}], "gender": "female", "birthDate": "1990-01-01"})).await;
+    put("Encounter/enc-vera-7a", json!({"resourceType": "Encounter", "id": "enc-vera-7a", "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"}, "subject": {"reference": "Patient/vera-v"},
+        "period": {"start": day_ago}, "location": [{"location": {"reference": "Location/ward-7a"}}],
+        "serviceProvider": {"reference": "Organization/rx1-general"}})).await;
+    let obs = |id: &str, patient: &str, security: Value| {
+        json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "Heart rate"},
+            "subject": {"reference": format!("Patient/{patient}")}, "valueQuantity": {"value": 70, "unit": "/min"}, "meta": {"security": security}})
+    };
+    let obs = |id: &str, patient: &str, security: Value| {
+        let mut o = obs(id, patient, security);
+        if o["meta"]["security"].as_array().is_some_and(Vec::is_empty) {
+            o.as_object_mut().unwrap().remove("meta");
+        }
+        o
+    };
+    put("Observation/obs-vera-hr", obs("obs-vera-hr", "vera-v", json!([]))).await;
+    // Relabelled: Daniel's heart rate, shared with Riverside, later found to be part of HIV care.
+    put("Observation/obs-daniel-hr", obs("obs-daniel-hr", "daniel-okafor", json!([act("HIV")]))).await;
+    // Sealed by Northgate.
+    put("Observation/obs-jane-sealed", obs("obs-jane-sealed", "jane-smith", json!([{"system": "https://tessera.health/security", "code": "SEALED"}]))).await;
+    // Deleted: a restricted encounter and a plain observation.
+    put("Encounter/enc-jane-r", json!({"resourceType": "Encounter", "id": "enc-jane-r", "status": "finished", "meta": {"security": confidentiality("R")},
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": {"reference": "Patient/jane-smith"}})).await;
+    put("Observation/obs-jane-old", obs("obs-jane-old", "jane-smith", json!([]))).await;
+    for path in ["Encounter/enc-jane-r", "Observation/obs-jane-old"] {
+        assert_eq!(s.request_as(&rx1, "DELETE", path, None).await.status, 204, "{path}");
+    }
+    rx1
+}
+
+/// The leak matrix on data that changed: relabelled, sealed, deleted, very restricted and
+/// restricted patients, and service accounts bound to their organisation.
+async fn leak_matrix_changed_data(s: &Server) {
+    let rx1_system = load_changed_data(s).await;
+    let rx2_system = system_token(s, "rx2-southbank-hc", "system/*.*");
+    let rows: Vec<(String, String, &str, V)> = {
+        let users: &[(Who, &str, V)] = &[
+            (KHAN, "Observation/obs-daniel-hr", V::No),      // relabelled HIV: Northgate hides HIV from Riverside, in every version
+            (EVANS, "Observation/obs-daniel-hr", V::Yes),    // own trust
+            (PATEL, "Patient/vera-v", V::Yes),               // V patient on his ward
+            (PATEL, "Observation/obs-vera-hr", V::Yes),
+            (JONES, "Observation/obs-vera-hr", V::Yes),      // the ward's nurse
+            (EVANS, "Observation/obs-vera-hr", V::Yes),      // a doctor: a relationship at his site (Ward 7A is at Northgate General)
+            (WRIGHT, "Observation/obs-vera-hr", V::No),      // a nurse: relationships at her own location only (the ED)
+            (WRIGHT, "Patient/vera-v", V::No),               // V, no relationship: no look-up, no glass
+            (PATEL_ST_ANNES, "Patient/vera-v", V::No),       // another site of the same trust
+            (PATEL_ST_ANNES, "Observation/obs-vera-hr", V::No),
+            (MURPHY, "Patient/vera-v", V::No),
+            (MURPHY, "Observation/obs-vera-hr", V::No),
+            (ALI, "Encounter/enc-vera-7a", V::No),           // receptionists hold no very-restricted permission
+            (FRASER, "Observation/obs-jane-hr", V::Yes),     // student on Ward 7A
+            (FRASER, "Observation/obs-maria-bp", V::No),     // Maria is R: the whole record is restricted
+            (FRASER, "Patient/maria-nowak", V::No),
+            (PATEL, "Observation/obs-jane-sealed", V::Yes),  // sealed by his own trust
+            (KHAN, "Observation/obs-jane-sealed", V::No),
+            (MURPHY, "Observation/obs-jane-sealed", V::No),
+            (MURPHY, "Encounter/enc-jane-r", V::No),         // deleted, and never visible to him: unknown
+            (KHAN, "Observation/obs-jane-old", V::No),       // deleted; was behind glass for him: unknown
+        ];
+        let mut rows: Vec<(String, String, &str, V)> = users
+            .iter()
+            .map(|&(who, r, v)| (token(s, who), format!("{} ({} at {})", who.0, who.1, who.2), r, v))
+            .collect();
+        let systems: &[(&str, &str, V)] = &[
+            ("rx1", "Observation/obs-jane-hr", V::Yes),              // own trust
+            ("rx1", "Observation/obs-jane-glucose", V::Yes),         // Southbank shares clinical data
+            ("rx1", "Condition/cond-daniel-psy", V::No),             // Riverside hides psychiatry
+            ("rx1", "MedicationRequest/med-daniel-lithium", V::No),  // break-glass dial: a machine cannot break the glass
+            ("rx1", "Consent/consent-tom-dissent", V::No),           // Tom dissents from sharing
+            ("rx1", "Patient/vera-v", V::Yes),                       // V patient admitted to its own ward
+            ("rx1", "Observation/obs-vera-hr", V::Yes),
+            ("rx1", "Observation/obs-jane-sealed", V::Yes),
+            ("rx2", "Patient/vera-v", V::No),                        // V patient unknown to Southbank
+            ("rx2", "Observation/obs-vera-hr", V::No),
+            ("rx2", "Patient/maria-nowak", V::No),                   // R patient unknown to Southbank
+            ("rx2", "Observation/obs-jane-hr", V::No),               // Northgate: clinical on break-glass only
+            ("rx2", "Observation/obs-jane-sealed", V::No),
+            ("rx2", "Observation/obs-jane-glucose", V::Yes),         // own trust
+            ("rx2", "Patient/jane-smith", V::Yes),
+        ];
+        for &(org, r, v) in systems {
+            let t = if org == "rx1" { rx1_system.clone() } else { rx2_system.clone() };
+            rows.push((t, format!("system account of {org}"), r, v));
+        }
+        rows
+    };
+    let list_body = json!({"resourceType": "List", "status": "current", "mode": "working",
+        "entry": rows.iter().map(|(_, _, r, _)| json!({"item": {"reference": r}})).collect::<Vec<_>>(),
+        "contained": [{"resourceType": "Basic", "id": "b", "code": {"coding": [{"system": "urn:tessera:test", "code": "leak-contained"}]}}]});
+    let system_list = s.post("List", &list_body).await.json()["id"].as_str().unwrap().to_string();
+    for (t, who, reference, expected) in &rows {
+        let row = format!("{who} → {reference}: expected {expected:?}");
+        check_paths(s, t, &row, reference, *expected, &list_body, &system_list).await;
+    }
+    // What the reader saw before a deletion reads as deleted (410); nothing else does.
+    let patel = token(s, PATEL);
+    assert_eq!(s.request_as(&patel, "GET", "Observation/obs-jane-old", None).await.status, 410);
+    let h = s.request_as(&patel, "GET", "Observation/obs-jane-old/_history", None).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["entry"].as_array().map_or(0, Vec::len), 2, "both versions, the deletion included");
+    let murphy = token(s, MURPHY);
+    for path in ["Encounter/enc-jane-r", "Encounter/enc-jane-r/_history/1", "Encounter/enc-jane-r/_history/2", "Encounter/enc-jane-r/_history"] {
+        assert_eq!(s.request_as(&murphy, "GET", path, None).await.status, 404, "{path}: a deletion never offered behind the glass");
+    }
+    let named = |b: &Value, reference: &str| {
+        b["entry"].as_array().into_iter().flatten().any(|e| e["fullUrl"].as_str().is_some_and(|u| u.ends_with(&format!("/{reference}"))))
+    };
+    let ghost = s.request_as(&murphy, "GET", "Encounter/_history?_count=1000", None).await.json();
+    assert!(!named(&ghost, "Encounter/enc-jane-r"), "type history lists no hidden deletion");
+    let ghost = s.request_as(&murphy, "GET", "_history?_count=1000", None).await.json();
+    assert!(!named(&ghost, "Encounter/enc-jane-r"), "system history lists no hidden deletion");
+    // The relabelled resource: its first version is as hidden as the current one.
+    let khan = token(s, KHAN);
+    assert_eq!(s.request_as(&khan, "GET", "Observation/obs-daniel-hr/_history/1", None).await.status, 404);
+    let sys_history = s.request_as(&khan, "GET", "_history?_count=1000", None).await.json();
+    assert!(!named(&sys_history, "Observation/obs-daniel-hr"), "system history withholds every version");
+    let type_history = s.request_as(&khan, "GET", "Observation/_history?_count=1000", None).await.json();
+    assert!(!named(&type_history, "Observation/obs-daniel-hr"), "type history withholds every version");
+    // No break-glass into a very restricted patient's record.
+    let params = serde_json::to_vec(&json!({"resourceType": "Parameters", "parameter": [
+        {"name": "reason", "valueCoding": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "ETREAT"}},
+        {"name": "text", "valueString": "Collapsed in the emergency department"}]})).unwrap();
+    let elsewhere = token(s, PATEL_ST_ANNES);
+    let r = s.request_as(&elsewhere, "POST", "Patient/vera-v/$break-glass", Some(&params)).await;
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(s.request_as(&elsewhere, "GET", "Observation/obs-vera-hr", None).await.status, 404);
+}
+
+/// Service accounts write only their own organisation's data, and read within their
+/// scopes; the bootstrap account is the only unrestricted subject.
+async fn service_accounts_are_bound(s: &Server) {
+    load_demo(s).await;
+    let engine = client_token(s, "rx1-interface-engine", "demo-rx1-interface-engine-secret").await;
+    let pas = client_token(s, "rx3-pas-feed", "demo-rx3-pas-feed-secret").await;
+    // Reads outside the scopes: refused on the type-level and system-level paths alike.
+    for path in ["?_type=Condition&_id=cond-daniel-psy", "Condition?_id=cond-daniel-psy", "Condition/cond-daniel-psy"] {
+        assert_eq!(s.request_as(&engine, "GET", path, None).await.status, 403, "{path}");
+    }
+    for path in ["?_type=Patient&_id=daniel-okafor", "Patient?_id=daniel-okafor", "Patient/daniel-okafor"] {
+        assert_eq!(s.request_as(&pas, "GET", path, None).await.status, 403, "{path}: write-only scopes");
+    }
+    for (t, what) in [(&engine, "interface engine"), (&pas, "PAS feed")] {
+        let b = s.request_as(t, "GET", "?_id=cond-daniel-psy,daniel-okafor,obs-jane-hr&_total=accurate", None).await.json();
+        let shown: Vec<String> = b["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str().map(str::to_string)).collect();
+        assert!(!shown.iter().any(|i| i == "cond-daniel-psy" || i == "obs-jane-hr"), "{what}: {shown:?}");
+        let h = s.request_as(t, "GET", "_history?_count=1000", None).await.json();
+        assert!(!h.to_string().contains("cond-daniel-psy") && !h.to_string().contains("\"Observation\""), "{what}: history within scopes");
+    }
+    // $everything: only the types the scopes allow (Patient).
+    let r = s.request_as(&engine, "GET", "Patient/daniel-okafor/$everything", None).await;
+    assert_eq!(r.status, 200);
+    let types: Vec<String> = r.json()["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["resourceType"].as_str().map(str::to_string)).collect();
+    assert_eq!(types, vec!["Patient".to_string()], "$everything within the scopes");
+    // Writes: another trust's data is refused, and nothing changes.
+    let glucose = s.get("Observation/obs-jane-glucose").await.json();
+    let mut changed = glucose.clone();
+    changed["status"] = json!("amended");
+    let r = s.request_as(&engine, "PUT", "Observation/obs-jane-glucose", Some(&serde_json::to_vec(&changed).unwrap())).await;
+    assert!(r.status == 403 || r.status == 404, "PUT of Southbank's data: {}", r.status);
+    assert!(matches!(s.request_as(&engine, "DELETE", "Observation/obs-jane-glucose", None).await.status, 403 | 404));
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "DELETE", "url": "Observation/obs-jane-glucose"}}]});
+    assert!(s.request_as(&engine, "POST", "", Some(&serde_json::to_vec(&tx).unwrap())).await.status >= 400);
+    assert_eq!(s.get("Observation/obs-jane-glucose").await.json()["meta"]["versionId"], glucose["meta"]["versionId"], "unchanged");
+    // Its own trust's data it may change.
+    let hr = s.get("Observation/obs-jane-hr").await.json();
+    let r = s.request_as(&engine, "PUT", "Observation/obs-jane-hr", Some(&serde_json::to_vec(&hr).unwrap())).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The domain configuration is for administrators and the bootstrap account only.
+    assert_eq!(s.request_as(&engine, "GET", "/admin/domain", None).await.status, 403);
+    assert_eq!(s.get("/admin/domain").await.status, 200);
+}
+
+/// A token's scopes narrow every path: a user with `user/Patient.rs` sees no other type
+/// through system search, history, $everything, includes, batches or operations.
+async fn scopes_narrow_every_path(s: &Server) {
+    load_demo(s).await;
+    let t = s.auth.issue_user_token(&s.engine.domain(), "dr.patel", Some("doctor"), Some("rx1-general"), Some("ward-7a"), Some("user/Patient.rs"), tessera_auth::now()).unwrap();
+    assert_eq!(s.request_as(&t, "GET", "Patient/jane-smith", None).await.status, 200);
+    assert_eq!(s.request_as(&t, "GET", "?_type=Observation&_id=obs-jane-hr", None).await.status, 403);
+    for path in [
+        "?_id=obs-jane-hr,jane-smith",
+        "_history?_count=1000",
+        "Patient/jane-smith/_history",
+        "Patient/jane-smith/$everything",
+        "Patient?_id=jane-smith&_revinclude=Observation:patient&_revinclude=Encounter:subject",
+        "Patient?_id=jane-smith&_revinclude:iterate=Observation:patient",
+        "Location/ward-7a/$worklist",
+    ] {
+        let r = s.request_as(&t, "GET", path, None).await;
+        if r.status == 403 {
+            continue;
+        }
+        assert_eq!(r.status, 200, "{path}");
+        for e in r.json()["entry"].as_array().into_iter().flatten() {
+            let ty = e["resource"]["resourceType"].as_str().unwrap_or("");
+            assert!(ty == "Patient" || ty == "OperationOutcome", "{path} lists a {ty} beyond the scopes");
+        }
+    }
+    for kind in ["batch", "transaction"] {
+        let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": "Observation/obs-jane-hr"}}, {"request": {"method": "GET", "url": "Observation?_id=obs-jane-hr"}}]});
+        let r = s.request_as(&t, "POST", "", Some(&serde_json::to_vec(&bundle).unwrap())).await;
+        assert!(!String::from_utf8_lossy(&r.body).contains("\"valueQuantity\""), "{kind}: {}", String::from_utf8_lossy(&r.body));
+    }
 }
