@@ -433,6 +433,48 @@ pub fn audit_event(e: &EventInput) -> Value {
     Value::Object(out)
 }
 
+/// The system of the data-class codes in a redacted entity's `securityLabel`
+/// (`psychiatry`, `hiv`, `clinical`, `restricted`, … as the domain names its classes).
+pub const DATA_CLASS_SYSTEM: &str = "https://tessera.health/data-class";
+
+/// What stands in for a withheld entity or query.
+pub const REDACTED: &str = "redacted";
+
+/// An entity the reader may not see, as shown in its place: no reference, no id, no
+/// display; only the data classes it holds (`securityLabel`, [`DATA_CLASS_SYSTEM`]) and the
+/// trust that owns it (`detail` of type `owner`; absent when unknown), described as
+/// [`REDACTED`].
+pub fn redacted_entity<S: AsRef<str>>(classes: &[S], owner: Option<&str>) -> Value {
+    let mut m = Map::new();
+    m.insert("type".into(), coding(ENTITY_TYPE, "2", "System Object"));
+    m.insert("role".into(), coding(OBJECT_ROLE, "4", "Domain Resource"));
+    if !classes.is_empty() {
+        let labels: Vec<Value> = classes
+            .iter()
+            .map(|c| json!({"system": DATA_CLASS_SYSTEM, "code": c.as_ref()}))
+            .collect();
+        m.insert("securityLabel".into(), Value::Array(labels));
+    }
+    m.insert("description".into(), REDACTED.into());
+    if let Some(owner) = owner {
+        m.insert(
+            "detail".into(),
+            json!([{"type": "owner", "valueString": owner}]),
+        );
+    }
+    Value::Object(m)
+}
+
+/// A query entity whose text the reader may not see: the query reads [`REDACTED`].
+pub fn redacted_query_entity() -> Value {
+    json!({
+        "type": coding(ENTITY_TYPE, "2", "System Object"),
+        "role": coding(OBJECT_ROLE, "24", "Query"),
+        "description": REDACTED,
+        "query": base64::engine::general_purpose::STANDARD.encode(REDACTED.as_bytes()),
+    })
+}
+
 /// The audit record for the store: the AuditEvent with its index columns (user = the
 /// agent's reference, the patients, [`EventInput::action_label`], break-glass).
 pub fn new_audit(e: &EventInput) -> NewAudit {

@@ -15,7 +15,10 @@
 pub mod event;
 pub mod verify;
 
-pub use event::{audit_event, encode_record, new_audit, render_record, Agent, Coded, EventInput, EventKind, Interaction, Outcome, Who};
+pub use event::{
+    audit_event, encode_record, new_audit, redacted_entity, redacted_query_entity, render_record, Agent, Coded, EventInput, EventKind,
+    Interaction, Outcome, Who, DATA_CLASS_SYSTEM, REDACTED,
+};
 pub use verify::{verify, verify_with, Anchor, ChainProblem, ProblemKind, VerifyOptions, VerifyReport};
 
 #[derive(Debug, thiserror::Error)]

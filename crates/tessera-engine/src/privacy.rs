@@ -1,12 +1,35 @@
 //! Break-glass, the patient's access log and the privacy officer's audit queries.
+//!
+//! # Who reads the audit trail, and what they see
+//!
+//! * The domain's bootstrap account ([`Access::is_domain_bootstrap`]) sees every event,
+//!   unredacted.
+//! * A user whose role reads the Audit class (a privacy officer), and a service account
+//!   whose scopes allow reading `AuditEvent`, read it *for their trust* T (the trust of the
+//!   organisation they act for). Nobody else reads it.
+//! * An event is listed for T when its agent acts for an organisation of T, or when it
+//!   concerns data owned by T or domain-wide (unowned) data such as a Patient resource.
+//! * In a listed event, every entity naming a resource T may not see — T neither owns it
+//!   nor is it shared with T on the *shared* dial for every class it holds
+//!   ([`tessera_policy::shared_with`]) — is replaced by [`tessera_audit::redacted_entity`]:
+//!   its data classes and its owning trust only. A search's query text is shown only to
+//!   the agent's own trust, and only when nothing in the event was withheld; otherwise it
+//!   reads `redacted` ([`tessera_audit::redacted_query_entity`]).
+//! * `Patient/[id]/$access-log` lists the events concerning that patient, each with only
+//!   that patient's entities (other patients and their resources are removed).
+//! * Both page through the whole trail: `_count`, and a `next` link with `_cursor=<seq>`;
+//!   each page is filled with listed events, reading further store pages as needed.
 
 use crate::access::{Access, AccessKind};
 use crate::bundle::BundleWriter;
 use crate::prepare::{format_instant, parse_instant};
 use crate::{Engine, FhirError};
-use serde_json::json;
-use tessera_domain::DataClass;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tessera_domain::{DataClass, Domain};
 use tessera_fhir::IssueType;
+use tessera_policy::{Confidentiality, PatientFacts, ResourceFacts};
 use tessera_store::AuditQuery;
 
 /// Reason codes for breaking the glass (v3 ActReason, purpose of use).
@@ -18,26 +41,87 @@ pub const BREAK_GLASS_REASONS: &[(&str, &str)] = &[
     ("CLINTRL", "Clinical trial / urgent review"),
 ];
 
+/// Store pages read at most to fill one page of the audit trail; a page that could not be
+/// filled within them ends with a `next` link all the same.
+const MAX_ROUNDS: usize = 32;
+
+/// Through whose eyes the audit trail is read.
+#[derive(Debug, Clone)]
+enum AuditView {
+    /// The domain's bootstrap account (or a build without enforcement): everything.
+    Full,
+    /// A privacy officer of, or a service account acting for, `organisation` (of `trust`).
+    Trust { organisation: String, trust: String },
+}
+
+/// What the audit view knows of one resource the trail names.
+#[derive(Debug, Clone)]
+struct Named {
+    /// Some version of it is stored.
+    exists: bool,
+    /// The trust owning it; `None`: domain-wide (or unknown, when it does not exist).
+    owner_trust: Option<String>,
+    /// The patient whose record it is part of (a Patient is its own).
+    patient: Option<String>,
+    /// Its data classes: base, sensitive labels, the patient's R/V.
+    classes: Vec<String>,
+    /// The reader's trust may see it.
+    visible: bool,
+}
+
+/// A parsed audit query: the store's criteria, the page size, and the parameters a `next`
+/// link repeats (all but `_count` and `_cursor`).
+struct AuditParams {
+    query: AuditQuery,
+    count: usize,
+    kept: Vec<(String, String)>,
+}
+
+/// The view applied to one request's events, with what it learnt of the resources named.
+struct Lens<'a> {
+    engine: &'a Engine,
+    domain: Arc<Domain>,
+    view: AuditView,
+    named: HashMap<(String, String), Named>,
+}
+
 impl Engine {
-    fn may_read_audit(&self, access: &Access) -> bool {
-        if access.kind == AccessKind::System {
-            return true;
+    /// Who may read the audit trail, and through whose eyes (`None`: nobody's).
+    fn audit_view(&self, access: &Access) -> Option<AuditView> {
+        if access.is_domain_bootstrap() || !self.config().enforce() {
+            return Some(AuditView::Full);
         }
         let domain = self.domain();
-        access.role.as_deref().and_then(|r| domain.role(r)).and_then(|r| r.permissions.get(&DataClass::Audit)).is_some_and(|p| p.read)
+        let allowed = match access.kind {
+            AccessKind::System => access.scopes.allows("AuditEvent", tessera_auth::ScopeOp::Read),
+            AccessKind::User => access.role.as_deref().and_then(|r| domain.role(r)).and_then(|r| r.permissions.get(&DataClass::Audit)).is_some_and(|p| p.read),
+        };
+        allowed.then(|| AuditView::Trust { organisation: access.organisation.clone(), trust: domain.trust_of(&access.organisation).to_string() })
+    }
+
+    /// Records a refused look at the audit trail, and refuses it.
+    async fn refuse_audit(&self, access: &Access, what: &str, patients: Vec<String>, message: &str) -> Result<Vec<u8>, FhirError> {
+        let mut gate = self.gate(access);
+        gate.record("audit-query", false, &[what.to_string()], patients, false, None);
+        gate.finish().await?;
+        Err(FhirError::new(403, IssueType::Forbidden, message))
     }
 
     /// `POST Patient/[id]/$break-glass`: grants this user time-limited access to the
-    /// patient's record for a stated reason; alerts and queues it for privacy review.
+    /// patient's record for a stated reason; alerts and queues it for privacy review. A
+    /// very restricted patient (confidentiality `V`) cannot be broken into, except by a
+    /// role that sees sealed data: the attempt is refused (403) and audited as a failed
+    /// break-glass.
     pub async fn break_glass(&self, access: &Access, patient: &str, reason_code: &str, reason_text: &str) -> Result<serde_json::Value, FhirError> {
         if access.kind != AccessKind::User {
             return Err(FhirError::new(403, IssueType::Forbidden, "only a person can break the glass"));
         }
         let domain = self.domain();
-        let may = access.role.as_deref().and_then(|r| domain.role(r)).is_some_and(|r| r.may_break_glass);
-        if !may {
+        let role = access.role.as_deref().and_then(|r| domain.role(r));
+        if !role.is_some_and(|r| r.may_break_glass) {
             return Err(FhirError::new(403, IssueType::Forbidden, "your role may not break the glass"));
         }
+        let sees_sealed = role.is_some_and(|r| r.sees_sealed);
         if !BREAK_GLASS_REASONS.iter().any(|(c, _)| *c == reason_code) {
             let codes: Vec<&str> = BREAK_GLASS_REASONS.iter().map(|(c, _)| *c).collect();
             return Err(FhirError::bad_request(format!("reason code '{reason_code}' is not one of {}", codes.join(", "))).at("Parameters.parameter[reason]"));
@@ -45,19 +129,31 @@ impl Engine {
         if reason_text.trim().len() < 5 {
             return Err(FhirError::bad_request("give the reason in words (at least a few characters)").at("Parameters.parameter[text]"));
         }
-        match self.store().read("Patient", patient).await? {
-            Some(p) if !p.deleted => {}
+        let stored = match self.store().read("Patient", patient).await? {
+            Some(p) if !p.deleted => p,
             _ => return Err(FhirError::not_found("Patient", patient)),
+        };
+        let clean = reason_text.replace('|', "/");
+        let reason = format!("{reason_code}: {clean}");
+        if crate::guard::confidentiality_of(&stored.json) == Some(Confidentiality::VeryRestricted) && !sees_sealed {
+            tracing::warn!(target: "tessera::alert", user = %access.subject, organisation = %access.organisation, %patient, reason = %reason_code, text = %clean, "break-glass refused: the patient is very restricted");
+            let mut gate = self.gate(access);
+            gate.record("break-glass", false, &[format!("Patient/{patient}")], vec![patient.to_string()], true, Some(&reason));
+            gate.finish().await?;
+            return Err(FhirError::new(
+                403,
+                IssueType::Forbidden,
+                format!("Patient/{patient} is very restricted (confidentiality V): the glass cannot be broken for this record; access needs a care relationship"),
+            ));
         }
         let now = tessera_store::now_micros();
         let expires = now + domain.settings.break_glass_minutes as i64 * 60_000_000;
-        let clean = reason_text.replace('|', "/");
         self.store().set_meta(&format!("break-glass/{}/{patient}", access.subject), &format!("{expires}|{reason_code}|{clean}")).await?;
         self.grant_changed(&access.subject, patient);
         self.count_break_glass();
         tracing::warn!(target: "tessera::alert", user = %access.subject, organisation = %access.organisation, %patient, reason = %reason_code, text = %clean, "break-glass: access to a patient record granted for review");
         let mut gate = self.gate(access);
-        gate.record("break-glass", true, &[format!("Patient/{patient}")], vec![patient.to_string()], true, Some(&format!("{reason_code}: {clean}")));
+        gate.record("break-glass", true, &[format!("Patient/{patient}")], vec![patient.to_string()], true, Some(&reason));
         gate.finish().await?;
         Ok(json!({
             "resourceType": "Parameters",
@@ -69,29 +165,60 @@ impl Engine {
         }))
     }
 
-    /// `GET Patient/[id]/$access-log`: who accessed the patient's record, newest first.
-    /// For privacy officers, systems, and (later) the patient themselves.
-    pub async fn access_log(&self, access: &Access, patient: &str, count: usize) -> Result<Vec<u8>, FhirError> {
-        if !self.may_read_audit(access) {
-            return Err(FhirError::new(403, IssueType::Forbidden, "the access log is for privacy officers and the patient"));
-        }
-        self.audit_bundle(access, AuditQuery { patient: Some(patient.to_string()), limit: count, ..Default::default() }, &format!("Patient/{patient}/$access-log")).await
+    /// `GET Patient/[id]/$access-log`: who accessed the patient's record, newest first,
+    /// each event showing only this patient's entities (see the [module](self) documentation
+    /// for what each reader sees). Takes the parameters of [`Engine::audit_search`] but
+    /// `patient`.
+    pub async fn access_log(&self, access: &Access, patient: &str, query: &str) -> Result<Vec<u8>, FhirError> {
+        let path = format!("Patient/{patient}/$access-log");
+        let Some(view) = self.audit_view(access) else {
+            return self.refuse_audit(access, &path, vec![patient.to_string()], "the access log is for privacy officers and the patient").await;
+        };
+        let mut params = self.audit_params(query, true)?;
+        params.query.patient = Some(patient.to_string());
+        let out = self.audit_bundle(view, params, Some(patient), &path, query).await?;
+        let mut gate = self.gate(access);
+        gate.record("audit-query", true, &[path], vec![patient.to_string()], false, None);
+        gate.finish().await?;
+        Ok(out)
     }
 
-    /// `GET AuditEvent?agent=…&patient=…&date=ge…&date=le…&purpose=BTG`: the privacy
-    /// officer's queries over the audit trail (the break-glass review queue is
-    /// `purpose=BTG`).
+    /// `GET AuditEvent?agent=…&patient=…&date=ge…&date=le…&purpose=BTG&action=…&_count=…`:
+    /// the privacy officer's queries over the audit trail (the break-glass review queue is
+    /// `purpose=BTG`), paged with `_count` and `_cursor`.
     pub async fn audit_search(&self, access: &Access, query: &str) -> Result<Vec<u8>, FhirError> {
-        if !self.may_read_audit(access) {
-            return Err(FhirError::new(403, IssueType::Forbidden, "the audit trail is for privacy officers"));
-        }
-        let mut q = AuditQuery { limit: self.config().default_page_size, ..Default::default() };
+        let path = format!("AuditEvent?{query}");
+        let Some(view) = self.audit_view(access) else {
+            return self.refuse_audit(access, &path, Vec::new(), "the audit trail is for privacy officers").await;
+        };
+        let params = self.audit_params(query, false)?;
+        let patients: Vec<String> = params.query.patient.iter().cloned().collect();
+        let out = self.audit_bundle(view, params, None, "AuditEvent", query).await?;
+        let mut gate = self.gate(access);
+        gate.record("audit-query", true, &[path], patients, false, None);
+        gate.finish().await?;
+        Ok(out)
+    }
+
+    /// Parses the parameters of an audit query (`patient` is not one of `$access-log`'s).
+    fn audit_params(&self, query: &str, fixed_patient: bool) -> Result<AuditParams, FhirError> {
+        let mut q = AuditQuery::default();
+        let mut count = self.config().default_page_size;
+        let mut kept = Vec::new();
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
-                "agent" | "user" => q.user = Some(if v.contains('/') { v.into_owned() } else { format!("Practitioner/{v}") }),
-                "patient" => q.patient = Some(v.trim_start_matches("Patient/").to_string()),
+                "_count" => {
+                    count = v.parse().map_err(|_| FhirError::bad_request("_count must be a number"))?;
+                    continue;
+                }
+                "_cursor" => {
+                    q.before_seq = Some(v.parse().map_err(|_| FhirError::bad_request("_cursor is not a cursor of this audit query"))?);
+                    continue;
+                }
+                "agent" | "user" => q.user = Some(if v.contains('/') { v.to_string() } else { format!("Practitioner/{v}") }),
+                "patient" if !fixed_patient => q.patient = Some(v.trim_start_matches("Patient/").to_string()),
                 "purpose" if v == "BTG" || v.ends_with("|BTG") => q.break_glass_only = true,
-                "action" | "subtype" => q.action = Some(v.into_owned()),
+                "action" | "subtype" => q.action = Some(v.to_string()),
                 "date" => {
                     let (prefix, value) = if v.len() > 2 && v.is_char_boundary(2) { v.split_at(2) } else { ("eq", v.as_ref()) };
                     let t = parse_instant(value).ok_or_else(|| FhirError::bad_request(format!("date '{v}' is not a valid date")))?;
@@ -101,31 +228,256 @@ impl Engine {
                         _ => return Err(FhirError::bad_request("date takes ge/gt/le/lt prefixes here")),
                     }
                 }
-                "_count" => q.limit = v.parse().map_err(|_| FhirError::bad_request("_count must be a number"))?,
-                "_format" => {}
-                other => return Err(FhirError::bad_request(format!("audit search does not support '{other}' (agent, patient, date, purpose, action, _count)"))),
+                "_format" | "_pretty" => {}
+                other => {
+                    let supported = if fixed_patient { "agent, date, purpose, action, _count, _cursor" } else { "agent, patient, date, purpose, action, _count, _cursor" };
+                    return Err(FhirError::bad_request(format!("audit search does not support '{other}' ({supported})")));
+                }
             }
+            kept.push((k.into_owned(), v.into_owned()));
         }
-        q.limit = q.limit.min(self.config().max_page_size);
-        self.audit_bundle(access, q, &format!("AuditEvent?{query}")).await
+        Ok(AuditParams { query: q, count: count.min(self.config().max_page_size), kept })
     }
 
-    async fn audit_bundle(&self, access: &Access, q: AuditQuery, self_path: &str) -> Result<Vec<u8>, FhirError> {
-        let records = self.store().audit_query(&q).await?;
+    /// One page of the audit trail as this view sees it: the events the store lists for
+    /// `q`, newest first, of which those listed for the view (redacted, and scoped to
+    /// `patient` for an access log) fill the page, reading further store pages as needed.
+    async fn audit_bundle(&self, view: AuditView, params: AuditParams, patient: Option<&str>, path: &str, query: &str) -> Result<Vec<u8>, FhirError> {
+        let AuditParams { query: mut q, count, kept } = params;
+        let mut lens = Lens { engine: self, domain: self.domain(), view, named: HashMap::new() };
+        let mut listed: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut next: Option<i64> = None;
+        if count > 0 {
+            let batch = (count + 1).clamp(50, 1000);
+            for round in 0..MAX_ROUNDS {
+                q.limit = batch;
+                let records = self.store().audit_query(&q).await?;
+                let exhausted = records.len() < batch;
+                let mut last_seq = None;
+                for r in &records {
+                    last_seq = Some(r.seq);
+                    let Some(event) = tessera_audit::render_record(&r.event, r.seq) else {
+                        tracing::error!(seq = r.seq, "audit record {} is not readable as an AuditEvent", r.seq);
+                        continue;
+                    };
+                    if let Some(event) = lens.view(event, patient).await? {
+                        listed.push((r.seq, serde_json::to_vec(&event).unwrap_or_default()));
+                        if listed.len() > count {
+                            break;
+                        }
+                    }
+                }
+                if listed.len() > count {
+                    listed.truncate(count);
+                    next = listed.last().map(|(seq, _)| *seq);
+                    break;
+                }
+                if exhausted || last_seq.is_none() {
+                    break;
+                }
+                q.before_seq = last_seq;
+                if round + 1 == MAX_ROUNDS {
+                    // Not filled within the bound: the next page goes on from here.
+                    next = last_seq;
+                }
+            }
+        }
         let base = &self.config().base_url;
-        let mut out = BundleWriter::new("searchset", None, &[("self", format!("{base}/{self_path}"))]);
-        for r in &records {
-            let Some(event) = tessera_audit::render_record(&r.event, r.seq) else {
-                tracing::error!(seq = r.seq, "audit record {} is not readable as an AuditEvent", r.seq);
+        let self_link = if query.is_empty() { format!("{base}/{path}") } else { format!("{base}/{path}?{query}") };
+        let mut links = vec![("self", self_link)];
+        if let Some(cursor) = next {
+            let mut next_query = form_urlencoded::Serializer::new(String::new());
+            next_query.extend_pairs(kept.iter());
+            next_query.append_pair("_count", &count.to_string());
+            next_query.append_pair("_cursor", &cursor.to_string());
+            links.push(("next", format!("{base}/{path}?{}", next_query.finish())));
+        }
+        let mut out = BundleWriter::new("searchset", None, &links);
+        for (seq, event) in &listed {
+            out.entry(Some(&format!("{base}/AuditEvent/{seq}")), Some(event), &[("search", json!({"mode": "match"}))]);
+        }
+        Ok(out.finish())
+    }
+}
+
+/// The `Type`/`id` a trail entity's reference names (`Type/id`, `Type/id/_history/n`,
+/// `Type/id/$operation`); `None` for queries and anything else.
+fn named_resource(reference: &str) -> Option<(&str, &str)> {
+    if reference.contains('?') {
+        return None;
+    }
+    let mut parts = reference.split('/');
+    let (ty, id) = (parts.next()?, parts.next()?);
+    (tessera_fhir::definitions::is_resource_type(ty) && !id.is_empty() && !id.starts_with('$')).then_some((ty, id))
+}
+
+/// The organisation an event's agent acted for (`Organization/<id>`, not the requestor).
+fn agent_organisation(event: &Value) -> Option<&str> {
+    event.get("agent")?.as_array()?.iter().filter(|a| a.get("requestor") != Some(&Value::Bool(true))).find_map(|a| a.pointer("/who/reference")?.as_str()?.strip_prefix("Organization/"))
+}
+
+/// The domain's name of a data class (`psychiatry`, `very-restricted`, …).
+fn class_name(class: DataClass) -> String {
+    serde_json::to_value(class).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+impl Lens<'_> {
+    /// The event as this view shows it, or `None` when it is not listed for it.
+    async fn view(&mut self, mut event: Value, patient: Option<&str>) -> Result<Option<Value>, FhirError> {
+        let reader_trust = match &self.view {
+            AuditView::Full if patient.is_none() => return Ok(Some(event)),
+            AuditView::Full => None,
+            AuditView::Trust { trust, .. } => Some(trust.clone()),
+        };
+        let full = reader_trust.is_none();
+        let own = full || agent_organisation(&event).is_some_and(|o| Some(self.domain.trust_of(o)) == reader_trust.as_deref());
+        let entities = event.get_mut("entity").and_then(Value::as_array_mut).map(std::mem::take).unwrap_or_default();
+        let mut out = Vec::with_capacity(entities.len());
+        let mut queries = Vec::new();
+        let mut concerns = false;
+        let mut withheld = false;
+        for entity in entities {
+            if entity.get("query").is_some() {
+                queries.push(out.len());
+                out.push(entity);
+                continue;
+            }
+            let reference = entity.pointer("/what/reference").and_then(Value::as_str).unwrap_or("").to_string();
+            let Some((ty, id)) = named_resource(&reference) else {
+                if reference.contains('?') {
+                    // A query recorded as a reference (`AuditEvent?patient=…`).
+                    queries.push(out.len());
+                    out.push(entity);
+                } else if patient.is_some() {
+                    // Not this patient's: not in their log.
+                    withheld = true;
+                } else {
+                    out.push(entity);
+                }
                 continue;
             };
-            let event = serde_json::to_vec(&event).unwrap_or_default();
-            out.entry(None, Some(&event), &[("search", json!({"mode": "match"}))]);
+            let named = self.named(ty, id).await?;
+            if patient.is_some() && named.patient.as_deref() != patient {
+                withheld = true;
+                continue;
+            }
+            if (named.exists || ty == "Patient") && (named.owner_trust.is_none() || named.owner_trust == reader_trust) {
+                concerns = true;
+            }
+            if full || named.visible {
+                out.push(entity);
+            } else {
+                withheld = true;
+                out.push(tessera_audit::redacted_entity(&named.classes, named.owner_trust.as_deref()));
+            }
         }
-        let mut gate = self.gate(access);
-        gate.record("audit-query", true, &[self_path.to_string()], q.patient.iter().cloned().collect(), false, None);
-        gate.finish().await?;
-        Ok(out.finish())
+        if !own || withheld {
+            for i in queries {
+                out[i] = tessera_audit::redacted_query_entity();
+            }
+        }
+        if !(full || own || concerns) {
+            return Ok(None);
+        }
+        if let Some(map) = event.as_object_mut() {
+            if out.is_empty() {
+                map.remove("entity");
+            } else {
+                map.insert("entity".into(), Value::Array(out));
+            }
+        }
+        Ok(Some(event))
+    }
+
+    /// What this view knows of `ty/id` (looked up once per request).
+    async fn named(&mut self, ty: &str, id: &str) -> Result<Named, FhirError> {
+        let key = (ty.to_string(), id.to_string());
+        if let Some(n) = self.named.get(&key) {
+            return Ok(n.clone());
+        }
+        let n = self.look_up(ty, id).await?;
+        self.named.insert(key, n.clone());
+        Ok(n)
+    }
+
+    async fn look_up(&self, ty: &str, id: &str) -> Result<Named, FhirError> {
+        let store = self.engine.store();
+        let mut stored = store.read(ty, id).await?;
+        // A deletion carries no labels: judge by the last version that had content.
+        if let Some(deleted) = stored.as_ref().filter(|s| s.deleted) {
+            let mut v = deleted.version;
+            while v > 1 {
+                v -= 1;
+                if let Some(s) = store.vread(ty, id, v).await?.filter(|s| !s.deleted) {
+                    stored = Some(s);
+                    break;
+                }
+            }
+        }
+        let Some(s) = stored else {
+            // Nothing stored under this name: unowned only if it is a person.
+            let person = ty == "Patient";
+            return Ok(Named {
+                exists: false,
+                owner_trust: None,
+                patient: person.then(|| id.to_string()),
+                classes: vec![class_name(tessera_policy::base_class(ty))],
+                visible: person,
+            });
+        };
+        let json: Value = if s.json.is_empty() { Value::Null } else { serde_json::from_slice(&s.json).unwrap_or(Value::Null) };
+        let labels = crate::facts::security_labels(&json);
+        let pairs: Vec<(&str, &str)> = labels.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let author = json
+            .pointer("/meta/tag")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|c| c.get("system").and_then(Value::as_str) == Some(crate::guard::AUTHOR_SYSTEM))
+            .and_then(|c| c.get("code").and_then(Value::as_str));
+        let patient = if ty == "Patient" { Some(id.to_string()) } else { s.compartment.clone() };
+        let facts = match &patient {
+            Some(p) => {
+                let record = self.engine.patient_record(p).await?;
+                // A confidential patient's record is the officer's business when their
+                // trust has (or had) a care relationship with the patient.
+                let relationship = match &self.view {
+                    AuditView::Full => true,
+                    AuditView::Trust { trust, .. } => record.links.iter().any(|l| {
+                        let org = l.organisation.as_deref().or_else(|| l.location.as_deref().and_then(|loc| self.domain.location(loc)).map(|loc| loc.organisation.as_str()));
+                        l.kind != "consent-deny" && org.is_some_and(|o| self.domain.trust_of(o) == trust.as_str())
+                    }),
+                };
+                Some(PatientFacts {
+                    confidentiality: record.confidentiality,
+                    dissents_from_sharing: record.links.iter().any(|l| l.kind == "consent-deny" && l.active),
+                    relationship,
+                    ..PatientFacts::default()
+                })
+            }
+            None => None,
+        };
+        let owner_trust = s.owner.as_deref().map(|o| self.domain.trust_of(o).to_string());
+        let visible = match &self.view {
+            AuditView::Full => true,
+            AuditView::Trust { organisation, trust } => {
+                let rf = ResourceFacts { resource_type: ty, owner: s.owner.as_deref(), patient: patient.as_deref(), security: &pairs, author };
+                owner_trust.as_deref() == Some(trust.as_str()) || tessera_policy::shared_with(&self.domain, organisation, &rf, facts.as_ref())
+            }
+        };
+        let classes = tessera_policy::data_classes(ty, &pairs);
+        let mut set: Vec<DataClass> = classes.iter().collect();
+        if patient.is_some() {
+            let extra = match facts.and_then(|f| f.confidentiality) {
+                Some(Confidentiality::Restricted) => Some(DataClass::Restricted),
+                Some(Confidentiality::VeryRestricted) => Some(DataClass::VeryRestricted),
+                None => None,
+            };
+            if let Some(c) = extra.filter(|c| !set.contains(c)) {
+                set.push(c);
+            }
+        }
+        Ok(Named { exists: true, owner_trust, patient, classes: set.into_iter().map(class_name).collect(), visible })
     }
 }
 

@@ -421,8 +421,7 @@ pub async fn instance_operation(
             }
         }
         ("Patient", "$access-log", "GET") => {
-            let count = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).find(|(k, _)| k == "_count").and_then(|(_, v)| v.parse().ok()).unwrap_or(100);
-            match state.engine.access_log(&access, &id, count).await {
+            match state.engine.access_log(&access, &id, q.as_deref().unwrap_or("")).await {
                 Ok(b) => fhir(StatusCode::OK, b),
                 Err(e) => error(e),
             }
