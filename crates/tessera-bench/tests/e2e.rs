@@ -46,12 +46,12 @@ async fn ingest_then_read_against_a_live_server() {
     // A refused token ends the run with the server's diagnostics, and nothing is stored.
     let refused = tessera_bench::ingest(&url, &forged, &patients, 2).await.unwrap_err().to_string();
     assert!(refused.contains("HTTP 401") && refused.contains("the access token is not valid"), "{refused}");
-    assert_eq!(engine.store().stats().await.unwrap().current_resources, 0);
+    assert_eq!(engine.stats().await.unwrap().current_resources, 0);
 
     let report = tessera_bench::ingest(&url, &token, &patients, 2).await.unwrap();
     assert_eq!(report.bundles, 5, "{report}");
     assert_eq!((report.failed_bundles, report.failed_entries), (0, 0), "{report}");
-    let stored = engine.store().stats().await.unwrap().current_resources;
+    let stored = engine.stats().await.unwrap().current_resources;
     assert_eq!(report.resources, stored, "{report}");
     assert!(report.resources_per_second() > 0.0 && report.to_string().contains("resources/s"));
 

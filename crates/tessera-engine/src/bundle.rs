@@ -14,6 +14,7 @@ use crate::criteria;
 use crate::guard::Gate;
 use tessera_policy::Action;
 use crate::prepare::{format_instant, new_id, prepare_delete, prepare_write};
+use crate::guard::Released;
 use crate::{Engine, FhirError, ReturnPreference, VersionedResource};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -22,7 +23,25 @@ use tessera_store::{Precondition, StoreError, Write};
 
 const RETRIES: usize = 8;
 
+/// A Bundle the engine built (JSON bytes). Only [`BundleWriter::finish`] makes one.
+#[derive(Debug, Clone)]
+pub struct Bundle(Vec<u8>);
+
+impl Bundle {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
 /// Writes a Bundle as JSON bytes, embedding stored resources without re-parsing them.
+///
+/// An entry's resource is a stored version only as a [`Released`] (or a
+/// [`VersionedResource`], made from one or from the subject's own write): the writer
+/// cannot embed a row the [`Gate`](crate::guard::Gate) has not released.
 pub struct BundleWriter {
     out: Vec<u8>,
     entries: usize,
@@ -48,9 +67,43 @@ impl BundleWriter {
         BundleWriter { out, entries: 0 }
     }
 
+    /// An entry holding a released stored resource, as stored.
+    pub fn resource(&mut self, full_url: Option<&str>, resource: &Released, extra: &[(&str, Value)]) {
+        self.entry(full_url, Some(&resource.json), extra);
+    }
+
+    /// An entry holding a released stored resource, reshaped (`_elements`, `_summary`).
+    pub fn shaped(&mut self, full_url: Option<&str>, resource: &Released, shape: impl FnOnce(&[u8]) -> Vec<u8>, extra: &[(&str, Value)]) {
+        let body = shape(&resource.json);
+        self.entry(full_url, Some(&body), extra);
+    }
+
+    /// An entry holding a version the engine hands out (a released read or the subject's
+    /// own write), with or without its body.
+    pub fn version(&mut self, full_url: Option<&str>, resource: &VersionedResource, with_body: bool, extra: &[(&str, Value)]) {
+        self.entry(full_url, with_body.then_some(resource.json()), extra);
+    }
+
+    /// An entry holding a Bundle the engine built (a search inside a batch).
+    pub fn bundle(&mut self, full_url: Option<&str>, bundle: &Bundle, extra: &[(&str, Value)]) {
+        self.entry(full_url, Some(bundle.as_bytes()), extra);
+    }
+
+    /// An entry holding a resource the engine itself built (an OperationOutcome, an
+    /// AuditEvent rendered from the audit log, Parameters) — never a stored resource.
+    pub fn generated(&mut self, full_url: Option<&str>, resource: &Value, extra: &[(&str, Value)]) {
+        let body = serde_json::to_vec(resource).expect("value serialises");
+        self.entry(full_url, Some(&body), extra);
+    }
+
+    /// An entry without a resource (a response status, a deletion).
+    pub fn empty(&mut self, full_url: Option<&str>, extra: &[(&str, Value)]) {
+        self.entry(full_url, None, extra);
+    }
+
     /// Adds an entry. `resource` is raw resource JSON; `extra` holds `search`, `request`,
     /// `response` members.
-    pub fn entry(&mut self, full_url: Option<&str>, resource: Option<&[u8]>, extra: &[(&str, Value)]) {
+    fn entry(&mut self, full_url: Option<&str>, resource: Option<&[u8]>, extra: &[(&str, Value)]) {
         if self.entries > 0 {
             self.out.push(b',');
         }
@@ -81,7 +134,7 @@ impl BundleWriter {
         self.out.push(b'}');
     }
 
-    pub fn finish(mut self) -> Vec<u8> {
+    pub fn finish(mut self) -> Bundle {
         if self.entries == 0 {
             // `entry` must not be empty: drop `,"entry":[`.
             self.out.truncate(self.out.len() - ",\"entry\":[".len());
@@ -89,8 +142,20 @@ impl BundleWriter {
         } else {
             self.out.extend_from_slice(b"]}");
         }
-        self.out
+        Bundle(self.out)
     }
+}
+
+/// What a GET entry read: a resource, or a searchset.
+enum Got {
+    Resource(VersionedResource),
+    Bundle(Bundle),
+}
+
+/// What a batch entry did.
+enum Done {
+    Read(Got),
+    Written(VersionedResource),
 }
 
 /// The parsed `request` of a bundle entry.
@@ -224,14 +289,14 @@ fn parse_resource(raw: &serde_json::value::RawValue, at: &str) -> Result<Value, 
 
 impl Engine {
     /// Processes a `batch` or `transaction` Bundle given as a JSON value.
-    pub async fn bundle(&self, access: &Access, body: Value, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+    pub async fn bundle(&self, access: &Access, body: Value, prefer: Option<ReturnPreference>) -> Result<Bundle, FhirError> {
         let bytes = serde_json::to_vec(&body).map_err(|e| FhirError::internal(format!("cannot serialise bundle: {e}")))?;
         self.bundle_json(access, &bytes, prefer).await
     }
 
     /// Processes a `batch` or `transaction` Bundle given as JSON text and returns the
     /// response Bundle JSON.
-    pub async fn bundle_json(&self, access: &Access, body: &[u8], prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+    pub async fn bundle_json(&self, access: &Access, body: &[u8], prefer: Option<ReturnPreference>) -> Result<Bundle, FhirError> {
         let bundle: BundleIn<'_> = serde_json::from_slice(body).map_err(|e| {
             let what = if e.to_string().contains("recursion limit") { "the JSON is nested too deeply".to_string() } else { format!("the body is not a valid Bundle: {e}") };
             FhirError::new(400, IssueType::Structure, what).at(format!("line {}, column {}", e.line(), e.column()))
@@ -246,7 +311,7 @@ impl Engine {
         }
     }
 
-    async fn transaction(&self, access: &Access, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+    async fn transaction(&self, access: &Access, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Result<Bundle, FhirError> {
         let base = self.config().base_url.clone();
         let mut requests = Vec::with_capacity(entries.len());
         let mut raws = Vec::with_capacity(entries.len());
@@ -512,7 +577,7 @@ impl Engine {
         Ok(())
     }
 
-    async fn transaction_response(&self, gate: &mut Gate<'_>, plans: Vec<Plan>, written: Vec<VersionedResource>, prefer: Option<ReturnPreference>) -> Result<Vec<u8>, FhirError> {
+    async fn transaction_response(&self, gate: &mut Gate<'_>, plans: Vec<Plan>, written: Vec<VersionedResource>, prefer: Option<ReturnPreference>) -> Result<Bundle, FhirError> {
         let access = gate.access().clone();
         let mut out = BundleWriter::new("transaction-response", None, &[]);
         let base = &self.config().base_url;
@@ -520,40 +585,41 @@ impl Engine {
             match plan {
                 Plan::Write { write, status } => {
                     let r = &written[write];
-                    let body = (prefer == Some(ReturnPreference::Representation) && !r.deleted).then_some(r.json.as_slice());
-                    let full_url = (!r.deleted).then(|| format!("{base}/{}/{}", r.resource_type, r.id));
-                    out.entry(full_url.as_deref(), body, &[("response", response_member(r, status))]);
+                    let with_body = prefer == Some(ReturnPreference::Representation) && !r.deleted();
+                    let full_url = (!r.deleted()).then(|| format!("{base}/{}/{}", r.resource_type(), r.id()));
+                    out.version(full_url.as_deref(), r, with_body, &[("response", response_member(r, status))]);
                 }
                 Plan::Existing { resource_type, id } => {
                     let r = self.read(&access, &resource_type, &id).await?;
-                    let body = (prefer == Some(ReturnPreference::Representation)).then_some(r.json.as_slice());
-                    out.entry(Some(&format!("{base}/{resource_type}/{id}")), body, &[("response", response_member(&r, 200))]);
+                    let with_body = prefer == Some(ReturnPreference::Representation);
+                    out.version(Some(&format!("{base}/{resource_type}/{id}")), &r, with_body, &[("response", response_member(&r, 200))]);
                 }
-                Plan::Noop => out.entry(None, None, &[("response", json!({"status": status_line(204)}))]),
+                Plan::Noop => out.empty(None, &[("response", json!({"status": status_line(204)}))]),
                 Plan::Get(req) => {
-                    let (status, body) = match self.get_entry(&access, &req).await {
-                        Ok(json) => (200, json),
-                        Err(e) => (e.status, serde_json::to_vec(&e.outcome()).expect("outcome serialises")),
-                    };
-                    out.entry(None, Some(&body), &[("response", json!({"status": status_line(status)}))]);
+                    let response = |status: u16| [("response", json!({"status": status_line(status)}))];
+                    match self.get_entry(&access, &req).await {
+                        Ok(Got::Resource(r)) => out.version(None, &r, true, &response(200)),
+                        Ok(Got::Bundle(b)) => out.bundle(None, &b, &response(200)),
+                        Err(e) => out.generated(None, &e.outcome(), &response(e.status)),
+                    }
                 }
             }
         }
         Ok(out.finish())
     }
 
-    async fn get_entry(&self, access: &Access, req: &EntryRequest) -> Result<Vec<u8>, FhirError> {
+    async fn get_entry(&self, access: &Access, req: &EntryRequest) -> Result<Got, FhirError> {
         match (&req.id, &req.version) {
-            (Some(id), Some(v)) => Ok(self.vread(access, &req.resource_type, id, v).await?.json),
-            (Some(id), None) => Ok(self.read(access, &req.resource_type, id).await?.json),
+            (Some(id), Some(v)) => Ok(Got::Resource(self.vread(access, &req.resource_type, id, v).await?)),
+            (Some(id), None) => Ok(Got::Resource(self.read(access, &req.resource_type, id).await?)),
             (None, _) => {
                 let scope = crate::search::Scope::Type(Some(&req.resource_type));
-                Box::pin(self.search(access, scope, req.query.as_deref().unwrap_or(""), false)).await
+                Ok(Got::Bundle(Box::pin(self.search(access, scope, req.query.as_deref().unwrap_or(""), false)).await?))
             }
         }
     }
 
-    async fn batch(&self, access: &Access, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Vec<u8> {
+    async fn batch(&self, access: &Access, entries: Vec<EntryIn<'_>>, prefer: Option<ReturnPreference>) -> Bundle {
         let base = self.config().base_url.clone();
         let futures = entries.into_iter().enumerate().map(|(i, entry)| {
             let base = base.clone();
@@ -571,29 +637,32 @@ impl Engine {
         let mut out = BundleWriter::new("batch-response", None, &[]);
         for result in results {
             match result {
-                Ok((status, Some(r))) => {
-                    // A read returns what it read; a write returns the resource only when asked.
-                    let is_read = r.version == 0;
-                    let body = ((is_read || prefer == Some(ReturnPreference::Representation)) && !r.deleted).then_some(r.json.as_slice());
-                    let full_url = (!r.deleted).then(|| format!("{base}/{}/{}", r.resource_type, r.id));
-                    let response = if is_read { json!({"status": status_line(status)}) } else { response_member(&r, status) };
-                    out.entry(full_url.as_deref(), body, &[("response", response)]);
+                Ok((_, Some(Done::Read(Got::Resource(r))))) => {
+                    let full_url = format!("{base}/{}/{}", r.resource_type(), r.id());
+                    out.version(Some(&full_url), &r, true, &[("response", json!({"status": status_line(200)}))]);
                 }
-                Ok((status, None)) => out.entry(None, None, &[("response", json!({"status": status_line(status)}))]),
-                Err(e) => out.entry(None, None, &[("response", json!({"status": status_line(e.status), "outcome": e.outcome()}))]),
+                Ok((_, Some(Done::Read(Got::Bundle(b))))) => out.bundle(None, &b, &[("response", json!({"status": status_line(200)}))]),
+                Ok((status, Some(Done::Written(r)))) => {
+                    // A write returns the resource only when asked.
+                    let with_body = prefer == Some(ReturnPreference::Representation) && !r.deleted();
+                    let full_url = (!r.deleted()).then(|| format!("{base}/{}/{}", r.resource_type(), r.id()));
+                    out.version(full_url.as_deref(), &r, with_body, &[("response", response_member(&r, status))]);
+                }
+                Ok((status, None)) => out.empty(None, &[("response", json!({"status": status_line(status)}))]),
+                Err(e) => out.empty(None, &[("response", json!({"status": status_line(e.status), "outcome": e.outcome()}))]),
             }
         }
         out.finish()
     }
 
-    async fn batch_entry(&self, access: &Access, req: EntryRequest, resource: Option<Value>, i: usize) -> Result<(u16, Option<VersionedResource>), FhirError> {
+    async fn batch_entry(&self, access: &Access, req: EntryRequest, resource: Option<Value>, i: usize) -> Result<(u16, Option<Done>), FhirError> {
         let need = |r: Option<Value>| r.ok_or_else(|| FhirError::bad_request(format!("{} entry has no resource", req.method)).at(format!("Bundle.entry[{i}].resource")));
         match req.method.as_str() {
             "POST" => {
                 let mut value = need(resource)?;
                 self.resolve_references(&mut self.gate(access), &mut value, &HashMap::new(), &mut HashMap::new(), i).await?;
                 let w = self.create(access, &req.resource_type, value, req.if_none_exist.as_deref()).await?;
-                Ok((w.status, Some(w.resource)))
+                Ok((w.status, Some(Done::Written(w.resource))))
             }
             "PUT" => {
                 let mut value = need(resource)?;
@@ -603,7 +672,7 @@ impl Engine {
                     (None, Some(q)) => self.conditional_update(access, &req.resource_type, q, value, req.if_match).await?,
                     (None, None) => return Err(FhirError::bad_request("PUT needs an id or criteria")),
                 };
-                Ok((w.status, Some(w.resource)))
+                Ok((w.status, Some(Done::Written(w.resource))))
             }
             "DELETE" => {
                 let r = match (&req.id, &req.query) {
@@ -611,14 +680,9 @@ impl Engine {
                     (None, Some(q)) => self.conditional_delete(access, &req.resource_type, q).await?,
                     (None, None) => return Err(FhirError::bad_request("DELETE needs an id or criteria")),
                 };
-                Ok((204, r))
+                Ok((204, r.map(Done::Written)))
             }
-            "GET" | "HEAD" => {
-                let json = self.get_entry(access, &req).await?;
-                let (ty, id) = (req.resource_type.clone(), req.id.clone().unwrap_or_default());
-                // Version 0 marks a read result (see `batch`).
-                Ok((200, Some(VersionedResource { resource_type: ty, id, version: 0, last_updated_micros: 0, deleted: false, json })))
-            }
+            "GET" | "HEAD" => Ok((200, Some(Done::Read(self.get_entry(access, &req).await?)))),
             m => Err(FhirError::bad_request(format!("method '{m}' is not supported in a batch"))),
         }
     }

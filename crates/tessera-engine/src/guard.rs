@@ -31,6 +31,133 @@ pub enum Visibility {
     Hidden,
 }
 
+/// A stored version that the [`Gate`] has released to the subject of one request.
+///
+/// Only this module makes one ([`Gate::release`], [`Gate::release_version`]), and only a
+/// `Released` (or the subject's own write) can become the body of a response: a
+/// [`VersionedResource`] is made from one, and the engine's Bundles take stored resources
+/// only as `Released` ([`crate::bundle::BundleWriter::resource`]). The store hands out
+/// [`Stored`] rows, which no response accepts: a read path that skipped the gate would not
+/// compile.
+#[derive(Debug, Clone)]
+pub struct Released(Stored);
+
+impl Released {
+    /// A contained resource listed through its container (`_containedType=contained`):
+    /// released because the container was.
+    pub(crate) fn contained(&self, listed: Stored) -> Released {
+        debug_assert_eq!(listed.seq, self.0.seq, "a contained resource is listed with its container's seq");
+        Released(listed)
+    }
+}
+
+impl std::ops::Deref for Released {
+    type Target = Stored;
+    fn deref(&self) -> &Stored {
+        &self.0
+    }
+}
+
+/// The gate's answer on one stored version.
+#[derive(Debug)]
+pub enum Decided {
+    Visible(Released),
+    /// Exists, but only after breaking the glass.
+    BehindGlass,
+    /// Behaves as absent.
+    Hidden,
+}
+
+/// A resource version as the engine hands it out: its JSON bytes and the facts the
+/// transport needs for headers (`ETag`, `Last-Modified`, `Location`). Made only from a
+/// [`Released`] version or from a write the gate authorised.
+#[derive(Debug, Clone)]
+pub struct VersionedResource {
+    resource_type: String,
+    id: String,
+    version: u64,
+    last_updated_micros: i64,
+    deleted: bool,
+    /// The resource JSON (empty for a deletion, or when the response carries no body).
+    json: Vec<u8>,
+}
+
+impl From<Released> for VersionedResource {
+    fn from(Released(s): Released) -> Self {
+        VersionedResource {
+            resource_type: s.resource_type,
+            id: s.id,
+            version: s.version,
+            last_updated_micros: s.last_updated_micros,
+            deleted: s.deleted,
+            json: s.json,
+        }
+    }
+}
+
+impl VersionedResource {
+    /// The version a write (authorised by the gate) creates, with its body.
+    pub(crate) fn written(w: &tessera_store::Write) -> Self {
+        VersionedResource { json: w.json.clone(), ..Self::written_head(w) }
+    }
+
+    /// [`VersionedResource::written`] without the body (for responses that carry none).
+    pub(crate) fn written_head(w: &tessera_store::Write) -> Self {
+        VersionedResource {
+            resource_type: w.resource_type.clone(),
+            id: w.id.clone(),
+            version: w.version,
+            last_updated_micros: w.last_updated_micros,
+            deleted: w.deleted,
+            json: Vec::new(),
+        }
+    }
+
+    pub fn resource_type(&self) -> &str {
+        &self.resource_type
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn last_updated_micros(&self) -> i64 {
+        self.last_updated_micros
+    }
+
+    pub fn deleted(&self) -> bool {
+        self.deleted
+    }
+
+    /// The resource JSON (empty for a deletion).
+    pub fn json(&self) -> &[u8] {
+        &self.json
+    }
+
+    pub fn into_json(self) -> Vec<u8> {
+        self.json
+    }
+
+    /// `W/"<version>"`
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+
+    /// `Type/id/_history/version`
+    pub fn versioned_reference(&self) -> String {
+        format!("{}/{}/_history/{}", self.resource_type, self.id, self.version)
+    }
+
+    /// `meta.lastUpdated` as a FHIR instant.
+    pub fn last_updated(&self) -> String {
+        crate::prepare::format_instant(self.last_updated_micros)
+    }
+}
+
 /// Facts read from a stored resource's `meta` without building its JSON tree.
 #[derive(Default)]
 struct MetaFacts {
@@ -241,6 +368,24 @@ impl<'a> Gate<'a> {
         })
     }
 
+    /// Decides on a current version and, when the subject may see it, releases it.
+    pub async fn release(&mut self, s: Stored) -> Result<Decided, FhirError> {
+        Ok(match self.visibility(&s).await? {
+            Visibility::Visible => Decided::Visible(Released(s)),
+            Visibility::BehindGlass => Decided::BehindGlass,
+            Visibility::Hidden => Decided::Hidden,
+        })
+    }
+
+    /// [`Gate::release`] for an older version ([`Gate::version_visibility`]).
+    pub async fn release_version(&mut self, version: Stored, current: Option<&Stored>) -> Result<Decided, FhirError> {
+        Ok(match self.version_visibility(&version, current).await? {
+            Visibility::Visible => Decided::Visible(Released(version)),
+            Visibility::BehindGlass => Decided::BehindGlass,
+            Visibility::Hidden => Decided::Hidden,
+        })
+    }
+
     /// Visibility of an older version (vread, history): the strictest of that version's
     /// and the current version's, so that relabelling, sealing or deleting a resource
     /// also covers its past.
@@ -251,20 +396,6 @@ impl<'a> Gate<'a> {
             _ => mine,
         };
         Ok(strictest(mine, now))
-    }
-
-    /// Keeps the versions this reader may see; returns them and how many are behind glass.
-    pub async fn filter(&mut self, versions: Vec<Stored>) -> Result<(Vec<Stored>, usize), FhirError> {
-        let mut out = Vec::with_capacity(versions.len());
-        let mut behind = 0;
-        for v in versions {
-            match self.visibility(&v).await? {
-                Visibility::Visible => out.push(v),
-                Visibility::BehindGlass => behind += 1,
-                Visibility::Hidden => {}
-            }
-        }
-        Ok((out, behind))
     }
 
     /// May this subject write (`action`) a resource? `existing` is the current version

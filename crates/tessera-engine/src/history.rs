@@ -2,8 +2,8 @@
 //! full search exists.
 
 use crate::access::Access;
-use crate::bundle::BundleWriter;
-use crate::guard::{Gate, Visibility};
+use crate::bundle::{Bundle, BundleWriter};
+use crate::guard::{Decided, Gate, Visibility};
 use tessera_auth::ScopeOp;
 use crate::prepare::{format_instant, parse_instant};
 use crate::{criteria, Engine, FhirError};
@@ -40,7 +40,7 @@ impl Engine {
     /// `GET [[type]/[id]]/_history` — a `history` Bundle, newest first, with `next` links.
     /// Only versions the subject may see are listed; `total` is given only when nothing
     /// was withheld from this subject's view (a count must not reveal hidden versions).
-    pub async fn history(&self, access: &Access, resource_type: Option<&str>, id: Option<&str>, params: &HistoryParams) -> Result<Vec<u8>, FhirError> {
+    pub async fn history(&self, access: &Access, resource_type: Option<&str>, id: Option<&str>, params: &HistoryParams) -> Result<Bundle, FhirError> {
         if let Some(t) = resource_type {
             self.check_type(t)?;
             access.require_scope(t, ScopeOp::Read)?;
@@ -82,11 +82,13 @@ impl Engine {
                         vis
                     }
                 };
-                let allowed = now == Visibility::Visible && gate.visibility(&v).await? == Visibility::Visible;
-                if allowed {
-                    versions.push(v);
-                } else {
-                    withheld = true;
+                let released = match now {
+                    Visibility::Visible => gate.release(v).await?,
+                    _ => Decided::Hidden,
+                };
+                match released {
+                    Decided::Visible(r) => versions.push(r),
+                    _ => withheld = true,
                 }
                 if versions.len() > count {
                     break;
@@ -162,9 +164,9 @@ impl Engine {
             } else {
                 ("PUT", format!("{}/{}", v.resource_type, v.id), "200 OK")
             };
-            out.entry(
+            out.resource(
                 Some(&full_url),
-                (!v.deleted).then_some(v.json.as_slice()),
+                v,
                 &[
                     ("request", json!({"method": method, "url": url})),
                     ("response", json!({"status": status, "etag": format!("W/\"{}\"", v.version), "lastModified": format_instant(v.last_updated_micros)})),
@@ -184,7 +186,7 @@ impl Engine {
     /// `GET [type]?identifier=…&_id=…` — the search the engine supports on its own
     /// (conditional operations need it); a `searchset` Bundle of what the subject may see.
     /// `total` counts visible matches only.
-    pub async fn search_identifiers(&self, access: &Access, resource_type: &str, query: &str) -> Result<Vec<u8>, FhirError> {
+    pub async fn search_identifiers(&self, access: &Access, resource_type: &str, query: &str) -> Result<Bundle, FhirError> {
         self.check_type(resource_type)?;
         access.require_scope(resource_type, ScopeOp::Search)?;
         let (count, criteria_query) = split_paging(query, self.config().default_page_size, self.config().max_page_size)?;
@@ -213,7 +215,7 @@ impl Engine {
         self_link: String,
         interaction: &str,
         detail: &str,
-    ) -> Result<Vec<u8>, FhirError> {
+    ) -> Result<Bundle, FhirError> {
         let mut visible = Vec::new();
         let mut behind_glass = 0usize;
         for (ty, id) in sources {
@@ -221,10 +223,10 @@ impl Engine {
             if s.deleted {
                 continue;
             }
-            match gate.visibility(&s).await? {
-                Visibility::Visible => visible.push(s),
-                Visibility::BehindGlass => behind_glass += 1,
-                Visibility::Hidden => {}
+            match gate.release(s).await? {
+                Decided::Visible(r) => visible.push(r),
+                Decided::BehindGlass => behind_glass += 1,
+                Decided::Hidden => {}
             }
         }
         let base = &self.config().base_url;
@@ -238,7 +240,7 @@ impl Engine {
                 }
             }
             entities.push(format!("{}/{}", s.resource_type, s.id));
-            out.entry(Some(&format!("{base}/{}/{}", s.resource_type, s.id)), Some(&s.json), &[("search", json!({"mode": "match"}))]);
+            out.resource(Some(&format!("{base}/{}/{}", s.resource_type, s.id)), s, &[("search", json!({"mode": "match"}))]);
         }
         if behind_glass > 0 {
             let oo = tessera_fhir::outcome::operation_outcome(&[tessera_fhir::Issue {
@@ -247,7 +249,7 @@ impl Engine {
                 diagnostics: "more results exist but are protected: break the glass for the patient to view them".into(),
                 expression: Vec::new(),
             }]);
-            out.entry(None, Some(&serde_json::to_vec(&oo).expect("outcome serialises")), &[("search", json!({"mode": "outcome"}))]);
+            out.generated(None, &oo, &[("search", json!({"mode": "outcome"}))]);
         }
         gate.record_access(interaction, true, &entities, patients, Some(detail));
         gate.flush().await?;

@@ -34,6 +34,7 @@ pub mod search;
 pub mod worklist;
 
 pub use access::{Access, AccessKind};
+pub use guard::{Released, VersionedResource};
 pub use error::FhirError;
 
 use std::sync::{Arc, RwLock};
@@ -142,55 +143,49 @@ impl Engine {
         *self.inner.domain.write().expect("domain lock") = Arc::new(domain);
     }
 
-    pub fn store(&self) -> &DynStore {
+    /// The store, for the engine's own modules only: transports and tools never see a
+    /// stored row except as the [`Gate`](guard::Gate) releases it.
+    pub(crate) fn store(&self) -> &DynStore {
         &self.inner.store
+    }
+
+    /// The storage backend's name (`sqlite`, `postgresql`), for logs.
+    pub fn backend(&self) -> &'static str {
+        self.inner.store.backend()
+    }
+
+    /// The store's counters, for `/metrics`.
+    pub fn store_metrics(&self) -> &tessera_store::StoreMetrics {
+        self.inner.store.metrics()
+    }
+
+    /// How many resources and versions the store holds (operators' figures).
+    pub async fn stats(&self) -> Result<tessera_store::StoreStats, FhirError> {
+        Ok(self.inner.store.stats().await?)
+    }
+
+    /// Whether the database answers (for `/healthz`).
+    pub async fn health(&self) -> Result<(), FhirError> {
+        self.inner.store.get_meta("schema").await?;
+        Ok(())
+    }
+
+    /// A value the server's own tools keep in the database: the token signing key
+    /// (`auth.…`), the demo marker (`demo.…`) and the import's resume points (`import.…`).
+    /// Other keys (the domain, break-glass grants) are the engine's and are refused.
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, FhirError> {
+        check_setting_key(key)?;
+        Ok(self.inner.store.get_meta(key).await?)
+    }
+
+    /// Stores a value of [`Engine::setting`].
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), FhirError> {
+        check_setting_key(key)?;
+        Ok(self.inner.store.set_meta(key, value).await?)
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
-    }
-}
-
-/// A resource version as the engine hands it out: its JSON bytes and the facts the
-/// transport needs for headers (`ETag`, `Last-Modified`, `Location`).
-#[derive(Debug, Clone)]
-pub struct VersionedResource {
-    pub resource_type: String,
-    pub id: String,
-    pub version: u64,
-    pub last_updated_micros: i64,
-    pub deleted: bool,
-    /// The resource JSON (empty for a deletion).
-    pub json: Vec<u8>,
-}
-
-impl From<tessera_store::Stored> for VersionedResource {
-    fn from(s: tessera_store::Stored) -> Self {
-        VersionedResource {
-            resource_type: s.resource_type,
-            id: s.id,
-            version: s.version,
-            last_updated_micros: s.last_updated_micros,
-            deleted: s.deleted,
-            json: s.json,
-        }
-    }
-}
-
-impl VersionedResource {
-    /// `W/"<version>"`
-    pub fn etag(&self) -> String {
-        format!("W/\"{}\"", self.version)
-    }
-
-    /// `Type/id/_history/version`
-    pub fn versioned_reference(&self) -> String {
-        format!("{}/{}/_history/{}", self.resource_type, self.id, self.version)
-    }
-
-    /// `meta.lastUpdated` as a FHIR instant.
-    pub fn last_updated(&self) -> String {
-        prepare::format_instant(self.last_updated_micros)
     }
 }
 
@@ -209,4 +204,13 @@ fn assert_futures_are_send(e: &Engine) {
     let a = Access::system("x");
     is_send(e.bundle_json(&a, b"", None));
     is_send(e.search_identifiers(&a, "", ""));
+}
+
+/// The key spaces of [`Engine::setting`].
+fn check_setting_key(key: &str) -> Result<(), FhirError> {
+    if ["auth.", "demo.", "import."].iter().any(|p| key.starts_with(p)) {
+        Ok(())
+    } else {
+        Err(FhirError::internal(format!("'{key}' is not a setting the server's tools may read or change")))
+    }
 }

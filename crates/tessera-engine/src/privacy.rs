@@ -21,7 +21,7 @@
 //!   each page is filled with listed events, reading further store pages as needed.
 
 use crate::access::{Access, AccessKind};
-use crate::bundle::BundleWriter;
+use crate::bundle::{Bundle, BundleWriter};
 use crate::prepare::{format_instant, parse_instant};
 use crate::{Engine, FhirError};
 use serde_json::{json, Value};
@@ -100,7 +100,7 @@ impl Engine {
     }
 
     /// Records a refused look at the audit trail, and refuses it.
-    async fn refuse_audit(&self, access: &Access, what: &str, patients: Vec<String>, message: &str) -> Result<Vec<u8>, FhirError> {
+    async fn refuse_audit(&self, access: &Access, what: &str, patients: Vec<String>, message: &str) -> Result<Bundle, FhirError> {
         let mut gate = self.gate(access);
         gate.record("audit-query", false, &[what.to_string()], patients, false, None);
         gate.finish().await?;
@@ -169,7 +169,7 @@ impl Engine {
     /// each event showing only this patient's entities (see the [module](self) documentation
     /// for what each reader sees). Takes the parameters of [`Engine::audit_search`] but
     /// `patient`.
-    pub async fn access_log(&self, access: &Access, patient: &str, query: &str) -> Result<Vec<u8>, FhirError> {
+    pub async fn access_log(&self, access: &Access, patient: &str, query: &str) -> Result<Bundle, FhirError> {
         let path = format!("Patient/{patient}/$access-log");
         let Some(view) = self.audit_view(access) else {
             return self.refuse_audit(access, &path, vec![patient.to_string()], "the access log is for privacy officers and the patient").await;
@@ -186,7 +186,7 @@ impl Engine {
     /// `GET AuditEvent?agent=…&patient=…&date=ge…&date=le…&purpose=BTG&action=…&_count=…`:
     /// the privacy officer's queries over the audit trail (the break-glass review queue is
     /// `purpose=BTG`), paged with `_count` and `_cursor`.
-    pub async fn audit_search(&self, access: &Access, query: &str) -> Result<Vec<u8>, FhirError> {
+    pub async fn audit_search(&self, access: &Access, query: &str) -> Result<Bundle, FhirError> {
         let path = format!("AuditEvent?{query}");
         let Some(view) = self.audit_view(access) else {
             return self.refuse_audit(access, &path, Vec::new(), "the audit trail is for privacy officers").await;
@@ -242,10 +242,10 @@ impl Engine {
     /// One page of the audit trail as this view sees it: the events the store lists for
     /// `q`, newest first, of which those listed for the view (redacted, and scoped to
     /// `patient` for an access log) fill the page, reading further store pages as needed.
-    async fn audit_bundle(&self, view: AuditView, params: AuditParams, patient: Option<&str>, path: &str, query: &str) -> Result<Vec<u8>, FhirError> {
+    async fn audit_bundle(&self, view: AuditView, params: AuditParams, patient: Option<&str>, path: &str, query: &str) -> Result<Bundle, FhirError> {
         let AuditParams { query: mut q, count, kept } = params;
         let mut lens = Lens { engine: self, domain: self.domain(), view, named: HashMap::new() };
-        let mut listed: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut listed: Vec<(i64, Value)> = Vec::new();
         let mut next: Option<i64> = None;
         if count > 0 {
             let batch = (count + 1).clamp(50, 1000);
@@ -261,7 +261,7 @@ impl Engine {
                         continue;
                     };
                     if let Some(event) = lens.view(event, patient).await? {
-                        listed.push((r.seq, serde_json::to_vec(&event).unwrap_or_default()));
+                        listed.push((r.seq, event));
                         if listed.len() > count {
                             break;
                         }
@@ -294,7 +294,7 @@ impl Engine {
         }
         let mut out = BundleWriter::new("searchset", None, &links);
         for (seq, event) in &listed {
-            out.entry(Some(&format!("{base}/AuditEvent/{seq}")), Some(event), &[("search", json!({"mode": "match"}))]);
+            out.generated(Some(&format!("{base}/AuditEvent/{seq}")), event, &[("search", json!({"mode": "match"}))]);
         }
         Ok(out.finish())
     }

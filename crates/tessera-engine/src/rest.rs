@@ -4,7 +4,7 @@
 
 use crate::access::Access;
 use crate::criteria;
-use crate::guard::{behind_glass, Gate, Visibility};
+use crate::guard::{behind_glass, Decided, Gate, Released, Visibility};
 use crate::prepare::{new_id, prepare_delete, prepare_write, Stamp};
 use crate::{Engine, FhirError, VersionedResource, WriteOutcome};
 use serde_json::{Map, Value};
@@ -56,14 +56,14 @@ impl Engine {
     }
 
     /// Reads the current version through the gate: hidden → 404, behind glass → marker.
-    async fn gated_current(&self, gate: &mut Gate<'_>, resource_type: &str, id: &str) -> Result<Stored, FhirError> {
+    async fn gated_current(&self, gate: &mut Gate<'_>, resource_type: &str, id: &str) -> Result<Released, FhirError> {
         let Some(s) = self.store().read(resource_type, id).await? else {
             return Err(FhirError::not_found(resource_type, id));
         };
-        match gate.visibility(&s).await? {
-            Visibility::Hidden => Err(FhirError::not_found(resource_type, id)),
-            Visibility::BehindGlass => Err(behind_glass(resource_type, id)),
-            Visibility::Visible => Ok(s),
+        match gate.release(s).await? {
+            Decided::Hidden => Err(FhirError::not_found(resource_type, id)),
+            Decided::BehindGlass => Err(behind_glass(resource_type, id)),
+            Decided::Visible(r) => Ok(r),
         }
     }
 
@@ -73,7 +73,7 @@ impl Engine {
         access.require_scope(resource_type, ScopeOp::Read)?;
         let mut gate = self.gate(access);
         let result = self.gated_current(&mut gate, resource_type, id).await;
-        let patients = result.as_ref().map(patients_of).unwrap_or_default();
+        let patients = result.as_ref().map(|r| patients_of(r)).unwrap_or_default();
         let result = result.and_then(|s| if s.deleted { Err(FhirError::gone(resource_type, id)) } else { Ok(s.into()) });
         gate.record_access("read", result.is_ok(), &[format!("{resource_type}/{id}")], patients, None);
         gate.finish().await?;
@@ -90,15 +90,15 @@ impl Engine {
             Err(_) => Err(not_found()),
             Ok(v) => match self.store().vread(resource_type, id, v).await? {
                 None => Err(not_found()),
-                Some(s) => match gate.version_visibility(&s, self.store().read(resource_type, id).await?.as_ref()).await? {
-                    Visibility::Hidden => Err(not_found()),
-                    Visibility::BehindGlass => Err(behind_glass(resource_type, id)),
-                    Visibility::Visible if s.deleted => Err(FhirError::gone(resource_type, id)),
-                    Visibility::Visible => Ok(s),
+                Some(s) => match gate.release_version(s, self.store().read(resource_type, id).await?.as_ref()).await? {
+                    Decided::Hidden => Err(not_found()),
+                    Decided::BehindGlass => Err(behind_glass(resource_type, id)),
+                    Decided::Visible(r) if r.deleted => Err(FhirError::gone(resource_type, id)),
+                    Decided::Visible(r) => Ok(r),
                 },
             },
         };
-        let patients = result.as_ref().map(patients_of).unwrap_or_default();
+        let patients = result.as_ref().map(|r| patients_of(r)).unwrap_or_default();
         gate.record_access("vread", result.is_ok(), &[format!("{resource_type}/{id}/_history/{version}")], patients, None);
         gate.finish().await?;
         result.map(Into::into)
@@ -313,7 +313,10 @@ impl Engine {
 
     async fn delete_gated(&self, gate: &mut Gate<'_>, resource_type: &str, id: &str, if_match: Option<u64>) -> Result<Option<VersionedResource>, FhirError> {
         for _ in 0..RETRIES {
-            let current = self.gated_current(gate, resource_type, id).await?;
+            // Decided as a write (a write-only interface deletes what its trust owns).
+            let Some(current) = self.store().read(resource_type, id).await? else {
+                return Err(FhirError::not_found(resource_type, id));
+            };
             gate.authorize_write(Action::Delete, resource_type, id, Some(&current), None).await?;
             if let Some(v) = if_match {
                 if v != current.version {
@@ -390,26 +393,12 @@ impl Engine {
 
 /// The version a write will create, as the engine reports it.
 pub(crate) fn written(w: &tessera_store::Write) -> VersionedResource {
-    VersionedResource {
-        resource_type: w.resource_type.clone(),
-        id: w.id.clone(),
-        version: w.version,
-        last_updated_micros: w.last_updated_micros,
-        deleted: w.deleted,
-        json: w.json.clone(),
-    }
+    VersionedResource::written(w)
 }
 
 /// Like [`written`] without the resource body (for responses that do not carry it).
 pub(crate) fn written_head(w: &tessera_store::Write) -> VersionedResource {
-    VersionedResource {
-        resource_type: w.resource_type.clone(),
-        id: w.id.clone(),
-        version: w.version,
-        last_updated_micros: w.last_updated_micros,
-        deleted: w.deleted,
-        json: Vec::new(),
-    }
+    VersionedResource::written_head(w)
 }
 
 fn stale(resource_type: &str, id: &str, expected: u64, current: Option<u64>) -> FhirError {

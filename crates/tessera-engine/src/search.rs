@@ -8,8 +8,8 @@
 //! here, into explicit id lists of *visible* resources, before the outer query runs.
 
 use crate::access::Access;
-use crate::bundle::BundleWriter;
-use crate::guard::{Gate, Visibility};
+use crate::bundle::{Bundle, BundleWriter};
+use crate::guard::{Decided, Gate, Released, Visibility};
 use crate::residual::{residual, Residual};
 use crate::{Engine, FhirError};
 use serde_json::{json, Value as Json};
@@ -40,7 +40,7 @@ pub enum Scope<'a> {
 impl Engine {
     /// A search; `query` is the raw query string (or form body), `strict` follows
     /// `Prefer: handling=strict`.
-    pub async fn search(&self, access: &Access, scope: Scope<'_>, query: &str, strict: bool) -> Result<Vec<u8>, FhirError> {
+    pub async fn search(&self, access: &Access, scope: Scope<'_>, query: &str, strict: bool) -> Result<Bundle, FhirError> {
         let resource_type = match scope {
             Scope::Type(t) => t,
             Scope::Compartment { resource_type, .. } => Some(resource_type),
@@ -155,31 +155,33 @@ impl Engine {
                 q.limit = (count + 1 - page.len().min(count)).max(16);
                 let seqs = self.store().search(q).await?;
                 let exhausted = seqs.len() < q.limit;
-                for c in self.candidates(&seqs, *contained).await? {
+                for Candidate { cursor: at, decided_on, listed } in self.candidates(&seqs, *contained).await? {
                     if sorted {
                         next_offset += 1;
                     } else {
-                        next_cursor = Some(c.cursor);
+                        next_cursor = Some(at);
                     }
-                    let s = &c.decided_on;
-                    let through_container = tessera_store::search::container_of(c.cursor).is_some();
-                    if !meets(&residuals, s) || (through_container && access.require_scope(&s.resource_type, ScopeOp::Search).is_err()) {
+                    let through_container = tessera_store::search::container_of(at).is_some();
+                    if !meets(&residuals, &decided_on) || (through_container && access.require_scope(&decided_on.resource_type, ScopeOp::Search).is_err()) {
                         continue;
                     }
-                    match gate.visibility(s).await? {
-                        Visibility::Visible if page.len() == count => {
+                    match gate.release(decided_on).await? {
+                        Decided::Visible(_) if page.len() == count => {
                             more = true;
                             if sorted {
                                 next_offset -= 1;
                             }
                             break 'fill;
                         }
-                        Visibility::Visible => {
-                            page_cursors.push(c.cursor);
-                            page.push(c.listed.unwrap_or(c.decided_on));
+                        Decided::Visible(r) => {
+                            page_cursors.push(at);
+                            page.push(match listed {
+                                Some(l) => r.contained(l),
+                                None => r,
+                            });
                         }
-                        Visibility::BehindGlass => behind_glass += 1,
-                        Visibility::Hidden => {}
+                        Decided::BehindGlass => behind_glass += 1,
+                        Decided::Hidden => {}
                     }
                 }
                 if exhausted {
@@ -244,11 +246,10 @@ impl Engine {
                 }
             }
             entities.push(format!("{}/{}", s.resource_type, s.id));
-            let body = shape(&s.json, &request);
-            out.entry(Some(&format!("{base}/{}/{}", s.resource_type, s.id)), Some(&body), &[("search", json!({ "mode": mode }))]);
+            out.shaped(Some(&format!("{base}/{}/{}", s.resource_type, s.id)), s, |json| shape(json, &request), &[("search", json!({ "mode": mode }))]);
         }
         if behind_glass > 0 {
-            out.entry(None, Some(&suppressed_outcome()), &[("search", json!({"mode": "outcome"}))]);
+            out.generated(None, &suppressed_outcome(), &[("search", json!({"mode": "outcome"}))]);
         }
         if !request.warnings.is_empty() {
             let issues: Vec<tessera_fhir::Issue> = request
@@ -261,8 +262,7 @@ impl Engine {
                     expression: vec![w.param.clone()],
                 })
                 .collect();
-            let oo = serde_json::to_vec(&tessera_fhir::outcome::operation_outcome(&issues)).unwrap_or_default();
-            out.entry(None, Some(&oo), &[("search", json!({"mode": "outcome"}))]);
+            out.generated(None, &tessera_fhir::outcome::operation_outcome(&issues), &[("search", json!({"mode": "outcome"}))]);
         }
         let interaction = if resource_type.is_some() { "search-type" } else { "search-system" };
         let detail = if path.is_empty() { format!("?{query}") } else { format!("{path}?{query}") };
@@ -273,7 +273,7 @@ impl Engine {
 
     /// `GET Patient/[id]/$everything`: the patient and every resource of their compartment
     /// the subject may see, oldest first, paged by `_count` (with `_since` and `_type`).
-    pub async fn everything(&self, access: &Access, patient: &str, query: &str) -> Result<Vec<u8>, FhirError> {
+    pub async fn everything(&self, access: &Access, patient: &str, query: &str) -> Result<Bundle, FhirError> {
         access.require_scope("Patient", ScopeOp::Read)?;
         let mut since: Option<i64> = None;
         let mut types: Vec<String> = Vec::new();
@@ -301,14 +301,14 @@ impl Engine {
             gate.finish().await?;
             return Err(FhirError::not_found("Patient", patient));
         };
-        match gate.visibility(&person).await? {
-            Visibility::Visible => {}
+        let person = match gate.release(person).await? {
+            Decided::Visible(r) => r,
             v => {
                 gate.record_access("everything", false, &[format!("Patient/{patient}")], vec![patient.to_string()], None);
                 gate.finish().await?;
-                return Err(if v == Visibility::BehindGlass { crate::guard::behind_glass("Patient", patient) } else { FhirError::not_found("Patient", patient) });
+                return Err(if matches!(v, Decided::BehindGlass) { crate::guard::behind_glass("Patient", patient) } else { FhirError::not_found("Patient", patient) });
             }
-        }
+        };
         let mut q = IndexQuery::new(None);
         q.clauses.push(Clause { any: vec![Pred::Compartment(patient.to_string())], negate: false });
         if !types.is_empty() {
@@ -316,7 +316,7 @@ impl Engine {
         }
         q.sort.push(SortKey::LastUpdated { descending: false });
         q.before_seq = None;
-        let mut page: Vec<Stored> = Vec::new();
+        let mut page: Vec<Released> = Vec::new();
         let include_person = cursor.is_none() && (types.is_empty() || types.iter().any(|t| t == "Patient")) && since.is_none_or(|s| person.last_updated_micros >= s);
         if include_person {
             page.push(person.clone());
@@ -338,14 +338,14 @@ impl Engine {
                 if since.is_some_and(|t| s.last_updated_micros < t) {
                     continue;
                 }
-                match gate.visibility(&s).await? {
-                    Visibility::Visible if page.len() >= count => {
+                match gate.release(s).await? {
+                    Decided::Visible(_) if page.len() >= count => {
                         more = true;
                         break 'fill;
                     }
-                    Visibility::Visible => page.push(s),
-                    Visibility::BehindGlass => behind_glass += 1,
-                    Visibility::Hidden => {}
+                    Decided::Visible(r) => page.push(r),
+                    Decided::BehindGlass => behind_glass += 1,
+                    Decided::Hidden => {}
                 }
             }
             if exhausted {
@@ -367,10 +367,10 @@ impl Engine {
         let mut entities = Vec::with_capacity(page.len());
         for s in &page {
             entities.push(format!("{}/{}", s.resource_type, s.id));
-            out.entry(Some(&format!("{base}/{}/{}", s.resource_type, s.id)), Some(&s.json), &[("search", json!({"mode": "match"}))]);
+            out.resource(Some(&format!("{base}/{}/{}", s.resource_type, s.id)), s, &[("search", json!({"mode": "match"}))]);
         }
         if behind_glass > 0 {
-            out.entry(None, Some(&suppressed_outcome()), &[("search", json!({"mode": "outcome"}))]);
+            out.generated(None, &suppressed_outcome(), &[("search", json!({"mode": "outcome"}))]);
         }
         gate.record_access("everything", true, &entities, vec![patient.to_string()], Some(query));
         gate.finish().await?;
@@ -652,11 +652,11 @@ impl Engine {
         residuals: &[Residual],
         offset: usize,
         count: usize,
-    ) -> Result<(Vec<Stored>, usize, bool), FhirError> {
+    ) -> Result<(Vec<Released>, usize, bool), FhirError> {
         let mut q = q.clone();
         q.before_seq = None;
         q.limit = 1000;
-        let mut found: Vec<(f64, Stored)> = Vec::new();
+        let mut found: Vec<(f64, Released)> = Vec::new();
         let mut behind_glass = 0;
         let mut seen = 0;
         loop {
@@ -668,10 +668,10 @@ impl Engine {
                     continue;
                 }
                 let distance = residuals.iter().find_map(|r| r.distance_km(&json)).unwrap_or(f64::MAX);
-                match gate.visibility(&s).await? {
-                    Visibility::Visible => found.push((distance, s)),
-                    Visibility::BehindGlass => behind_glass += 1,
-                    Visibility::Hidden => {}
+                match gate.release(s).await? {
+                    Decided::Visible(r) => found.push((distance, r)),
+                    Decided::BehindGlass => behind_glass += 1,
+                    Decided::Hidden => {}
                 }
             }
             seen += seqs.len();
@@ -859,13 +859,13 @@ impl Engine {
     }
 
     /// `_include` and `_revinclude` targets of `page` that the subject may see.
-    async fn includes(&self, gate: &mut Gate<'_>, request: &SearchRequest, page: &[Stored]) -> Result<Vec<Stored>, FhirError> {
-        let mut out: Vec<Stored> = Vec::new();
+    async fn includes(&self, gate: &mut Gate<'_>, request: &SearchRequest, page: &[Released]) -> Result<Vec<Released>, FhirError> {
+        let mut out: Vec<Released> = Vec::new();
         if request.includes.is_empty() || page.is_empty() {
             return Ok(out);
         }
         let mut seen: std::collections::HashSet<(String, String)> = page.iter().map(|s| (s.resource_type.clone(), s.id.clone())).collect();
-        let mut frontier: Vec<Stored> = page.to_vec();
+        let mut frontier: Vec<Released> = page.to_vec();
         for depth in 0..=MAX_ITERATE {
             let mut found: Vec<Stored> = Vec::new();
             for inc in &request.includes {
@@ -917,9 +917,9 @@ impl Engine {
                 if s.deleted || !seen.insert((s.resource_type.clone(), s.id.clone())) {
                     continue;
                 }
-                if gate.visibility(&s).await? == Visibility::Visible {
-                    next.push(s.clone());
-                    out.push(s);
+                if let Decided::Visible(r) = gate.release(s).await? {
+                    next.push(r.clone());
+                    out.push(r);
                 }
             }
             if next.is_empty() || !request.includes.iter().any(|i| i.iterate) {
@@ -1033,14 +1033,14 @@ fn query_errors(errors: Vec<query::QueryError>) -> FhirError {
     FhirError::invalid(issues)
 }
 
-fn suppressed_outcome() -> Vec<u8> {
+fn suppressed_outcome() -> Json {
     let oo = tessera_fhir::outcome::operation_outcome(&[tessera_fhir::Issue {
         severity: tessera_fhir::IssueSeverity::Information,
         code: IssueType::Suppressed,
         diagnostics: "more results exist but are protected: break the glass for the patient to view them".into(),
         expression: Vec::new(),
     }]);
-    serde_json::to_vec(&oo).expect("outcome serialises")
+    oo
 }
 
 /// The resource as `_elements` / `_summary=data` ask (marked `SUBSETTED`).

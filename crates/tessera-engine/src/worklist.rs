@@ -9,7 +9,7 @@ use tessera_auth::ScopeOp;
 impl Engine {
     /// `GET Location/[id]/$worklist[?kind=encounter|appointment]`: the ongoing encounters
     /// (or appointments) at a location that this subject may see, as a searchset.
-    pub async fn worklist(&self, access: &Access, location: &str, kind: &str) -> Result<Vec<u8>, FhirError> {
+    pub async fn worklist(&self, access: &Access, location: &str, kind: &str) -> Result<crate::bundle::Bundle, FhirError> {
         let resource_type = match kind {
             "encounter" => "Encounter",
             "appointment" => "Appointment",

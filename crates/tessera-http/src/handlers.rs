@@ -36,7 +36,7 @@ fn http_date(micros: i64) -> HeaderValue {
 fn version_headers(r: &mut Response, v: &VersionedResource) {
     let h = r.headers_mut();
     h.insert(header::ETAG, HeaderValue::from_str(&v.etag()).expect("etag is ascii"));
-    h.insert(header::LAST_MODIFIED, http_date(v.last_updated_micros));
+    h.insert(header::LAST_MODIFIED, http_date(v.last_updated_micros()));
 }
 
 fn negotiate(headers: &HeaderMap, query: &Option<String>) -> Result<()> {
@@ -118,7 +118,7 @@ fn write_response(state: &AppState, outcome: WriteOutcome, prefer: Option<Return
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::OK);
     let v = &outcome.resource;
     let mut r = match prefer.unwrap_or_default() {
-        ReturnPreference::Representation => fhir(status, v.json.clone()),
+        ReturnPreference::Representation => fhir(status, v.json().to_vec()),
         ReturnPreference::Minimal => {
             let mut r = Response::new(Body::empty());
             *r.status_mut() = status;
@@ -160,12 +160,12 @@ fn resource_response(headers: &HeaderMap, v: VersionedResource) -> Response {
     }
     let mut r = fhir(StatusCode::OK, Vec::new());
     version_headers(&mut r, &v);
-    *r.body_mut() = Body::from(v.json);
+    *r.body_mut() = Body::from(v.into_json());
     r
 }
 
 pub async fn healthz(State(state): State<AppState>) -> Response {
-    match state.engine.store().get_meta("schema").await {
+    match state.engine.health().await {
         Ok(_) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], format!(r#"{{"status":"unavailable","error":{:?}}}"#, e.to_string())).into_response(),
     }
@@ -298,13 +298,13 @@ pub async fn search(State(state): State<AppState>, Extension(access): Extension<
     try_or_respond!(negotiate(&headers, &q));
     if ty == "AuditEvent" {
         return match state.engine.audit_search(&access, q.as_deref().unwrap_or("")).await {
-            Ok(b) => fhir(StatusCode::OK, b),
+            Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
             Err(e) => error(e),
         };
     }
     let strict = strict_handling(&headers);
     match state.engine.search(&access, Scope::Type(Some(&ty)), q.as_deref().unwrap_or(""), strict).await {
-        Ok(b) => fhir(StatusCode::OK, b),
+        Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
         Err(e) => error(e),
     }
 }
@@ -314,7 +314,7 @@ pub async fn system_search(State(state): State<AppState>, Extension(access): Ext
     try_or_respond!(negotiate(&headers, &q));
     let strict = strict_handling(&headers);
     match state.engine.search(&access, Scope::Type(None), q.as_deref().unwrap_or(""), strict).await {
-        Ok(b) => fhir(StatusCode::OK, b),
+        Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
         Err(e) => error(e),
     }
 }
@@ -342,7 +342,7 @@ pub async fn search_post(State(state): State<AppState>, Extension(access): Exten
     }
     let strict = strict_handling(&headers);
     match state.engine.search(&access, Scope::Type(Some(&ty)), &query, strict).await {
-        Ok(b) => fhir(StatusCode::OK, b),
+        Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
         Err(e) => error(e),
     }
 }
@@ -354,7 +354,7 @@ async fn history(state: &AppState, access: &Access, ty: Option<&str>, id: Option
         Err(e) => return error(e),
     };
     match state.engine.history(access, ty, id, &params).await {
-        Ok(b) => fhir(StatusCode::OK, b),
+        Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
         Err(e) => error(e),
     }
 }
@@ -387,7 +387,7 @@ pub async fn bundle(State(state): State<AppState>, Extension(access): Extension<
         return error(FhirError::bad_request("the request has no body"));
     }
     match state.engine.bundle_json(&access, &body, prefer_return(&headers)).await {
-        Ok(b) => fhir(StatusCode::OK, b),
+        Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
         Err(e) => error(e),
     }
 }
@@ -422,25 +422,25 @@ pub async fn instance_operation(
         }
         ("Patient", "$access-log", "GET") => {
             match state.engine.access_log(&access, &id, q.as_deref().unwrap_or("")).await {
-                Ok(b) => fhir(StatusCode::OK, b),
+                Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
                 Err(e) => error(e),
             }
         }
         ("Patient", "$everything", "GET") => match state.engine.everything(&access, &id, q.as_deref().unwrap_or("")).await {
-            Ok(b) => fhir(StatusCode::OK, b),
+            Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
             Err(e) => error(e),
         },
         ("Patient", compartment_type, "GET") if tessera_fhir::definitions::is_resource_type(compartment_type) => {
             let scope = Scope::Compartment { patient: &id, resource_type: compartment_type };
             match state.engine.search(&access, scope, q.as_deref().unwrap_or(""), strict_handling(&headers)).await {
-                Ok(b) => fhir(StatusCode::OK, b),
+                Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
                 Err(e) => error(e),
             }
         }
         ("Location", "$worklist", "GET") => {
             let kind = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).find(|(k, _)| k == "kind").map(|(_, v)| v.into_owned()).unwrap_or_else(|| "encounter".into());
             match state.engine.worklist(&access, &id, &kind).await {
-                Ok(b) => fhir(StatusCode::OK, b),
+                Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
                 Err(e) => error(e),
             }
         }

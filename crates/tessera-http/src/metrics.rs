@@ -75,7 +75,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
     }
     // The store's counters live in the store; append them before the end marker.
     let body = text.trim_end().strip_suffix("# EOF").unwrap_or(&text).to_string();
-    let m = state.engine.store().metrics();
+    let m = state.engine.store_metrics();
     let mut out = body;
     for (name, help, value) in [
         ("tessera_store_commit_batches", "Database transactions committed by the group-commit writer", m.commit_batches.load(Ordering::Relaxed)),

@@ -32,7 +32,7 @@ pub async fn load(engine: &Engine, access: &Access, source: &Source, progress: &
         loop {
             // The engine parses the transaction entry by entry from the text itself.
             match engine.bundle_json(access, &bytes, Some(ReturnPreference::Minimal)).await {
-                Ok(response) => match entry_results(&response) {
+                Ok(response) => match entry_results(response.as_bytes()) {
                     Ok(results) => break results.into_iter().map(|r| r.map_err(|(_, message)| message)).collect(),
                     Err(message) => return FileOutcome::failed(vec![error(None, message)]),
                 },

@@ -55,10 +55,10 @@ pub async fn batch(engine: &Engine, access: &Access, entries: Vec<Value>) -> Vec
 }
 
 /// Each entry's result from the engine's answer to a batch of `n` entries.
-fn answer(response: Result<Vec<u8>, FhirError>, n: usize) -> Vec<EntryResult> {
+fn answer(response: Result<tessera_engine::bundle::Bundle, FhirError>, n: usize) -> Vec<EntryResult> {
     let all = |status: u16, message: String| (0..n).map(|_| Err((status, message.clone()))).collect();
     match response {
-        Ok(body) => match entry_results(&body) {
+        Ok(body) => match entry_results(body.as_bytes()) {
             Ok(results) if results.len() == n => results,
             Ok(results) => all(0, format!("the engine answered {} entries for {n}", results.len())),
             Err(message) => all(0, message),

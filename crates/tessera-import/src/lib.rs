@@ -212,7 +212,7 @@ async fn load_file(engine: Engine, access: Access, source: files::Source, progre
         }
     };
     let done_key = files::done_key(&identity);
-    if engine.store().get_meta(&done_key).await?.is_some() {
+    if engine.setting(&done_key).await?.is_some() {
         return Ok(FileResult { outcome: None });
     }
     let outcome = match source.kind {
@@ -220,7 +220,7 @@ async fn load_file(engine: Engine, access: Access, source: files::Source, progre
         files::Kind::Ndjson => ndjson::load(&engine, &access, &source, &identity, &progress).await,
     };
     if outcome.complete {
-        if let Err(e) = engine.store().set_meta(&done_key, &outcome.resources.to_string()).await {
+        if let Err(e) = engine.set_setting(&done_key, &outcome.resources.to_string()).await {
             tracing::warn!(file = %source.path.display(), error = %e, "cannot record the file as imported");
         }
     }

@@ -34,7 +34,7 @@ type Batch = Result<Vec<Line>, String>;
 pub async fn load(engine: &Engine, access: &Access, source: &Source, identity: &str, progress: &ProgressBar) -> FileOutcome {
     let error = |entry: Option<usize>, message: String| ImportError { file: source.path.clone(), entry, message };
     let line_key = files::line_key(identity);
-    let resume_after = match engine.store().get_meta(&line_key).await {
+    let resume_after = match engine.setting(&line_key).await {
         Ok(value) => value.and_then(|v| v.parse::<usize>().ok()).unwrap_or(0),
         Err(e) => return FileOutcome::failed(vec![error(None, format!("cannot read the import progress: {e}"))]),
     };
@@ -72,7 +72,7 @@ pub async fn load(engine: &Engine, access: &Access, source: &Source, identity: &
         let stored = commit(engine, access, entries, &numbers, &mut |number, message| outcome.errors.push(error(Some(number), message))).await;
         outcome.resources += stored;
         progress.inc(stored);
-        if let Err(e) = engine.store().set_meta(&line_key, &last.to_string()).await {
+        if let Err(e) = engine.set_setting(&line_key, &last.to_string()).await {
             tracing::warn!(file = %source.path.display(), error = %e, "cannot record the import progress");
         }
     }

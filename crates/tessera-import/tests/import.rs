@@ -19,7 +19,7 @@ fn engine(dir: &Path) -> Engine {
 }
 
 async fn current_resources(engine: &Engine) -> u64 {
-    engine.store().stats().await.unwrap().current_resources
+    engine.stats().await.unwrap().current_resources
 }
 
 /// The hospital and practitioner bundles and the smallest patient bundle.
@@ -161,7 +161,7 @@ async fn resumes_ndjson_after_the_recorded_line() {
             format!("{}.{:09}", m.as_secs(), m.subsec_nanos())
         }
     );
-    engine.store().set_meta(&identity_key, "4").await.unwrap();
+    engine.set_setting(&identity_key, "4").await.unwrap();
     let summary = run(&engine, &[dir.path().to_path_buf()], &Options::default()).await.unwrap();
     assert!(summary.errors.is_empty(), "{summary}");
     assert_eq!(summary.resources, 6);

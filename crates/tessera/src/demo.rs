@@ -9,7 +9,7 @@ use tessera_engine::{Access, Engine};
 const MARKER: &str = "demo.loaded";
 
 pub async fn load(engine: &Engine) -> anyhow::Result<()> {
-    if engine.store().get_meta(MARKER).await?.is_some() {
+    if engine.setting(MARKER).await?.is_some() {
         tracing::info!("demo domain already loaded");
         return Ok(());
     }
@@ -24,7 +24,7 @@ pub async fn load(engine: &Engine) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("demo record of {site}: {e}"))?;
     }
-    engine.store().set_meta(MARKER, "1").await?;
+    engine.set_setting(MARKER, "1").await?;
     tracing::info!("demo domain loaded: see docs/demo-domain.md for users and passwords");
     Ok(())
 }

@@ -387,13 +387,13 @@ async fn open_engine(args: &StoreArgs, config: EngineConfig) -> anyhow::Result<(
     let engine = Engine::new(store, config);
     engine.load_domain().await.map_err(|e| anyhow::anyhow!("cannot load the domain: {e}"))?;
     const SECRET_KEY: &str = "auth.signing-secret";
-    let secret = match engine.store().get_meta(SECRET_KEY).await? {
+    let secret = match engine.setting(SECRET_KEY).await? {
         Some(s) => s,
         None => {
             let s = tessera_auth::Authenticator::encode_secret(&tessera_auth::Authenticator::generate_secret());
-            engine.store().set_meta(SECRET_KEY, &s).await?;
+            engine.set_setting(SECRET_KEY, &s).await?;
             // Another process may have raced us: use whatever is stored now.
-            engine.store().get_meta(SECRET_KEY).await?.unwrap_or(s)
+            engine.setting(SECRET_KEY).await?.unwrap_or(s)
         }
     };
     let auth = tessera_auth::Authenticator::from_base64(&secret).map_err(|e| anyhow::anyhow!("the stored signing key is not valid: {e}"))?;
@@ -481,7 +481,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     http.max_body_bytes = args.max_body_bytes;
     let router = tessera_http::router(engine.clone(), http);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    tracing::info!(backend = engine.store().backend(), %base_url, "Tessera is serving FHIR R4");
+    tracing::info!(backend = engine.backend(), %base_url, "Tessera is serving FHIR R4");
     tessera_http::serve(listener, router, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -233,7 +233,7 @@ async fn format_negotiation(s: &Server) {
 }
 
 async fn invalid_resources_are_refused_and_not_stored(s: &Server) {
-    let before = s.engine.store().stats().await.unwrap().versions;
+    let before = s.engine.stats().await.unwrap().versions;
     let cases = [
         (json!({"resourceType": "Patient", "birthDate": "1970-13-45"}), "Patient.birthDate"),
         (json!({"resourceType": "Patient", "nonsense": true}), "Patient.nonsense"),
@@ -249,7 +249,7 @@ async fn invalid_resources_are_refused_and_not_stored(s: &Server) {
         let exprs: Vec<String> = oo["issue"].as_array().unwrap().iter().flat_map(|i| i["expression"].as_array().cloned().unwrap_or_default()).map(|e| e.as_str().unwrap().to_string()).collect();
         assert!(exprs.iter().any(|e| e == expr), "{expr} not in {exprs:?}");
     }
-    assert_eq!(s.engine.store().stats().await.unwrap().versions, before, "nothing stored");
+    assert_eq!(s.engine.stats().await.unwrap().versions, before, "nothing stored");
 }
 
 async fn transaction_resolves_references_and_is_atomic(s: &Server) {
@@ -276,7 +276,7 @@ async fn transaction_resolves_references_and_is_atomic(s: &Server) {
     assert_eq!(obs["subject"]["reference"], format!("Patient/{pat_id}"));
 
     // One invalid entry: nothing of the transaction is stored, and the error names it.
-    let before = s.engine.store().stats().await.unwrap().versions;
+    let before = s.engine.stats().await.unwrap().versions;
     let bad = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": patient("Mu"), "request": {"method": "POST", "url": "Patient"}},
         {"resource": {"resourceType": "Patient", "birthDate": "not-a-date"}, "request": {"method": "POST", "url": "Patient"}}
@@ -296,7 +296,7 @@ async fn transaction_resolves_references_and_is_atomic(s: &Server) {
          "request": {"method": "POST", "url": "Observation"}}
     ]});
     assert_eq!(s.post("", &dangling).await.status, 400);
-    assert_eq!(s.engine.store().stats().await.unwrap().versions, before, "failed transactions store nothing");
+    assert_eq!(s.engine.stats().await.unwrap().versions, before, "failed transactions store nothing");
 }
 
 async fn transaction_conditional_references(s: &Server) {

@@ -461,7 +461,7 @@ async fn no_break_glass_into_a_very_restricted_patient(s: &Server) {
     assert_eq!(oo["resourceType"], "OperationOutcome");
     assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("very restricted"), "{oo}");
     // Nothing granted, nothing opened.
-    assert_eq!(s.engine.store().get_meta("break-glass/dr.murphy/vera-stone").await.unwrap(), None);
+    assert_eq!(s.store.get_meta("break-glass/dr.murphy/vera-stone").await.unwrap(), None);
     assert_ne!(s.request_as(&murphy, "GET", "Patient/vera-stone", None).await.status, 200);
     assert_eq!(s.engine.break_glass_total(), 0, "no grant counted");
     // The attempt is in the review queue, as a failure.
@@ -500,5 +500,5 @@ async fn no_break_glass_into_a_very_restricted_patient(s: &Server) {
     let sealed = s.user_token("dr.murphy", Some("sealed-records-doctor"), Some("rx2-southbank-hc"), Some("rx2-diabetes-clinic"));
     let r = s.request_as(&sealed, "POST", "Patient/vera-stone/$break-glass", Some(&params("ETREAT", "Collapsed in clinic"))).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert!(s.engine.store().get_meta("break-glass/dr.murphy/vera-stone").await.unwrap().is_some());
+    assert!(s.store.get_meta("break-glass/dr.murphy/vera-stone").await.unwrap().is_some());
 }

@@ -384,10 +384,10 @@ async fn writes_respect_role_and_ownership(s: &Server) {
     let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/tom-hughes"}}, "request": {"method": "POST", "url": "Observation"}},
         {"request": {"method": "DELETE", "url": "Observation/obs-tom-hr"}}]});
-    let before = s.engine.store().stats().await.unwrap().versions;
+    let before = s.engine.stats().await.unwrap().versions;
     let r = s.request_as(&murphy, "POST", "", Some(&serde_json::to_vec(&tx).unwrap())).await;
     assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(s.engine.store().stats().await.unwrap().versions, before, "nothing of the refused transaction is stored");
+    assert_eq!(s.engine.stats().await.unwrap().versions, before, "nothing of the refused transaction is stored");
     // Roles: a receptionist cannot write clinical data; a researcher cannot register patients.
     let ali = token(s, ALI);
     assert_eq!(s.request_as(&ali, "POST", "Observation", Some(&obs(None))).await.status, 403);
@@ -405,7 +405,7 @@ async fn writes_respect_role_and_ownership(s: &Server) {
     let r = s.request_as(&carter, "GET", "/admin/domain", None).await;
     assert_eq!(r.status, 200);
     assert!(!String::from_utf8_lossy(&r.body).contains("argon2"), "no password hashes leave the server");
-    let audited = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/domain.carter".into()), limit: 10, ..Default::default() }).await.unwrap();
+    let audited = s.store.audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/domain.carter".into()), limit: 10, ..Default::default() }).await.unwrap();
     assert!(audited.iter().any(|a| a.action == "domain-read"), "reading the domain configuration is audited");
 }
 
@@ -437,11 +437,11 @@ async fn tokens_are_required(s: &Server) {
 async fn audit_trail(s: &Server) {
     load_demo(s).await;
     let patel = token(s, PATEL);
-    let before = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap().len();
+    let before = s.store.audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap().len();
     assert_eq!(s.request_as(&patel, "GET", "Observation/obs-jane-hr", None).await.status, 200);
     assert_eq!(s.request_as(&patel, "GET", "Condition/cond-daniel-psy", None).await.status, 404);
     s.request_as(&patel, "GET", "Patient?_id=jane-smith", None).await;
-    let after = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap();
+    let after = s.store.audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap();
     assert_eq!(after.len(), before + 3, "every read, failed read and search is audited");
     assert!(after.iter().any(|r| r.patients.contains(&"daniel-okafor".to_string()) || String::from_utf8_lossy(&r.event).contains("cond-daniel-psy")), "the failed access is recorded");
     // A search through a List records the search and the List it used.
@@ -449,9 +449,9 @@ async fn audit_trail(s: &Server) {
         "entry": [{"item": {"reference": "Observation/obs-jane-hr"}}]})).unwrap())).await;
     assert_eq!(list.status, 201);
     let list_id = list.json()["id"].as_str().unwrap().to_string();
-    let mark = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap().len();
+    let mark = s.store.audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap().len();
     assert_eq!(s.request_as(&patel, "GET", &format!("Observation?_list={list_id}"), None).await.status, 200);
-    let records = s.engine.store().audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap();
+    let records = s.store.audit_query(&tessera_store::AuditQuery { user: Some("Practitioner/dr.patel".into()), limit: 10_000, ..Default::default() }).await.unwrap();
     assert_eq!(records.len(), mark + 2, "the search and the List it read");
     assert!(records.iter().any(|r| String::from_utf8_lossy(&r.event).contains(&format!("List/{list_id}"))), "the List is named");
     // The patient's access log (privacy officer) names who looked.
@@ -461,7 +461,7 @@ async fn audit_trail(s: &Server) {
     assert!(String::from_utf8_lossy(&log.body).contains("dr.patel"));
     assert_eq!(s.request_as(&patel, "GET", "Patient/jane-smith/$access-log", None).await.status, 403);
     // The chain verifies.
-    let report = tessera_audit::verify(s.engine.store().as_ref()).await.unwrap();
+    let report = tessera_audit::verify(s.store.as_ref()).await.unwrap();
     assert!(report.problem.is_none(), "{}", report.summary());
     assert!(report.records > 10);
 }

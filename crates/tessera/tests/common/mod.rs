@@ -13,6 +13,8 @@ use tessera_engine::{Engine, EngineConfig};
 pub struct Server {
     pub base: String,
     pub engine: Engine,
+    /// The store under the engine: tests inspect the audit log and counts directly.
+    pub store: tessera_store::DynStore,
     pub auth: Arc<tessera_auth::Authenticator>,
     /// A system token (`system/*.*`, acting for the domain's first organisation), sent
     /// with every request that does not carry its own Authorization header.
@@ -70,7 +72,7 @@ pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<Server
     let base = format!("http://{addr}/fhir");
     let mut config = config;
     config.base_url = base.clone();
-    let engine = Engine::new(store, config);
+    let engine = Engine::new(store.clone(), config);
     engine.load_domain().await.unwrap();
     let auth = Arc::new(tessera_auth::Authenticator::new(&tessera_auth::Authenticator::generate_secret()));
     let system_token = auth.issue_system_token("system", "tessera", "system/*.*", tessera_auth::now(), 60);
@@ -82,7 +84,7 @@ pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<Server
         let _ = rx.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http();
-    Some(Server { base, engine, auth, system_token, client, shutdown: Some(tx), _dir: dir })
+    Some(Server { base, engine, store, auth, system_token, client, shutdown: Some(tx), _dir: dir })
 }
 
 impl Drop for Server {
