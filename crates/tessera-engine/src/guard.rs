@@ -271,16 +271,23 @@ impl<'a> Gate<'a> {
                 facts.dissents_from_sharing = true;
                 continue;
             }
-            let org = link.organisation.as_deref().or_else(|| link.location.as_deref().and_then(|l| self.domain.location(l)).map(|l| l.organisation.as_str()));
-            // Systems act for their whole trust; site-level users without locations too.
-            let by_org = org.is_some_and(|o| {
-                self.domain.trust_of(o) == subject_trust
-                    && (self.access.kind == AccessKind::System || (site_level && self.access.locations.is_empty()))
-            });
-            let by_location = link.location.as_ref().is_some_and(|l| self.access.locations.contains(l));
-            let by_site = site_level && org.is_some_and(|o| o == self.access.organisation);
+            if facts.relationship {
+                continue; // only dissent is still to be found
+            }
             let by_person = link.practitioner.as_deref().is_some_and(|p| self.access.kind == AccessKind::User && p == self.access.subject);
-            if by_org || by_location || by_site || by_person {
+            let by_location = link.location.as_ref().is_some_and(|l| self.access.locations.contains(l));
+            if by_person || by_location {
+                facts.relationship = true;
+                continue;
+            }
+            // Systems act for their whole trust; site-level users without locations too.
+            let trust_wide = self.access.kind == AccessKind::System || (site_level && self.access.locations.is_empty());
+            if !site_level && !trust_wide {
+                continue;
+            }
+            let org = link.organisation.as_deref().or_else(|| link.location.as_deref().and_then(|l| self.domain.location(l)).map(|l| l.organisation.as_str()));
+            let by_site = site_level && org.is_some_and(|o| o == self.access.organisation);
+            if by_site || (trust_wide && org.is_some_and(|o| self.domain.trust_of(o) == subject_trust)) {
                 facts.relationship = true;
             }
         }
@@ -310,7 +317,8 @@ impl<'a> Gate<'a> {
     /// [`Gate::read_decision`] by the policy alone: for writes, whose scope is checked as a
     /// write (a write-only interface may change what its organisation owns).
     async fn policy_read_decision(&mut self, s: &Stored) -> Result<Decision, FhirError> {
-        if !self.enforced() {
+        // The bootstrap account is unrestricted: no facts to gather.
+        if !self.enforced() || self.access.is_domain_bootstrap() {
             return Ok(Decision::Permit);
         }
         let facts = meta_facts(&s.json);
