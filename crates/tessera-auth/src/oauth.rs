@@ -120,7 +120,8 @@ fn client_credentials_grant(domain: &Domain, form: &Form, basic: Option<(&str, &
         },
     };
     const REFUSED: &str = "client authentication failed: unknown client or wrong secret";
-    let Some(account) = domain.service_account(client_id) else {
+    // The built-in system account is the domain's bootstrap: never issued over HTTP.
+    let Some(account) = domain.service_account(client_id).filter(|a| a.id != tessera_domain::SYSTEM_ACCOUNT) else {
         verify_against_dummy(secret);
         return Err(OAuthError::invalid_client(REFUSED));
     };

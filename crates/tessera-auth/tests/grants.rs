@@ -158,6 +158,8 @@ fn client_credentials_refusals() {
     assert_eq!(cc(&[], Some(("unknown", LAB_SECRET))).unwrap_err(), wrong);
     assert_eq!(cc(&[], Some(("no-secret", ""))).unwrap_err(), wrong);
     assert_eq!(cc(&[("client_id", "no-secret"), ("client_secret", "anything")], None).unwrap_err(), wrong);
+    // The domain's bootstrap account is never issued over HTTP, whatever its configuration.
+    assert_eq!(cc(&[], Some(("system", LAB_SECRET))).unwrap_err(), wrong);
     // A user's password is not a client secret.
     assert_eq!(cc(&[("client_id", "dr.patel"), ("client_secret", PATEL_PASSWORD)], None).unwrap_err(), wrong);
     assert_error(cc(&[], None), OAuthErrorCode::InvalidClient, "client authentication is required");

@@ -92,10 +92,14 @@ impl Engine {
             return Some(AuditView::Full);
         }
         let domain = self.domain();
-        let allowed = match access.kind {
-            AccessKind::System => access.scopes.allows("AuditEvent", tessera_auth::ScopeOp::Read),
-            AccessKind::User => access.role.as_deref().and_then(|r| domain.role(r)).and_then(|r| r.permissions.get(&DataClass::Audit)).is_some_and(|p| p.read),
-        };
+        // The token's scopes must cover AuditEvent reads (a scope narrows, never widens);
+        // a user's role must also read the audit class.
+        let scoped = access.scopes.allows("AuditEvent", tessera_auth::ScopeOp::Read) || access.scopes.allows("AuditEvent", tessera_auth::ScopeOp::Search);
+        let allowed = scoped
+            && match access.kind {
+                AccessKind::System => true,
+                AccessKind::User => access.role.as_deref().and_then(|r| domain.role(r)).and_then(|r| r.permissions.get(&DataClass::Audit)).is_some_and(|p| p.read),
+            };
         allowed.then(|| AuditView::Trust { organisation: access.organisation.clone(), trust: domain.trust_of(&access.organisation).to_string() })
     }
 

@@ -201,6 +201,12 @@ async fn check_paths(s: &Server, t: &str, row: &str, reference: &str, expected: 
             assert_eq!(total, u64::from(expected == V::Yes), "{path} total: {row}");
         }
     }
+    // searches on the resource's own labels and dates: the same view
+    for extra in ["_security:not=urn:tessera:test|none", "_lastUpdated=gt2000-01-01"] {
+        let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&{extra}&_total=accurate"), None).await.json();
+        assert_eq!(ids_in(&b, reference), expected == V::Yes, "{extra}: {row}");
+        assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "{extra} total: {row}");
+    }
     // full search: _total and _summary=count count only what may be seen
     for extra in ["_total=accurate", "_summary=count"] {
         let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&{extra}"), None).await.json();
@@ -287,6 +293,8 @@ async fn check_paths(s: &Server, t: &str, row: &str, reference: &str, expected: 
             assert_eq!(ids_in(&b, reference), shown && patient_visible, "_revinclude: {row}");
             let b = s.request_as(&t, "GET", &format!("Patient?_id={pid}&_has:{ty}:patient:_id={id}"), None).await.json();
             assert_eq!(ids_in(&b, &format!("Patient/{pid}")), shown && patient_visible, "_has: {row}");
+            let b = s.request_as(&t, "GET", &format!("{ty}?patient=Patient/{pid}&_count=1000"), None).await.json();
+            assert_eq!(ids_in(&b, reference), shown, "reference search: {row}");
             let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&patient._id={pid}"), None).await.json();
             assert_eq!(ids_in(&b, reference), shown && patient_visible, "chain: {row}");
             let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&_include={ty}:patient"), None).await.json();
@@ -772,6 +780,12 @@ async fn scopes_narrow_every_path(s: &Server) {
             let ty = e["resource"]["resourceType"].as_str().unwrap_or("");
             assert!(ty == "Patient" || ty == "OperationOutcome", "{path} lists a {ty} beyond the scopes");
         }
+    }
+    // The audit trail is an operation like any other: the privacy officer's scopes must cover it.
+    let walsh = s.auth.issue_user_token(&s.engine.domain(), "privacy.walsh", Some("privacy-officer"), Some("rx1"), None, Some("user/Patient.rs"), tessera_auth::now()).unwrap();
+    for path in ["AuditEvent?purpose=BTG", "Patient/jane-smith/$access-log"] {
+        assert_eq!(s.request_as(&walsh, "GET", path, None).await.status, 403, "{path} beyond the scopes");
+        assert_eq!(s.request_as(&token(s, WALSH), "GET", path, None).await.status, 200, "{path} within the scopes");
     }
     for kind in ["batch", "transaction"] {
         let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": [{"request": {"method": "GET", "url": "Observation/obs-jane-hr"}}, {"request": {"method": "GET", "url": "Observation?_id=obs-jane-hr"}}]});
