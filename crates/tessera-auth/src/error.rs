@@ -53,6 +53,9 @@ pub enum OAuthErrorCode {
     UnauthorizedClient,
     UnsupportedGrantType,
     InvalidScope,
+    /// Too many failed attempts from the client's address: retry later (HTTP 429 with
+    /// `Retry-After`). The code is RFC 8628's (OAuth Extensions Error Registry).
+    SlowDown,
 }
 
 impl OAuthErrorCode {
@@ -64,13 +67,16 @@ impl OAuthErrorCode {
             OAuthErrorCode::UnauthorizedClient => "unauthorized_client",
             OAuthErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             OAuthErrorCode::InvalidScope => "invalid_scope",
+            OAuthErrorCode::SlowDown => "slow_down",
         }
     }
 
-    /// The HTTP status to answer with: 401 for `invalid_client`, 400 otherwise.
+    /// The HTTP status to answer with: 401 for `invalid_client`, 429 for `slow_down`, 400
+    /// otherwise.
     pub fn status(self) -> u16 {
         match self {
             OAuthErrorCode::InvalidClient => 401,
+            OAuthErrorCode::SlowDown => 429,
             _ => 400,
         }
     }
@@ -116,7 +122,11 @@ impl OAuthError {
         Self::new(OAuthErrorCode::InvalidScope, description)
     }
 
-    /// The HTTP status: 401 for `invalid_client`, 400 otherwise.
+    pub fn slow_down(description: impl Into<String>) -> Self {
+        Self::new(OAuthErrorCode::SlowDown, description)
+    }
+
+    /// The HTTP status: 401 for `invalid_client`, 429 for `slow_down`, 400 otherwise.
     pub fn status(&self) -> u16 {
         self.error.status()
     }

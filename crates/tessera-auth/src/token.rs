@@ -61,6 +61,14 @@ pub struct Claims {
     pub patient: Option<String>,
     /// Display name of the subject.
     pub name: String,
+    /// The sign-in session the token was issued in (password, refresh and context-switch
+    /// grants; see [`crate::Session`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The session's context generation at issue: a context switch starts the next one, and
+    /// tokens of an earlier one are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctx: Option<u32>,
 }
 
 impl Claims {
@@ -165,6 +173,13 @@ impl Authenticator {
     /// Verifies a token's signature, issuer and expiry at `now` (Unix seconds), and returns
     /// its claims.
     pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, AuthError> {
+        self.verify_detailed(token, now).map_err(|(e, _)| e)
+    }
+
+    /// As [`Authenticator::verify_at`]; when the signature is good but the token is refused
+    /// (expired, another issuer), the error comes with the token's claims, so that the refusal
+    /// can name whose token it was.
+    pub fn verify_detailed(&self, token: &str, now: u64) -> Result<Claims, (AuthError, Option<Box<Claims>>)> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature => AuthError::BadSignature,
             ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
@@ -175,13 +190,14 @@ impl Authenticator {
             ErrorKind::Json(e) => AuthError::Malformed(format!("bad claims: {e}")),
             ErrorKind::Utf8(e) => AuthError::Malformed(format!("not UTF-8: {e}")),
             _ => AuthError::Malformed(e.to_string()),
-        })?;
+        })
+        .map_err(|e| (e, None))?;
         let claims = data.claims;
         if claims.iss != ISSUER {
-            return Err(AuthError::WrongIssuer(claims.iss));
+            return Err((AuthError::WrongIssuer(claims.iss.clone()), Some(Box::new(claims))));
         }
         if now >= claims.exp {
-            return Err(AuthError::Expired { expired_at: claims.exp, now });
+            return Err((AuthError::Expired { expired_at: claims.exp, now }, Some(Box::new(claims))));
         }
         Ok(claims)
     }
@@ -226,6 +242,8 @@ pub(crate) fn system_claims(subject_id: &str, name: &str, organisation: &str, sc
         jti: random_id(),
         patient: None,
         name: name.to_string(),
+        sid: None,
+        ctx: None,
     }
 }
 
@@ -272,5 +290,7 @@ pub(crate) fn user_claims(
         jti: random_id(),
         patient: None,
         name: user.name.clone(),
+        sid: None,
+        ctx: None,
     })
 }

@@ -259,7 +259,7 @@ fn smart_configuration_document() {
     let doc = smart_configuration("https://ehr.example.org/fhir/");
     assert_eq!(doc["token_endpoint"], "https://ehr.example.org/fhir/auth/token");
     let grants: Vec<&str> = doc["grant_types_supported"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(grants, ["password", "client_credentials", "urn:tessera:switch-context"]);
+    assert_eq!(grants, ["password", "client_credentials", "refresh_token", "urn:tessera:switch-context"]);
     let capabilities = doc["capabilities"].as_array().unwrap();
     assert!(capabilities.contains(&"permission-v2".into()) && capabilities.contains(&"client-confidential-symmetric".into()));
     assert!(!capabilities.contains(&"launch-ehr".into()) && !capabilities.contains(&"sso-openid-connect".into()));

@@ -19,6 +19,8 @@ fn claims() -> Claims {
         jti: tessera_auth::random_id(),
         patient: None,
         name: "Dr Asha Patel".into(),
+        sid: None,
+        ctx: None,
     }
 }
 

@@ -1,8 +1,6 @@
 //! HTTP plumbing shared by the benchmarks.
 
 use anyhow::Context;
-use bytes::Bytes;
-use http_body_util::Empty;
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::HeaderValue;
 use hyper::{StatusCode, Uri};
@@ -61,7 +59,12 @@ pub fn refusal(status: StatusCode, request: &str, body: &[u8]) -> anyhow::Error 
 }
 
 /// Opens one HTTP/1.1 keep-alive connection (no pool) and drives it on a background task.
-pub async fn connect(base: &Base) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+pub async fn connect<B>(base: &Base) -> anyhow::Result<SendRequest<B>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = tokio::net::TcpStream::connect(&base.authority)
         .await
         .with_context(|| format!("cannot connect to {}", base.authority))?;

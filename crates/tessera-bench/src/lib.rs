@@ -11,6 +11,11 @@
 //!   owning one HTTP/1.1 keep-alive connection (no pool, no locks on the hot path), reading
 //!   `Type/id` round-robin until the time is up. Every successful request's latency is
 //!   kept, so percentiles are exact.
+//! * [`soak`] runs a mixed workload that grows the database as it goes (transactions
+//!   creating patients with encounters and observations; reads; searches by name,
+//!   identifier and date; `_summary=count`; `_total=accurate`; a chain; `$everything`) for
+//!   a given time, printing p50/p99 per operation kind and the server's RSS at every
+//!   interval, then a summary table.
 //!
 //! Both send `Authorization: Bearer <token>` (get a token with `tessera token --system`);
 //! a 401 or 403 answer ends the run with the server's OperationOutcome diagnostics rather
@@ -22,6 +27,9 @@ mod files;
 mod http;
 mod ingest;
 mod read;
+mod soak;
+
+pub use soak::{header as soak_header, rss_kib, IntervalRow, KindInterval, KindSummary, Op as SoakOp, SoakOptions, SoakReport};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -136,4 +144,11 @@ pub async fn ingest(url: &str, token: &str, paths: &[PathBuf], clients: usize) -
 /// with the server's diagnostics, as soon as the server refuses the token (401/403).
 pub async fn read(url: &str, token: &str, resource_type: &str, connections: usize, duration: Duration) -> anyhow::Result<ReadReport> {
     read::read(url, token, resource_type, connections, duration).await
+}
+
+/// Runs the soak workload against the FHIR base in `options.url` (see [`SoakOptions`]);
+/// progress lines go to `options.progress`. Fails, with the server's diagnostics, as soon
+/// as the server refuses the token (401/403).
+pub async fn soak(options: SoakOptions) -> anyhow::Result<SoakReport> {
+    soak::soak(options).await
 }

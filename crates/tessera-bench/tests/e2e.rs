@@ -72,3 +72,69 @@ async fn ingest_then_read_against_a_live_server() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The soak against an empty server: every kind of request is sent and answered, the data
+/// grows, a line per interval is printed and the server's RSS is read (this process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_grows_the_data_and_reports_every_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = tessera_store::sqlite::SqliteStore::open(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}/fhir");
+    let mut config = EngineConfig::default();
+    config.base_url = url.clone();
+    let engine = Engine::new(Arc::new(store), config);
+    let auth = tessera_auth::Authenticator::new(&tessera_auth::Authenticator::generate_secret());
+    let token = auth.issue_system_token("system", "tessera", "system/*.*", tessera_auth::now(), 60);
+    let router = tessera_http::router(engine.clone(), tessera_http::HttpConfig::new(Arc::new(auth)));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tessera_http::serve(listener, router, async {
+        let _ = stopped.await;
+    }));
+
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let options = tessera_bench::SoakOptions {
+        url: url.clone(),
+        token: token.clone(),
+        duration: Duration::from_secs(4),
+        clients: 2,
+        interval: Duration::from_secs(1),
+        pid: Some(std::process::id()),
+        progress: Some(Arc::new(move |line: &str| sink.lock().unwrap().push(line.to_string()))),
+    };
+    let report = tessera_bench::soak(options).await.unwrap();
+    assert_eq!(report.errors(), 0, "{report}");
+    assert!(report.patients > 0 && report.resources == report.patients * 11, "{report}");
+    for (op, k) in &report.kinds {
+        assert!(k.requests > 0, "no {} requests: {report}", op.name());
+        assert!(k.p50 <= k.p99 && k.p99 <= k.max, "{report}");
+    }
+    assert!(report.intervals.len() >= 3, "{report}");
+    assert!(report.intervals.iter().all(|r| r.rss_kib.is_some_and(|k| k > 0)), "{report}");
+    let printed = lines.lock().unwrap().clone();
+    assert_eq!(printed.len(), report.intervals.len() + 1, "{printed:?}");
+    assert!(printed[0].contains("everything") && printed[0].contains("p50/p99"), "{printed:?}");
+    let text = report.to_string();
+    assert!(text.contains("p99 first") && text.contains("server RSS"), "{text}");
+    // What the server holds is what the soak created.
+    assert_eq!(engine.stats().await.unwrap().current_resources, report.resources, "{report}");
+
+    let forged = tessera_auth::Authenticator::new(&tessera_auth::Authenticator::generate_secret())
+        .issue_system_token("system", "tessera", "system/*.*", tessera_auth::now(), 60);
+    let options = tessera_bench::SoakOptions {
+        url,
+        token: forged,
+        duration: Duration::from_secs(1),
+        clients: 1,
+        interval: Duration::from_secs(1),
+        pid: None,
+        progress: None,
+    };
+    let refused = tessera_bench::soak(options).await.unwrap_err().to_string();
+    assert!(refused.contains("HTTP 401"), "{refused}");
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -304,6 +304,18 @@ impl Engine {
         if bundle.resource_type.as_deref() != Some("Bundle") {
             return Err(FhirError::bad_request("only a Bundle can be posted to the base URL").at("resourceType"));
         }
+        let limit = self.config().max_bundle_entries;
+        if bundle.entry.len() > limit {
+            return Err(FhirError::new(
+                413,
+                IssueType::TooCostly,
+                format!(
+                    "a Bundle of {} entries is larger than this server's limit of {limit} (set by `tessera serve --max-bundle-entries`); send it in parts",
+                    bundle.entry.len()
+                ),
+            )
+            .at("Bundle.entry"));
+        }
         match bundle.kind.as_deref().unwrap_or("") {
             "transaction" => self.transaction(access, bundle.entry, prefer).await,
             "batch" => Ok(self.batch(access, bundle.entry, prefer).await),

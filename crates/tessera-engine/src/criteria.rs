@@ -12,11 +12,13 @@ pub fn parse(resource_type: &str, query: &str) -> Result<Criteria, FhirError> {
     let mut any = false;
     for (name, value) in form_urlencoded::parse(query.as_bytes()) {
         any = true;
+        refuse_controls(&name, &value)?;
         match name.as_ref() {
             "_id" => {
                 if criteria.id.as_ref().is_some_and(|id| id != value.as_ref()) {
-                    // Two different ids ANDed: nothing can match.
-                    criteria.identifiers.push(TokenMatch { system: Some("\u{0}".into()), value: "\u{0}".into() });
+                    // Two different ids ANDed: nothing can match (no identifier has an
+                    // empty value).
+                    criteria.identifiers.push(TokenMatch { system: Some(String::new()), value: String::new() });
                 }
                 criteria.id = Some(value.into_owned());
             }
@@ -32,6 +34,17 @@ pub fn parse(resource_type: &str, query: &str) -> Result<Criteria, FhirError> {
         return Err(FhirError::bad_request("a conditional operation needs at least one search criterion"));
     }
     Ok(criteria)
+}
+
+/// No id, identifier or search value holds a control character (NUL …): 400, not a
+/// database error.
+pub(crate) fn refuse_controls(name: &str, value: &str) -> Result<(), FhirError> {
+    for text in [name, value] {
+        if let Some(c) = text.chars().find(|c| c.is_control()) {
+            return Err(FhirError::bad_request(format!("the parameter '{}' holds the control character U+{:04X}", name.escape_debug(), c as u32)).at(name.escape_debug().to_string()));
+        }
+    }
+    Ok(())
 }
 
 fn parse_token(value: &str) -> Result<TokenMatch, FhirError> {

@@ -95,6 +95,14 @@ impl From<tessera_store::StoreError> for FhirError {
                 FhirError::precondition_failed(format!("{resource_type}/{id}: {reason}"))
             }
             tessera_store::StoreError::Closed => FhirError::new(503, IssueType::Exception, "the server is shutting down"),
+            tessera_store::StoreError::TooCostly(limit) => FhirError::new(
+                400,
+                IssueType::TooCostly,
+                format!(
+                    "the request's database query ran longer than {} s and was stopped: narrow the search (add criteria, a smaller _count), or raise `tessera serve --query-timeout-seconds`",
+                    limit.as_secs()
+                ),
+            ),
             tessera_store::StoreError::Backend(msg) => {
                 tracing::error!(error = %msg, "storage failure");
                 FhirError::internal("storage failure; see the server log")

@@ -44,6 +44,9 @@ impl Engine {
         if let Some(t) = resource_type {
             self.check_type(t)?;
             access.require_scope(t, ScopeOp::Read)?;
+            if let Some(i) = id {
+                Self::check_id(t, i)?;
+            }
         }
         let since_micros = match &params.since {
             Some(s) => Some(parse_instant(s).ok_or_else(|| FhirError::bad_request(format!("_since '{s}' is not a valid instant")))?),

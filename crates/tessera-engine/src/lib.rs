@@ -58,9 +58,79 @@ pub struct EngineConfig {
     pub max_page_size: usize,
     /// Page size when `_count` is not given.
     pub default_page_size: usize,
+    /// Bounds on the work one search may ask for.
+    pub search_limits: SearchLimits,
+    /// Most entries in one batch or transaction Bundle.
+    pub max_bundle_entries: usize,
     /// Access policy and read audit are enforced. Only a build with the
     /// `bench-unenforced` feature can turn this off (see [`EngineConfig::unenforced`]).
     enforce: bool,
+}
+
+/// Bounds on the work one search request may ask for: each is answered, when exceeded,
+/// with 400 and an OperationOutcome naming the limit and the `tessera serve` option that
+/// sets it (docs/operators.md).
+#[derive(Debug, Clone, Copy)]
+pub struct SearchLimits {
+    /// Search parameters in one request (`--max-search-parameters`).
+    pub max_parameters: usize,
+    /// Comma-separated values of one parameter (`--max-search-values`).
+    pub max_values: usize,
+    /// `_sort` keys (`--max-sort-keys`).
+    pub max_sort_keys: usize,
+    /// `_include` and `_revinclude` parameters (`--max-includes`).
+    pub max_includes: usize,
+    /// `_elements` names (`--max-search-values`).
+    pub max_elements: usize,
+    /// Largest `_offset` (`--max-offset`).
+    pub max_offset: usize,
+}
+
+impl Default for SearchLimits {
+    fn default() -> Self {
+        SearchLimits { max_parameters: 50, max_values: 100, max_sort_keys: 8, max_includes: 16, max_elements: 100, max_offset: 100_000 }
+    }
+}
+
+impl SearchLimits {
+    /// Checks the parameters of one search request against the limits.
+    pub fn check(&self, pairs: &[(String, String)]) -> Result<(), FhirError> {
+        let too_many = |what: &str, n: usize, limit: usize, option: &str| {
+            FhirError::new(
+                400,
+                tessera_fhir::IssueType::TooCostly,
+                format!("{what}: {n}, more than this server's limit of {limit} per request (set by `tessera serve {option}`)"),
+            )
+        };
+        let params = pairs.iter().filter(|(k, _)| !matches!(k.as_str(), "_count" | "_format" | "_pretty" | "_total" | "_summary")).count();
+        if params > self.max_parameters {
+            return Err(too_many("too many search parameters", params, self.max_parameters, "--max-search-parameters"));
+        }
+        let mut includes = 0;
+        for (k, v) in pairs {
+            let base = k.split(':').next().unwrap_or(k);
+            let values = v.split(',').count();
+            match base {
+                "_sort" if values > self.max_sort_keys => return Err(too_many("too many _sort keys", values, self.max_sort_keys, "--max-sort-keys")),
+                "_elements" if values > self.max_elements => return Err(too_many("too many _elements", values, self.max_elements, "--max-search-values")),
+                "_include" | "_revinclude" => includes += 1,
+                "_offset" => {
+                    let offset: u64 = v.parse().map_err(|_| FhirError::bad_request(format!("_offset '{v}' is not a number")).at("_offset"))?;
+                    if offset > self.max_offset as u64 {
+                        return Err(too_many("_offset too large", offset as usize, self.max_offset, "--max-offset").at("_offset"));
+                    }
+                }
+                _ if values > self.max_values => {
+                    return Err(too_many(&format!("too many values of '{k}'"), values, self.max_values, "--max-search-values").at(k.as_str()));
+                }
+                _ => {}
+            }
+        }
+        if includes > self.max_includes {
+            return Err(too_many("too many _include and _revinclude parameters", includes, self.max_includes, "--max-includes"));
+        }
+        Ok(())
+    }
 }
 
 impl EngineConfig {
@@ -85,6 +155,8 @@ impl Default for EngineConfig {
             limits: Limits::default(),
             max_page_size: 1000,
             default_page_size: 50,
+            search_limits: SearchLimits::default(),
+            max_bundle_entries: 20_000,
             enforce: true,
         }
     }
@@ -164,10 +236,15 @@ impl Engine {
         Ok(self.inner.store.stats().await?)
     }
 
-    /// Whether the database answers (for `/healthz`).
+    /// Whether the server can do its work (for `/healthz` and `/readyz`): the database
+    /// answers, and the last group commit did not fail (a server that cannot record
+    /// writes and their audit is not healthy, however well it reads).
     pub async fn health(&self) -> Result<(), FhirError> {
         self.inner.store.get_meta("schema").await?;
-        Ok(())
+        match self.inner.store.metrics().write_failure() {
+            Some(e) => Err(FhirError::new(503, tessera_fhir::IssueType::Exception, format!("writes are failing: {e}"))),
+            None => Ok(()),
+        }
     }
 
     /// A value the server's own tools keep in the database: the token signing key

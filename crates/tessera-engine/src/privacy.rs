@@ -486,23 +486,136 @@ impl Lens<'_> {
 }
 
 impl Engine {
-    /// Records a login attempt at the token endpoint (successful or not).
+    /// Records a login attempt at the token endpoint (successful or not). `subject` is the
+    /// user or client id the request named; `claims` those of the issued token, on success.
+    /// The token endpoint itself records through [`Engine::record_auth`], which also says
+    /// why an attempt failed.
     pub async fn record_login(&self, subject: &str, claims: Option<&tessera_auth::Claims>, ok: bool) -> Result<(), FhirError> {
-        let access = match claims {
-            Some(c) => Access::from_claims(c, &self.domain()).unwrap_or_else(|_| Access::system(&c.org)),
-            None => Access {
-                kind: AccessKind::User,
-                subject: if subject.is_empty() { "unknown".into() } else { subject.to_string() },
-                name: subject.to_string(),
-                organisation: String::new(),
-                location: None,
-                role: None,
-                locations: Vec::new(),
-                scopes: tessera_auth::Scopes::default(),
-            },
+        use tessera_auth::{Account, AuthAction, AuthEvent, AuthSubject, TokenKind};
+        let domain = self.domain();
+        let event = match claims {
+            Some(c) if ok => {
+                let action = if c.kind == TokenKind::System { AuthAction::ClientCredentials } else { AuthAction::Password };
+                AuthEvent::granted(action, AuthSubject::of_claims(c, &domain), None, "signed in")
+            }
+            _ => {
+                let account = if domain.service_account(subject).is_some() { Account::Client(subject.to_string()) } else { Account::User(subject.to_string()) };
+                AuthEvent {
+                    action: AuthAction::Password,
+                    ok,
+                    reason: None,
+                    subject: Some(AuthSubject::attempted(&account, &domain)),
+                    address: None,
+                    description: if ok { "signed in".into() } else { "authentication failed".into() },
+                    target: None,
+                    serious: false,
+                    count: None,
+                }
+            }
         };
-        let mut gate = self.gate(&access);
-        gate.record("login", ok, &[], Vec::new(), false, (!ok).then_some("authentication failed"));
-        gate.finish().await
+        self.record_auth(&event).await
+    }
+
+    /// Records an authentication event: a sign-in, a refused sign-in or bearer token (with its
+    /// reason), a summary of refusals counted during a flood, an unlock by the operator.
+    ///
+    /// The AuditEvent is DICOM "User Authentication" / "Login" (an unlock: "Security Alert" /
+    /// "User Security Attributes Changed", the account as entity), outcome 0, 4 or 8 (suspected
+    /// theft), `outcomeDesc` starting with the reason code (`wrong-password: …`). The
+    /// requesting agent's `who` names the account tried as an `identifier`
+    /// (`https://tessera.health/login-name` or `…/client-id`), plus a `reference` when the
+    /// domain holds the account; `name` only when known; `network.address` the client's
+    /// address. Never a password, secret or token. Indexed under the agent
+    /// (`Practitioner/<id>`, `Device/<id>`) with the action `login`, `auth-refused` or
+    /// `unlock`. Recorded whether or not access enforcement is on.
+    pub async fn record_auth(&self, e: &tessera_auth::AuthEvent) -> Result<(), FhirError> {
+        use tessera_audit::{Agent, Coded, EventInput, EventKind, Outcome, Who};
+        use tessera_auth::{AuthAction, TokenKind};
+        const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+        let recorded = tessera_store::now_micros();
+        let subject = e.subject.as_ref();
+        let non_empty = |s: Option<String>| s.filter(|v| !v.trim().is_empty());
+        let description = if e.description.trim().is_empty() {
+            e.reason.map(|r| format!("{}: {}", r.code(), r.describe())).unwrap_or_else(|| if e.ok { "granted".into() } else { "refused".into() })
+        } else {
+            e.description.clone()
+        };
+        let input = EventInput {
+            kind: EventKind::Login,
+            recorded_micros: recorded,
+            outcome: if e.ok {
+                Outcome::Success
+            } else if e.serious {
+                Outcome::SeriousFailure
+            } else {
+                Outcome::MinorFailure
+            },
+            outcome_desc: Some(description),
+            denied: !e.ok,
+            agent: Agent {
+                who: Who::Reference("Device/tessera".to_string()),
+                name: non_empty(subject.and_then(|s| s.name.clone())),
+                role: non_empty(subject.and_then(|s| s.role.clone())).map(|code| Coded { system: "https://tessera.health/role".into(), code, display: None }),
+                organisation: non_empty(subject.and_then(|s| s.organisation.clone())).map(|o| format!("Organization/{o}")),
+                network_address: non_empty(e.address.clone()),
+            },
+            resources: Vec::new(),
+            patients: Vec::new(),
+            query: None,
+            break_glass: None,
+            site: non_empty(subject.and_then(|s| s.location.clone())),
+        };
+        let mut event = tessera_audit::audit_event(&input);
+        let who = match (e.action, subject) {
+            (AuthAction::Unlock, _) => json!({"reference": format!("Device/{}", crate::SYSTEM_ACCOUNT), "display": "operator (tessera command line)"}),
+            (_, Some(s)) => {
+                let system = match s.kind {
+                    TokenKind::User => "https://tessera.health/login-name",
+                    TokenKind::System => "https://tessera.health/client-id",
+                };
+                let mut who = serde_json::Map::new();
+                if s.known {
+                    who.insert("reference".into(), s.reference().into());
+                }
+                let id = if s.id.trim().is_empty() { "(empty)".to_string() } else { s.id.clone() };
+                who.insert("identifier".into(), json!({"system": system, "value": id}));
+                Value::Object(who)
+            }
+            (_, None) => json!({"display": "unidentified client"}),
+        };
+        if let Some(agent) = event.pointer_mut("/agent/0") {
+            agent["who"] = who;
+        }
+        if e.action == AuthAction::Unlock {
+            event["type"] = json!({"system": DCM, "code": "110113", "display": "Security Alert"});
+            event["subtype"] = json!([{"system": DCM, "code": "110137", "display": "User Security Attributes Changed"}]);
+            if let Some(target) = e.target.as_deref().filter(|t| !t.is_empty()) {
+                event["entity"] = json!([{
+                    "what": {"reference": target},
+                    "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": if target.starts_with("Practitioner/") { "1" } else { "2" }, "display": if target.starts_with("Practitioner/") { "Person" } else { "System Object" }},
+                    "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "11", "display": "Security User Entity"},
+                }]);
+            }
+        }
+        let user = match (e.action, subject) {
+            (AuthAction::Unlock, _) => Some(format!("Device/{}", crate::SYSTEM_ACCOUNT)),
+            (_, Some(s)) => Some(s.reference()),
+            (_, None) => None,
+        };
+        let action = match (e.action, e.ok) {
+            (AuthAction::Unlock, _) => "unlock",
+            (_, true) => "login",
+            (_, false) => "auth-refused",
+        };
+        let record = tessera_store::NewAudit {
+            recorded_micros: recorded,
+            user,
+            patients: Vec::new(),
+            action: action.to_string(),
+            break_glass: false,
+            event: serde_json::to_vec(&event).map_err(|err| FhirError::internal(format!("audit event: {err}")))?,
+        };
+        self.store().append_audit(vec![record]).await?;
+        Ok(())
     }
 }

@@ -67,9 +67,19 @@ impl Engine {
         }
     }
 
+    /// An id that is not a FHIR id (`[A-Za-z0-9\-.]{1,64}`) names nothing: 404.
+    pub(crate) fn check_id(resource_type: &str, id: &str) -> Result<(), FhirError> {
+        if tessera_fhir::validation::is_valid_id(id) {
+            Ok(())
+        } else {
+            Err(FhirError::not_found(resource_type, &id.escape_debug().to_string()))
+        }
+    }
+
     /// `GET [type]/[id]`
     pub async fn read(&self, access: &Access, resource_type: &str, id: &str) -> Result<VersionedResource, FhirError> {
         self.check_type(resource_type)?;
+        Self::check_id(resource_type, id)?;
         access.require_scope(resource_type, ScopeOp::Read)?;
         let mut gate = self.gate(access);
         let result = self.gated_current(&mut gate, resource_type, id).await;
@@ -83,6 +93,7 @@ impl Engine {
     /// `GET [type]/[id]/_history/[vid]`
     pub async fn vread(&self, access: &Access, resource_type: &str, id: &str, version: &str) -> Result<VersionedResource, FhirError> {
         self.check_type(resource_type)?;
+        Self::check_id(resource_type, id)?;
         access.require_scope(resource_type, ScopeOp::Read)?;
         let not_found = || FhirError::new(404, IssueType::NotFound, format!("{resource_type}/{id} has no version {version}"));
         let mut gate = self.gate(access);
@@ -307,6 +318,7 @@ impl Engine {
     /// already deleted (deleting is idempotent).
     pub async fn delete(&self, access: &Access, resource_type: &str, id: &str, if_match: Option<u64>) -> Result<Option<VersionedResource>, FhirError> {
         self.check_type(resource_type)?;
+        Self::check_id(resource_type, id)?;
         let mut gate = self.gate(access);
         self.delete_gated(&mut gate, resource_type, id, if_match).await
     }
@@ -356,6 +368,7 @@ impl Engine {
     /// `PATCH [type]/[id]` with a JSON Patch document.
     pub async fn patch(&self, access: &Access, resource_type: &str, id: &str, patch: Value, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
         self.check_type(resource_type)?;
+        Self::check_id(resource_type, id)?;
         let patch: json_patch::Patch =
             serde_json::from_value(patch).map_err(|e| FhirError::bad_request(format!("the body is not a valid JSON Patch document: {e}")))?;
         let mut gate = self.gate(access);

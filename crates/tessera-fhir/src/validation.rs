@@ -37,6 +37,9 @@ use crate::{Issue, IssueType};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
+/// FHIR's limit on the size of one string value (R4 §2.1.28.0.1: 1 MB).
+pub const MAX_STRING_BYTES: usize = 1024 * 1024;
+
 /// Limits that protect the server from hostile input.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -479,6 +482,11 @@ impl<'v> Validator<'v> {
             (JsonKind::String, Value::String(s)) => {
                 if s.is_empty() {
                     self.report(IssueType::Value, path, "empty strings are not allowed");
+                } else if s.len() > MAX_STRING_BYTES {
+                    self.report(IssueType::TooLong, path, format!("a string of {} bytes is longer than FHIR's limit of 1 MB ({MAX_STRING_BYTES} bytes)", s.len()));
+                } else if let Some(at) = s.find(|c: char| c.is_control() && !matches!(c, '\t' | '\r' | '\n')) {
+                    let c = s[at..].chars().next().unwrap_or('\0');
+                    self.report(IssueType::Value, path, format!("control character U+{:04X} at byte {at}: strings may hold tab, carriage return and line feed only", c as u32));
                 } else if !check_format(p, s) {
                     self.report(IssueType::Value, path, format!("'{}' is not a valid {}", truncate(s), p.name()));
                 }

@@ -21,7 +21,7 @@ fn fhir(status: StatusCode, body: Vec<u8>) -> Response {
     r
 }
 
-fn error(e: FhirError) -> Response {
+pub(crate) fn error(e: FhirError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     fhir(status, serde_json::to_vec(&e.outcome()).expect("outcome serialises"))
 }
@@ -164,11 +164,21 @@ fn resource_response(headers: &HeaderMap, v: VersionedResource) -> Response {
     r
 }
 
+/// `/healthz` and `/readyz`: 200 when the database answers and writes succeed; 503 with
+/// the reason otherwise (take the server out of the load balancer, alert).
 pub async fn healthz(State(state): State<AppState>) -> Response {
     match state.engine.health().await {
         Ok(_) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#).into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], format!(r#"{{"status":"unavailable","error":{:?}}}"#, e.to_string())).into_response(),
+        Err(e) => {
+            let body = serde_json::json!({"status": "unavailable", "error": e.to_string()}).to_string();
+            (StatusCode::SERVICE_UNAVAILABLE, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
     }
+}
+
+/// `/livez`: the process answers (restart it if not); says nothing of the database.
+pub async fn livez() -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], r#"{"status":"alive"}"#).into_response()
 }
 
 pub async fn metadata(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
@@ -475,6 +485,38 @@ pub async fn admin_domain_put(State(state): State<AppState>, Extension(access): 
     }
     match state.engine.apply_domain(&access, domain).await {
         Ok(changed) => axum::Json(serde_json::json!({"applied": true, "resources_changed": changed})).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+/// `POST /admin/users/{id}/unlock[?client=true]`: clears a user's (or service account's)
+/// sign-in lock, as `tessera user unlock` does — for a domain administrator, and the way to
+/// unlock while a server owns an SQLite data directory. Audited.
+pub async fn admin_unlock(State(state): State<AppState>, Extension(access): Extension<Access>, Path(id): Path<String>, RawQuery(q): RawQuery) -> Response {
+    if let Err(e) = state.engine.require_domain_admin(&access) {
+        return error(e);
+    }
+    let client = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).any(|(k, v)| k == "client" && v == "true");
+    let domain = state.engine.domain();
+    let (account, known) = if client {
+        (tessera_auth::Account::Client(id.clone()), domain.service_account(&id).is_some_and(|a| a.id != tessera_engine::SYSTEM_ACCOUNT))
+    } else {
+        (tessera_auth::Account::User(id.clone()), domain.user(&id).is_some())
+    };
+    if !known {
+        return error(FhirError::not_found(if client { "service account" } else { "user" }, &id));
+    }
+    let key = account.lock_key();
+    let result = async {
+        let before = tessera_auth::LockState::parse(state.engine.setting(&key).await?.as_deref());
+        state.engine.set_setting(&key, "").await?;
+        let by = format!("{} via /admin", access.reference());
+        state.engine.record_auth(&tessera_auth::AuthEvent::unlock(&account, &domain, &by)).await?;
+        Ok::<_, FhirError>(before.locked_for(tessera_auth::now()))
+    }
+    .await;
+    match result {
+        Ok(locked_for) => axum::Json(serde_json::json!({"unlocked": id, "was_locked": locked_for.is_some()})).into_response(),
         Err(e) => error(e),
     }
 }

@@ -7,6 +7,7 @@
 
 mod auth;
 mod handlers;
+mod input;
 mod metrics;
 mod negotiate;
 
@@ -24,11 +25,18 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Signs and verifies access tokens.
     pub authenticator: Arc<tessera_auth::Authenticator>,
+    /// Sign-in hardening: lockout, address rate limit, refresh-token lifetime (default: from
+    /// the `TESSERA_AUTH_*` environment variables, see [`tessera_auth::AuthPolicy::from_env`]).
+    pub auth_policy: tessera_auth::AuthPolicy,
 }
 
 impl HttpConfig {
     pub fn new(authenticator: Arc<tessera_auth::Authenticator>) -> Self {
-        HttpConfig { max_body_bytes: 64 * 1024 * 1024, authenticator }
+        let auth_policy = tessera_auth::AuthPolicy::from_env().unwrap_or_else(|e| {
+            tracing::warn!("{e}: using the default sign-in lockout and rate limits");
+            tessera_auth::AuthPolicy::default()
+        });
+        HttpConfig { max_body_bytes: 64 * 1024 * 1024, authenticator, auth_policy }
     }
 }
 
@@ -37,12 +45,15 @@ pub(crate) struct AppState {
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
     pub config: Arc<HttpConfig>,
+    /// Lockout, rate limits and caches of the authentication edge.
+    pub auth: Arc<auth::AuthState>,
 }
 
 /// The complete router: `/fhir/…`, `/healthz`, `/metrics`.
 pub fn router(engine: Engine, config: HttpConfig) -> Router {
     let metrics = Arc::new(Metrics::new());
-    let state = AppState { engine, metrics: metrics.clone(), config: Arc::new(config) };
+    let auth = Arc::new(auth::AuthState::new(config.auth_policy.clone()));
+    let state = AppState { engine, metrics: metrics.clone(), config: Arc::new(config), auth };
     use handlers::*;
     let fhir = Router::new()
         .route("/fhir", get(system_search).post(bundle))
@@ -59,16 +70,34 @@ pub fn router(engine: Engine, config: HttpConfig) -> Router {
         .fallback(not_found);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics::render))
         .route("/auth/token", post(auth::token))
         .route("/.well-known/smart-configuration", get(auth::smart_configuration))
         .route("/fhir/.well-known/smart-configuration", get(auth::smart_configuration))
         .route("/admin/domain", get(admin_domain_get).put(admin_domain_put))
+        .route("/admin/users/{id}/unlock", post(admin_unlock))
         .merge(fhir)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(axum::middleware::from_fn(input::check_url))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(handlers::panic_response))
         .with_state(state)
+}
+
+/// How connections are served.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// A connection that sends no complete request for this long is closed (idle
+    /// keep-alive connections, and slow or stalled clients).
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { idle_timeout: std::time::Duration::from_secs(60) }
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -77,5 +106,51 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    serve_with(listener, router, shutdown, ServeOptions::default()).await
+}
+
+/// [`serve`] with options. Each connection is HTTP/1.1 with keep-alive; one that sends no
+/// complete request within `idle_timeout` is closed, so idle sockets do not pile up. When
+/// the process runs out of file descriptors, accepting pauses briefly and resumes — the
+/// connections already open keep being served. The peer address is available to handlers
+/// as `axum::extract::ConnectInfo<SocketAddr>`. On shutdown, open requests finish.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(options.idle_timeout).keep_alive(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE/ENFILE (descriptor limit), ECONNABORTED …: the listener is fine.
+                    tracing::warn!(error = %e, "cannot accept a connection now; retrying shortly");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = tower::ServiceExt::map_request(router.clone(), move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            req
+        });
+        let connection = http.serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    // Let open requests finish (bounded, so a stalled client cannot hold the shutdown).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown()).await;
+    Ok(())
 }

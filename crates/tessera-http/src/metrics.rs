@@ -84,6 +84,10 @@ pub async fn render(State(state): State<AppState>) -> Response {
     ] {
         out.push_str(&format!("# HELP {name} {help}.\n# TYPE {name} counter\n{name}_total {value}\n"));
     }
+    let head = m.audit_head_seq.load(Ordering::Relaxed);
+    out.push_str(&format!("# HELP tessera_audit_head_seq Sequence number of the head of the audit chain (compare with the anchor; it never goes down).\n# TYPE tessera_audit_head_seq gauge\ntessera_audit_head_seq {head}\n"));
+    let failing = u8::from(m.write_failure().is_some());
+    out.push_str(&format!("# HELP tessera_store_writes_failing 1 while group commits fail (the server cannot record writes or their audit).\n# TYPE tessera_store_writes_failing gauge\ntessera_store_writes_failing {failing}\n"));
     let bg = state.engine.break_glass_total();
     out.push_str(&format!("# HELP tessera_break_glass Break-glass grants (alert on any increase).\n# TYPE tessera_break_glass counter\ntessera_break_glass_total {bg}\n"));
     out.push_str("# EOF\n");

@@ -29,7 +29,10 @@
 //! append-only and hash-chained: the single writer gives each record the next `seq`
 //! (gapless, starting at 1) and `hash = SHA-256(prev_hash ‖ seq ‖ recorded ‖ event)`, see
 //! [`audit_hash`]. Records of a job that fails (precondition or database error) are not
-//! stored and not chained.
+//! stored and not chained. The head of the chain is also kept outside the database, in a
+//! signed [`anchor`] file, and exported ([`StoreMetrics::audit_head_seq`]); damage the
+//! store finds (records the anchor saw that are gone, a damaged SQLite read journal) is
+//! recorded in the chain itself ([`AuditDamage`]).
 //!
 //! # Care links
 //! Each [`Write`] carries the [`CareLink`]s its resource establishes (an encounter, an
@@ -38,6 +41,7 @@
 //! them, a deletion removes them, atomically with the write. [`Store::care_links`] lists
 //! a patient's links; access policy decides with them.
 
+pub mod anchor;
 pub mod codec;
 mod journal;
 pub mod postgres;
@@ -163,7 +167,8 @@ pub struct NewAudit {
 /// A stored audit record.
 ///
 /// `user`, `patients`, `action` and `break_glass` are index columns for queries; the
-/// record itself is `event`, which the hash covers.
+/// record itself is `event`, which the hash covers (verification re-derives the columns
+/// from it: `tessera_audit::columns_of`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     /// Position in the chain: 1, 2, 3, … without gaps.
@@ -303,6 +308,193 @@ pub(crate) fn parse_patients(column: Option<&str>) -> Result<Vec<String>> {
     }
 }
 
+/// [`parse_patients`] for verification: a malformed column reads as one patient holding
+/// its text (which then disagrees with the event).
+pub(crate) fn parse_patients_lenient(column: Option<&str>) -> Vec<String> {
+    parse_patients(column).unwrap_or_else(|_| vec![column.unwrap_or_default().to_string()])
+}
+
+/// The `action` of the records the store itself adds to the audit chain to report damage
+/// it found ([`AuditDamage`]).
+pub const AUDIT_DAMAGE_ACTION: &str = "audit-damage";
+/// The extension (its URL) of such a record's AuditEvent that says what was damaged.
+pub const AUDIT_DAMAGE_EXTENSION: &str = "https://tessera.health/fhir/StructureDefinition/audit-damage";
+/// The subtype system of such a record's AuditEvent (code [`AUDIT_DAMAGE_ACTION`]).
+pub const AUDIT_EVENT_SUBTYPE_SYSTEM: &str = "https://tessera.health/audit-event";
+
+/// What kind of damage a damage record reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageKind {
+    /// SQLite: frames of the read journal could not be read (corrupt), or are missing
+    /// between readable ones.
+    JournalCorrupt,
+    /// SQLite: the journal file was cut short (it is never shortened by the server).
+    JournalTruncated,
+    /// SQLite: the journal file was gone after the server stopped without moving it into
+    /// the database.
+    JournalDeleted,
+    /// The chain ended before the head the anchor saw: records were removed from its end.
+    ChainTruncated,
+    /// The chain's record at the anchor's `seq` has another hash: the chain was rewritten.
+    ChainRewritten,
+    /// The anchor file was missing (while its key was there) or not validly signed.
+    AnchorInvalid,
+}
+
+impl DamageKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            DamageKind::JournalCorrupt => "journal-corrupt",
+            DamageKind::JournalTruncated => "journal-truncated",
+            DamageKind::JournalDeleted => "journal-deleted",
+            DamageKind::ChainTruncated => "chain-truncated",
+            DamageKind::ChainRewritten => "chain-rewritten",
+            DamageKind::AnchorInvalid => "anchor-invalid",
+        }
+    }
+
+    fn from_code(code: &str) -> Option<DamageKind> {
+        [
+            DamageKind::JournalCorrupt,
+            DamageKind::JournalTruncated,
+            DamageKind::JournalDeleted,
+            DamageKind::ChainTruncated,
+            DamageKind::ChainRewritten,
+            DamageKind::AnchorInvalid,
+        ]
+        .into_iter()
+        .find(|k| k.code() == code)
+    }
+}
+
+/// Damage to the audit trail, as recorded in the chain by the store when it finds it (on
+/// start: recovering the SQLite read journal, comparing the chain with its anchor). The
+/// record is an AuditEvent (a DICOM "Security Alert", subtype
+/// [`AUDIT_EVENT_SUBTYPE_SYSTEM`]|[`AUDIT_DAMAGE_ACTION`], serious failure, the message as
+/// `outcomeDesc`) with the [`AUDIT_DAMAGE_EXTENSION`]; `tessera audit verify` reports
+/// every such record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditDamage {
+    pub kind: DamageKind,
+    /// The first record lost or changed.
+    pub first: i64,
+    /// The last one, when known.
+    pub last: Option<i64>,
+    /// This record stands in for a lost record, at its `seq`: its `prev_hash` and `hash`
+    /// are the lost record's (known from its neighbours in the journal), so the records
+    /// after it still link, but its hash is not that of its content. What could be read
+    /// of the lost record (user, patients, break-glass), if anything, is in its columns
+    /// and AuditEvent, unverified.
+    pub placeholder: bool,
+    pub message: String,
+}
+
+/// A FHIR `instant` (UTC, microseconds) for microseconds since the epoch.
+pub(crate) fn format_instant(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{frac:06}Z", sod / 3600, sod % 3600 / 60, sod % 60)
+}
+
+impl AuditDamage {
+    /// The record that reports this damage. `salvaged`: what could be read of a lost
+    /// record (for a placeholder), which its columns and AuditEvent then carry.
+    pub(crate) fn record(&self, recorded_micros: i64, salvaged: Option<&PendingAudit>) -> PendingAudit {
+        use serde_json::json;
+        const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+        const DEVICE: &str = "Device/tessera";
+        let user = salvaged.and_then(|s| s.user.clone());
+        let patients = salvaged.map(|s| s.patients.clone()).unwrap_or_default();
+        let break_glass = salvaged.is_some_and(|s| s.break_glass);
+        let mut agents = Vec::new();
+        if let Some(u) = &user {
+            agents.push(json!({"who": {"reference": u}, "requestor": true}));
+        }
+        agents.push(json!({
+            "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+            "who": {"reference": DEVICE},
+            "requestor": user.is_none(),
+        }));
+        let mut detail = vec![
+            json!({"url": "kind", "valueCode": self.kind.code()}),
+            json!({"url": "first", "valueString": self.first.to_string()}),
+        ];
+        if let Some(last) = self.last {
+            detail.push(json!({"url": "last", "valueString": last.to_string()}));
+        }
+        detail.push(json!({"url": "placeholder", "valueBoolean": self.placeholder}));
+        if let Some(s) = salvaged {
+            detail.push(json!({"url": "salvagedAction", "valueString": s.action}));
+            detail.push(json!({"url": "salvagedEvent", "valueString": String::from_utf8_lossy(&s.event)}));
+        }
+        let mut event = json!({
+            "resourceType": "AuditEvent",
+            "extension": [{"url": AUDIT_DAMAGE_EXTENSION, "extension": detail}],
+            "type": {"system": DCM, "code": "110113", "display": "Security Alert"},
+            "subtype": [{"system": AUDIT_EVENT_SUBTYPE_SYSTEM, "code": AUDIT_DAMAGE_ACTION, "display": "Audit trail damage"}],
+            "action": "E",
+            "recorded": format_instant(recorded_micros),
+            "outcome": "8",
+            "outcomeDesc": self.message,
+            "agent": agents,
+            "source": {"observer": {"reference": DEVICE}, "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}]},
+        });
+        if break_glass {
+            event["purposeOfEvent"] =
+                json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "BTG", "display": "break the glass"}]}]);
+        }
+        if !patients.is_empty() {
+            event["entity"] = patients
+                .iter()
+                .map(|p| {
+                    json!({
+                        "what": {"reference": format!("Patient/{p}")},
+                        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+                        "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
+                    })
+                })
+                .collect();
+        }
+        let event = serde_json::to_vec(&event).unwrap_or_default();
+        PendingAudit {
+            recorded_micros,
+            user: Some(user.unwrap_or_else(|| DEVICE.to_string())),
+            patients,
+            action: AUDIT_DAMAGE_ACTION.to_string(),
+            break_glass,
+            stored: codec::encode_audit(&event).ok(),
+            event,
+        }
+    }
+
+    /// The damage a stored event reports, if it is a damage record.
+    pub fn parse(event: &[u8]) -> Option<AuditDamage> {
+        let v: serde_json::Value = serde_json::from_slice(event).ok()?;
+        if v["resourceType"] != "AuditEvent" {
+            return None;
+        }
+        let ext = v["extension"].as_array()?.iter().find(|e| e["url"] == AUDIT_DAMAGE_EXTENSION)?;
+        let part = |name: &str| ext["extension"].as_array().and_then(|a| a.iter().find(|e| e["url"] == name)).cloned();
+        let kind = DamageKind::from_code(part("kind")?["valueCode"].as_str()?)?;
+        let first = part("first")?["valueString"].as_str()?.parse().ok()?;
+        let last = part("last").and_then(|l| l["valueString"].as_str()?.parse().ok());
+        let placeholder = part("placeholder").and_then(|p| p["valueBoolean"].as_bool()).unwrap_or(false);
+        let message = v["outcomeDesc"].as_str().unwrap_or_default().to_string();
+        Some(AuditDamage { kind, first, last, placeholder, message })
+    }
+}
+
 /// Writes that commit all-or-nothing.
 pub type Transaction = Vec<Write>;
 
@@ -338,6 +530,27 @@ pub enum StoreError {
     Backend(String),
     #[error("the store is shutting down")]
     Closed,
+    /// A query ran longer than the query timeout ([`set_query_timeout`]) and was stopped.
+    #[error("the query ran longer than {0:?} and was stopped")]
+    TooCostly(std::time::Duration),
+}
+
+static QUERY_TIMEOUT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// How long one database query may run before it is stopped (PostgreSQL
+/// `statement_timeout` on connections opened after this call; SQLite: a progress handler
+/// on every read). Default: none (`tessera serve` sets one; maintenance commands run
+/// unbounded).
+pub fn set_query_timeout(timeout: std::time::Duration) {
+    QUERY_TIMEOUT_MS.store(timeout.as_millis().clamp(1, u64::MAX as u128) as u64, Ordering::Relaxed);
+}
+
+/// The current query timeout (`None`: unbounded).
+pub fn query_timeout() -> Option<std::time::Duration> {
+    match QUERY_TIMEOUT_MS.load(Ordering::Relaxed) {
+        0 => None,
+        ms => Some(std::time::Duration::from_millis(ms)),
+    }
 }
 
 /// Why a precondition failed.
@@ -375,6 +588,12 @@ pub struct StoreMetrics {
     pub writes: AtomicU64,
     /// Audit records appended.
     pub audit_records: AtomicU64,
+    /// `seq` of the head of the audit chain as this process last saw it (export as
+    /// `tessera_audit_head_seq`; 0 until known).
+    pub audit_head_seq: std::sync::atomic::AtomicI64,
+    /// Why the last group commit failed, until one succeeds again (the server is then
+    /// unhealthy: it cannot record writes or their audit).
+    pub write_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl StoreMetrics {
@@ -386,6 +605,25 @@ impl StoreMetrics {
 
     pub fn record_audit(&self, records: u64) {
         self.audit_records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// A group commit succeeded: writes work.
+    pub fn record_commit_ok(&self) {
+        let mut f = self.write_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_some() {
+            tracing::info!("group commits succeed again");
+            *f = None;
+        }
+    }
+
+    /// A group commit failed as a whole.
+    pub fn record_commit_failure(&self, error: &str) {
+        *self.write_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+    }
+
+    /// Why writes are failing, if they are.
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -417,8 +655,26 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Audit records matching the query, newest first.
     async fn audit_query(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
-    /// Audit records with `seq > after_seq`, oldest first (for verifying the chain).
+    /// Audit records with `seq > after_seq`, oldest first (for verifying the chain). A
+    /// damaged row does not fail the scan: an event that cannot be decompressed comes as
+    /// stored (its hash then fails), a malformed `patients` column as one patient holding
+    /// the column's text (it then disagrees with the event).
     async fn audit_scan(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditRecord>>;
+    /// Of these `(seq, patient)` pairs, which the by-patient index of the log holds (for
+    /// verification), in the order given.
+    async fn audit_index_lookup(&self, pairs: &[(i64, String)]) -> Result<Vec<bool>>;
+    /// Rows of the by-patient index that no record implies (no record with that `seq`, or
+    /// one whose `patients` do not list the patient), lowest `seq` first, at most `limit`.
+    async fn audit_index_extra(&self, limit: usize) -> Result<Vec<(i64, String)>>;
+    /// The `seq` up to which the by-patient index is complete: queries by patient use it
+    /// up to there and scan the records after it (SQLite builds it in bulk; PostgreSQL
+    /// with each record, so there it is the head).
+    async fn audit_index_upto(&self) -> Result<i64>;
+    /// Keeps the head of the audit chain in a signed anchor file at `path` too (see
+    /// [`anchor`]): checks the file against the chain first (recording any damage it shows
+    /// in the chain), then updates it. PostgreSQL only: the SQLite backend always keeps its
+    /// anchor in the data directory.
+    async fn set_audit_anchor(&self, path: &std::path::Path) -> Result<()>;
     /// The care links of a patient established by the current versions of resources
     /// (whatever their period or `active` flag).
     async fn care_links(&self, patient: &str) -> Result<Vec<CareLink>>;
@@ -452,6 +708,21 @@ pub async fn open(data_dir: &std::path::Path, database_url: Option<&str>) -> Res
     match database_url {
         Some(url) => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
         None => Ok(Arc::new(sqlite::SqliteStore::open(data_dir)?)),
+    }
+}
+
+/// Opens the store for a command that runs beside a server: on SQLite read-only (plus
+/// settings) and without touching the owner's writer or audit journal
+/// ([`sqlite::SqliteStore::open_shared`]); PostgreSQL is shared by design.
+pub async fn open_shared(data_dir: &std::path::Path, database_url: Option<&str>) -> Result<DynStore> {
+    match database_url {
+        Some(url) => Ok(Arc::new(postgres::PostgresStore::connect(url).await?)),
+        None => match sqlite::SqliteStore::open(data_dir) {
+            // Nobody owns the directory: open it as its owner (it may be new).
+            Ok(store) => Ok(Arc::new(store)),
+            Err(_) if data_dir.join("tessera.db").exists() => Ok(Arc::new(sqlite::SqliteStore::open_shared(data_dir)?)),
+            Err(e) => Err(e),
+        },
     }
 }
 

@@ -260,6 +260,8 @@ pub struct PostgresStore {
     metrics: Arc<StoreMetrics>,
     /// For stores opened with [`PostgresStore::connect_isolated`]: the schema to drop.
     isolated: Option<(tokio_postgres::Config, String)>,
+    /// The audit anchor, once [`Store::set_audit_anchor`] set one (see `audit_head_keeper`).
+    anchor: AnchorSlot,
 }
 
 impl PostgresStore {
@@ -297,6 +299,15 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("tessera");
         }
+        if let Some(t) = crate::query_timeout() {
+            // Every statement of this process's connections is bounded.
+            let timeout = format!("-c statement_timeout={}", t.as_millis());
+            let options = match config.get_options() {
+                Some(o) if !o.trim().is_empty() => format!("{o} {timeout}"),
+                _ => timeout,
+            };
+            config.options(&options);
+        }
         let manager =
             Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
@@ -308,7 +319,9 @@ impl PostgresStore {
         let metrics = Arc::new(StoreMetrics::default());
         let (tx, rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         tokio::spawn(writer_loop(pool.clone(), rx, metrics.clone()));
-        Ok(PostgresStore { pool, writer: Some(tx), metrics, isolated })
+        let anchor = AnchorSlot::default();
+        tokio::spawn(audit_head_keeper(pool.clone(), metrics.clone(), anchor.clone()));
+        Ok(PostgresStore { pool, writer: Some(tx), metrics, isolated, anchor })
     }
 
     /// The schema an isolated store works in.
@@ -378,6 +391,8 @@ async fn create_schema(pool: &Pool) -> Result<()> {
         .await
         .map_err(|e| StoreError::Backend(format!("cannot connect to PostgreSQL: {}", pool_message(&e))))?;
     let tx = client.transaction().await.map_err(pg)?;
+    // The query timeout bounds what requests ask for, not the schema's creation.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(pg)?;
     tx.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", &[&LOCK_SCHEMA])
         .await
         .map_err(|e| StoreError::Backend(format!("cannot create the schema: {}", pg_message(&e))))?;
@@ -416,6 +431,9 @@ fn pg_message(e: &tokio_postgres::Error) -> String {
 }
 
 fn pg(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+        return StoreError::TooCostly(crate::query_timeout().unwrap_or_default());
+    }
     StoreError::Backend(format!("postgresql: {}", pg_message(&e)))
 }
 
@@ -471,6 +489,103 @@ fn row_to_audit(row: &tokio_postgres::Row) -> Result<AuditRecord> {
 
 type Param = Box<dyn ToSql + Sync + Send>;
 
+/// [`row_to_audit`] for verification: a damaged row is returned as well as it can be read
+/// (see [`Store::audit_scan`]), never an error.
+fn row_to_audit_lenient(row: &tokio_postgres::Row) -> Result<AuditRecord> {
+    let get_err = |e: tokio_postgres::Error| StoreError::Backend(format!("postgresql: unexpected row: {}", pg_message(&e)));
+    let patients: Option<&str> = row.try_get(5).map_err(get_err)?;
+    let event: &[u8] = row.try_get(8).map_err(get_err)?;
+    Ok(AuditRecord {
+        seq: row.try_get(0).map_err(get_err)?,
+        recorded_micros: row.try_get(1).map_err(get_err)?,
+        user: row.try_get(2).map_err(get_err)?,
+        action: row.try_get(3).map_err(get_err)?,
+        break_glass: row.try_get(4).map_err(get_err)?,
+        patients: crate::parse_patients_lenient(patients),
+        prev_hash: row.try_get(6).map_err(get_err)?,
+        hash: row.try_get(7).map_err(get_err)?,
+        event: codec::decode(event).unwrap_or_else(|_| event.to_vec()),
+    })
+}
+
+/// The head of the audit chain as stored.
+async fn read_audit_head(pool: &Pool) -> Result<ChainHead> {
+    let c = pool.get().await.map_err(pool_error)?;
+    let stmt = c.prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").await.map_err(pg)?;
+    match c.query_opt(&stmt, &[]).await.map_err(pg)? {
+        Some(row) => {
+            let seq: i64 = row.try_get(0).map_err(pg)?;
+            let hash: &[u8] = row.try_get(1).map_err(pg)?;
+            ChainHead::from_stored(seq, hash)
+        }
+        None => Ok(ChainHead::GENESIS),
+    }
+}
+
+/// The stored hash of audit record `seq`, if there is one.
+async fn audit_hash_at(pool: &Pool, seq: i64) -> Result<Option<Vec<u8>>> {
+    let c = pool.get().await.map_err(pool_error)?;
+    let stmt = c.prepare_cached("SELECT hash FROM audit_log WHERE seq = $1").await.map_err(pg)?;
+    match c.query_opt(&stmt, &[&seq]).await.map_err(pg)? {
+        Some(row) => Ok(Some(row.try_get(0).map_err(pg)?)),
+        None => Ok(None),
+    }
+}
+
+/// Where [`PostgresStore`] keeps its audit anchor writer.
+#[derive(Clone, Default)]
+struct AnchorSlot(Arc<std::sync::Mutex<Option<crate::anchor::AnchorWriter>>>);
+
+/// Follows the head of the audit chain (every [`HEAD_POLL`], whoever appends to it):
+/// exports it ([`StoreMetrics::audit_head_seq`]) and keeps the anchor, if one is set, at
+/// it — never backwards, nor past a record the anchor saw that changed (it stays as the
+/// evidence; see [`crate::anchor::AnchorWriter::update`]). Ends, making the anchor durable,
+/// when the store is dropped.
+async fn audit_head_keeper(pool: Pool, metrics: Arc<StoreMetrics>, anchor: AnchorSlot) {
+    let mut tick = tokio::time::interval(HEAD_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen: Option<ChainHead> = None;
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            break;
+        }
+        let Ok(head) = read_audit_head(&pool).await else { continue };
+        metrics.audit_head_seq.store(head.seq, std::sync::atomic::Ordering::Relaxed);
+        let anchored = anchor.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|w| w.current());
+        let Some(anchored) = anchored else {
+            seen = Some(head);
+            continue;
+        };
+        if seen == Some(head) {
+            continue;
+        }
+        // Past the anchored record: is it still the one the anchor saw?
+        let rewritten = head.seq > anchored.seq
+            && anchored.seq > 0
+            && match audit_hash_at(&pool, anchored.seq).await {
+                Ok(hash) => hash.as_deref() != Some(&anchored.hash[..]),
+                Err(_) => continue,
+            };
+        let mut slot = anchor.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(w) = slot.as_mut() {
+            if rewritten {
+                w.pin("the audit record the anchor saw has changed: the chain was rewritten");
+            } else {
+                w.update(head.seq, &head.hash);
+            }
+            w.sync_and_log(false);
+        }
+        seen = Some(head);
+    }
+    if let Some(w) = anchor.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        w.sync_and_log(true);
+    }
+}
+
+/// How often [`audit_head_keeper`] reads the head of the chain.
+const HEAD_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn param_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
 }
@@ -508,13 +623,13 @@ async fn find_ids<C: GenericClient>(c: &C, criteria: &Criteria) -> Result<Vec<St
         sql.push_str(&format!(" AND r.id = ${}", args.len()));
     }
     for m in &criteria.identifiers {
-        args.push(Box::new(m.value.clone()));
+        args.push(Box::new(crate::search::index_key(&m.value).into_owned()));
         sql.push_str(&format!(
             " AND r.id IN (SELECT i.id FROM identifier_index i WHERE i.res_type = $1 AND i.value = ${}",
             args.len()
         ));
         if let Some(system) = &m.system {
-            args.push(Box::new(system.clone()));
+            args.push(Box::new(crate::search::index_key(system).into_owned()));
             sql.push_str(&format!(" AND i.system = ${}", args.len()));
         }
         sql.push(')');
@@ -722,7 +837,159 @@ impl Store for PostgresStore {
             .await
             .map_err(pg)?;
         let rows = c.query(&stmt, &[&after_seq, &limit]).await.map_err(pg)?;
-        rows.iter().map(row_to_audit).collect()
+        rows.iter().map(row_to_audit_lenient).collect()
+    }
+
+    async fn audit_index_lookup(&self, pairs: &[(i64, String)]) -> Result<Vec<bool>> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seqs: Vec<i64> = pairs.iter().map(|(s, _)| *s).collect();
+        let patients: Vec<&str> = pairs.iter().map(|(_, p)| p.as_str()).collect();
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT q.i FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS q(seq, patient, i) \
+                 WHERE EXISTS (SELECT 1 FROM audit_patient p WHERE p.patient = q.patient AND p.seq = q.seq)",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = c.query(&stmt, &[&seqs, &patients]).await.map_err(pg)?;
+        let mut found = vec![false; pairs.len()];
+        for row in rows {
+            let i: i64 = row.try_get(0).map_err(pg)?;
+            if let Some(f) = usize::try_from(i - 1).ok().and_then(|i| found.get_mut(i)) {
+                *f = true;
+            }
+        }
+        Ok(found)
+    }
+
+    async fn audit_index_extra(&self, limit: usize) -> Result<Vec<(i64, String)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let c = self.client().await?;
+        let stmt = c
+            .prepare_cached(
+                "SELECT p.seq, p.patient FROM audit_patient p LEFT JOIN audit_log a ON a.seq = p.seq \
+                 WHERE a.seq IS NULL OR strpos(coalesce(a.patients, ''), '\"' || p.patient || '\"') = 0 \
+                 ORDER BY p.seq, p.patient LIMIT $1",
+            )
+            .await
+            .map_err(pg)?;
+        let rows = c.query(&stmt, &[&limit]).await.map_err(pg)?;
+        rows.iter().map(|r| Ok((r.try_get(0).map_err(pg)?, r.try_get(1).map_err(pg)?))).collect()
+    }
+
+    async fn audit_index_upto(&self) -> Result<i64> {
+        // Index rows are written with their records.
+        Ok(read_audit_head(&self.pool).await?.seq)
+    }
+
+    async fn set_audit_anchor(&self, path: &std::path::Path) -> Result<()> {
+        use crate::anchor::{AnchorState, AnchorWriter};
+        use crate::{AuditDamage, DamageKind};
+        let anchor_error = |e: std::io::Error| StoreError::Backend(format!("audit anchor {}: {e}", path.display()));
+        let mut w = AnchorWriter::open(path).map_err(anchor_error)?;
+        let head = read_audit_head(&self.pool).await?;
+        // Does the chain still hold what the anchor saw? If not, say so in the chain
+        // before the anchor moves on.
+        let mut damage = Vec::new();
+        match &w.found {
+            AnchorState::Valid(a) if a.seq > head.seq => damage.push(AuditDamage {
+                kind: DamageKind::ChainTruncated,
+                first: head.seq + 1,
+                last: Some(a.seq),
+                placeholder: false,
+                message: format!(
+                    "the audit log ends at record {} but reached record {} before (anchor written {}): audit records {}..={} lost (at least)",
+                    head.seq,
+                    a.seq,
+                    crate::format_instant(a.written_micros),
+                    head.seq + 1,
+                    a.seq
+                ),
+            }),
+            AnchorState::Valid(a) if a.seq > 0 && audit_hash_at(&self.pool, a.seq).await?.as_deref() != Some(&a.hash[..]) => {
+                damage.push(AuditDamage {
+                    kind: DamageKind::ChainRewritten,
+                    first: a.seq,
+                    last: None,
+                    placeholder: false,
+                    message: format!(
+                        "audit record {} is not the one the anchor saw (or is gone; anchor written {}): the chain was rewritten",
+                        a.seq,
+                        crate::format_instant(a.written_micros)
+                    ),
+                })
+            }
+            AnchorState::Invalid(why) => damage.push(AuditDamage {
+                kind: DamageKind::AnchorInvalid,
+                first: head.seq + 1,
+                last: None,
+                placeholder: false,
+                message: format!("the audit anchor was not valid ({why}): records removed from the end of the chain before now would not show"),
+            }),
+            AnchorState::Missing if !w.new_key && head.seq > 0 => damage.push(AuditDamage {
+                kind: DamageKind::AnchorInvalid,
+                first: head.seq + 1,
+                last: None,
+                placeholder: false,
+                message: "the audit anchor was removed (its key is still there): records removed from the end of the chain before now would not show"
+                    .into(),
+            }),
+            _ => {}
+        }
+        if damage.is_empty() {
+            w.update(head.seq, &head.hash);
+        } else {
+            let now = crate::now_micros();
+            for d in &damage {
+                tracing::error!(
+                    kind = d.kind.code(),
+                    first = d.first,
+                    last = d.last,
+                    anchor = %path.display(),
+                    "audit trail damage, recorded in the chain: {} (run `tessera audit verify`)",
+                    d.message
+                );
+            }
+            let records = damage
+                .iter()
+                .map(|d| {
+                    let r = d.record(now, None);
+                    NewAudit {
+                        recorded_micros: r.recorded_micros,
+                        user: r.user,
+                        patients: r.patients,
+                        action: r.action,
+                        break_glass: r.break_glass,
+                        event: r.event,
+                    }
+                })
+                .collect();
+            if damage.iter().any(|d| d.kind == DamageKind::ChainTruncated) {
+                // By-patient index rows of the removed records would attach to the records
+                // that take their `seq`s.
+                let c = self.client().await?;
+                let stale = c
+                    .execute(
+                        "DELETE FROM audit_patient p WHERE p.seq > $1 AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.seq = p.seq)",
+                        &[&head.seq],
+                    )
+                    .await
+                    .map_err(pg)?;
+                if stale > 0 {
+                    tracing::warn!(rows = stale, head = head.seq, "removed by-patient audit index rows of records that are not in the log");
+                }
+            }
+            self.append_audit(records).await?;
+            let head = read_audit_head(&self.pool).await?;
+            w.force(head.seq, &head.hash);
+        }
+        w.sync_and_log(true);
+        self.metrics.audit_head_seq.store(head.seq, std::sync::atomic::Ordering::Relaxed);
+        *self.anchor.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(w);
+        Ok(())
     }
 
     async fn ongoing_at(&self, location: &str, kind: &str) -> Result<Vec<(String, String)>> {
@@ -845,12 +1112,14 @@ async fn writer_loop(pool: Pool, mut rx: mpsc::Receiver<Job>, metrics: Arc<Store
                 let audited: u64 = succeeded().map(|w| w.audit.len() as u64).sum();
                 metrics.record_batch(transactions, written);
                 metrics.record_audit(audited);
+                metrics.record_commit_ok();
                 for ((_, ack), result) in jobs.into_iter().zip(results) {
                     let _ = ack.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
+                metrics.record_commit_failure(&e.to_string());
                 let message = match &e {
                     StoreError::Backend(m) => m.clone(),
                     other => other.to_string(),
@@ -946,6 +1215,11 @@ async fn begin_batch(tx: &deadpool_postgres::Transaction<'_>, audited: bool) -> 
 }
 
 async fn lock_writer(tx: &deadpool_postgres::Transaction<'_>) -> Result<()> {
+    // Writes are bounded by the request limits (body, bundle entries), not the query
+    // timeout: a group commit is never cut off half-way through its statements.
+    if crate::query_timeout().is_some() {
+        tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(pg)?;
+    }
     let stmt = tx.prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))").await.map_err(pg)?;
     tx.execute(&stmt, &[&LOCK_WRITER]).await.map_err(pg)?;
     Ok(())
@@ -1454,8 +1728,11 @@ async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, ac
 
     // Identifier index changes: remove what the stored version had and the final one has
     // not, add the reverse.
-    let mut del: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
-    let mut ins: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    // Identifier values and systems go into the index as keys (`search::index_key`): long
+    // ones are cut and marked, so that any valid identifier fits a B-tree row.
+    type Keys<'a> = (Vec<&'a str>, Vec<std::borrow::Cow<'a, str>>, Vec<std::borrow::Cow<'a, str>>, Vec<&'a str>);
+    let mut del: Keys<'_> = Default::default();
+    let mut ins: Keys<'_> = Default::default();
     let mut cur_identifiers: Vec<Option<String>> = Vec::with_capacity(finals.len());
     // Care links: remove every link of the stored version, insert those of the final one.
     let mut link_del: (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
@@ -1487,16 +1764,16 @@ async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, ac
         for (system, value) in old {
             if new.binary_search(&(system.clone(), value.clone())).is_err() {
                 del.0.push(&w.resource_type);
-                del.1.push(value);
-                del.2.push(system);
+                del.1.push(crate::search::index_key(value));
+                del.2.push(crate::search::index_key(system));
                 del.3.push(&w.id);
             }
         }
         for (system, value) in new {
             if old.binary_search(&(system.clone(), value.clone())).is_err() {
                 ins.0.push(&w.resource_type);
-                ins.1.push(value);
-                ins.2.push(system);
+                ins.1.push(crate::search::index_key(value));
+                ins.2.push(crate::search::index_key(system));
                 ins.3.push(&w.id);
             }
         }

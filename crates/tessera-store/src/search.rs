@@ -17,8 +17,107 @@
 //! over one resource type. Chains, `_has` and includes are resolved by the engine (through
 //! the enforcement point) into explicit id lists before they reach the store, so the store
 //! never evaluates anything about data the reader may not see.
+//!
+//! **Long values.** Every text column of the index tables holds [`index_key`] of its value,
+//! and every text value a query compares with one goes through the same function: at most
+//! [`KEY_BYTES`] bytes of the value, cut at a character boundary, followed, when the value
+//! was longer, by [`CUT`] and a 128-bit digest of the whole value written in Unicode
+//! noncharacters. (NUL and noncharacters of the value itself are kept as U+FFFD, so no
+//! value, stored or queried, contains a noncharacter except as that mark.) Rows therefore
+//! stay far below PostgreSQL's B-tree limit of 2,704 bytes per index tuple, and:
+//! equality (tokens, `:exact`, URIs, references) is decided on the whole value, whatever
+//! its length (the digest); a starts-with query of at most `KEY_BYTES` bytes is exact (a
+//! longer one matches the values whose first `KEY_BYTES` bytes it starts with); `:contains`
+//! finds text within the first `KEY_BYTES` bytes of a value.
 
+use sha2::Digest;
+use std::borrow::Cow;
 use tessera_search::{IndexEntry, IndexValue};
+
+/// The most bytes of a value an index row keeps (see [`index_key`]). With the mark and
+/// digest a column holds at most `KEY_BYTES + 3 + 78` = 881 bytes, so the widest index
+/// (two text columns and a few integers) stays under 1,800 bytes.
+pub const KEY_BYTES: usize = 800;
+
+/// The mark after the kept start of a value that was cut: U+FFFF, a noncharacter, which no
+/// key contains otherwise.
+pub const CUT: char = '\u{FFFF}';
+
+/// The digits of the digest of a cut value: 26 five-bit digits (130 ≥ 128 bits), each a
+/// noncharacter of U+FDD0..U+FDEF.
+const DIGEST_DIGITS: usize = 26;
+
+/// Characters that an index key never holds as themselves: NUL (PostgreSQL's `text` cannot
+/// hold it) and the Unicode noncharacters (U+FDD0..U+FDEF and U+xFFFE/U+xFFFF of every
+/// plane: the mark and digest of cut values are made of them).
+fn unkeyable(c: char) -> bool {
+    let u = c as u32;
+    u == 0 || (0xFDD0..=0xFDEF).contains(&u) || u & 0xFFFE == 0xFFFE
+}
+
+/// The form in which a text value is kept in an index column, and compared with one.
+///
+/// NUL and noncharacters become U+FFFD. A value of at most [`KEY_BYTES`] bytes is then kept
+/// as it is; a longer one as its first `KEY_BYTES` bytes (or fewer, at a character
+/// boundary), [`CUT`], and the first 128 bits of the SHA-256 of the whole value in 26
+/// noncharacters. A cut key is longer than `KEY_BYTES` bytes, and no other key is: two
+/// keys are equal exactly when the values are (up to the substitutions above), and a key
+/// of at most `KEY_BYTES` bytes is a prefix of another key exactly when it is a prefix of
+/// that key's value.
+pub fn index_key(s: &str) -> Cow<'_, str> {
+    let clean = substituted(s);
+    if clean.len() <= KEY_BYTES {
+        return clean;
+    }
+    let mut end = KEY_BYTES;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    let digest = sha2::Sha256::digest(clean.as_bytes());
+    let mut bits = u128::from_be_bytes(digest[..16].try_into().expect("32 bytes"));
+    let mut out = String::with_capacity(end + 3 + 3 * DIGEST_DIGITS);
+    out.push_str(&clean[..end]);
+    out.push(CUT);
+    for _ in 0..DIGEST_DIGITS {
+        out.push(char::from_u32(0xFDD0 + (bits & 31) as u32).expect("a noncharacter"));
+        bits >>= 5;
+    }
+    Cow::Owned(out)
+}
+
+/// The value with NUL and noncharacters replaced by U+FFFD (the first step of
+/// [`index_key`]).
+fn substituted(s: &str) -> Cow<'_, str> {
+    // The UTF-8 form of every noncharacter starts with 0xEF (U+FDD0…, U+FFFE/F) or 0xF0…0xF4
+    // (the other planes'): most values are only scanned.
+    if s.bytes().any(|b| b == 0 || b >= 0xEF) && s.chars().any(unkeyable) {
+        Cow::Owned(s.chars().map(|c| if unkeyable(c) { '\u{FFFD}' } else { c }).collect())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// [`index_key`] of an owned value, without a copy when the value is its own key.
+fn key(s: String) -> String {
+    match index_key(&s) {
+        Cow::Borrowed(_) => s,
+        Cow::Owned(k) => k,
+    }
+}
+
+/// The start of the key of a value that every key starting with the value starts with:
+/// the key itself when the value was not cut, else its kept start and [`CUT`] (all the
+/// cut values with that start).
+fn key_start(s: &str) -> Cow<'_, str> {
+    match index_key(s) {
+        Cow::Owned(mut k) if k.len() > KEY_BYTES => {
+            let end = k.find(CUT).expect("a cut key has the mark") + CUT.len_utf8();
+            k.truncate(end);
+            Cow::Owned(k)
+        }
+        k => k,
+    }
+}
 
 /// The stable key of search parameter `code` on `resource_type`: FNV-1a of `Type.code`,
 /// 31 bits (positive, four bytes in SQLite's record format).
@@ -89,7 +188,8 @@ impl Table {
     }
 }
 
-/// A row of an index table, as the backends insert it.
+/// A row of an index table, as the backends insert it. Text columns hold [`index_key`]s
+/// ([`rows`] makes them so).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
     Token { p: i64, system: String, code: String },
@@ -109,6 +209,38 @@ pub enum Row {
     TokenText { p: i64, text: String },
     /// A row of the `sub`-th contained resource (from 1): stored at [`contained_seq`].
     Contained { sub: u8, row: Box<Row> },
+}
+
+impl Row {
+    /// The row with every text column as its [`index_key`].
+    fn keyed(self) -> Row {
+        match self {
+            Row::Token { p, system, code } => Row::Token { p, system: key(system), code: key(code) },
+            Row::PatientToken { p, patient, system, code } => Row::PatientToken { p, patient: key(patient), system: key(system), code: key(code) },
+            Row::String { p, norm, exact } => Row::String { p, norm: key(norm), exact: key(exact) },
+            Row::Date { .. } => self,
+            Row::Quantity { p, value, low, high, system, code } => Row::Quantity { p, value, low, high, system: key(system), code: key(code) },
+            Row::Reference { p, target_type, target_id, url } => {
+                Row::Reference { p, target_type: key(target_type), target_id: key(target_id), url: key(url) }
+            }
+            Row::Uri { p, uri } => Row::Uri { p, uri: key(uri) },
+            Row::TokenQuantity { p, system, code, value, low, high, unit_system, unit } => Row::TokenQuantity {
+                p,
+                system: key(system),
+                code: key(code),
+                value,
+                low,
+                high,
+                unit_system: key(unit_system),
+                unit: key(unit),
+            },
+            Row::TokenToken { p, system, code, system2, code2 } => {
+                Row::TokenToken { p, system: key(system), code: key(code), system2: key(system2), code2: key(code2) }
+            }
+            Row::TokenText { p, text } => Row::TokenText { p, text: key(text) },
+            Row::Contained { sub, row } => Row::Contained { sub, row: Box::new(row.keyed()) },
+        }
+    }
 }
 
 /// The token parameter that also gets patient-scoped rows (`sp_token_pc`).
@@ -152,7 +284,7 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                     continue;
                 }
                 if let Some(text) = text.as_ref().filter(|t| !t.is_empty()) {
-                    let row = wrap(Row::TokenText { p, text: text.clone() });
+                    let row = wrap(Row::TokenText { p, text: text.clone() }.keyed());
                     if !out.contains(&row) {
                         out.push(row);
                     }
@@ -161,7 +293,7 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                 // value that patient-centred searches combine with the patient.
                 let scoped: &[&str] = if !contained && param == PATIENT_SCOPED_PARAM { &patients } else { &[] };
                 for patient in scoped {
-                    let row = Row::PatientToken { p, patient: patient.to_string(), system: system.clone().unwrap_or_default(), code: code.clone() };
+                    let row = Row::PatientToken { p, patient: patient.to_string(), system: system.clone().unwrap_or_default(), code: code.clone() }.keyed();
                     if !out.contains(&row) {
                         out.push(row);
                     }
@@ -251,7 +383,7 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                 _ => continue,
             },
         };
-        let row = wrap(row);
+        let row = wrap(row.keyed());
         if !out.contains(&row) {
             out.push(row);
         }
@@ -443,8 +575,16 @@ impl SqlBuilder {
         }
     }
 
+    /// A text value compared with an index column, as its [`index_key`]. (Ids, types and
+    /// compartments of `resource_current` are their own keys: short, without NUL or
+    /// noncharacters.)
     fn text(&mut self, s: &str) -> String {
-        self.arg(Arg::Text(s.to_string()))
+        self.arg(Arg::Text(index_key(s).into_owned()))
+    }
+
+    /// A text argument as it is (a pattern made of keys).
+    fn raw(&mut self, s: String) -> String {
+        self.arg(Arg::Text(s))
     }
 
     /// `{col} = value`.
@@ -453,10 +593,13 @@ impl SqlBuilder {
         format!("{col} = {v}")
     }
 
-    /// `{col}` starts with `value` (a range on the column, so that its key is used).
+    /// `{col}` starts with `value` (a range on the column, so that its key is used). Exact
+    /// for a value of at most [`KEY_BYTES`] bytes (no key holds U+10FFFF); a longer value
+    /// selects the cut values with the same first bytes.
     fn starts_with(&mut self, col: &str, value: &str) -> String {
-        let lo = self.text(value);
-        let hi = self.text(&format!("{value}\u{10ffff}"));
+        let start = key_start(value).into_owned();
+        let lo = self.raw(start.clone());
+        let hi = self.raw(format!("{start}\u{10ffff}"));
         format!("{col} >= {lo} AND {col} < {hi}")
     }
 
@@ -510,8 +653,8 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
                 conditions.push(clause_sql(&mut b, &ty, clause, "x.seq", false));
             }
         }
-        let limit = b.int(q.limit as i64);
-        let offset = b.int(q.offset as i64);
+        let limit = b.int(i64::try_from(q.limit).unwrap_or(i64::MAX));
+        let offset = b.int(i64::try_from(q.offset).unwrap_or(i64::MAX));
         b.sql = format!(
             "SELECT DISTINCT x.seq FROM sp_token_pc x WHERE {} ORDER BY x.seq DESC LIMIT {limit} OFFSET {offset}",
             conditions.join(" AND ")
@@ -530,8 +673,8 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
                 conditions.push(clause_sql(&mut b, &ty, clause, "x.seq", false));
             }
         }
-        let limit = b.int(q.limit as i64);
-        let offset = b.int(q.offset as i64);
+        let limit = b.int(i64::try_from(q.limit).unwrap_or(i64::MAX));
+        let offset = b.int(i64::try_from(q.offset).unwrap_or(i64::MAX));
         b.sql = format!(
             "SELECT DISTINCT x.seq FROM {} x WHERE {} ORDER BY x.seq DESC LIMIT {limit} OFFSET {offset}",
             table.name(),
@@ -594,8 +737,8 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
     }
     // Ties (and the default) by commit order, newest first: stable under concurrent writes.
     order.push("c.seq DESC".to_string());
-    let limit = b.int(q.limit as i64);
-    let offset = b.int(q.offset as i64);
+    let limit = b.int(i64::try_from(q.limit).unwrap_or(i64::MAX));
+    let offset = b.int(i64::try_from(q.offset).unwrap_or(i64::MAX));
     b.sql = format!(
         "SELECT c.seq FROM resource_current c{} WHERE {} ORDER BY {} LIMIT {limit} OFFSET {offset}",
         joins.concat(),
@@ -837,11 +980,17 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
                     format!("{a}.norm = {n} AND {a}.exact = {v}")
                 }
                 StringMode::Prefix => b.starts_with(&format!("{a}.norm"), value),
-                StringMode::Contains => {
-                    let escaped = value.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-                    let v = b.text(&format!("%{escaped}%"));
-                    format!("{a}.norm LIKE {v} ESCAPE '\\'")
-                }
+                // Within the kept start of long values: never within their mark and digest,
+                // as the value (a key) holds no noncharacter; a value longer than the kept
+                // start is not within it.
+                StringMode::Contains => match index_key(value) {
+                    k if k.len() > KEY_BYTES => "0 = 1".to_string(),
+                    k => {
+                        let escaped = k.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                        let v = b.raw(format!("%{escaped}%"));
+                        format!("{a}.norm LIKE {v} ESCAPE '\\'")
+                    }
+                },
             });
             (Table::String, w)
         }
@@ -888,11 +1037,21 @@ fn index_pred(b: &mut SqlBuilder, ty: &str, p: &Pred, alias: &str, probe: bool) 
             w.push(match mode {
                 UriMode::Equals => b.eq(&format!("{a}.uri"), value),
                 UriMode::Below => b.starts_with(&format!("{a}.uri"), value),
+                // The value starts with the indexed URI. A cut URI never equals the start of
+                // the (uncut) value: with a value longer than `KEY_BYTES`, the cut URIs with
+                // the same first bytes also match.
                 UriMode::Above => {
-                    let v = b.text(value);
-                    match b.dialect {
+                    let whole = substituted(value).into_owned();
+                    let long = whole.len() > KEY_BYTES;
+                    let v = b.raw(whole);
+                    let above = match b.dialect {
                         Dialect::Sqlite => format!("substr({v}, 1, length({a}.uri)) = {a}.uri"),
                         Dialect::Postgres => format!("left({v}, length({a}.uri)) = {a}.uri"),
+                    };
+                    if long {
+                        format!("({above} OR ({}))", b.starts_with(&format!("{a}.uri"), value))
+                    } else {
+                        above
                     }
                 }
             });
@@ -983,6 +1142,82 @@ mod tests {
             }
         }
         assert!(seen.len() > 1000);
+    }
+
+    #[test]
+    fn long_values_are_cut_with_a_mark_and_digest() {
+        assert!(matches!(index_key("chalmers"), Cow::Borrowed("chalmers")));
+        assert_eq!(index_key("a\u{0}b\u{FFFF}c\u{FDD0}\u{10FFFF}"), "a\u{FFFD}b\u{FFFD}c\u{FFFD}\u{FFFD}");
+        let exactly = "x".repeat(KEY_BYTES);
+        assert_eq!(index_key(&exactly), exactly.as_str());
+        // Cut at a character boundary (one- to four-byte characters), never over the bound;
+        // the key of a cut value is longer than the bound, the kept start followed by the
+        // mark and 26 digits.
+        for (unit, len) in [("a", 3000), ("é", 1500), ("€", 1000), ("𝄞", 750), ("a", 200_000)] {
+            let v = unit.repeat(len);
+            let k = index_key(&v);
+            assert!(k.len() > KEY_BYTES && k.len() <= KEY_BYTES + 3 + 3 * DIGEST_DIGITS, "{unit}: {}", k.len());
+            let (start, rest) = k.split_once(CUT).unwrap();
+            assert!(v.starts_with(start) && start.len() + unit.len() > KEY_BYTES);
+            assert_eq!(rest.chars().count(), DIGEST_DIGITS);
+            assert!(rest.chars().all(|c| (0xFDD0..=0xFDEF).contains(&(c as u32))));
+            assert_eq!(key_start(&v), format!("{start}{CUT}"));
+            // The same value, the same key; a different value with the same start, another.
+            assert_eq!(index_key(&v.clone()), k);
+            assert_ne!(index_key(&format!("{v}!")), k);
+            let mut other = v.clone();
+            other.pop();
+            other.push('b');
+            assert_ne!(index_key(&other), k);
+        }
+    }
+
+    #[test]
+    fn rows_keep_keys() {
+        let long = "lorem ipsum ".repeat(300);
+        let entries = vec![
+            IndexEntry { param: "value-string".into(), value: IndexValue::String { normalized: long.clone(), exact: long.to_uppercase() } },
+            IndexEntry { param: "identifier".into(), value: IndexValue::Token { system: Some(long.clone()), code: long.clone(), text: Some(long.clone()) } },
+            IndexEntry { param: "value-string".into(), value: IndexValue::String { normalized: "a\u{0}".into(), exact: "A\u{0}".into() } },
+        ];
+        let rows = rows("Observation", &entries);
+        assert_eq!(rows.len(), 4, "{rows:?}");
+        for row in &rows {
+            let texts: Vec<&String> = match row {
+                Row::String { norm, exact, .. } => vec![norm, exact],
+                Row::Token { system, code, .. } => vec![system, code],
+                Row::TokenText { text, .. } => vec![text],
+                other => panic!("{other:?}"),
+            };
+            for t in texts {
+                assert!(t.len() <= KEY_BYTES + 3 + 3 * DIGEST_DIGITS && !t.contains('\u{0}'), "{}", t.len());
+            }
+        }
+        assert!(rows.contains(&Row::String { p: param_key("Observation", "value-string"), norm: "a\u{FFFD}".into(), exact: "A\u{FFFD}".into() }));
+    }
+
+    #[test]
+    fn queries_compare_keys() {
+        let long = "lorem ipsum ".repeat(300);
+        let q = |mode: StringMode, value: &str| {
+            let mut q = IndexQuery::new(Some("Observation"));
+            q.clauses.push(Clause { any: vec![Pred::String { param: "value-string".into(), mode, value: value.into() }], negate: false });
+            q.offset = usize::MAX;
+            select_sql(&q, Dialect::Postgres)
+        };
+        let texts = |b: &SqlBuilder| b.args.iter().filter_map(|a| if let Arg::Text(t) = a { Some(t.clone()) } else { None }).collect::<Vec<_>>();
+        // `:exact`: both columns by their keys.
+        let b = q(StringMode::Exact, &long);
+        assert_eq!(texts(&b), vec![index_key(&long).into_owned(), index_key(&long).into_owned()]);
+        assert!(b.args.contains(&Arg::Int(i64::MAX)), "{:?}", b.args);
+        // Starts with: up to the bound exactly; beyond it, the cut values with that start.
+        let b = q(StringMode::Prefix, "lorem");
+        assert_eq!(texts(&b), vec!["lorem".to_string(), "lorem\u{10FFFF}".to_string()]);
+        let b = q(StringMode::Prefix, &long);
+        assert_eq!(texts(&b)[0], key_start(&long));
+        // `:contains`: within the kept start; longer than it, nothing.
+        assert_eq!(texts(&q(StringMode::Contains, "a\u{0}_%")).last().unwrap(), "%a\u{FFFD}\\_\\%%");
+        assert!(q(StringMode::Contains, &long).sql.contains("0 = 1"));
     }
 
     #[test]

@@ -20,7 +20,7 @@
 use crate::journal::{self, Chained, Journal};
 use crate::search;
 use crate::{
-    codec, parse_patients, AuditQuery, AuditRecord, CareLink, ChainHead, ConflictReason, Criteria,
+    codec, parse_patients, AuditDamage, AuditQuery, AuditRecord, CareLink, ChainHead, ConflictReason, Criteria, DamageKind,
     HistoryQuery, NewAudit, PendingAudit, Precondition, Result, Store, StoreError, StoreMetrics,
     StoreStats, Stored, Transaction, Write,
 };
@@ -144,6 +144,9 @@ struct Job {
 
 pub struct SqliteStore {
     path: PathBuf,
+    /// The data directory's lock (`tessera.lock`), held while this store owns the
+    /// directory; `None` for a store opened with [`SqliteStore::open_shared`].
+    lock: Option<std::fs::File>,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<mpsc::Sender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -160,6 +163,9 @@ impl SqliteStore {
                 data_dir.display()
             ))
         })?;
+        // One process owns a data directory: its writer keeps the head of the audit
+        // chain and the read journal, which no other process may touch.
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join("tessera.db");
         let conn = Connection::open(&path).map_err(db)?;
         conn.execute_batch(
@@ -199,12 +205,56 @@ impl SqliteStore {
         let checkpointer = Checkpointer::start(&path, metrics.clone())?;
         Ok(SqliteStore {
             path,
+            lock: Some(lock),
             readers: Mutex::new(Vec::new()),
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some(checkpointer)),
             metrics,
         })
+    }
+
+    /// Opens the store in `data_dir` beside the process that owns it (a running server):
+    /// reads, and the settings of `set_meta`, only. Resource and audit writes are refused;
+    /// the audit log reads as the owner's log followed by its journal, untouched.
+    pub fn open_shared(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join("tessera.db");
+        if !path.exists() {
+            return Err(StoreError::Backend(format!("{} holds no Tessera database", data_dir.display())));
+        }
+        Ok(SqliteStore {
+            path,
+            lock: None,
+            readers: Mutex::new(Vec::new()),
+            writer: Mutex::new(None),
+            writer_thread: Mutex::new(None),
+            checkpointer: Mutex::new(None),
+            metrics: Arc::new(StoreMetrics::default()),
+        })
+    }
+
+    /// Whether this store owns its data directory (it may write).
+    pub fn owns_data_dir(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// For tests of crash recovery: from now on the writer leaves the records of reads in
+    /// the audit journal (no move into the database when idle), and dropping the store
+    /// stops it as if the process were killed (nothing moved, no clean stop recorded).
+    #[doc(hidden)]
+    pub fn simulate_crash_on_drop(&self) {
+        journal::hold(self.path.parent().unwrap_or(&self.path));
+    }
+
+    fn no_writer(&self) -> StoreError {
+        if self.lock.is_none() {
+            StoreError::Backend(format!(
+                "{} is open read-only beside the server that owns it: stop the server to change it, or change it through the server",
+                self.path.parent().unwrap_or(&self.path).display()
+            ))
+        } else {
+            StoreError::Closed
+        }
     }
 
     /// Path of the database file.
@@ -223,6 +273,9 @@ impl SqliteStore {
 
     /// Moves the journaled audit records into `audit_log` (before the log is read).
     async fn fold_journal(&self) -> Result<()> {
+        if self.lock.is_none() {
+            return Ok(()); // the owner's journal is read as it is (see `audit_scan`)
+        }
         let (ack, done) = oneshot::channel();
         {
             let writer = self.writer.lock().expect("writer");
@@ -249,7 +302,19 @@ impl SqliteStore {
                 c
             }
         };
-        let out = f(&conn).map_err(db);
+        // A read that runs past the query timeout is interrupted (SQLITE_INTERRUPT).
+        let timeout = crate::query_timeout();
+        if let Some(t) = timeout {
+            let deadline = std::time::Instant::now() + t;
+            conn.progress_handler(20_000, Some(move || std::time::Instant::now() > deadline));
+        }
+        let out = f(&conn).map_err(|e| match (e.sqlite_error_code(), timeout) {
+            (Some(rusqlite::ErrorCode::OperationInterrupted), Some(t)) => StoreError::TooCostly(t),
+            _ => db(e),
+        });
+        if timeout.is_some() {
+            conn.progress_handler(0, None::<fn() -> bool>);
+        }
         let mut pool = self.readers.lock().expect("reader pool");
         if pool.len() < 16 {
             pool.push(conn);
@@ -316,40 +381,311 @@ impl Checkpointer {
     }
 }
 
+/// Takes the data directory's lock (`tessera.lock`, an exclusive `flock` held for the
+/// life of the store), or says which process holds it.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join("tessera.lock");
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| {
+        StoreError::Backend(format!("cannot open the lock file {}: {e}", path.display()))
+    })?;
+    // SAFETY: flock on a file descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        return Err(StoreError::Backend(format!(
+            "the data directory {} is in use by another Tessera process{}: a data directory belongs to one process at a time. \
+             Stop that server to run this command, or use a command that only reads",
+            dir.display(),
+            if holder.is_empty() { String::new() } else { format!(" (pid {holder})") }
+        )));
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    let _ = file.flush();
+    Ok(file)
+}
+
 fn journal_error(dir: &Path, e: std::io::Error) -> StoreError {
     StoreError::Backend(format!("audit journal in {}: {e}", dir.display()))
 }
 
 /// Moves the records the audit journal holds beyond `audit_log` into it (after a crash or
-/// a kill), and returns the head of the chain.
+/// a kill) and returns the head of the chain. Damage to the journal (frames unreadable or
+/// missing, the file cut short or gone) and to the chain (records the anchor saw that are
+/// gone or changed) is logged as an error and recorded in the chain (see `journal`'s
+/// module documentation, [`crate::anchor`] and [`AuditDamage`]); the anchor then moves on.
 fn recover_journal(conn: &mut Connection, dir: &Path) -> Result<ChainHead> {
+    use crate::anchor::{AnchorState, AnchorWriter};
     let stored = chain_head(conn)?;
-    let (_, frames) = Journal::open(dir).map_err(|e| journal_error(dir, e))?;
+    let state: Option<String> = conn
+        .query_row("SELECT value FROM tessera_meta WHERE key = ?1", [journal::STATE_KEY], |r| r.get(0))
+        .optional()
+        .map_err(db)?;
+    // `open`: the last server did not stop cleanly; `clean <seq>`: it did, at that head.
+    let crashed = state.as_deref() == Some("open");
+    let clean_seq: Option<i64> = state.as_deref().and_then(|s| s.strip_prefix("clean ")).and_then(|s| s.parse().ok());
+    let path = dir.join(journal::FILE_NAME);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(journal_error(dir, e)),
+    };
+    let scan = bytes.as_deref().map(|b| journal::scan(b, stored.seq)).unwrap_or_default();
+    let mut anchor = match AnchorWriter::open(&dir.join(crate::anchor::FILE_NAME)) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::error!(error = %e, dir = %dir.display(), "cannot open the audit anchor: the chain is not checked against it");
+            None
+        }
+    };
+    let anchored = anchor.as_ref().and_then(|a| a.current());
+    let now = crate::now_micros();
+    let plausible = |t: i64| if t > 0 && t < now + 86_400_000_000 { t } else { now };
+
     let mut head = stored;
-    let mut pending = Vec::new();
-    for f in frames {
-        if f.seq <= stored.seq {
-            continue; // moved already
+    let mut rows: Vec<Chained> = Vec::new();
+    let mut damage: Vec<AuditDamage> = Vec::new();
+    let mut recovered = 0usize;
+    for f in scan.frames {
+        if f.seq <= head.seq {
+            continue;
         }
-        if f.seq != head.seq + 1 || f.prev_hash != head.hash {
-            tracing::warn!(seq = f.seq, head = head.seq, "audit journal: a record does not continue the chain; it and what follows are ignored");
-            break;
+        if f.seq > head.seq + 1 {
+            // Frames missing or unreadable before this one: one placeholder per lost
+            // record, carrying the hashes that keep the chain linked.
+            let (first, last) = (head.seq + 1, f.seq - 1);
+            let one = first == last;
+            // Frames the last server had moved into the database before it stopped
+            // cleanly: the database lost those records (its tail was removed), and the
+            // journal still holds some after them.
+            let folded = clean_seq.is_some_and(|c| c >= f.seq);
+            let d = AuditDamage {
+                kind: if folded { DamageKind::ChainTruncated } else { DamageKind::JournalCorrupt },
+                first,
+                last: Some(last),
+                placeholder: true,
+                message: if folded {
+                    format!(
+                        "audit record{} {} {} missing from the audit log (deleted); records after {} were restored from the read journal",
+                        if one { "" } else { "s" },
+                        range(first, Some(last)),
+                        if one { "is" } else { "are" },
+                        if one { "it" } else { "them" },
+                    )
+                } else {
+                    format!(
+                        "audit record{} {} lost: {} in the read journal could not be read (records after {} were recovered); \
+                         what could be read of {} is kept here, unverified",
+                        if one { "" } else { "s" },
+                        range(first, Some(last)),
+                        if one { "its frame" } else { "their frames" },
+                        if one { "it" } else { "them" },
+                        if one { "it" } else { "them" },
+                    )
+                },
+            };
+            let mut prev = head.hash;
+            for seq in first..=last {
+                let salvaged = scan.damaged.iter().find(|c| c.seq == seq).map(|c| &c.audit);
+                let record = d.record(salvaged.map_or(now, |s| plausible(s.recorded_micros)), salvaged);
+                let hash = if seq == last { f.prev_hash } else { crate::audit_hash(&prev, seq, record.recorded_micros, &record.event) };
+                rows.push(Chained { seq, prev_hash: prev, hash, audit: record });
+                prev = hash;
+            }
+            head = ChainHead { seq: last, hash: f.prev_hash };
+            damage.push(d);
         }
-        head = ChainHead {
-            seq: f.seq,
-            hash: f.hash,
-        };
-        pending.push(f);
+        if f.prev_hash != head.hash {
+            tracing::warn!(seq = f.seq, head = head.seq, "audit journal: a frame does not continue the chain (not of this log); ignored");
+            continue;
+        }
+        head = ChainHead { seq: f.seq, hash: f.hash };
+        rows.push(f);
+        recovered += 1;
     }
-    if !pending.is_empty() {
-        let mut h = stored;
-        apply_batch(conn, &[], &mut h, &pending).map_err(db)?;
-        tracing::info!(
-            records = pending.len(),
-            "audit journal: recovered records moved into the audit log"
+
+    // Does the record the anchor saw still have its hash?
+    let mut markers: Vec<(AuditDamage, Option<PendingAudit>)> = Vec::new();
+    if let Some(a) = anchored.filter(|a| a.seq > 0 && a.seq <= head.seq) {
+        let hash = match rows.iter().find(|r| r.seq == a.seq) {
+            Some(r) => Some(r.hash.to_vec()),
+            None => conn
+                .query_row("SELECT hash FROM audit_log WHERE seq = ?1", [a.seq], |r| r.get::<_, Vec<u8>>(0))
+                .optional()
+                .map_err(db)?,
+        };
+        if hash.as_deref() != Some(&a.hash[..]) {
+            markers.push((
+                AuditDamage {
+                    kind: DamageKind::ChainRewritten,
+                    first: a.seq,
+                    last: None,
+                    placeholder: false,
+                    message: format!(
+                        "audit record {} {} the one the anchor saw (written {}): the chain was rewritten",
+                        a.seq,
+                        if hash.is_some() { "is not" } else { "is gone, and with it" },
+                        crate::format_instant(a.written_micros)
+                    ),
+                },
+                None,
+            ));
+        }
+    }
+
+    // Is anything missing after the head?
+    let tail_damaged = scan.damaged.iter().find(|c| c.seq == head.seq + 1);
+    let beyond = [anchored.map(|a| a.seq), clean_seq].into_iter().flatten().filter(|&s| s > head.seq).max();
+    let mut tail: Option<(DamageKind, String)> = None;
+    match bytes.as_ref().map(|b| b.len() as u64) {
+        None if crashed => {
+            tail = Some((DamageKind::JournalDeleted, "the read journal was gone after the server stopped without moving it into the database".into()))
+        }
+        None if state.is_some() && stored.seq > 0 => {
+            tracing::warn!(journal = %path.display(), "the audit journal was removed; nothing was lost (the server had stopped cleanly)")
+        }
+        Some(n) if n < journal::CAPACITY && state.is_some() => {
+            if crashed || beyond.is_some() {
+                tail = Some((DamageKind::JournalTruncated, format!("the read journal was cut short ({n} of {} bytes)", journal::CAPACITY)));
+            } else {
+                tracing::warn!(journal = %path.display(), bytes = n, "the audit journal was cut short; nothing was lost (the server had stopped cleanly)");
+            }
+        }
+        _ => {}
+    }
+    if tail.is_none() {
+        if let Some(d) = tail_damaged {
+            // Acknowledged (the anchor saw it), or there after a clean stop: damage.
+            // Otherwise the torn write of a group that was never acknowledged.
+            if beyond.is_some_and(|b| b >= d.seq) || clean_seq.is_some() {
+                tail = Some((DamageKind::JournalCorrupt, format!("the frame of audit record {} in the read journal could not be read", d.seq)));
+            } else {
+                tracing::warn!(seq = d.seq, "audit journal: dropped a torn frame after the head (a write cut short by the crash, never acknowledged)");
+            }
+        } else if let Some(b) = beyond {
+            tail = Some(if crashed {
+                (DamageKind::JournalCorrupt, format!("the read journal does not hold the records up to {b} that the anchor saw"))
+            } else {
+                (DamageKind::ChainTruncated, format!("the audit log ends at record {} but reached record {b} before", head.seq))
+            });
+        }
+    }
+    if let Some((kind, why)) = tail {
+        let first = head.seq + 1;
+        let last = [beyond, scan.damaged.iter().map(|c| c.seq).max()].into_iter().flatten().filter(|&s| s >= first).max();
+        let lost = match last {
+            Some(l) if l == first => format!("audit record {first} lost"),
+            Some(l) => format!("audit records {} lost (at least)", range(first, Some(l))),
+            None => format!("audit records from {first} on may be lost (how many is unknown)"),
+        };
+        let salvaged = tail_damaged.map(|c| c.audit.clone());
+        let message = format!("{why}: {lost}{}", if salvaged.is_some() { "; what could be read of the first is kept here, unverified" } else { "" });
+        markers.push((AuditDamage { kind, first, last, placeholder: false, message }, salvaged));
+    }
+    match anchor.as_ref().map(|a| &a.found) {
+        Some(AnchorState::Invalid(why)) => markers.push((
+            AuditDamage {
+                kind: DamageKind::AnchorInvalid,
+                first: head.seq + 1,
+                last: None,
+                placeholder: false,
+                message: format!("the audit anchor was not valid ({why}): records removed from the end of the chain before now would not show"),
+            },
+            None,
+        )),
+        Some(AnchorState::Missing) if anchor.as_ref().is_some_and(|a| !a.new_key) && stored.seq > 0 => markers.push((
+            AuditDamage {
+                kind: DamageKind::AnchorInvalid,
+                first: head.seq + 1,
+                last: None,
+                placeholder: false,
+                message: "the audit anchor was removed (its key is still there): records removed from the end of the chain before now would not show"
+                    .into(),
+            },
+            None,
+        )),
+        _ => {}
+    }
+    for (d, salvaged) in markers {
+        let record = d.record(now, salvaged.as_ref());
+        let (seq, prev_hash, hash) = head.chain(&record);
+        rows.push(Chained { seq, prev_hash, hash, audit: record });
+        damage.push(d);
+    }
+
+    let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+    // By-patient index rows of records no longer in the log (its tail was removed) would
+    // attach to the records that take their `seq`s: remove them, and index from the head.
+    let stale = txn.execute("DELETE FROM audit_patient WHERE seq > ?1", [stored.seq]).map_err(db)?;
+    txn.execute(
+        "UPDATE tessera_meta SET value = ?2 WHERE key = ?1 AND CAST(value AS INTEGER) > ?3",
+        params![AUDIT_INDEXED_UPTO, stored.seq.to_string(), stored.seq],
+    )
+    .map_err(db)?;
+    if stale > 0 {
+        tracing::warn!(rows = stale, head = stored.seq, "removed by-patient audit index rows of records that are not in the log");
+    }
+    for r in &rows {
+        insert_audit(&txn, r.seq, &r.prev_hash, &r.hash, &r.audit).map_err(db)?;
+    }
+    txn.execute(
+        "INSERT INTO tessera_meta (key, value) VALUES (?1, 'open') ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [journal::STATE_KEY],
+    )
+    .map_err(db)?;
+    txn.commit().map_err(db)?;
+    if recovered > 0 {
+        tracing::info!(records = recovered, "audit journal: recovered records moved into the audit log");
+    }
+    for d in &damage {
+        tracing::error!(
+            kind = d.kind.code(),
+            first = d.first,
+            last = d.last,
+            "audit trail damage, recorded in the chain: {} (run `tessera audit verify`)",
+            d.message
         );
     }
+    // Everything the journal held is in the database now: start it afresh, so that
+    // nothing read above is read again.
+    if bytes.is_some() && (!rows.is_empty() || !scan.damaged.is_empty()) {
+        let zeros = vec![0u8; journal::CAPACITY as usize];
+        std::fs::write(&path, &zeros)
+            .and_then(|()| std::fs::File::open(&path)?.sync_all())
+            .map_err(|e| journal_error(dir, e))?;
+    }
+    if let Some(a) = &mut anchor {
+        if damage.iter().any(|d| !d.placeholder) {
+            a.force(head.seq, &head.hash);
+        } else {
+            a.update(head.seq, &head.hash);
+        }
+        a.sync_and_log(true);
+    }
     Ok(head)
+}
+
+/// `first..=last`, or `first` alone.
+fn range(first: i64, last: Option<i64>) -> String {
+    match last {
+        Some(l) if l != first => format!("{first}..={l}"),
+        _ => first.to_string(),
+    }
+}
+
+/// Records that the server stopped cleanly, with everything journaled in `audit_log`
+/// (the journal then holds nothing that could be lost).
+fn mark_journal_clean(conn: &Connection, head: ChainHead) {
+    if let Err(e) = conn.execute(
+        "INSERT INTO tessera_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![journal::STATE_KEY, format!("clean {}", head.seq)],
+    ) {
+        tracing::warn!(error = %e, "cannot record the clean stop of the audit journal");
+    }
 }
 
 /// The head of the audit chain as stored.
@@ -473,7 +809,7 @@ impl Store for SqliteStore {
             let writer = self.writer.lock().expect("writer");
             writer
                 .as_ref()
-                .ok_or(StoreError::Closed)?
+                .ok_or_else(|| self.no_writer())?
                 .send(Job { writes: tx, rows, audit, ack })
                 .map_err(|_| StoreError::Closed)?;
         }
@@ -599,14 +935,77 @@ impl Store for SqliteStore {
 
     async fn audit_scan(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditRecord>> {
         self.fold_journal().await?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with_reader(|c| {
+        let max = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut page: Vec<AuditRecord> = self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {AUDIT_COLUMNS} FROM audit_log a WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2"
             ))?;
-            let rows = stmt.query_map(params![after_seq, limit], row_to_audit)?;
+            let rows = stmt.query_map(params![after_seq, max], row_to_audit_lenient)?;
+            rows.collect()
+        })?;
+        if self.lock.is_none() && page.len() < limit {
+            // Beside a running server: its journal continues the log.
+            let dir = self.path.parent().unwrap_or(&self.path);
+            let frames = journal::read_frames(dir).map_err(|e| journal_error(dir, e))?;
+            let mut last = page.last().map_or(after_seq, |r| r.seq);
+            let stored_head = self.with_reader(|c| c.query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| r.get::<_, i64>(0)))?;
+            for f in frames {
+                if f.seq <= stored_head.max(last) || page.len() >= limit {
+                    continue;
+                }
+                if f.seq != last + 1 {
+                    break;
+                }
+                last = f.seq;
+                page.push(AuditRecord {
+                    seq: f.seq,
+                    recorded_micros: f.audit.recorded_micros,
+                    user: f.audit.user.clone(),
+                    patients: f.audit.patients.clone(),
+                    action: f.audit.action.clone(),
+                    break_glass: f.audit.break_glass,
+                    prev_hash: f.prev_hash.to_vec(),
+                    hash: f.hash.to_vec(),
+                    event: f.audit.event.clone(),
+                });
+            }
+        }
+        Ok(page)
+    }
+
+    async fn audit_index_lookup(&self, pairs: &[(i64, String)]) -> Result<Vec<bool>> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached("SELECT 1 FROM audit_patient WHERE patient = ?1 AND seq = ?2")?;
+            pairs.iter().map(|(seq, patient)| stmt.exists(params![patient, seq])).collect()
+        })
+    }
+
+    async fn audit_index_extra(&self, limit: usize) -> Result<Vec<(i64, String)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT p.seq, p.patient FROM audit_patient p LEFT JOIN audit_log a ON a.seq = p.seq \
+                 WHERE a.seq IS NULL OR instr(coalesce(a.patients, ''), '\"' || p.patient || '\"') = 0 \
+                 ORDER BY p.seq, p.patient LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
+    }
+
+    async fn audit_index_upto(&self) -> Result<i64> {
+        self.with_reader(audit_indexed_upto)
+    }
+
+    async fn set_audit_anchor(&self, path: &Path) -> Result<()> {
+        let own = self.path.parent().unwrap_or(&self.path).join(crate::anchor::FILE_NAME);
+        if path == own {
+            return Ok(());
+        }
+        Err(StoreError::Backend(format!(
+            "the SQLite store keeps its audit anchor in its data directory ({}); it cannot be moved",
+            own.display()
+        )))
     }
 
     async fn care_links(&self, patient: &str) -> Result<Vec<CareLink>> {
@@ -727,6 +1126,42 @@ fn row_to_audit(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     })
 }
 
+/// [`row_to_audit`] for verification: a damaged row is returned as well as it can be read
+/// (see [`Store::audit_scan`]), never an error.
+fn row_to_audit_lenient(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    use rusqlite::types::Value as V;
+    let text = |i: usize| -> rusqlite::Result<Option<String>> {
+        Ok(match row.get::<_, V>(i)? {
+            V::Null => None,
+            V::Integer(n) => Some(n.to_string()),
+            V::Real(f) => Some(f.to_string()),
+            V::Text(t) => Some(t),
+            V::Blob(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+        })
+    };
+    let bytes = |i: usize| -> rusqlite::Result<Vec<u8>> {
+        Ok(match row.get::<_, V>(i)? {
+            V::Blob(b) => b,
+            V::Text(t) => t.into_bytes(),
+            V::Integer(n) => n.to_string().into_bytes(),
+            V::Real(f) => f.to_string().into_bytes(),
+            V::Null => Vec::new(),
+        })
+    };
+    let event = bytes(8)?;
+    Ok(AuditRecord {
+        seq: row.get(0)?,
+        recorded_micros: row.get::<_, V>(1).map(|v| if let V::Integer(n) = v { n } else { i64::MIN })?,
+        user: text(2)?,
+        action: text(3)?.unwrap_or_default(),
+        break_glass: !matches!(row.get::<_, V>(4)?, V::Integer(0) | V::Null),
+        patients: crate::parse_patients_lenient(text(5)?.as_deref()),
+        prev_hash: bytes(6)?,
+        hash: bytes(7)?,
+        event: codec::decode(&event).unwrap_or(event),
+    })
+}
+
 fn history_filter(q: &HistoryQuery, paged: bool) -> (String, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value as V;
     let mut clauses = vec!["1 = 1".to_string()];
@@ -810,15 +1245,17 @@ struct Writer<'m> {
 }
 
 fn writer_loop(mut w: Writer<'_>, rx: mpsc::Receiver<Job>) {
+    w.journal.anchor(w.head, w.metrics);
     loop {
         let first = match rx.recv_timeout(std::time::Duration::from_millis(250)) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // Idle: move journaled records into the database and index them.
-                if !w.pending.is_empty() {
+                if !w.pending.is_empty() && !w.journal.held() {
                     w.commit(Vec::new());
                 }
                 w.index_audit();
+                w.journal.sync_anchor(false);
                 // Copy the WAL into the database file now rather than in the middle of
                 // later work (after a bulk load that takes a while).
                 if std::mem::take(&mut w.wal_dirty) {
@@ -829,9 +1266,18 @@ fn writer_loop(mut w: Writer<'_>, rx: mpsc::Receiver<Job>) {
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if w.journal.held() {
+                    // Tests: stop as if killed.
+                    w.journal.release_hold();
+                    break;
+                }
                 if !w.pending.is_empty() {
                     w.commit(Vec::new());
                 }
+                if w.pending.is_empty() {
+                    mark_journal_clean(&w.conn, w.head);
+                }
+                w.journal.sync_anchor(true);
                 break;
             }
         };
@@ -920,6 +1366,7 @@ impl Writer<'_> {
                 self.head = chain;
                 self.metrics.record_audit(records.len() as u64);
                 self.pending.extend(records);
+                self.journal.anchor(self.head, self.metrics);
                 for ack in acks {
                     let _ = ack.send(Ok(()));
                 }
@@ -942,6 +1389,7 @@ impl Writer<'_> {
                 self.wal_dirty = true;
                 self.pending.clear();
                 self.journal.reset();
+                self.journal.anchor(self.head, self.metrics);
                 let succeeded = || {
                     jobs.iter()
                         .zip(&results)
@@ -955,12 +1403,14 @@ impl Writer<'_> {
                     self.metrics.record_batch(transactions, written);
                 }
                 self.metrics.record_audit(audited);
+                self.metrics.record_commit_ok();
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.ack.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
+                self.metrics.record_commit_failure(&e.to_string());
                 for job in jobs {
                     let _ = job.ack.send(Err(StoreError::Backend(e.to_string())));
                 }

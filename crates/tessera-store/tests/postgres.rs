@@ -111,14 +111,15 @@ async fn concurrent_starts_share_one_schema() {
 async fn database_error_fails_only_its_transaction() {
     let Some(url) = database_url() else { return };
     let store: DynStore = Arc::new(PostgresStore::connect_isolated(&url).await.unwrap());
-    // PostgreSQL text cannot hold NUL: that write fails in the database, not in a
-    // precondition. The transactions committed alongside it must not suffer.
+    // PostgreSQL text cannot hold NUL: that write (a NUL in its id, which the engine never
+    // sends) fails in the database, not in a precondition. The transactions committed
+    // alongside it must not suffer.
     let mut tasks = Vec::new();
     for t in 0..12 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            let identifier = if t == 5 { "bad\u{0}value".to_string() } else { format!("ok-{t}") };
-            store.commit(vec![observation(&format!("e{t}"), "p1", &identifier)]).await
+            let id = if t == 5 { "bad\u{0}id".to_string() } else { format!("e{t}") };
+            store.commit(vec![observation(&id, "p1", &format!("ok-{t}"))]).await
         }));
     }
     for (t, task) in tasks.into_iter().enumerate() {

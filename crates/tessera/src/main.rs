@@ -156,14 +156,51 @@ enum UserCommand {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Clear the sign-in lock of a user (locked after repeated failed passwords), or with
+    /// --client of a service account; takes effect on running servers within seconds, and is
+    /// recorded in the audit trail.
+    ///
+    /// Example:
+    ///   tessera user unlock dr.patel --data-dir ./tessera-data
+    #[command(verbatim_doc_comment)]
+    Unlock {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Login name (with --client: the service account's client id).
+        id: String,
+        /// Unlock a service account (client credentials) instead of a user.
+        #[arg(long)]
+        client: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of the audit log: detects any altered, deleted or reordered record.
+    /// Verify the audit trail; list every problem with the seq of its record.
+    ///
+    /// Checks the hash chain (records altered, deleted, reordered), the columns audit
+    /// queries use against each record's event (user, patients, break-glass, action), the
+    /// by-patient index behind $access-log, the chain against its anchor (records cut off
+    /// its end), and reports the damage the server found and recorded (a damaged read
+    /// journal). Safe beside a running server. Exit status: 0 intact, 2 problems found,
+    /// 1 the check could not run. Examples:
+    ///   tessera audit verify --data-dir /var/lib/tessera
+    ///   tessera audit verify --database-url postgres://… --anchor /var/lib/tessera/audit.anchor
+    #[command(verbatim_doc_comment)]
     Verify {
         #[command(flatten)]
         store: StoreArgs,
+        /// The anchor file the server keeps (the chain's head, signed). Default on SQLite:
+        /// tessera-audit.anchor in the data directory; on PostgreSQL, the file given to
+        /// `tessera serve --audit-anchor`.
+        #[arg(long)]
+        anchor: Option<PathBuf>,
+        /// The anchor's key file (default: the anchor's path with `.key` appended).
+        #[arg(long)]
+        anchor_key: Option<PathBuf>,
+        /// Problems listed at most (the others are counted).
+        #[arg(long, default_value_t = 100)]
+        max_problems: usize,
     },
 }
 
@@ -181,6 +218,11 @@ struct StoreArgs {
 struct ServeArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// PostgreSQL: keep the head of the audit chain in this file too (signed with the key
+    /// in FILE.key, created if absent), so that `tessera audit verify --anchor FILE`
+    /// detects records cut off the end of the log. SQLite keeps one in its data directory.
+    #[arg(long, env = "TESSERA_AUDIT_ANCHOR", value_name = "FILE")]
+    audit_anchor: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -196,6 +238,31 @@ struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long, env = "TESSERA_MAX_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Most entries in one batch or transaction Bundle.
+    #[arg(long, env = "TESSERA_MAX_BUNDLE_ENTRIES", default_value_t = 20_000)]
+    max_bundle_entries: usize,
+    /// Most search parameters in one search request.
+    #[arg(long, env = "TESSERA_MAX_SEARCH_PARAMETERS", default_value_t = 50)]
+    max_search_parameters: usize,
+    /// Most comma-separated values of one search parameter (and `_elements` names).
+    #[arg(long, env = "TESSERA_MAX_SEARCH_VALUES", default_value_t = 100)]
+    max_search_values: usize,
+    /// Most `_sort` keys in one search.
+    #[arg(long, env = "TESSERA_MAX_SORT_KEYS", default_value_t = 8)]
+    max_sort_keys: usize,
+    /// Most `_include`/`_revinclude` parameters in one search.
+    #[arg(long, env = "TESSERA_MAX_INCLUDES", default_value_t = 16)]
+    max_includes: usize,
+    /// Largest `_offset` of a sorted search.
+    #[arg(long, env = "TESSERA_MAX_OFFSET", default_value_t = 100_000)]
+    max_offset: usize,
+    /// Longest a single database query may run, in seconds (then the request answers 400
+    /// "too costly"; PostgreSQL `statement_timeout`, SQLite progress handler).
+    #[arg(long, env = "TESSERA_QUERY_TIMEOUT_SECONDS", default_value_t = 30)]
+    query_timeout_seconds: u64,
+    /// Seconds a connection may stay open without sending a complete request.
+    #[arg(long, env = "TESSERA_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    idle_timeout_seconds: u64,
     /// Deepest JSON nesting accepted in a resource.
     #[arg(long, env = "TESSERA_MAX_DEPTH", default_value_t = 64)]
     max_depth: usize,
@@ -264,6 +331,29 @@ enum BenchCommand {
         #[arg(long, default_value = "Patient")]
         resource_type: String,
     },
+    /// Run a mixed workload that grows the database (creates, reads, searches, counts, a
+    /// chain, $everything) and print p50/p99 per operation and the server's RSS over time.
+    Soak {
+        /// FHIR base URL of the server.
+        #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
+        url: String,
+        /// Access token sent as `Authorization: Bearer …`; get one with
+        /// `tessera token --system --data-dir DIR` (give `--minutes` beyond the run's length).
+        #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Minutes to run (fractions allowed).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Concurrent clients, one keep-alive connection each.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 30.0)]
+        interval: f64,
+        /// The server's process id: its RSS (VmRSS of /proc/PID/status) is printed.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
 }
 
 fn init_logging(json: bool) {
@@ -315,6 +405,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::Bench(BenchCommand::Soak { url, token, minutes, clients, interval, pid }) => {
+            anyhow::ensure!(minutes > 0.0 && interval > 0.0, "--minutes and --interval must be positive");
+            let options = tessera_bench::SoakOptions {
+                url,
+                token,
+                duration: std::time::Duration::from_secs_f64(minutes * 60.0),
+                clients,
+                interval: std::time::Duration::from_secs_f64(interval),
+                pid,
+                progress: Some(std::sync::Arc::new(|line: &str| println!("{line}"))),
+            };
+            let report = tessera_bench::soak(options).await?;
+            println!("{report}");
+            Ok(())
+        }
         Command::Token(args) => token(args).await,
         Command::Domain(DomainCommand::Apply { store, file }) => {
             init_logging(false);
@@ -327,7 +432,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Domain(DomainCommand::Show { store }) => {
-            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let (engine, _) = open_engine_shared(&store, EngineConfig::default()).await?;
             let mut domain = (*engine.domain()).clone();
             domain.users.iter_mut().for_each(|u| u.password_hash = None);
             domain.service_accounts.iter_mut().for_each(|s| s.secret_hash = None);
@@ -358,18 +463,63 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("reindexed {done} resources in {secs:.1} s ({:.0} resources/s)", done as f64 / secs.max(1e-9));
             Ok(())
         }
-        Command::Audit(AuditCommand::Verify { store }) => {
-            let store = open_store(&store).await?;
-            let report = tessera_audit::verify(store.as_ref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("{}", report.summary());
-            if report.problem.is_some() {
-                std::process::exit(2);
-            }
-            Ok(())
+        Command::Audit(AuditCommand::Verify { store, anchor, anchor_key, max_problems }) => {
+            audit_verify(store, anchor, anchor_key, max_problems).await
         }
     }
 }
 
+/// `tessera audit verify`: exits with 2 if the trail is damaged.
+async fn audit_verify(store: StoreArgs, anchor: Option<PathBuf>, anchor_key: Option<PathBuf>, max_problems: usize) -> anyhow::Result<()> {
+    // The anchor is read first: opening a SQLite directory that no server owns recovers
+    // its journal and moves the anchor on (after recording any damage it showed).
+    let explicit = anchor.is_some();
+    let anchor_path = anchor.or_else(|| store.database_url.is_none().then(|| store.data_dir.join(tessera_store::anchor::FILE_NAME)));
+    let (kept, anchor_problem) = match &anchor_path {
+        Some(p) if explicit || p.exists() => match tessera_audit::load_anchor(p, anchor_key.as_deref()) {
+            Ok(Some(a)) => (Some(a), None),
+            Ok(None) => (None, explicit.then(|| format!("there is no anchor at {}", p.display()))),
+            Err(e) => (None, Some(e)),
+        },
+        _ => (None, None),
+    };
+    let store = open_store_shared(&store).await?;
+    let options = tessera_audit::VerifyOptions { anchor: kept.clone(), max_problems: max_problems.max(1), ..Default::default() };
+    let report = tessera_audit::verify_with(store.as_ref(), &options).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", report.summary());
+    match (&kept, &anchor_path) {
+        (Some(a), Some(p)) => println!("anchor: seq {} ({})", a.seq, p.display()),
+        _ if anchor_problem.is_none() => {
+            println!("no anchor: records removed from the end of the log would not show (see --anchor)")
+        }
+        _ => {}
+    }
+    if let Some(e) = &anchor_problem {
+        println!("  anchor: {e}");
+    }
+    for p in &report.problems {
+        println!("  seq {}: {}: {}", p.seq, p.kind.name(), p.message);
+    }
+    if report.more_problems > 0 {
+        println!("  … and {} more", report.more_problems);
+    }
+    if report.problem.is_some() || anchor_problem.is_some() {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+/// Opens the store for a command that only reads (and may keep a setting, such as the
+/// token signing key): safe beside a running server on the same data directory.
+async fn open_store_shared(args: &StoreArgs) -> anyhow::Result<tessera_store::DynStore> {
+    tessera_store::open_shared(&args.data_dir, args.database_url.as_deref()).await.with_context(|| match &args.database_url {
+        Some(_) => "cannot open the PostgreSQL database".to_string(),
+        None => format!("cannot open the data directory {}", args.data_dir.display()),
+    })
+}
+
+/// Opens the store as its owner (commands that write: refused on SQLite while a server
+/// owns the data directory, with a message saying so).
 async fn open_store(args: &StoreArgs) -> anyhow::Result<tessera_store::DynStore> {
     let store = tessera_store::open(&args.data_dir, args.database_url.as_deref())
         .await
@@ -381,9 +531,19 @@ async fn open_store(args: &StoreArgs) -> anyhow::Result<tessera_store::DynStore>
 }
 
 
-/// Opens the store, loads the domain and the token signing key (created on first use).
+/// Opens the store as its owner, loads the domain and the token signing key (created on
+/// first use).
 async fn open_engine(args: &StoreArgs, config: EngineConfig) -> anyhow::Result<(Engine, std::sync::Arc<tessera_auth::Authenticator>)> {
-    let store = open_store(args).await?;
+    engine_on(open_store(args).await?, config).await
+}
+
+/// [`open_engine`] for commands that only read (and keep settings): safe beside a
+/// running server.
+async fn open_engine_shared(args: &StoreArgs, config: EngineConfig) -> anyhow::Result<(Engine, std::sync::Arc<tessera_auth::Authenticator>)> {
+    engine_on(open_store_shared(args).await?, config).await
+}
+
+async fn engine_on(store: tessera_store::DynStore, config: EngineConfig) -> anyhow::Result<(Engine, std::sync::Arc<tessera_auth::Authenticator>)> {
     let engine = Engine::new(store, config);
     engine.load_domain().await.map_err(|e| anyhow::anyhow!("cannot load the domain: {e}"))?;
     const SECRET_KEY: &str = "auth.signing-secret";
@@ -401,7 +561,7 @@ async fn open_engine(args: &StoreArgs, config: EngineConfig) -> anyhow::Result<(
 }
 
 async fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let (engine, auth) = open_engine(&args.store, EngineConfig::default()).await?;
+    let (engine, auth) = open_engine_shared(&args.store, EngineConfig::default()).await?;
     let domain = engine.domain();
     let now = tessera_auth::now();
     let token = if args.system {
@@ -451,10 +611,31 @@ async fn user(cmd: UserCommand) -> anyhow::Result<()> {
             Ok(())
         }
         UserCommand::List { store } => {
-            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let (engine, _) = open_engine_shared(&store, EngineConfig::default()).await?;
             for u in &engine.domain().users {
                 let roles: Vec<String> = u.roles.iter().map(|r| format!("{}@{}{}", r.role, r.organisation, if r.locations.is_empty() { String::new() } else { format!(" [{}]", r.locations.join(", ")) })).collect();
                 println!("{:<20} {:<28} {}{}", u.id, u.name, roles.join("; "), if u.active { "" } else { " (inactive)" });
+            }
+            Ok(())
+        }
+        UserCommand::Unlock { store, id, client } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await.map_err(|e| {
+                anyhow::anyhow!("{e:#}\nWhile a server owns this data directory, unlock through it: POST /admin/users/{id}/unlock{} with a domain administrator's token", if client { "?client=true" } else { "" })
+            })?;
+            let domain = engine.domain();
+            let (account, known) = if client {
+                (tessera_auth::Account::Client(id.clone()), domain.service_account(&id).is_some_and(|a| a.id != tessera_engine::SYSTEM_ACCOUNT))
+            } else {
+                (tessera_auth::Account::User(id.clone()), domain.user(&id).is_some())
+            };
+            anyhow::ensure!(known, "{} '{id}' is not in the domain", if client { "service account" } else { "user" });
+            let key = account.lock_key();
+            let before = tessera_auth::LockState::parse(engine.setting(&key).await?.as_deref());
+            engine.set_setting(&key, "").await?;
+            engine.record_auth(&tessera_auth::AuthEvent::unlock(&account, &domain, "tessera user unlock")).await?;
+            match before.locked_for(tessera_auth::now()) {
+                Some(secs) => println!("{id} unlocked (the lock had {} more minutes to run)", secs.div_ceil(60)),
+                None => println!("{id} was not locked; its failed sign-ins are forgotten"),
             }
             Ok(())
         }
@@ -468,12 +649,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.base_url = base_url.trim_end_matches('/').to_string();
     config.update_create = !args.no_update_create;
     config.limits = tessera_fhir::validation::Limits { max_depth: args.max_depth };
+    config.max_bundle_entries = args.max_bundle_entries;
+    config.search_limits = tessera_engine::SearchLimits {
+        max_parameters: args.max_search_parameters,
+        max_values: args.max_search_values,
+        max_sort_keys: args.max_sort_keys,
+        max_includes: args.max_includes,
+        max_elements: args.max_search_values,
+        max_offset: args.max_offset,
+    };
+    tessera_store::set_query_timeout(std::time::Duration::from_secs(args.query_timeout_seconds.max(1)));
     #[cfg(feature = "bench-unenforced")]
     if args.unenforced_benchmark_only {
         tracing::warn!("access policy and read audit are OFF (benchmark build)");
         config = config.unenforced();
     }
-    let (engine, auth) = open_engine(&args.store, config).await?;
+    let store = open_store(&args.store).await?;
+    if let Some(anchor) = &args.audit_anchor {
+        store.set_audit_anchor(anchor).await.with_context(|| format!("cannot keep the audit anchor in {}", anchor.display()))?;
+    }
+    let (engine, auth) = engine_on(store, config).await?;
     if args.demo {
         demo::load(&engine).await.context("cannot load the demo data")?;
     }
@@ -482,7 +677,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let router = tessera_http::router(engine.clone(), http);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(backend = engine.backend(), %base_url, "Tessera is serving FHIR R4");
-    tessera_http::serve(listener, router, shutdown_signal()).await?;
+    let options = tessera_http::ServeOptions { idle_timeout: std::time::Duration::from_secs(args.idle_timeout_seconds.max(1)) };
+    tessera_http::serve_with(listener, router, shutdown_signal(), options).await?;
     tracing::info!("stopped");
     Ok(())
 }

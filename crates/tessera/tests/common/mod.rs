@@ -15,6 +15,8 @@ pub struct Server {
     pub engine: Engine,
     /// The store under the engine: tests inspect the audit log and counts directly.
     pub store: tessera_store::DynStore,
+    /// On PostgreSQL, a URL of the test's own schema (to open more connections to it).
+    pub database_url: Option<String>,
     pub auth: Arc<tessera_auth::Authenticator>,
     /// A system token (`system/*.*`, acting for the domain's first organisation), sent
     /// with every request that does not carry its own Authorization header.
@@ -51,6 +53,7 @@ pub async fn start(backend: Backend) -> Option<Server> {
 }
 
 pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<Server> {
+    let mut database_url = None;
     let (store, dir): (tessera_store::DynStore, _) = match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
@@ -64,7 +67,10 @@ pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<Server
                     return None;
                 }
             };
-            (Arc::new(tessera_store::postgres::PostgresStore::connect_isolated(&url).await.unwrap()), None)
+            let pg = tessera_store::postgres::PostgresStore::connect_isolated(&url).await.unwrap();
+            let sep = if url.contains('?') { '&' } else { '?' };
+            database_url = pg.schema().map(|schema| format!("{url}{sep}options=-csearch_path%3D{schema}"));
+            (Arc::new(pg), None)
         }
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -84,7 +90,7 @@ pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<Server
         let _ = rx.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http();
-    Some(Server { base, engine, store, auth, system_token, client, shutdown: Some(tx), _dir: dir })
+    Some(Server { base, engine, store, database_url, auth, system_token, client, shutdown: Some(tx), _dir: dir })
 }
 
 impl Drop for Server {
