@@ -211,6 +211,62 @@ pub enum Row {
     Contained { sub: u8, row: Box<Row> },
 }
 
+impl std::hash::Hash for Row {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        // Consistent with `PartialEq`: 0.0 and -0.0 are equal, so they hash alike.
+        let f = |v: &f64, h: &mut H| h.write_u64(if *v == 0.0 { 0 } else { v.to_bits() });
+        std::mem::discriminant(self).hash(h);
+        match self {
+            Row::Token { p, system, code } => (p, system, code).hash(h),
+            Row::PatientToken { p, patient, system, code } => (p, patient, system, code).hash(h),
+            Row::String { p, norm, exact } => (p, norm, exact).hash(h),
+            Row::Date { p, low, high } => (p, low, high).hash(h),
+            Row::Quantity { p, value, low, high, system, code } => {
+                (p, system, code).hash(h);
+                for v in [value, low, high] {
+                    f(v, h);
+                }
+            }
+            Row::Reference { p, target_type, target_id, url } => (p, target_type, target_id, url).hash(h),
+            Row::Uri { p, uri } => (p, uri).hash(h),
+            Row::TokenQuantity { p, system, code, value, low, high, unit_system, unit } => {
+                (p, system, code, unit_system, unit).hash(h);
+                for v in [value, low, high] {
+                    f(v, h);
+                }
+            }
+            Row::TokenToken { p, system, code, system2, code2 } => (p, system, code, system2, code2).hash(h),
+            Row::TokenText { p, text } => (p, text).hash(h),
+            Row::Contained { sub, row } => {
+                sub.hash(h);
+                row.hash(h);
+            }
+        }
+    }
+}
+
+/// The rows of one resource, each once, in the order first made: linear in the number of
+/// rows however many a resource has (a Patient with 16,000 names).
+#[derive(Default)]
+struct UniqueRows {
+    rows: Vec<Row>,
+    seen: std::collections::HashMap<u64, Vec<usize>>,
+}
+
+impl UniqueRows {
+    fn push(&mut self, row: Row) {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = self.seen.hasher().build_hasher();
+        row.hash(&mut h);
+        let slot = self.seen.entry(h.finish()).or_default();
+        if slot.iter().any(|&i| self.rows[i] == row) {
+            return;
+        }
+        slot.push(self.rows.len());
+        self.rows.push(row);
+    }
+}
+
 impl Row {
     /// The row with every text column as its [`index_key`].
     fn keyed(self) -> Row {
@@ -248,7 +304,7 @@ pub const PATIENT_SCOPED_PARAM: &str = "code";
 
 /// The rows a resource's index entries make (duplicates removed).
 pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
-    let mut out: Vec<Row> = Vec::with_capacity(entries.len());
+    let mut out = UniqueRows { rows: Vec::with_capacity(entries.len()), seen: Default::default() };
     // The patients whose compartment the resource is in: those its compartment parameters
     // refer to.
     let compartment_params = tessera_fhir::definitions::patient_compartment_params(resource_type);
@@ -285,18 +341,14 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
                 }
                 if let Some(text) = text.as_ref().filter(|t| !t.is_empty()) {
                     let row = wrap(Row::TokenText { p, text: text.clone() }.keyed());
-                    if !out.contains(&row) {
-                        out.push(row);
-                    }
+                    out.push(row);
                 }
                 // Patient-scoped rows for the resource's principal code only: the selective
                 // value that patient-centred searches combine with the patient.
                 let scoped: &[&str] = if !contained && param == PATIENT_SCOPED_PARAM { &patients } else { &[] };
                 for patient in scoped {
                     let row = Row::PatientToken { p, patient: patient.to_string(), system: system.clone().unwrap_or_default(), code: code.clone() }.keyed();
-                    if !out.contains(&row) {
-                        out.push(row);
-                    }
+                    out.push(row);
                 }
                 Row::Token { p, system: system.clone().unwrap_or_default(), code: code.clone() }
             }
@@ -384,11 +436,9 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
             },
         };
         let row = wrap(row.keyed());
-        if !out.contains(&row) {
-            out.push(row);
-        }
+        out.push(row);
     }
-    out
+    out.rows
 }
 
 /// The first `seq` beyond those of versions: contained resources are placed above it.

@@ -128,3 +128,29 @@ async fn idle_connections_are_closed() {
     let n = tokio::time::timeout(Duration::from_secs(5), asking.read(&mut buf)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+/// Writing a resource costs time in proportion to its size: a Patient with ten times the
+/// names takes about ten times as long (not a hundred).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_cost_grows_linearly() {
+    let s = common::start(common::Backend::Sqlite).await.unwrap();
+    let patient = |n: usize| {
+        let names: Vec<Value> = (0..n).map(|i| json!({"family": format!("Family{i}"), "given": [format!("Given{i}"), format!("Other{i}")]})).collect();
+        json!({"resourceType": "Patient", "name": names})
+    };
+    let time = |n: usize| {
+        let body = patient(n);
+        let s = &s;
+        async move {
+            let start = std::time::Instant::now();
+            let r = s.post("Patient", &body).await;
+            assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body[..200.min(r.body.len())]));
+            start.elapsed()
+        }
+    };
+    time(200).await; // warm up
+    let small = time(1_600).await;
+    let large = time(16_000).await;
+    let ratio = large.as_secs_f64() / small.as_secs_f64();
+    assert!(ratio < 30.0, "10× the names took {ratio:.1}× as long ({small:?} → {large:?})");
+}
