@@ -471,27 +471,16 @@ const AUDIT_COLUMNS: &str =
     "a.seq, a.recorded, a.user_id, a.action, a.break_glass, a.patients, a.prev_hash, a.hash, a.event";
 
 fn row_to_audit(row: &tokio_postgres::Row) -> Result<AuditRecord> {
-    let get_err = |e: tokio_postgres::Error| StoreError::Backend(format!("postgresql: unexpected row: {}", pg_message(&e)));
-    let patients: Option<&str> = row.try_get(5).map_err(get_err)?;
-    let event: &[u8] = row.try_get(8).map_err(get_err)?;
-    Ok(AuditRecord {
-        seq: row.try_get(0).map_err(get_err)?,
-        recorded_micros: row.try_get(1).map_err(get_err)?,
-        user: row.try_get(2).map_err(get_err)?,
-        action: row.try_get(3).map_err(get_err)?,
-        break_glass: row.try_get(4).map_err(get_err)?,
-        patients: parse_patients(patients)?,
-        prev_hash: row.try_get(6).map_err(get_err)?,
-        hash: row.try_get(7).map_err(get_err)?,
-        event: codec::decode(event)?,
-    })
+    audit_row(row, false)
 }
-
-type Param = Box<dyn ToSql + Sync + Send>;
 
 /// [`row_to_audit`] for verification: a damaged row is returned as well as it can be read
 /// (see [`Store::audit_scan`]), never an error.
 fn row_to_audit_lenient(row: &tokio_postgres::Row) -> Result<AuditRecord> {
+    audit_row(row, true)
+}
+
+fn audit_row(row: &tokio_postgres::Row, lenient: bool) -> Result<AuditRecord> {
     let get_err = |e: tokio_postgres::Error| StoreError::Backend(format!("postgresql: unexpected row: {}", pg_message(&e)));
     let patients: Option<&str> = row.try_get(5).map_err(get_err)?;
     let event: &[u8] = row.try_get(8).map_err(get_err)?;
@@ -501,12 +490,14 @@ fn row_to_audit_lenient(row: &tokio_postgres::Row) -> Result<AuditRecord> {
         user: row.try_get(2).map_err(get_err)?,
         action: row.try_get(3).map_err(get_err)?,
         break_glass: row.try_get(4).map_err(get_err)?,
-        patients: crate::parse_patients_lenient(patients),
+        patients: if lenient { crate::parse_patients_lenient(patients) } else { parse_patients(patients)? },
         prev_hash: row.try_get(6).map_err(get_err)?,
         hash: row.try_get(7).map_err(get_err)?,
-        event: codec::decode(event).unwrap_or_else(|_| event.to_vec()),
+        event: if lenient { codec::decode(event).unwrap_or_else(|_| event.to_vec()) } else { codec::decode(event)? },
     })
 }
+
+type Param = Box<dyn ToSql + Sync + Send>;
 
 /// The head of the audit chain as stored.
 async fn read_audit_head(pool: &Pool) -> Result<ChainHead> {

@@ -21,7 +21,7 @@ on_both_backends!(
 );
 
 /// (user, role, organisation, location)
-type Who = (&'static str, &'static str, &'static str, Option<&'static str>);
+use common::Who;
 const PATEL: Who = ("dr.patel", "doctor", "rx1-general", Some("ward-7a"));
 const MURPHY: Who = ("dr.murphy", "doctor", "rx2-southbank-hc", Some("rx2-diabetes-clinic"));
 const KHAN: Who = ("dr.khan", "doctor", "rx3-riverside-house", Some("willow-ward"));
@@ -36,21 +36,12 @@ const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
 /// and clinical (break-glass) — every id of it.
 const RX3_NOT_SHARED_WITH_RX1: &[&str] = &["cond-daniel-psy", "note-daniel-psy", "med-daniel-lithium"];
 
-/// Loads the demo domain and each trust's record, as `tessera serve --demo` does.
 async fn load_demo(s: &Server) {
-    let engine = &s.engine;
-    let mut domain = (*engine.domain()).clone();
-    domain.apply_file(tessera_domain::demo::DOMAIN_FILE).unwrap();
-    engine.apply_domain(&Access::system("tessera"), domain).await.unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    for (site, bundle) in tessera_domain::demo::RECORDS {
-        let bundle = tessera_domain::demo::relative_dates(bundle, now);
-        engine.bundle_json(&Access::system(site), bundle.as_bytes(), None).await.unwrap();
-    }
+    s.load_demo().await;
 }
 
 fn token(s: &Server, who: Who) -> String {
-    s.user_token(who.0, Some(who.1), Some(who.2), who.3)
+    s.token(who)
 }
 
 /// Changes the domain as its administrator would.

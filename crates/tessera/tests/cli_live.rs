@@ -142,6 +142,7 @@ async fn every_command_against_a_live_server(data_dir: &std::path::Path, databas
         vec!["domain", "apply", domain_file.to_str().unwrap()],
         vec!["import", ndjson.to_str().unwrap()],
         vec!["reindex"],
+        vec!["user", "unlock", "dr.patel"],
     ];
     for args in &writes {
         let (success, out) = target.run(args);

@@ -36,7 +36,7 @@ enum V {
 }
 
 /// (user, role, organisation, location)
-type Who = (&'static str, &'static str, &'static str, Option<&'static str>);
+use common::Who;
 const PATEL: Who = ("dr.patel", "doctor", "rx1-general", Some("ward-7a"));
 const EVANS: Who = ("dr.evans", "doctor", "rx1-general", Some("rx1-ed"));
 const MURPHY: Who = ("dr.murphy", "doctor", "rx2-southbank-hc", Some("rx2-diabetes-clinic"));
@@ -90,21 +90,12 @@ const MATRIX: &[(Who, &str, V)] = &[
     (CARTER, "Organization/rx1", V::Yes),
 ];
 
-/// Loads the demo domain and each trust's record, as `tessera serve --demo` does.
 async fn load_demo(s: &Server) {
-    let engine = &s.engine;
-    let mut domain = (*engine.domain()).clone();
-    domain.apply_file(tessera_domain::demo::DOMAIN_FILE).unwrap();
-    engine.apply_domain(&Access::system("tessera"), domain).await.unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    for (site, bundle) in tessera_domain::demo::RECORDS {
-        let bundle = tessera_domain::demo::relative_dates(bundle, now);
-        engine.bundle_json(&Access::system(site), bundle.as_bytes(), None).await.unwrap();
-    }
+    s.load_demo().await;
 }
 
 fn token(s: &Server, who: Who) -> String {
-    s.user_token(who.0, Some(who.1), Some(who.2), who.3)
+    s.token(who)
 }
 
 fn ids_in(bundle: &Value, reference: &str) -> bool {

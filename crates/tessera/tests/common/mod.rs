@@ -196,3 +196,26 @@ pub fn read_json(path: &std::path::Path) -> Value {
     };
     serde_json::from_slice(&bytes).unwrap()
 }
+
+/// A user in a role context: (user, role, organisation, location).
+pub type Who = (&'static str, &'static str, &'static str, Option<&'static str>);
+
+impl Server {
+    /// Loads the demo domain and each trust's record, as `tessera serve --demo` does.
+    pub async fn load_demo(&self) {
+        let engine = &self.engine;
+        let mut domain = (*engine.domain()).clone();
+        domain.apply_file(tessera_domain::demo::DOMAIN_FILE).unwrap();
+        engine.apply_domain(&tessera_engine::Access::bootstrap(), domain).await.unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        for (site, bundle) in tessera_domain::demo::RECORDS {
+            let bundle = tessera_domain::demo::relative_dates(bundle, now);
+            engine.bundle_json(&tessera_engine::Access::system(site), bundle.as_bytes(), None).await.unwrap();
+        }
+    }
+
+    /// A token for a user in a role context.
+    pub fn token(&self, who: Who) -> String {
+        self.user_token(who.0, Some(who.1), Some(who.2), who.3)
+    }
+}
