@@ -40,8 +40,11 @@ pub struct SoakOptions {
     /// The server's process id, for its RSS.
     pub pid: Option<u32>,
     /// Where each progress line goes (`println!` for the command line).
-    pub progress: Option<Arc<dyn Fn(&str) + Send + Sync>>,
+    pub progress: Option<Progress>,
 }
+
+/// Receives each progress line.
+pub type Progress = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The kinds of request the soak sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +189,7 @@ impl SoakReport {
         let i = op.index();
         let mut seen = self.intervals.iter().map(|r| &r.kinds[i]).filter(|k| k.requests > 0);
         let first = seen.next()?;
-        Some((first, seen.last().unwrap_or(first)))
+        Some((first, seen.next_back().unwrap_or(first)))
     }
 }
 
@@ -331,7 +334,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n` > 0).
     pub(crate) fn below(&mut self, n: usize) -> usize {
-        ((self.next() >> 32) * n as u64 >> 32) as usize
+        (((self.next() >> 32) * n as u64) >> 32) as usize
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
