@@ -404,3 +404,17 @@ mod tests {
         assert_eq!(h.seq, 5);
     }
 }
+
+/// The damage an invalid or removed anchor shows (both backends record it the same way):
+/// records cut from the chain's end before now would not show. `key_is_new`: the key was
+/// made just now (a first start, not a removed anchor); `first`: the next record's `seq`.
+pub(crate) fn unanchored_damage(state: &AnchorState, key_is_new: bool, chain_has_records: bool, first: i64) -> Option<crate::AuditDamage> {
+    let message = match state {
+        AnchorState::Invalid(why) => format!("the audit anchor was not valid ({why}): records removed from the end of the chain before now would not show"),
+        AnchorState::Missing if !key_is_new && chain_has_records => {
+            "the audit anchor was removed (its key is still there): records removed from the end of the chain before now would not show".to_string()
+        }
+        _ => return None,
+    };
+    Some(crate::AuditDamage { kind: crate::DamageKind::AnchorInvalid, first, last: None, placeholder: false, message })
+}

@@ -913,22 +913,7 @@ impl Store for PostgresStore {
                     ),
                 })
             }
-            AnchorState::Invalid(why) => damage.push(AuditDamage {
-                kind: DamageKind::AnchorInvalid,
-                first: head.seq + 1,
-                last: None,
-                placeholder: false,
-                message: format!("the audit anchor was not valid ({why}): records removed from the end of the chain before now would not show"),
-            }),
-            AnchorState::Missing if !w.new_key && head.seq > 0 => damage.push(AuditDamage {
-                kind: DamageKind::AnchorInvalid,
-                first: head.seq + 1,
-                last: None,
-                placeholder: false,
-                message: "the audit anchor was removed (its key is still there): records removed from the end of the chain before now would not show"
-                    .into(),
-            }),
-            _ => {}
+            other => damage.extend(crate::anchor::unanchored_damage(other, w.new_key, head.seq > 0, head.seq + 1)),
         }
         if damage.is_empty() {
             w.update(head.seq, &head.hash);

@@ -419,7 +419,7 @@ fn journal_error(dir: &Path, e: std::io::Error) -> StoreError {
 /// gone or changed) is logged as an error and recorded in the chain (see `journal`'s
 /// module documentation, [`crate::anchor`] and [`AuditDamage`]); the anchor then moves on.
 fn recover_journal(conn: &mut Connection, dir: &Path) -> Result<ChainHead> {
-    use crate::anchor::{AnchorState, AnchorWriter};
+    use crate::anchor::AnchorWriter;
     let stored = chain_head(conn)?;
     let state: Option<String> = conn
         .query_row("SELECT value FROM tessera_meta WHERE key = ?1", [journal::STATE_KEY], |r| r.get(0))
@@ -586,29 +586,8 @@ fn recover_journal(conn: &mut Connection, dir: &Path) -> Result<ChainHead> {
         let message = format!("{why}: {lost}{}", if salvaged.is_some() { "; what could be read of the first is kept here, unverified" } else { "" });
         markers.push((AuditDamage { kind, first, last, placeholder: false, message }, salvaged));
     }
-    match anchor.as_ref().map(|a| &a.found) {
-        Some(AnchorState::Invalid(why)) => markers.push((
-            AuditDamage {
-                kind: DamageKind::AnchorInvalid,
-                first: head.seq + 1,
-                last: None,
-                placeholder: false,
-                message: format!("the audit anchor was not valid ({why}): records removed from the end of the chain before now would not show"),
-            },
-            None,
-        )),
-        Some(AnchorState::Missing) if anchor.as_ref().is_some_and(|a| !a.new_key) && stored.seq > 0 => markers.push((
-            AuditDamage {
-                kind: DamageKind::AnchorInvalid,
-                first: head.seq + 1,
-                last: None,
-                placeholder: false,
-                message: "the audit anchor was removed (its key is still there): records removed from the end of the chain before now would not show"
-                    .into(),
-            },
-            None,
-        )),
-        _ => {}
+    if let Some(a) = &anchor {
+        markers.extend(crate::anchor::unanchored_damage(&a.found, a.new_key, stored.seq > 0, head.seq + 1).map(|d| (d, None)));
     }
     for (d, salvaged) in markers {
         let record = d.record(now, salvaged.as_ref());
