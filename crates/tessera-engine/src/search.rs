@@ -170,7 +170,7 @@ impl Engine {
                 q.before_seq = before;
                 q.offset = skip;
                 q.limit = (count + 1 - page.len().min(count)).max(16);
-                let seqs = self.store().search(q).await?;
+                let seqs = self.search_seqs(q).await?;
                 let exhausted = seqs.len() < q.limit;
                 for Candidate { cursor: at, decided_on, listed } in self.candidates(&seqs, *contained).await? {
                     if sorted {
@@ -472,24 +472,15 @@ impl Engine {
             return Ok(Some(n));
         }
         if by_index {
-            // The index holds current, live versions only; a page per query keeps each
-            // statement short (a cursor resumes below the last `seq`).
-            q.limit = COUNT_PAGE;
-            let mut n = 0;
-            loop {
-                let seqs = self.store().search(&q).await?;
-                n += seqs.len();
-                if seqs.len() < q.limit {
-                    return Ok(Some(n));
-                }
-                q.before_seq = seqs.last().copied();
-            }
+            // The index holds current, live versions only: the store counts them (every
+            // resource of a type from the count it keeps, in constant time).
+            return Ok(Some(usize::try_from(self.store().count(&q).await?).unwrap_or(usize::MAX)));
         }
         q.limit = 1000;
         let mut n = 0;
         let mut seen = 0;
         loop {
-            let seqs = self.store().search(&q).await?;
+            let seqs = self.search_seqs(&q).await?;
             let done = seqs.len() < q.limit;
             if seen + seqs.len() > MAX_COUNTED {
                 return Ok(None);
@@ -511,6 +502,28 @@ impl Engine {
                 _ => v,
             });
         }
+    }
+
+    /// The store's search, except that a clause naming many referenced ids (a chain or
+    /// `_has` that matched many resources, a `_revinclude` of a page) runs as queries of
+    /// [`SPLIT_IDS`] ids each, merged newest first: a long id list cannot drive the store's
+    /// plan, which would then walk every resource of the type. Queries in another order
+    /// than newest first go to the store as they are.
+    async fn search_seqs(&self, q: &IndexQuery) -> Result<Vec<i64>, FhirError> {
+        let newest_first = q.after_seq.is_none() && q.sort.iter().all(|k| matches!(k, SortKey::LastUpdated { descending: true }));
+        let parts = if newest_first { split_references(q) } else { Vec::new() };
+        if parts.is_empty() {
+            return Ok(self.store().search(q).await?);
+        }
+        let mut all: Vec<i64> = Vec::new();
+        for mut part in parts {
+            part.limit = q.limit.saturating_add(q.offset);
+            part.offset = 0;
+            all.extend(self.store().search(&part).await?);
+        }
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all.dedup();
+        Ok(all.into_iter().skip(q.offset).take(q.limit).collect())
     }
 
     /// The visible current resources of `resource_type` matching one criterion: used for
@@ -994,7 +1007,7 @@ impl Engine {
                         let mut q = IndexQuery::new(Some(&inc.source_type));
                         q.clauses.push(Clause { any: vec![Pred::Reference { param: inc.param.clone(), target_type: Some(ty.to_string()), ids, url: None }], negate: false });
                         q.limit = self.config().max_page_size;
-                        let seqs = self.store().search(&q).await?;
+                        let seqs = self.search_seqs(&q).await?;
                         found.extend(self.store().load(&seqs).await?);
                     }
                 } else {

@@ -683,6 +683,10 @@ pub trait Store: Send + Sync + 'static {
     async fn ongoing_at(&self, location: &str, kind: &str) -> Result<Vec<(String, String)>>;
     /// The `seq`s of the current versions matching a search, in the query's order.
     async fn search(&self, query: &search::IndexQuery) -> Result<Vec<i64>>;
+    /// The number of current versions matching a search (order, offset and limit ignored).
+    /// Every live resource of one type is counted in constant time: the writer keeps a count
+    /// per type in the transaction that changes it.
+    async fn count(&self, query: &search::IndexQuery) -> Result<u64>;
     /// The versions with these `seq`s, in the order given (missing ones left out).
     async fn load(&self, seqs: &[i64]) -> Result<Vec<Stored>>;
     /// Rebuilding the search index (`tessera reindex`, after the definitions change): removes

@@ -94,7 +94,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
@@ -212,10 +212,14 @@ CREATE TABLE IF NOT EXISTS audit_patient (
     seq     bigint NOT NULL,
     PRIMARY KEY (patient, seq)
 );
+CREATE TABLE IF NOT EXISTS type_count (
+    res_type text   NOT NULL PRIMARY KEY,
+    live     bigint NOT NULL
+);
 "#;
 
 /// Every relation [`SCHEMA`] creates.
-const SCHEMA_OBJECTS: [&str; 14] = [
+const SCHEMA_OBJECTS: [&str; 15] = [
     "resource_seq",
     "resource_version",
     "resource_version_seq",
@@ -230,6 +234,7 @@ const SCHEMA_OBJECTS: [&str; 14] = [
     "audit_log_recorded",
     "audit_log_break_glass",
     "audit_patient",
+    "type_count",
 ];
 
 /// Advisory lock class ids (first key of the two-key form; the second is the schema).
@@ -321,6 +326,7 @@ impl PostgresStore {
         tokio::spawn(writer_loop(pool.clone(), rx, metrics.clone()));
         let anchor = AnchorSlot::default();
         tokio::spawn(audit_head_keeper(pool.clone(), metrics.clone(), anchor.clone()));
+        tokio::spawn(statistics_keeper(pool.clone(), metrics.clone()));
         Ok(PostgresStore { pool, writer: Some(tx), metrics, isolated, anchor })
     }
 
@@ -410,6 +416,23 @@ async fn create_schema(pool: &Pool) -> Result<()> {
         tx.batch_execute(SCHEMA)
             .await
             .map_err(|e| StoreError::Backend(format!("cannot create the schema: {}", pg_message(&e))))?;
+    }
+    // A database written before the writer kept `type_count`: filled once, under the
+    // writer's lock so that no commit changes the counts meanwhile.
+    let filled = tx
+        .query_opt("SELECT 1 FROM tessera_meta WHERE key = 'type_count'", &[])
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot inspect the schema: {}", pg_message(&e))))?
+        .is_some();
+    if !filled {
+        tx.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", &[&LOCK_WRITER]).await.map_err(pg)?;
+        tx.batch_execute(
+            "DELETE FROM type_count; \
+             INSERT INTO type_count SELECT res_type, count(*) FROM resource_current WHERE NOT deleted GROUP BY res_type; \
+             INSERT INTO tessera_meta (key, value) VALUES ('type_count', '1') ON CONFLICT (key) DO NOTHING;",
+        )
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot count the resources: {}", pg_message(&e))))?;
     }
     tx.commit().await.map_err(pg)?;
     Ok(())
@@ -532,6 +555,64 @@ struct AnchorSlot(Arc<std::sync::Mutex<Option<crate::anchor::AnchorWriter>>>);
 /// it — never backwards, nor past a record the anchor saw that changed (it stays as the
 /// evidence; see [`crate::anchor::AnchorWriter::update`]). Ends, making the anchor durable,
 /// when the store is dropped.
+/// How often [`statistics_keeper`] looks at what was written.
+const STATISTICS_POLL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps the planner's statistics current where autovacuum does not: PostgreSQL with
+/// `autovacuum = off` never analyzes a table, its planner then takes every table for
+/// empty, and reads and searches turn into sequential scans that grow with the data.
+/// With autovacuum off this task warns once and runs `ANALYZE` on Tessera's tables 30 s
+/// after start and then whenever the versions written since the last one reach a tenth
+/// of the live resources (at least 500). With autovacuum on it does nothing.
+async fn statistics_keeper(pool: Pool, metrics: Arc<StoreMetrics>) {
+    let autovacuum = async {
+        let c = pool.get().await.ok()?;
+        let row = c.query_one("SELECT current_setting('autovacuum') = 'on'", &[]).await.ok()?;
+        row.try_get::<_, bool>(0).ok()
+    };
+    if autovacuum.await != Some(false) {
+        return;
+    }
+    tracing::warn!(
+        "PostgreSQL runs with autovacuum off: Tessera will ANALYZE its own tables as they grow \
+         (turn autovacuum on, or VACUUM them on a schedule, to also reclaim space)"
+    );
+    let mut tick = tokio::time::interval(STATISTICS_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate
+    let mut analyzed_at: Option<u64> = None;
+    let mut threshold = 0u64;
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            break;
+        }
+        let writes = metrics.writes.load(std::sync::atomic::Ordering::Relaxed);
+        if analyzed_at.is_some_and(|w| writes.saturating_sub(w) < threshold) {
+            continue;
+        }
+        let Ok(c) = pool.get().await else { continue };
+        let started = std::time::Instant::now();
+        let tables: Vec<&str> = ANALYZED.iter().copied().chain(crate::search::Table::ALL.iter().map(|t| t.name())).collect();
+        match c.batch_execute(&format!("SET statement_timeout = 0; ANALYZE {}; RESET statement_timeout", tables.join(", "))).await {
+            Ok(()) => {
+                let live: i64 = match c.query_one("SELECT COALESCE(sum(live), 0)::bigint FROM type_count", &[]).await {
+                    Ok(row) => row.try_get(0).unwrap_or(0),
+                    Err(_) => 0,
+                };
+                threshold = (live.max(0) as u64 / 10).max(500);
+                analyzed_at = Some(writes);
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, live, "analyzed the tables");
+            }
+            Err(e) => tracing::warn!("ANALYZE failed: {}", pg_message(&e)),
+        }
+    }
+}
+
+/// The tables (besides the search index's) whose statistics [`statistics_keeper`] keeps.
+const ANALYZED: [&str; 8] =
+    ["resource_version", "resource_current", "identifier_index", "care_link", "audit_log", "audit_patient", "type_count", "tessera_meta"];
+
 async fn audit_head_keeper(pool: Pool, metrics: Arc<StoreMetrics>, anchor: AnchorSlot) {
     let mut tick = tokio::time::interval(HEAD_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -689,6 +770,31 @@ impl Store for PostgresStore {
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
         let rows = c.query(&stmt, &refs).await.map_err(pg)?;
         rows.iter().map(|r| r.try_get::<_, i64>(0).map_err(pg)).collect()
+    }
+
+    async fn count(&self, q: &crate::search::IndexQuery) -> Result<u64> {
+        let c = self.client().await?;
+        if let Some(ty) = crate::search::counts_whole_type(q) {
+            let stmt = c.prepare_cached("SELECT live FROM type_count WHERE res_type = $1").await.map_err(pg)?;
+            let n: Option<i64> = c.query_opt(&stmt, &[&ty]).await.map_err(pg)?.map(|r| r.try_get(0)).transpose().map_err(pg)?;
+            return Ok(n.unwrap_or(0).max(0) as u64);
+        }
+        let b = crate::search::count_sql(q, crate::search::Dialect::Postgres);
+        let args: Vec<Param> = b
+            .args
+            .into_iter()
+            .map(|a| -> Param {
+                match a {
+                    crate::search::Arg::Int(i) => Box::new(i),
+                    crate::search::Arg::Real(f) => Box::new(f),
+                    crate::search::Arg::Text(t) => Box::new(t),
+                }
+            })
+            .collect();
+        let stmt = c.prepare_cached(&b.sql).await.map_err(pg)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        let n: i64 = c.query_one(&stmt, &refs).await.map_err(pg)?.try_get(0).map_err(pg)?;
+        Ok(n.max(0) as u64)
     }
 
     async fn load(&self, seqs: &[i64]) -> Result<Vec<Stored>> {
@@ -1913,7 +2019,34 @@ async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, ac
         .collect();
     let search_index = write_search_index(tx, old_seqs, new_rows);
 
+    // Live resources per type: +1 for each that becomes live, -1 for each deleted.
+    let mut deltas: BTreeMap<&str, i64> = BTreeMap::new();
+    for &i in &finals {
+        let w = accepted[i];
+        let was_live = plan.stored.get(&(w.resource_type.clone(), w.id.clone())).is_some_and(|c| !c.deleted);
+        if was_live == w.deleted {
+            *deltas.entry(w.resource_type.as_str()).or_default() += if w.deleted { -1 } else { 1 };
+        }
+    }
+    deltas.retain(|_, d| *d != 0);
+    let counts = async {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let types: Vec<&str> = deltas.keys().copied().collect();
+        let delta: Vec<i64> = deltas.values().copied().collect();
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO type_count (res_type, live) SELECT * FROM unnest($1::text[], $2::bigint[]) \
+                 ON CONFLICT (res_type) DO UPDATE SET live = type_count.live + excluded.live",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&types, &delta]).await.map_err(pg)?;
+        Ok::<_, StoreError>(())
+    };
+
     // Independent statements: issued together, they are pipelined on the connection.
-    futures::try_join!(versions, current, delete_identifiers, insert_identifiers, care_links, search_index)?;
+    futures::try_join!(versions, current, delete_identifiers, insert_identifiers, care_links, search_index, counts)?;
     Ok(())
 }

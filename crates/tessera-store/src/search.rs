@@ -677,6 +677,25 @@ impl SqlBuilder {
 /// starts with the parameter and leads to `seq` quickly), stopping at the limit. Otherwise
 /// it walks `resource_current` of the type with the same probes.
 pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
+    build_sql(q, dialect, false)
+}
+
+/// `SELECT count(…)` of the query's matches: the plan of [`select_sql`] without order,
+/// offset or limit (sort keys are ignored).
+pub fn count_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
+    let mut q = q.clone();
+    q.sort.clear();
+    q.offset = 0;
+    build_sql(&q, dialect, true)
+}
+
+/// Whether the query counts every live resource of one type (a per-type count answers it).
+pub fn counts_whole_type(q: &IndexQuery) -> Option<&str> {
+    let whole = q.clauses.is_empty() && q.before_seq.is_none() && q.after_seq.is_none() && !q.contained;
+    q.resource_type.as_deref().filter(|_| whole)
+}
+
+fn build_sql(q: &IndexQuery, dialect: Dialect, count: bool) -> SqlBuilder {
     let mut b = SqlBuilder::new(dialect);
     let ty = q.resource_type.clone().unwrap_or_default();
     let default_order = q.after_seq.is_none() && q.sort.iter().all(|k| matches!(k, SortKey::LastUpdated { descending: true }));
@@ -703,6 +722,10 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
                 conditions.push(clause_sql(&mut b, &ty, clause, "x.seq", false));
             }
         }
+        if count {
+            b.sql = format!("SELECT count(DISTINCT x.seq) FROM sp_token_pc x WHERE {}", conditions.join(" AND "));
+            return b;
+        }
         let limit = b.int(i64::try_from(q.limit).unwrap_or(i64::MAX));
         let offset = b.int(i64::try_from(q.offset).unwrap_or(i64::MAX));
         b.sql = format!(
@@ -722,6 +745,10 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
             if n != d {
                 conditions.push(clause_sql(&mut b, &ty, clause, "x.seq", false));
             }
+        }
+        if count {
+            b.sql = format!("SELECT count(DISTINCT x.seq) FROM {} x WHERE {}", table.name(), conditions.join(" AND "));
+            return b;
         }
         let limit = b.int(i64::try_from(q.limit).unwrap_or(i64::MAX));
         let offset = b.int(i64::try_from(q.offset).unwrap_or(i64::MAX));
@@ -747,6 +774,10 @@ pub fn select_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
     }
     for clause in &q.clauses {
         conditions.push(clause_sql(&mut b, &ty, clause, "c.seq", true));
+    }
+    if count {
+        b.sql = format!("SELECT count(*) FROM resource_current c WHERE {}", conditions.join(" AND "));
+        return b;
     }
     let mut order = Vec::new();
     let mut joins: Vec<String> = Vec::new();

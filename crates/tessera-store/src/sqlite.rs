@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS resource_current (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS resource_current_type_seq ON resource_current (res_type, seq);
 CREATE INDEX IF NOT EXISTS resource_current_compartment ON resource_current (compartment, seq) WHERE compartment IS NOT NULL;
+-- Live (current, not deleted) resources per type, kept by the writer with each change.
+CREATE TABLE IF NOT EXISTS type_count (res_type TEXT PRIMARY KEY, live INTEGER NOT NULL) WITHOUT ROWID;
 -- Search index rows (see `search`): keyed by value then `seq`, no `seq` index — a write
 -- that replaces a version deletes that version's rows by their full key.
 CREATE TABLE IF NOT EXISTS sp_token (p INTEGER NOT NULL, code TEXT NOT NULL, seq INTEGER NOT NULL, system TEXT NOT NULL,
@@ -175,6 +177,7 @@ impl SqliteStore {
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        fill_type_count(&conn).map_err(db)?;
         // Meta writes use their own connection; the writer waits for them rather than failing.
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(db)?;
@@ -801,6 +804,21 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(&b.sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(b.args.iter().map(sql_value)), |r| r.get(0))?;
             rows.collect()
+        })
+    }
+
+    async fn count(&self, q: &search::IndexQuery) -> Result<u64> {
+        if let Some(ty) = search::counts_whole_type(q) {
+            return self.with_reader(|c| {
+                let n: Option<i64> =
+                    c.prepare_cached("SELECT live FROM type_count WHERE res_type = ?1")?.query_row([ty], |r| r.get(0)).optional()?;
+                Ok(n.unwrap_or(0).max(0) as u64)
+            });
+        }
+        let b = search::count_sql(q, search::Dialect::Sqlite);
+        self.with_reader(|c| {
+            let n: i64 = c.prepare_cached(&b.sql)?.query_row(rusqlite::params_from_iter(b.args.iter().map(sql_value)), |r| r.get(0))?;
+            Ok(n.max(0) as u64)
         })
     }
 
@@ -1745,6 +1763,22 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
     Ok(())
 }
 
+/// Fills `type_count` from `resource_current` once, for a database written before the
+/// writer kept it (marked done in `tessera_meta`).
+fn fill_type_count(c: &Connection) -> rusqlite::Result<()> {
+    let done: Option<String> =
+        c.query_row("SELECT value FROM tessera_meta WHERE key = 'type_count'", [], |r| r.get(0)).optional()?;
+    if done.is_some() {
+        return Ok(());
+    }
+    c.execute_batch(
+        "BEGIN IMMEDIATE; DELETE FROM type_count; \
+         INSERT INTO type_count SELECT res_type, count(*) FROM resource_current WHERE deleted = 0 GROUP BY res_type; \
+         INSERT INTO tessera_meta (key, value) VALUES ('type_count', '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value; \
+         COMMIT;",
+    )
+}
+
 /// Applies one transaction's writes; `Ok(Err(_))` is a failed precondition.
 fn apply_transaction(
     c: &Connection,
@@ -1815,6 +1849,14 @@ fn apply_transaction(
              deleted = excluded.deleted, compartment = excluded.compartment, owner = excluded.owner",
         )?
         .execute(params![w.resource_type, w.id, w.version as i64, seq, w.deleted as i64, w.compartment, w.owner])?;
+        let was_live = matches!(current, Some((_, 0, _)));
+        if was_live == w.deleted {
+            c.prepare_cached(
+                "INSERT INTO type_count (res_type, live) VALUES (?1, ?2) \
+                 ON CONFLICT (res_type) DO UPDATE SET live = live + excluded.live",
+            )?
+            .execute(params![w.resource_type, if w.deleted { -1i64 } else { 1 }])?;
+        }
         if current.is_some() {
             c.prepare_cached("DELETE FROM identifier_index WHERE res_type = ?1 AND id = ?2")?
                 .execute(params![w.resource_type, w.id])?;

@@ -74,6 +74,7 @@ conformance!(
     care_links_commit_with_their_transaction,
     worklist_of_a_location,
     audit_by_patient_is_complete,
+    counts_follow_writes,
 );
 
 fn write(ty: &str, id: &str, version: u64, body: serde_json::Value) -> Write {
@@ -897,4 +898,56 @@ async fn audit_by_patient_is_complete(s: &DynStore) {
     assert!(got.iter().all(|r| r.patients == vec!["pa".to_string()]));
     let page = s.audit_query(&AuditQuery { limit: 7, before_seq: Some(got[100].seq), ..q.clone() }).await.unwrap();
     assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), got[101..108].iter().map(|r| r.seq).collect::<Vec<_>>());
+}
+
+/// Every live resource of the type, by walking the index (the reference for `count`).
+async fn walked(s: &DynStore, q: &search::IndexQuery) -> u64 {
+    let mut q = q.clone();
+    q.limit = 1_000_000;
+    s.search(&q).await.unwrap().len() as u64
+}
+
+async fn counts_follow_writes(s: &DynStore) {
+    let whole = |ty: &str| search::IndexQuery::new(Some(ty));
+    let body = |ty: &str| serde_json::json!({"resourceType": ty});
+    assert_eq!(s.count(&whole("Device")).await.unwrap(), 0);
+    // Creates, an update (no change), a delete, a create after a delete, two versions of
+    // one resource in one transaction.
+    s.commit((0..5).map(|i| write("Device", &format!("d{i}"), 1, body("Device"))).collect()).await.unwrap();
+    s.commit(vec![write("Device", "d0", 2, body("Device")), deletion("Device", "d1", 2)]).await.unwrap();
+    s.commit(vec![deletion("Device", "d2", 2), write("Device", "d2", 3, body("Device"))]).await.unwrap();
+    s.commit(vec![write("Device", "d5", 1, body("Device")), deletion("Device", "d5", 2)]).await.unwrap();
+    // Deleting what is already deleted changes nothing.
+    s.commit(vec![deletion("Device", "d1", 3)]).await.unwrap();
+    // A refused transaction changes nothing.
+    let mut refused = write("Device", "d3", 9, body("Device"));
+    refused.precondition = Precondition::Version(7);
+    s.commit(vec![deletion("Device", "d4", 2), refused]).await.unwrap_err();
+    // Concurrent transactions.
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.commit(vec![write("Device", &format!("c{t}"), 1, serde_json::json!({"resourceType": "Device"}))]).await.unwrap();
+            s.commit(vec![write("Patient", &format!("c{t}"), 1, serde_json::json!({"resourceType": "Patient"}))]).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    s.commit(vec![deletion("Patient", "c0", 2)]).await.unwrap();
+    for ty in ["Device", "Patient", "Observation"] {
+        let q = whole(ty);
+        assert_eq!(s.count(&q).await.unwrap(), walked(s, &q).await, "{ty}");
+    }
+    assert_eq!(s.count(&whole("Device")).await.unwrap(), 4 + 8); // d0 d2 d3 d4, c0..c7
+    assert_eq!(s.count(&whole("Patient")).await.unwrap(), 7);
+    // A count with clauses counts what the search finds.
+    let mut ids = whole("Device");
+    ids.clauses.push(search::Clause { any: vec![search::Pred::Ids(vec!["d0".into(), "d1".into(), "d2".into(), "c3".into(), "nope".into()])], negate: false });
+    assert_eq!(s.count(&ids).await.unwrap(), 3);
+    assert_eq!(s.count(&ids).await.unwrap(), walked(s, &ids).await);
+    ids.clauses[0].negate = true;
+    assert_eq!(s.count(&ids).await.unwrap(), 9);
+    assert_eq!(s.count(&ids).await.unwrap(), walked(s, &ids).await);
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use tessera_engine::Access;
 
-on_both_backends!(synthea_queries_match_the_oracle);
+on_both_backends!(synthea_queries_match_the_oracle, many_referenced_ids_page_and_count);
 
 /// Loads the hospitals, practitioners and the first `n` patient bundles.
 async fn load(s: &Server, n: usize) {
@@ -479,4 +479,48 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     assert_eq!(r.status, 400);
     assert!(String::from_utf8_lossy(&r.body).contains("nonsense"));
     assert_eq!(ids(&search(s, "Observation?code=8867-4&nonsense=1").await).len() as u64, n);
+}
+
+/// A chain that matches more patients than one query can drive from (40), a `_revinclude`
+/// of a page of 30 patients, and counts: every page newest first, nothing twice, nothing
+/// missed, and totals that agree with the rows.
+async fn many_referenced_ids_page_and_count(s: &Server) {
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let p = s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Manyfold", "given": [format!("P{i}")]}]})).await.json();
+        let pid = p["id"].as_str().unwrap().to_string();
+        for k in 0..2 {
+            let o = s
+                .post("Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": format!("m{k}")}, "subject": {"reference": format!("Patient/{pid}")}}))
+                .await
+                .json();
+            expected.push(o["id"].as_str().unwrap().to_string());
+        }
+        // Others' data around them.
+        let other = s.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": "Single"}]})).await.json();
+        s.post("Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{}", other["id"].as_str().unwrap())}})).await;
+    }
+    expected.reverse(); // newest first
+    let got: Vec<String> = search(s, "Observation?patient.name=Manyfold&_count=7").await.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(got, expected, "chain over 40 patients, paged by 7");
+    let sorted: Vec<String> = search(s, "Observation?patient.name=Manyfold&_count=9&_sort=-_lastUpdated").await.iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(sorted, expected, "the same, sorted by _lastUpdated and paged by offset");
+    let b = s.get("Observation?patient.name=Manyfold&_total=accurate&_count=5").await.json();
+    assert_eq!(b["total"], 80);
+    let b = s.get("Observation?_summary=count").await.json();
+    assert_eq!(b["total"], 120);
+    let b = s.get("Patient?_summary=count").await.json();
+    assert_eq!(b["total"], 80);
+    let b = s.get("Patient?name=Manyfold&_total=accurate&_count=1").await.json();
+    assert_eq!(b["total"], 40);
+    // `_revinclude` of a page of 30 patients: their 60 Observations, no others.
+    let b = s.get("Patient?name=Manyfold&_count=30&_revinclude=Observation:patient").await.json();
+    let entries = b["entry"].as_array().unwrap();
+    let patients: BTreeSet<String> = entries.iter().filter(|e| e["search"]["mode"] == "match").map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
+    let included: Vec<&Value> = entries.iter().filter(|e| e["search"]["mode"] == "include").map(|e| &e["resource"]).collect();
+    assert_eq!(patients.len(), 30);
+    assert_eq!(included.len(), 60);
+    for o in included {
+        assert!(patients.contains(o["subject"]["reference"].as_str().unwrap().trim_start_matches("Patient/")), "{o}");
+    }
 }
