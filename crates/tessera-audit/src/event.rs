@@ -389,6 +389,24 @@ pub fn audit_event(e: &EventInput) -> Value {
         if patient_refs.contains(r) {
             continue;
         }
+        if r.contains('?') {
+            // A type-level request (`AuditEvent?agent=…`): a query, not a reference.
+            entities.push(json!({
+                "type": coding(ENTITY_TYPE, "2", "System Object"),
+                "role": coding(OBJECT_ROLE, "24", "Query"),
+                "query": base64::engine::general_purpose::STANDARD.encode(r.as_bytes()),
+            }));
+            continue;
+        }
+        if !is_reference(r) {
+            // Something that is not a resource (the domain configuration, `Domain`): named.
+            entities.push(json!({
+                "type": coding(ENTITY_TYPE, "2", "System Object"),
+                "role": coding(OBJECT_ROLE, "4", "Domain Resource"),
+                "name": r,
+            }));
+            continue;
+        }
         entities.push(json!({
             "what": {"reference": r},
             "type": coding(ENTITY_TYPE, "2", "System Object"),
@@ -517,4 +535,19 @@ pub fn render_record(stored: &[u8], seq: i64) -> Option<Value> {
         }
     }
     Some(Value::Object(out))
+}
+
+/// A literal reference the audit can render as one: `Type/id` (optionally with
+/// `/_history/v`), or an absolute URL.
+fn is_reference(r: &str) -> bool {
+    if r.starts_with("http://") || r.starts_with("https://") || r.starts_with("urn:") {
+        return true;
+    }
+    let mut parts = r.split('/');
+    let (Some(ty), Some(id)) = (parts.next(), parts.next()) else { return false };
+    ty.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+        && ty.chars().all(|c| c.is_ascii_alphanumeric())
+        && !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }

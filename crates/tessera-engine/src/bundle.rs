@@ -335,7 +335,8 @@ impl Engine {
                 ("POST" | "PUT", None) => {
                     return Err(FhirError::bad_request(format!("{} entry has no resource", req.method)).at(format!("{at}.resource")))
                 }
-                ("POST" | "PUT" | "DELETE" | "GET" | "HEAD", _) => {}
+                ("POST" | "PUT" | "DELETE", _) => Self::check_writable(&req.resource_type).map_err(|e| e.at(format!("{at}.request.url")))?,
+                ("GET" | "HEAD", _) => {}
                 (m, _) => return Err(FhirError::bad_request(format!("method '{m}' is not supported in a transaction")).at(format!("{at}.request.method"))),
             }
             full_urls.push(entry.full_url);
@@ -434,6 +435,13 @@ impl Engine {
                 resolved.insert(full.clone(), format!("{}/{id}", req.resource_type));
             }
         }
+        // The resources this transaction writes (references to them need no look-up), and
+        // the types of its `urn:uuid:` references (for validation's target type check).
+        let in_transaction: std::collections::HashSet<String> = touched.iter().map(|(t, id)| format!("{t}/{id}")).chain(resolved.values().cloned()).collect();
+        let resolve_type = |r: &str| -> Option<&'static str> {
+            let ty = resolved.get(r)?.split('/').next()?;
+            tessera_fhir::definitions::definitions().resource(ty).map(|td| td.name.as_str())
+        };
         // 3. Parse, validate, rewrite references and prepare the writes, one entry at a time.
         let mut conditional_cache: HashMap<String, String> = HashMap::new();
         let mut writes = Vec::new();
@@ -449,7 +457,7 @@ impl Engine {
             let at = format!("Bundle.entry[{i}]");
             let id = ids[i].clone().expect("every write has an id");
             let map = match raws[i] {
-                Some(raw) => match parse_resource(raw, &at).and_then(|v| self.validated(&req.resource_type, v)) {
+                Some(raw) => match parse_resource(raw, &at).and_then(|v| self.validated_resolving(&req.resource_type, v, Some(&resolve_type))) {
                     Ok(map) => Some(map),
                     Err(e) => {
                         issues.extend(e.within(&format!("{at}.resource")).issues);
@@ -514,6 +522,8 @@ impl Engine {
             self.resolve_references(gate, &mut value, &resolved, &mut conditional_cache, i).await?;
             let action = if current.as_ref().is_some_and(|c| !c.deleted) { Action::Write } else { Action::Create };
             gate.authorize_write(action, &req.resource_type, &id, current.as_ref(), Some(&value)).await.map_err(|e| e.at(at.to_string()))?;
+            let resolved_conditionally = &conditional_cache;
+            self.check_references(&value, Some(&format!("{at}.resource")), &|r: &str| in_transaction.contains(r) || resolved_conditionally.values().any(|c| c == r)).await?;
             let Value::Object(map) = value else { unreachable!() };
             let w = prepare_write(map, &id, version, precondition, &Self::stamp(gate, &req.resource_type, current.as_ref()))?;
             entities.push(format!("{}/{}/_history/{}", w.resource_type, w.id, w.version));
@@ -626,7 +636,7 @@ impl Engine {
             (Some(id), None) => Ok(Got::Resource(self.read(access, &req.resource_type, id).await?)),
             (None, _) => {
                 let scope = crate::search::Scope::Type(Some(&req.resource_type));
-                Ok(Got::Bundle(Box::pin(self.search(access, scope, req.query.as_deref().unwrap_or(""), false)).await?))
+                Ok(Got::Bundle(Box::pin(self.search(access, scope, req.query.as_deref().unwrap_or(""), true)).await?))
             }
         }
     }

@@ -1,38 +1,78 @@
 //! The CapabilityStatement: what this server really does, generated from the same tables
-//! the engine uses.
+//! the engine uses — the R4 search parameters, the operation table
+//! ([`crate::operations::OPERATIONS`]) — and what the transport says of its security.
 
+use crate::operations::OPERATIONS;
 use crate::Engine;
 use serde_json::{json, Value};
 
+/// `rest.security` as the transport in front of the engine provides it.
+#[derive(Debug, Clone, Default)]
+pub struct RestSecurity {
+    /// Cross-origin requests from browser apps are answered (for the configured origins).
+    pub cors: bool,
+    /// The OAuth2 token endpoint (absolute URL); `None`: the one SMART discovery names for
+    /// this base URL (`[origin]/auth/token`).
+    pub token_endpoint: Option<String>,
+}
+
+/// Interactions of an ordinary resource type.
+const INTERACTIONS: [&str; 9] = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
+
+/// The search parameters of `AuditEvent`: the audit trail is queried by who, whose record,
+/// when, why and what (see `privacy::audit_search`), not through the search index.
+const AUDIT_SEARCH_PARAMETERS: &[(&str, &str, &str)] = &[
+    ("agent", "reference", "the user who acted (`Practitioner/[id]` or the id); also `user`"),
+    ("patient", "reference", "whose record was accessed"),
+    ("date", "date", "when, with a ge, gt, le or lt prefix (repeat for a range)"),
+    ("purpose", "token", "`BTG`: break-glass accesses only (the privacy review queue)"),
+    ("action", "token", "what was done (read, search, create, …); also `subtype`"),
+    ("subtype", "token", "same as `action`"),
+];
+
 impl Engine {
-    /// `GET /metadata`
+    /// `GET /metadata`, without CORS.
     pub fn capability_statement(&self) -> Value {
-        let update_create = self.config().update_create;
-        let resources: Vec<Value> = tessera_fhir::definitions::resource_types()
-            .map(|t| {
-                let interactions: Vec<Value> =
-                    ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"]
-                        .iter()
-                        .map(|c| json!({"code": c}))
-                        .collect();
-                json!({
-                    "type": t,
-                    "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
-                    "interaction": interactions,
-                    "versioning": "versioned-update",
-                    "readHistory": true,
-                    "updateCreate": update_create,
-                    "conditionalCreate": true,
-                    "conditionalRead": "not-supported",
-                    "conditionalUpdate": true,
-                    "conditionalDelete": "single",
-                    "referencePolicy": ["literal", "logical"],
-                    "searchParam": search_params(t),
-                    "searchInclude": ["*"],
-                    "searchRevInclude": ["*"],
-                })
-            })
-            .collect();
+        self.capability_statement_for(&RestSecurity::default())
+    }
+
+    /// `GET /metadata` for a transport with `security`.
+    pub fn capability_statement_for(&self, security: &RestSecurity) -> Value {
+        let config = self.config();
+        let base = &config.base_url;
+        let resources: Vec<Value> = tessera_fhir::definitions::resource_types().map(|t| self.resource_capability(t)).collect();
+        let system_operations: Vec<Value> = OPERATIONS.iter().filter(|o| o.system).map(|o| operation_entry(o, base)).collect();
+        let token = security.token_endpoint.clone().unwrap_or_else(|| {
+            let origin = base.trim_end_matches('/').trim_end_matches("/fhir");
+            tessera_auth::smart_configuration(origin)["token_endpoint"].as_str().unwrap_or_default().to_string()
+        });
+        let mut rest = json!({
+            "mode": "server",
+            "security": {
+                "cors": security.cors,
+                "service": [{
+                    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}],
+                    "text": "OAuth2 bearer tokens (SMART on FHIR scopes)",
+                }],
+                "description": "Every request but `metadata`, the OperationDefinitions and SMART discovery needs `Authorization: Bearer <token>`. \
+                    Tokens come from the token endpoint (password, client credentials and refresh token grants; see `.well-known/smart-configuration`); \
+                    there is no authorization endpoint (no app launch). What a token reaches is further limited by the user's role and care relationships.",
+                "extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [{"url": "token", "valueUri": token}],
+                }],
+            },
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}, {"code": "search-system"}],
+            "searchParam": [
+                {"name": "_id", "type": "token"},
+                {"name": "_lastUpdated", "type": "date"},
+                {"name": "_type", "type": "token", "documentation": "the resource types searched"},
+            ],
+        });
+        if !system_operations.is_empty() {
+            rest["operation"] = Value::Array(system_operations);
+        }
         json!({
             "resourceType": "CapabilityStatement",
             "status": "active",
@@ -40,18 +80,65 @@ impl Engine {
             "publisher": "Tessera",
             "kind": "instance",
             "software": {"name": "Tessera", "version": env!("CARGO_PKG_VERSION")},
-            "implementation": {"description": "Tessera shared-domain EHR — FHIR R4 API", "url": self.config().base_url},
+            "implementation": {"description": "Tessera shared-domain EHR — FHIR R4 API", "url": base},
             "fhirVersion": "4.0.1",
             "format": ["application/fhir+json", "json"],
             "patchFormat": ["application/json-patch+json"],
-            "rest": [{
-                "mode": "server",
-                "resource": resources,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}, {"code": "search-system"}],
-                "operation": [{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}],
-            }],
+            "rest": [rest],
         })
     }
+
+    /// The `rest.resource` entry of one type.
+    fn resource_capability(&self, t: &str) -> Value {
+        let base = &self.config().base_url;
+        let mut entry = json!({
+            "type": t,
+            "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
+        });
+        match t {
+            // Rendered from the audit trail: read and searched, never written.
+            "AuditEvent" => {
+                entry["interaction"] = interactions(&["read", "search-type"]);
+                entry["searchParam"] = AUDIT_SEARCH_PARAMETERS.iter().map(|(n, k, d)| json!({"name": n, "type": k, "documentation": d})).collect();
+            }
+            // The server's own OperationDefinitions (crate::operations): generated, not stored.
+            "OperationDefinition" => {
+                entry["interaction"] = interactions(&["read", "search-type"]);
+                entry["searchParam"] = crate::operations::SEARCH_PARAMETERS.iter().map(|(n, k)| json!({"name": n, "type": k})).collect();
+            }
+            _ => {
+                entry["interaction"] = interactions(&INTERACTIONS);
+                for (k, v) in [
+                    ("versioning", json!("versioned-update")),
+                    ("readHistory", json!(true)),
+                    ("updateCreate", json!(self.config().update_create)),
+                    ("conditionalCreate", json!(true)),
+                    ("conditionalRead", json!("not-supported")),
+                    ("conditionalUpdate", json!(true)),
+                    ("conditionalDelete", json!("single")),
+                    ("referencePolicy", json!(["literal", "logical"])),
+                    ("searchParam", Value::Array(search_params(t))),
+                    ("searchInclude", json!(["*"])),
+                    ("searchRevInclude", json!(["*"])),
+                ] {
+                    entry[k] = v;
+                }
+            }
+        }
+        let operations: Vec<Value> = OPERATIONS.iter().filter(|o| o.applies_to(t)).map(|o| operation_entry(o, base)).collect();
+        if !operations.is_empty() {
+            entry["operation"] = Value::Array(operations);
+        }
+        entry
+    }
+}
+
+fn interactions(codes: &[&str]) -> Value {
+    codes.iter().map(|c| json!({"code": c})).collect()
+}
+
+fn operation_entry(o: &crate::operations::Operation, base_url: &str) -> Value {
+    json!({"name": o.code, "definition": o.canonical(base_url), "documentation": o.documentation})
 }
 
 /// The search parameters of a type: `_id`, `_lastUpdated`, the common `_tag`/`_profile`/

@@ -13,10 +13,14 @@
 //!   (conditional create/update/delete/references: `_id` and `identifier`).
 //! * [`capability`] — the CapabilityStatement.
 //! * [`prepare`] — turning a validated resource into a stored version.
+//! * [`invariants`] — the validation of every write: `tessera_fhir::validation`, then the
+//!   FHIRPath invariants of the R4 definitions.
+//! * [`references`] — a literal reference must name a resource that exists.
 //! * [`worklist`] — the patients at a ward or clinic, through the same gate.
 
 pub mod access;
 pub mod audit;
+pub mod binary;
 pub mod bundle;
 pub mod cache;
 pub mod capability;
@@ -26,11 +30,18 @@ pub mod error;
 pub mod facts;
 pub mod guard;
 pub mod history;
+pub mod invariants;
+pub mod meta;
+pub mod operations;
+pub mod patch;
 pub mod prepare;
 pub mod privacy;
+pub mod references;
 mod residual;
 pub mod rest;
 pub mod search;
+pub mod terminology;
+pub mod validate_op;
 pub mod worklist;
 
 pub use access::{Access, AccessKind};
@@ -62,6 +73,10 @@ pub struct EngineConfig {
     pub search_limits: SearchLimits,
     /// Most entries in one batch or transaction Bundle.
     pub max_bundle_entries: usize,
+    /// Writes are refused when a literal reference names a resource that does not exist
+    /// on this server (`references`). Off only for bulk loads whose files arrive in any
+    /// order.
+    pub check_references: bool,
     /// Access policy and read audit are enforced. Only a build with the
     /// `bench-unenforced` feature can turn this off (see [`EngineConfig::unenforced`]).
     enforce: bool,
@@ -157,6 +172,7 @@ impl Default for EngineConfig {
             default_page_size: 50,
             search_limits: SearchLimits::default(),
             max_bundle_entries: 20_000,
+            check_references: true,
             enforce: true,
         }
     }

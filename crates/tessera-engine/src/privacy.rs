@@ -45,6 +45,10 @@ pub const BREAK_GLASS_REASONS: &[(&str, &str)] = &[
 /// filled within them ends with a `next` link all the same.
 const MAX_ROUNDS: usize = 32;
 
+/// Audit records read at most to count what a reader sees (`_total`, `_summary=count`,
+/// `_count=0`); beyond that the Bundle has no `total` and says why.
+const MAX_AUDIT_COUNTED: usize = 20_000;
+
 /// Through whose eyes the audit trail is read.
 #[derive(Debug, Clone)]
 enum AuditView {
@@ -75,6 +79,8 @@ struct AuditParams {
     query: AuditQuery,
     count: usize,
     kept: Vec<(String, String)>,
+    /// `_total=accurate|estimate`, `_summary=count` or `_count=0`: the Bundle has a total.
+    total: bool,
 }
 
 /// The view applied to one request's events, with what it learnt of the resources named.
@@ -104,7 +110,7 @@ impl Engine {
     }
 
     /// Records a refused look at the audit trail, and refuses it.
-    async fn refuse_audit(&self, access: &Access, what: &str, patients: Vec<String>, message: &str) -> Result<Bundle, FhirError> {
+    async fn refuse_audit<T>(&self, access: &Access, what: &str, patients: Vec<String>, message: &str) -> Result<T, FhirError> {
         let mut gate = self.gate(access);
         gate.record("audit-query", false, &[what.to_string()], patients, false, None);
         gate.finish().await?;
@@ -209,10 +215,22 @@ impl Engine {
         let mut q = AuditQuery::default();
         let mut count = self.config().default_page_size;
         let mut kept = Vec::new();
+        let mut total = false;
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
                 "_count" => {
                     count = v.parse().map_err(|_| FhirError::bad_request("_count must be a number"))?;
+                    total |= count == 0;
+                    continue;
+                }
+                "_total" => match v.as_ref() {
+                    "none" => {}
+                    "estimate" | "accurate" => total = true,
+                    _ => return Err(FhirError::bad_request(format!("_total '{v}' is not one of none, estimate, accurate"))),
+                },
+                "_summary" if v == "count" => {
+                    total = true;
+                    count = 0;
                     continue;
                 }
                 "_cursor" => {
@@ -234,20 +252,22 @@ impl Engine {
                 }
                 "_format" | "_pretty" => {}
                 other => {
-                    let supported = if fixed_patient { "agent, date, purpose, action, _count, _cursor" } else { "agent, patient, date, purpose, action, _count, _cursor" };
+                    let supported = if fixed_patient { "agent, date, purpose, action, _count, _cursor, _total, _summary=count" } else { "agent, patient, date, purpose, action, _count, _cursor, _total, _summary=count" };
                     return Err(FhirError::bad_request(format!("audit search does not support '{other}' ({supported})")));
                 }
             }
             kept.push((k.into_owned(), v.into_owned()));
         }
-        Ok(AuditParams { query: q, count: count.min(self.config().max_page_size), kept })
+        Ok(AuditParams { query: q, count: count.min(self.config().max_page_size), kept, total })
     }
 
     /// One page of the audit trail as this view sees it: the events the store lists for
     /// `q`, newest first, of which those listed for the view (redacted, and scoped to
     /// `patient` for an access log) fill the page, reading further store pages as needed.
     async fn audit_bundle(&self, view: AuditView, params: AuditParams, patient: Option<&str>, path: &str, query: &str) -> Result<Bundle, FhirError> {
-        let AuditParams { query: mut q, count, kept } = params;
+        let AuditParams { query: mut q, count, kept, total: wants_total } = params;
+        let first_page = q.before_seq.is_none();
+        let counted_query = q.clone();
         let mut lens = Lens { engine: self, domain: self.domain(), view, named: HashMap::new() };
         let mut listed: Vec<(i64, Value)> = Vec::new();
         let mut next: Option<i64> = None;
@@ -296,11 +316,76 @@ impl Engine {
             next_query.append_pair("_cursor", &cursor.to_string());
             links.push(("next", format!("{base}/{path}?{}", next_query.finish())));
         }
-        let mut out = BundleWriter::new("searchset", None, &links);
+        // The total: a first page that holds every event is its own; otherwise counted
+        // when asked for, through the same view, up to MAX_AUDIT_COUNTED records.
+        let total = if first_page && next.is_none() && count > 0 {
+            Some(listed.len() as u64)
+        } else if wants_total {
+            self.count_audit(&mut lens, counted_query, patient).await?
+        } else {
+            None
+        };
+        let mut out = BundleWriter::new("searchset", total, &links);
         for (seq, event) in &listed {
             out.generated(Some(&format!("{base}/AuditEvent/{seq}")), event, &[("search", json!({"mode": "match"}))]);
         }
+        if wants_total && total.is_none() {
+            let issue = tessera_fhir::Issue {
+                severity: tessera_fhir::IssueSeverity::Warning,
+                code: IssueType::TooCostly,
+                diagnostics: format!("no total: counting the events you may see would mean reading more than {MAX_AUDIT_COUNTED} audit records; narrow the query (agent, patient, date)"),
+                expression: vec!["_total".into()],
+            };
+            out.generated(None, &tessera_fhir::outcome::operation_outcome(&[issue]), &[("search", json!({"mode": "outcome"}))]);
+        }
         Ok(out.finish())
+    }
+
+    /// The number of events of `q` this lens lists, or `None` beyond MAX_AUDIT_COUNTED
+    /// records read.
+    async fn count_audit(&self, lens: &mut Lens<'_>, mut q: AuditQuery, patient: Option<&str>) -> Result<Option<u64>, FhirError> {
+        let mut n = 0u64;
+        let mut read = 0usize;
+        loop {
+            q.limit = 1000;
+            let records = self.store().audit_query(&q).await?;
+            read += records.len();
+            if read > MAX_AUDIT_COUNTED {
+                return Ok(None);
+            }
+            for r in &records {
+                if let Some(event) = tessera_audit::render_record(&r.event, r.seq) {
+                    if lens.view(event, patient).await?.is_some() {
+                        n += 1;
+                    }
+                }
+            }
+            match records.last() {
+                Some(last) if records.len() == q.limit => q.before_seq = Some(last.seq),
+                _ => return Ok(Some(n)),
+            }
+        }
+    }
+
+    /// `GET AuditEvent/[id]`: one event of the audit trail (its id is its sequence number),
+    /// as the reader's view shows it; 404 when it does not exist or is not listed for the
+    /// reader. Only privacy officers (and the bootstrap account) read the trail.
+    pub async fn audit_read(&self, access: &Access, id: &str) -> Result<Value, FhirError> {
+        let path = format!("AuditEvent/{id}");
+        let Some(view) = self.audit_view(access) else {
+            return self.refuse_audit(access, &path, Vec::new(), "the audit trail is for privacy officers").await;
+        };
+        let not_found = || FhirError::new(404, IssueType::NotFound, format!("AuditEvent/{id} is not known"));
+        let seq: i64 = id.parse().ok().filter(|s| *s > 0).ok_or_else(not_found)?;
+        let q = AuditQuery { before_seq: seq.checked_add(1), limit: 1, ..Default::default() };
+        let record = self.store().audit_query(&q).await?.into_iter().next().filter(|r| r.seq == seq).ok_or_else(not_found)?;
+        let event = tessera_audit::render_record(&record.event, record.seq).ok_or_else(|| FhirError::internal(format!("audit record {seq} is not readable as an AuditEvent")))?;
+        let mut lens = Lens { engine: self, domain: self.domain(), view, named: HashMap::new() };
+        let event = lens.view(event, None).await?.ok_or_else(not_found)?;
+        let mut gate = self.gate(access);
+        gate.record("audit-query", true, &[path], Vec::new(), false, None);
+        gate.finish().await?;
+        Ok(event)
     }
 }
 

@@ -5,6 +5,7 @@
 use crate::access::Access;
 use crate::criteria;
 use crate::guard::{behind_glass, Decided, Gate, Released, Visibility};
+use crate::patch::{PatchDoc, PatchFormat};
 use crate::prepare::{new_id, prepare_delete, prepare_write, Stamp};
 use crate::{Engine, FhirError, VersionedResource, WriteOutcome};
 use serde_json::{Map, Value};
@@ -35,8 +36,26 @@ impl Engine {
         }
     }
 
+    /// Refuses a write to a type the server renders itself: `AuditEvent` (the audit trail,
+    /// appended by the server alone) and `OperationDefinition` (its own operations).
+    pub fn check_writable(resource_type: &str) -> Result<(), FhirError> {
+        match resource_type {
+            "AuditEvent" => Err(FhirError::method_not_allowed(
+                "AuditEvent is the server's audit trail: it is read and searched, and only the server appends to it",
+            )),
+            "OperationDefinition" => Err(FhirError::method_not_allowed("OperationDefinition lists the server's own operations: read and searched, never written")),
+            _ => Ok(()),
+        }
+    }
+
     /// Validates a resource sent for `resource_type`; returns its members.
     pub fn validated(&self, resource_type: &str, body: Value) -> Result<Map<String, Value>, FhirError> {
+        self.validated_resolving(resource_type, body, None)
+    }
+
+    /// [`Engine::validated`], with the types of a transaction's `urn:uuid:` references.
+    pub(crate) fn validated_resolving(&self, resource_type: &str, body: Value, resolve: Option<&dyn Fn(&str) -> Option<&'static str>>) -> Result<Map<String, Value>, FhirError> {
+        Self::check_writable(resource_type)?;
         let Value::Object(map) = body else {
             return Err(FhirError::bad_request("the body must be a JSON object (a FHIR resource)"));
         };
@@ -48,7 +67,7 @@ impl Engine {
             None => return Err(FhirError::bad_request("resource has no resourceType").at("resourceType")),
         }
         let value = Value::Object(map);
-        tessera_fhir::validation::validate(&value, &self.config().limits).map_err(FhirError::invalid)?;
+        crate::invariants::check_write(&value, &self.config().limits, resolve).map_err(FhirError::invalid)?;
         match value {
             Value::Object(map) => Ok(map),
             _ => unreachable!("checked above"),
@@ -56,7 +75,7 @@ impl Engine {
     }
 
     /// Reads the current version through the gate: hidden → 404, behind glass → marker.
-    async fn gated_current(&self, gate: &mut Gate<'_>, resource_type: &str, id: &str) -> Result<Released, FhirError> {
+    pub(crate) async fn gated_current(&self, gate: &mut Gate<'_>, resource_type: &str, id: &str) -> Result<Released, FhirError> {
         let Some(s) = self.store().read(resource_type, id).await? else {
             return Err(FhirError::not_found(resource_type, id));
         };
@@ -177,8 +196,10 @@ impl Engine {
         self.check_type(resource_type)?;
         let map = self.validated(resource_type, body)?;
         let mut gate = self.gate(access);
-        let value = Value::Object(map);
+        let mut value = Value::Object(map);
+        let binary = self.binary_context(&mut gate, resource_type, &mut value).await?;
         gate.authorize_write(Action::Create, resource_type, "", None, Some(&value)).await?;
+        self.check_references(&value, None, &|_: &str| false).await?;
         let Value::Object(map) = value else { unreachable!() };
         for _ in 0..RETRIES {
             let precondition = match if_none_exist {
@@ -199,7 +220,14 @@ impl Engine {
                     }
                 }
             };
-            let write = prepare_write(map.clone(), &new_id(), 1, precondition, &Self::stamp(&gate, resource_type, None))?;
+            let mut stamp = Self::stamp(&gate, resource_type, None);
+            if let Some(b) = &binary {
+                b.stamp(&mut stamp);
+            }
+            let mut write = prepare_write(map.clone(), &new_id(), 1, precondition, &stamp)?;
+            if let Some(b) = &binary {
+                b.apply(&mut write);
+            }
             let resource = written(&write);
             gate.record_write("create", &write);
             match self.commit_gated(&mut gate, vec![write]).await {
@@ -234,11 +262,13 @@ impl Engine {
         map: Map<String, Value>,
         if_match: Option<u64>,
     ) -> Result<WriteOutcome, FhirError> {
-        let value = Value::Object(map);
+        let mut value = Value::Object(map);
+        let binary = self.binary_context(gate, resource_type, &mut value).await?;
         for _ in 0..RETRIES {
             let current = self.store().read(resource_type, id).await?;
             let action = if current.as_ref().is_some_and(|c| !c.deleted) { Action::Write } else { Action::Create };
             gate.authorize_write(action, resource_type, id, current.as_ref(), Some(&value)).await?;
+            self.check_references(&value, None, &|r: &str| r.split_once('/') == Some((resource_type, id))).await?;
             let (version, precondition, status) = match (&current, if_match) {
                 (Some(c), Some(v)) if c.version != v => return Err(stale(resource_type, id, v, Some(c.version))),
                 (None, Some(v)) => return Err(stale(resource_type, id, v, None)),
@@ -251,7 +281,14 @@ impl Engine {
                 (None, None) => (1, Precondition::Absent, 201),
             };
             let Value::Object(map) = value.clone() else { unreachable!() };
-            let write = prepare_write(map, id, version, precondition, &Self::stamp(gate, resource_type, current.as_ref()))?;
+            let mut stamp = Self::stamp(gate, resource_type, current.as_ref());
+            if let Some(b) = &binary {
+                b.stamp(&mut stamp);
+            }
+            let mut write = prepare_write(map, id, version, precondition, &stamp)?;
+            if let Some(b) = &binary {
+                b.apply(&mut write);
+            }
             let resource = written(&write);
             gate.record_write(if status == 201 { "create" } else { "update" }, &write);
             match self.commit_gated(gate, vec![write]).await {
@@ -279,9 +316,11 @@ impl Engine {
                 [] => {
                     let id = body_id.clone().unwrap_or_else(new_id);
                     let existing = self.store().read(resource_type, &id).await?;
-                    let value = Value::Object(map.clone());
+                    let mut value = Value::Object(map.clone());
+                    let binary = self.binary_context(&mut gate, resource_type, &mut value).await?;
                     // Authorised first: a hidden resource with that id answers as absent (404).
                     gate.authorize_write(Action::Create, resource_type, &id, existing.as_ref(), Some(&value)).await?;
+                    self.check_references(&value, None, &|r: &str| r.split_once('/') == Some((resource_type, id.as_str()))).await?;
                     if existing.as_ref().is_some_and(|e| !e.deleted) {
                         return Err(FhirError::conflict(format!("{resource_type}/{id} exists but does not match the criteria '{query}'")));
                     }
@@ -291,7 +330,15 @@ impl Engine {
                         (Some(d), Precondition::Absent) => Precondition::Version(d.version),
                         (_, p) => p,
                     };
-                    let write = prepare_write(map.clone(), &id, version, precondition, &Self::stamp(&gate, resource_type, existing.as_ref()))?;
+                    let Value::Object(labelled) = value else { unreachable!() };
+                    let mut stamp = Self::stamp(&gate, resource_type, existing.as_ref());
+                    if let Some(b) = &binary {
+                        b.stamp(&mut stamp);
+                    }
+                    let mut write = prepare_write(labelled, &id, version, precondition, &stamp)?;
+                    if let Some(b) = &binary {
+                        b.apply(&mut write);
+                    }
                     let resource = written(&write);
                     gate.record_write("create", &write);
                     match self.commit_gated(&mut gate, vec![write]).await {
@@ -318,6 +365,7 @@ impl Engine {
     /// already deleted (deleting is idempotent).
     pub async fn delete(&self, access: &Access, resource_type: &str, id: &str, if_match: Option<u64>) -> Result<Option<VersionedResource>, FhirError> {
         self.check_type(resource_type)?;
+        Self::check_writable(resource_type)?;
         Self::check_id(resource_type, id)?;
         let mut gate = self.gate(access);
         self.delete_gated(&mut gate, resource_type, id, if_match).await
@@ -353,6 +401,7 @@ impl Engine {
     /// `DELETE [type]?[criteria]` (single-match mode: more than one match is refused).
     pub async fn conditional_delete(&self, access: &Access, resource_type: &str, query: &str) -> Result<Option<VersionedResource>, FhirError> {
         self.check_type(resource_type)?;
+        Self::check_writable(resource_type)?;
         let criteria = criteria::parse(resource_type, query)?;
         let mut gate = self.gate(access);
         match self.visible_matches(&mut gate, &criteria).await?.as_slice() {
@@ -365,15 +414,52 @@ impl Engine {
         }
     }
 
-    /// `PATCH [type]/[id]` with a JSON Patch document.
+    /// `PATCH [type]/[id]`: `patch` is a JSON Patch (array), a FHIRPath Patch
+    /// (`Parameters`) or a JSON Merge Patch (other object); see [`crate::patch`].
     pub async fn patch(&self, access: &Access, resource_type: &str, id: &str, patch: Value, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
+        let doc = PatchDoc::parse(patch, PatchFormat::Detect)?;
+        self.patch_doc(access, resource_type, id, &doc, if_match).await
+    }
+
+    /// `PATCH [type]/[id]` with a parsed patch document: applied to the current version the
+    /// subject may see, then validated and decided like an update.
+    pub async fn patch_doc(&self, access: &Access, resource_type: &str, id: &str, doc: &PatchDoc, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
         self.check_type(resource_type)?;
         Self::check_id(resource_type, id)?;
-        let patch: json_patch::Patch =
-            serde_json::from_value(patch).map_err(|e| FhirError::bad_request(format!("the body is not a valid JSON Patch document: {e}")))?;
         let mut gate = self.gate(access);
+        self.modify(&mut gate, resource_type, id, if_match, "update", false, |v| doc.apply(v)).await
+    }
+
+    /// `PATCH [type]?[criteria]`: the one visible match is patched; none is 404, several 412.
+    pub async fn conditional_patch(&self, access: &Access, resource_type: &str, query: &str, doc: &PatchDoc, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
+        self.check_type(resource_type)?;
+        let criteria = criteria::parse(resource_type, query)?;
+        let mut gate = self.gate(access);
+        let id = match self.visible_matches(&mut gate, &criteria).await?.as_slice() {
+            [] => return Err(FhirError::new(404, IssueType::NotFound, format!("no {resource_type} matches '{query}'"))),
+            [id] => id.clone(),
+            _ => return Err(multiple_matches(resource_type, query)),
+        };
+        self.modify(&mut gate, resource_type, &id, if_match, "update", false, |v| doc.apply(v)).await
+    }
+
+    /// Read-modify-write of the current version the subject may see: `change` edits its
+    /// JSON; the result is validated, decided by the gate as an update (of the version read,
+    /// to the new content) and written as the next version, audited as `interaction`.
+    /// With `skip_unchanged`, a change that changes nothing writes nothing (and answers the
+    /// current version).
+    pub(crate) async fn modify(
+        &self,
+        gate: &mut Gate<'_>,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<u64>,
+        interaction: &str,
+        skip_unchanged: bool,
+        change: impl Fn(&mut Value) -> Result<(), FhirError>,
+    ) -> Result<WriteOutcome, FhirError> {
         for _ in 0..RETRIES {
-            let current = self.gated_current(&mut gate, resource_type, id).await?;
+            let current = self.gated_current(gate, resource_type, id).await?;
             if current.deleted {
                 return Err(FhirError::gone(resource_type, id));
             }
@@ -382,19 +468,35 @@ impl Engine {
                     return Err(stale(resource_type, id, v, Some(current.version)));
                 }
             }
-            let mut doc: Value = serde_json::from_slice(&current.json).map_err(|e| FhirError::internal(format!("stored resource is not JSON: {e}")))?;
-            json_patch::patch(&mut doc, &patch).map_err(|e| FhirError::unprocessable(format!("the patch cannot be applied: {e}")))?;
-            if doc.get("id").and_then(Value::as_str) != Some(id) {
-                return Err(FhirError::unprocessable("a patch must not change or remove the resource id").at(format!("{resource_type}.id")));
+            let before: Value = serde_json::from_slice(&current.json).map_err(|e| FhirError::internal(format!("stored resource is not JSON: {e}")))?;
+            let mut doc = before.clone();
+            change(&mut doc)?;
+            if doc.get("id").and_then(Value::as_str) != Some(id) || doc.get("resourceType") != before.get("resourceType") {
+                return Err(FhirError::unprocessable("a patch must not change or remove the resource type or id").at(format!("{resource_type}.id")));
+            }
+            if skip_unchanged && doc == before {
+                let patients = patients_of(&current);
+                gate.record_access(interaction, true, &[format!("{resource_type}/{id}")], patients, Some("no change"));
+                gate.flush().await?;
+                return Ok(WriteOutcome { status: 200, resource: current.into() });
             }
             let map = self.validated(resource_type, doc)?;
-            let value = Value::Object(map);
+            let mut value = Value::Object(map);
+            let binary = self.binary_context(gate, resource_type, &mut value).await?;
             gate.authorize_write(Action::Write, resource_type, id, Some(&current), Some(&value)).await?;
+            self.check_references(&value, None, &|r: &str| r.split_once('/') == Some((resource_type, id))).await?;
             let Value::Object(map) = value else { unreachable!() };
-            let write = prepare_write(map, id, current.version + 1, Precondition::Version(current.version), &Self::stamp(&gate, resource_type, Some(&current)))?;
+            let mut stamp = Self::stamp(gate, resource_type, Some(&current));
+            if let Some(b) = &binary {
+                b.stamp(&mut stamp);
+            }
+            let mut write = prepare_write(map, id, current.version + 1, Precondition::Version(current.version), &stamp)?;
+            if let Some(b) = &binary {
+                b.apply(&mut write);
+            }
             let resource = written(&write);
-            gate.record_write("update", &write);
-            match self.commit_gated(&mut gate, vec![write]).await {
+            gate.record_write(interaction, &write);
+            match self.commit_gated(gate, vec![write]).await {
                 Ok(()) => return Ok(WriteOutcome { status: 200, resource }),
                 Err(StoreError::Conflict { .. }) if if_match.is_none() => continue,
                 Err(e) => return Err(e.into()),

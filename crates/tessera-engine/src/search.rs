@@ -65,7 +65,9 @@ impl Engine {
             match k.as_ref() {
                 "_cursor" => cursor = Some(v.parse().map_err(|_| FhirError::bad_request(format!("_cursor '{v}' is not valid")))?),
                 "_offset" => offset = v.parse().map_err(|_| FhirError::bad_request(format!("_offset '{v}' is not valid")))?,
-                "_format" | "_pretty" => {}
+                // `_totalMethod` (fhirpy's `count()` sends `_totalMethod=count`): how a server
+                // should count, not a filter; every count here is exact.
+                "_format" | "_pretty" | "_totalMethod" => {}
                 _ => pairs.push((k.into_owned(), v.into_owned())),
             }
         }
@@ -134,6 +136,8 @@ impl Engine {
             q.clauses.push(Clause { any: vec![Pred::Token { param: "#_id".into(), system: None, code: None }], negate: false });
         }
         let count = request.count.unwrap_or(self.config().default_page_size).min(self.config().max_page_size);
+        // `_summary=count` and `_count=0`: the total only, no entries, no paging.
+        let count_only = request.summary == Some(Summary::Count) || count == 0;
 
         // The page: visible matches only.
         let mut page = Vec::new();
@@ -154,13 +158,13 @@ impl Engine {
         // `near` without `_sort`: nearest first, paged by offset.
         let by_distance = !sorted && phases.len() == 1 && !phases[0].0.contained && residuals.iter().any(Residual::is_near);
         let sorted = sorted || by_distance;
-        if by_distance && request.summary != Some(Summary::Count) {
+        if by_distance && !count_only {
             let (nearest, glass, further) = self.nearest_page(&mut gate, &phases[0].0, &residuals, offset, count).await?;
             next_offset = offset + nearest.len();
             page = nearest;
             behind_glass = glass;
             more = further;
-        } else if request.summary != Some(Summary::Count) {
+        } else if !count_only {
             // A cursor below every contained `seq` resumes in the last phase.
             let mut phase = if phases.len() > 1 && cursor.is_some_and(|c| tessera_store::search::container_of(c).is_none()) { phases.len() - 1 } else { 0 };
             let mut before = if sorted { None } else { cursor };
@@ -224,8 +228,8 @@ impl Engine {
         // the total is left out, with a note, when that would mean deciding on more than
         // MAX_COUNTED candidates one by one.
         let mut uncounted = false;
-        let counted = request.summary == Some(Summary::Count) || matches!(request.total, Total::Accurate | Total::Estimate);
-        let total = if request.summary != Some(Summary::Count) && !more && cursor.is_none() && offset == 0 {
+        let counted = count_only || matches!(request.total, Total::Accurate | Total::Estimate);
+        let total = if !count_only && !more && cursor.is_none() && offset == 0 {
             Some(page.len() as u64)
         } else if counted {
             let mut n = Some(0usize);
@@ -245,7 +249,7 @@ impl Engine {
         };
 
         // Includes.
-        let included = if request.summary == Some(Summary::Count) { Vec::new() } else { self.includes(&mut gate, &request, &page).await? };
+        let included = if count_only { Vec::new() } else { self.includes(&mut gate, &request, &page).await? };
 
         let base = &self.config().base_url;
         let path = match scope {
@@ -298,7 +302,7 @@ impl Engine {
                 severity: tessera_fhir::IssueSeverity::Warning,
                 code: IssueType::TooCostly,
                 diagnostics: format!("no total: counting what you may see would mean checking more than {MAX_COUNTED} matches one by one; narrow the search"),
-                expression: vec![if request.summary == Some(Summary::Count) { "_summary".into() } else { "_total".into() }],
+                expression: vec![if request.summary == Some(Summary::Count) { "_summary".into() } else if count == 0 { "_count".into() } else { "_total".into() }],
             };
             out.generated(None, &tessera_fhir::outcome::operation_outcome(&[issue]), &[("search", json!({"mode": "outcome"}))]);
         }

@@ -9,14 +9,16 @@
 //!   for choice elements, to the chosen type (`valueQuantity` → `value[x]` / `Quantity`);
 //! * element types are resolved to a [`Target`]: a [`Primitive`], another table
 //!   ([`TypeId`]) or an embedded resource;
-//! * the search parameters, and the Patient compartment as element paths.
+//! * the search parameters, and the Patient compartment as element paths;
+//! * per element its terminology [`Binding`] and allowed Reference targets, and per table
+//!   its FHIRPath invariants ([`Constraint`]).
 //!
 //! Invariants checked when loading (a broken file is a build defect, so loading panics):
 //! every referenced type exists and no table has more than [`MAX_ELEMENTS`] elements.
 
 pub mod format;
 
-use format::{DefinitionsFile, ElementRow, TypeRow};
+use format::{BindingRow, ConstraintRow, DefinitionsFile, ElementRow, TargetRow, TypeRow};
 pub use format::{SearchComponent, SearchParameter, TypeKind};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -88,6 +90,8 @@ pub struct TypeDef {
     keys: FastMap<String, (u16, u16)>,
     /// Indices of the elements with `min >= 1`.
     required: Vec<u16>,
+    /// The invariants on instances of this table and on its elements.
+    pub constraints: Vec<Constraint>,
 }
 
 impl TypeDef {
@@ -121,6 +125,54 @@ pub struct ElementDef {
     /// `isSummary`: part of the `_summary=true` view.
     pub summary: bool,
     pub types: Vec<ElementType>,
+    /// The terminology binding (required, extensible or preferred), if any.
+    pub binding: Option<Binding>,
+    /// The resource types a Reference in this element may point at; empty: any.
+    pub targets: Vec<String>,
+}
+
+/// How strongly a coded element is bound to its value set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindingStrength {
+    Required,
+    Extensible,
+    Preferred,
+}
+
+impl BindingStrength {
+    pub fn code(self) -> &'static str {
+        match self {
+            BindingStrength::Required => "required",
+            BindingStrength::Extensible => "extensible",
+            BindingStrength::Preferred => "preferred",
+        }
+    }
+}
+
+/// An element's binding: strength and value set canonical (possibly `url|version`).
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub strength: BindingStrength,
+    pub value_set: String,
+}
+
+/// Severity of an invariant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConstraintSeverity {
+    Error,
+    Warning,
+}
+
+/// A FHIRPath invariant of the R4 definitions (`ele-1`, `pat-1`, `obs-6`, …).
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    pub key: String,
+    pub severity: ConstraintSeverity,
+    pub human: String,
+    pub expression: String,
+    /// `None`: on each instance of the table (a type such as `Period`, a backbone element
+    /// such as `Patient.contact`, or a resource); `Some(i)`: on each value of element `i`.
+    pub element: Option<usize>,
 }
 
 impl ElementDef {
@@ -305,9 +357,46 @@ impl Definitions {
                 if min >= 1 {
                     required.push(index as u16);
                 }
-                elements.push(ElementDef { name: element_name, choice, min, many: max == "*", summary, types: element_types });
+                elements.push(ElementDef {
+                    name: element_name,
+                    choice,
+                    min,
+                    many: max == "*",
+                    summary,
+                    types: element_types,
+                    binding: None,
+                    targets: Vec::new(),
+                });
             }
-            types.push(TypeDef { name, kind, elements, keys, required });
+            types.push(TypeDef { name, kind, elements, keys, required, constraints: Vec::new() });
+        }
+        let locate = |types: &[TypeDef], table: &str, element: &str| -> Result<(usize, Option<usize>), String> {
+            let t = by_name.get(table).ok_or_else(|| format!("unknown table {table}"))?.0 as usize;
+            if element.is_empty() {
+                return Ok((t, None));
+            }
+            let name = element.strip_suffix("[x]").unwrap_or(element);
+            let e = types[t].elements.iter().position(|e| e.name == name).ok_or_else(|| format!("unknown element {table}.{element}"))?;
+            Ok((t, Some(e)))
+        };
+        for BindingRow(table, element, strength, value_set) in file.bindings {
+            let (t, e) = locate(&types, &table, &element)?;
+            let strength = match strength.as_str() {
+                "required" => BindingStrength::Required,
+                "extensible" => BindingStrength::Extensible,
+                "preferred" => BindingStrength::Preferred,
+                other => return Err(format!("{table}.{element}: binding strength {other}")),
+            };
+            types[t].elements[e.ok_or("binding without element")?].binding = Some(Binding { strength, value_set });
+        }
+        for TargetRow(table, element, targets) in file.reference_targets {
+            let (t, e) = locate(&types, &table, &element)?;
+            types[t].elements[e.ok_or("targets without element")?].targets = targets;
+        }
+        for ConstraintRow(table, element, key, severity, human, expression) in file.constraints {
+            let (t, e) = locate(&types, &table, &element)?;
+            let severity = if severity == "error" { ConstraintSeverity::Error } else { ConstraintSeverity::Warning };
+            types[t].constraints.push(Constraint { key, severity, human, expression, element: e });
         }
         let mut resource_types: Vec<String> = types.iter().filter(|t| t.kind == TypeKind::Resource).map(|t| t.name.clone()).collect();
         resource_types.sort();

@@ -29,6 +29,8 @@ pub enum IssueType {
     Required,
     Value,
     Invariant,
+    /// `code-invalid`: a code outside its value set.
+    CodeInvalid,
     Security,
     Login,
     Forbidden,
@@ -55,6 +57,7 @@ impl IssueType {
             IssueType::Required => "required",
             IssueType::Value => "value",
             IssueType::Invariant => "invariant",
+            IssueType::CodeInvalid => "code-invalid",
             IssueType::Security => "security",
             IssueType::Login => "login",
             IssueType::Forbidden => "forbidden",
@@ -90,6 +93,10 @@ pub struct Issue {
 impl Issue {
     pub fn error(code: IssueType, diagnostics: impl Into<String>) -> Self {
         Issue { severity: IssueSeverity::Error, code, diagnostics: diagnostics.into(), expression: Vec::new() }
+    }
+
+    pub fn warning(code: IssueType, diagnostics: impl Into<String>) -> Self {
+        Issue { severity: IssueSeverity::Warning, code, diagnostics: diagnostics.into(), expression: Vec::new() }
     }
 
     pub fn at(mut self, expression: impl Into<String>) -> Self {

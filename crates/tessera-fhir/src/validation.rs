@@ -21,10 +21,21 @@
 //! * `Extension`: a value or nested extensions, not both (ext-1); elements have a value
 //!   or children (ele-1); contained resources hold no `contained` (dom-2) nor
 //!   `meta.versionId`/`meta.lastUpdated` (dom-4);
-//! * nesting depth against [`Limits::max_depth`].
+//! * nesting depth against [`Limits::max_depth`];
+//! * terminology bindings of `code`, `Coding` and `CodeableConcept` elements against the
+//!   shipped value sets ([`crate::bindings`]): a code outside the value set of a
+//!   *required* binding is an error; outside that of an extensible or preferred binding, a
+//!   warning ([`validate_full`] only); value sets that cannot be expanded here are not
+//!   checked;
+//! * reference target types: a literal reference (`Type/id`, an absolute URL ending in
+//!   `Type/id`, a conditional `Type?…`, a contained `#id`, or a `urn:uuid:` the caller can
+//!   resolve, see [`Options::resolve`]) must point at a type the element allows
+//!   (`targetProfile`), and so must `Reference.type`;
+//! * narrative XHTML (`xhtml`): FHIR's narrative rules txt-1 and txt-2 ([`crate::narrative`]).
 //!
-//! Not checked: terminology bindings, FHIRPath invariants other than those above,
-//! profiles, reference target types, and `xhtml` beyond "a `<div>` string".
+//! Not checked here: the FHIRPath invariants other than those above (the engine evaluates
+//! them with `tessera-fhirpath`, which depends on this crate), profiles, and whether
+//! referenced resources exist (the engine checks that against the store).
 //!
 //! Performance: the walk allocates nothing unless it finds a problem. The current path
 //! is a linked list of stack frames (`Path`) turned into a string only for an issue,
@@ -32,8 +43,9 @@
 //! tracked in a fixed bit set, and the hot primitive formats are checked by hand-written
 //! byte scanners (equivalent to the published regexes; see the tests).
 
-use crate::definitions::{self, Definitions, ElementDef, JsonKind, Primitive, Target, TypeDef, TypeKind, MAX_ELEMENTS};
-use crate::{Issue, IssueType};
+use crate::bindings::{self, Membership};
+use crate::definitions::{self, Binding, BindingStrength, Definitions, ElementDef, JsonKind, Primitive, Target, TypeDef, TypeKind, MAX_ELEMENTS};
+use crate::{Issue, IssueSeverity, IssueType};
 use serde_json::{Map, Value};
 use std::fmt::Write as _;
 
@@ -58,18 +70,52 @@ pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// Validates a resource; on failure returns every issue found, each naming its element.
+/// How a resource is validated beyond the [`Limits`].
+#[derive(Clone, Copy, Default)]
+pub struct Options<'a> {
+    /// Also report warnings (extensible and preferred bindings). Writes do not need them.
+    pub warnings: bool,
+    /// The resource type a `urn:uuid:`/`urn:oid:` reference stands for, when the caller
+    /// knows it (the entries of a transaction), so that its target type is checked too.
+    pub resolve: Option<&'a dyn Fn(&str) -> Option<&'static str>>,
+}
+
+/// Validates a resource; on failure returns every error found, each naming its element.
 pub fn validate(resource: &Value, limits: &Limits) -> Result<(), Vec<Issue>> {
-    let mut v = Validator { defs: definitions::definitions(), max_depth: limits.max_depth, issues: Vec::new(), scope: None };
+    validate_with(resource, limits, &Options::default())
+}
+
+/// [`validate`] with [`Options`]. `Err` holds every issue found when at least one is an
+/// error (with [`Options::warnings`], warnings come along).
+pub fn validate_with<'v>(resource: &'v Value, limits: &Limits, options: &Options<'v>) -> Result<(), Vec<Issue>> {
+    let issues = run(resource, limits, options);
+    if issues.iter().any(|i| matches!(i.severity, IssueSeverity::Error | IssueSeverity::Fatal)) {
+        Err(issues)
+    } else {
+        Ok(())
+    }
+}
+
+/// Every issue, errors and warnings (for `$validate`).
+pub fn validate_full(resource: &Value, limits: &Limits) -> Vec<Issue> {
+    run(resource, limits, &Options { warnings: true, resolve: None })
+}
+
+fn run<'v>(resource: &'v Value, limits: &Limits, options: &Options<'v>) -> Vec<Issue> {
+    let mut v = Validator {
+        defs: definitions::definitions(),
+        max_depth: limits.max_depth,
+        issues: Vec::new(),
+        scope: None,
+        warnings: options.warnings,
+        resolve: options.resolve,
+        targets: &[],
+    };
     match resource {
         Value::Object(map) => v.resource(map, None, 1, false),
         _ => v.issues.push(Issue::error(IssueType::Structure, "a resource must be a JSON object")),
     }
-    if v.issues.is_empty() {
-        Ok(())
-    } else {
-        Err(v.issues)
-    }
+    v.issues
 }
 
 /// One step of the path to the value being validated; the path is the chain of parents.
@@ -147,11 +193,69 @@ struct Validator<'v> {
     /// The `contained` resources that local references (`#id`) resolve against, and
     /// whether we are inside one of them (where `#` alone names the container).
     scope: Option<(&'v [Value], bool)>,
+    /// Report warnings too.
+    warnings: bool,
+    resolve: Option<&'v dyn Fn(&str) -> Option<&'static str>>,
+    /// The allowed target types of the Reference being validated (empty: any).
+    targets: &'static [String],
 }
 
 impl<'v> Validator<'v> {
     fn report(&mut self, code: IssueType, path: &Path<'v, '_>, message: impl Into<String>) {
         self.issues.push(Issue::error(code, message).at(path.expression()));
+    }
+
+    /// A code outside the value set of `binding`: an error for a required binding, else a
+    /// warning (reported only when warnings are asked for).
+    fn binding_issue(&mut self, binding: &Binding, path: &Path<'v, '_>, what: &str) {
+        let expression = path.expression();
+        let strength = binding.strength.code();
+        let message = format!("{expression}: {what} is not in the value set {} ({strength} binding)", binding.value_set);
+        let issue = match binding.strength {
+            BindingStrength::Required => Issue::error(IssueType::CodeInvalid, message),
+            _ => Issue::warning(IssueType::CodeInvalid, message),
+        };
+        self.issues.push(issue.at(expression));
+    }
+
+    fn checks_binding(&self, binding: &Option<Binding>) -> bool {
+        binding.as_ref().is_some_and(|b| b.strength == BindingStrength::Required || self.warnings)
+    }
+
+    /// The binding of a `Coding` or `CodeableConcept` value.
+    fn coded_binding(&mut self, map: &'v Map<String, Value>, type_code: &str, binding: &Binding, path: &Path<'v, '_>) {
+        let coding_membership = |c: &Map<String, Value>| -> Option<Membership> {
+            let code = c.get("code")?.as_str()?;
+            Some(bindings::check(&binding.value_set, c.get("system").and_then(Value::as_str), code))
+        };
+        let describe = |c: &Map<String, Value>| {
+            let code = c.get("code").and_then(Value::as_str).unwrap_or("");
+            match c.get("system").and_then(Value::as_str) {
+                Some(system) => format!("the code '{}' of {}", truncate(code), truncate(system)),
+                None => format!("the code '{}' (no system)", truncate(code)),
+            }
+        };
+        match type_code {
+            "Coding" => {
+                if coding_membership(map) == Some(Membership::NotMember) {
+                    self.binding_issue(binding, path, &describe(map));
+                }
+            }
+            "CodeableConcept" => {
+                let codings: Vec<&Map<String, Value>> =
+                    map.get("coding").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_object).collect();
+                let memberships: Vec<Option<Membership>> = codings.iter().map(|c| coding_membership(c)).collect();
+                let any_member = memberships.iter().any(|m| *m == Some(Membership::Member));
+                let any_unknown = memberships.iter().any(|m| *m == Some(Membership::Unknown));
+                if !any_member && !any_unknown {
+                    if let Some(i) = memberships.iter().position(|m| *m == Some(Membership::NotMember)) {
+                        let what = if codings.len() == 1 { describe(codings[i]) } else { format!("none of the {} codings ({} …)", codings.len(), describe(codings[i])) };
+                        self.binding_issue(binding, path, &what);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Validates a resource object. `path` is `None` for the top-level resource (its
@@ -278,8 +382,19 @@ impl<'v> Validator<'v> {
             }
             "Reference" => {
                 if let Some(Value::String(reference)) = map.get("reference") {
-                    if let Err(problem) = self.check_reference(reference) {
-                        self.report(IssueType::Value, &path.name("reference"), problem);
+                    match self.check_reference(reference) {
+                        Err(problem) => self.report(IssueType::Value, &path.name("reference"), problem),
+                        Ok(()) => {
+                            if let Some(ty) = self.reference_type(reference) {
+                                self.check_target(ty, path, &format!("'{}'", truncate(reference)));
+                            }
+                        }
+                    }
+                }
+                if let Some(Value::String(ty)) = map.get("type") {
+                    let name = ty.strip_prefix("http://hl7.org/fhir/StructureDefinition/").unwrap_or(ty);
+                    if definitions::is_resource_type(name) {
+                        self.check_target(name, &path.name("type"), &format!("type '{}'", truncate(ty)));
                     }
                 }
             }
@@ -340,7 +455,7 @@ impl<'v> Validator<'v> {
     fn element(
         &mut self,
         value: &'v Value,
-        element: &ElementDef,
+        element: &'static ElementDef,
         t: usize,
         parent: &'v Map<String, Value>,
         key: &str,
@@ -383,18 +498,38 @@ impl<'v> Validator<'v> {
     }
 
     /// One (non-array) value of type `element.types[t]`.
-    fn single(&mut self, value: &'v Value, element: &ElementDef, t: usize, path: &Path<'v, '_>, depth: usize) {
+    fn single(&mut self, value: &'v Value, element: &'static ElementDef, t: usize, path: &Path<'v, '_>, depth: usize) {
         if value.is_null() {
             self.report(IssueType::Structure, path, "null is not allowed here");
             return;
         }
         let ty = &element.types[t];
         match ty.target {
-            Target::Primitive(p) => self.primitive(value, p, path),
+            Target::Primitive(p) => {
+                let before = self.issues.len();
+                self.primitive(value, p, path);
+                if p == Primitive::Code && self.issues.len() == before && self.checks_binding(&element.binding) {
+                    if let (Some(binding), Value::String(code)) = (&element.binding, value) {
+                        if bindings::check(&binding.value_set, None, code) == Membership::NotMember {
+                            self.binding_issue(binding, path, &format!("'{}'", truncate(code)));
+                        }
+                    }
+                }
+            }
             Target::Complex(id) => match value {
                 Value::Object(m) => {
                     if self.enter(depth + 1, path) {
+                        let saved = self.targets;
+                        if ty.code == "Reference" {
+                            self.targets = &element.targets;
+                        }
                         self.object(m, self.defs.get(id), path, depth + 1, false);
+                        self.targets = saved;
+                        if self.checks_binding(&element.binding) {
+                            if let Some(binding) = &element.binding {
+                                self.coded_binding(m, &ty.code, binding, path);
+                            }
+                        }
                     }
                 }
                 other => {
@@ -489,6 +624,10 @@ impl<'v> Validator<'v> {
                     self.report(IssueType::Value, path, format!("control character U+{:04X} at byte {at}: strings may hold tab, carriage return and line feed only", c as u32));
                 } else if !check_format(p, s) {
                     self.report(IssueType::Value, path, format!("'{}' is not a valid {}", truncate(s), p.name()));
+                } else if p == Primitive::Xhtml {
+                    if let Err(problem) = crate::narrative::check(s) {
+                        self.report(IssueType::Invariant, path, problem);
+                    }
                 }
                 true
             }
@@ -502,6 +641,45 @@ impl<'v> Validator<'v> {
             };
             self.report(IssueType::Structure, path, format!("expected {expected} ({}), found {}", p.name(), json_type(value)));
         }
+    }
+
+    /// The allowed targets of the Reference being validated include `ty`?
+    fn check_target(&mut self, ty: &str, path: &Path<'v, '_>, what: &str) {
+        let targets = self.targets;
+        if targets.is_empty() || targets.iter().any(|t| t == ty) {
+            return;
+        }
+        let allowed = match targets {
+            [one] => one.clone(),
+            [init @ .., last] => format!("{} or {last}", init.join(", ")),
+            [] => unreachable!(),
+        };
+        let expression = path.expression();
+        self.report(IssueType::Value, path, format!("{expression} may refer to {allowed}, not {ty} ({what})"));
+    }
+
+    /// The resource type a syntactically valid reference points at, when it can be told.
+    fn reference_type(&self, r: &'v str) -> Option<&'v str> {
+        if let Some(fragment) = r.strip_prefix('#') {
+            let (contained, _) = self.scope?;
+            let c = contained.iter().find(|c| c.get("id").and_then(Value::as_str) == Some(fragment))?;
+            return c.get("resourceType").and_then(Value::as_str);
+        }
+        if r.starts_with("urn:") {
+            let resolved = (self.resolve?)(r)?;
+            return Some(resolved.split('/').next().unwrap_or(resolved));
+        }
+        if r.starts_with("http://") || r.starts_with("https://") {
+            let path = r.split(['?', '#']).next().unwrap_or(r);
+            let segments: Vec<&str> = path.split('/').collect();
+            let n = segments.len();
+            let ty = if n >= 6 && segments[n - 2] == "_history" { segments[n - 4] } else if n >= 5 { segments[n - 2] } else { return None };
+            return definitions::is_resource_type(ty).then_some(ty);
+        }
+        if let Some((ty, _)) = r.split_once('?') {
+            return Some(ty);
+        }
+        crate::reference::parse_relative(r).map(|(ty, _)| ty)
     }
 
     /// `Reference.reference` syntax; `#id` must name a contained resource.
@@ -885,6 +1063,97 @@ mod tests {
             let expected: Vec<_> = expected.into_iter().map(|(c, e)| (c, e.to_string())).collect();
             assert_eq!(issues(resource.clone()), expected, "{resource}");
         }
+    }
+
+    fn errors(resource: Value) -> Vec<(IssueType, String, String)> {
+        match validate(&resource, &Limits::default()) {
+            Ok(()) => Vec::new(),
+            Err(issues) => issues.into_iter().map(|i| (i.code, i.expression.join(","), i.diagnostics)).collect(),
+        }
+    }
+
+    #[test]
+    fn required_bindings() {
+        let found = errors(json!({"resourceType": "Patient", "gender": "nonsense"}));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].0, found[0].1.as_str()), (IssueType::CodeInvalid, "Patient.gender"));
+        assert!(found[0].2.contains("'nonsense'") && found[0].2.contains("http://hl7.org/fhir/ValueSet/administrative-gender"), "{}", found[0].2);
+        let obs = |status: &str| json!({"resourceType": "Observation", "status": status, "code": {"text": "x"}});
+        assert_eq!(errors(obs("final")), vec![]);
+        assert_eq!(errors(obs("bogus")).iter().map(|e| e.1.as_str()).collect::<Vec<_>>(), ["Observation.status"]);
+        assert_eq!(errors(json!({"resourceType": "Encounter", "status": "whatever", "class": {"code": "AMB"}}))[0].1, "Encounter.status");
+        // In nested data types and backbone elements.
+        assert_eq!(errors(json!({"resourceType": "Patient", "telecom": [{"system": "beeper", "value": "1"}]}))[0].1, "Patient.telecom[0].system");
+        assert_eq!(errors(json!({"resourceType": "Patient", "contact": [{"gender": "x", "name": {"family": "A"}}]}))[0].1, "Patient.contact[0].gender");
+        // A CodeableConcept with a required binding: one coding from the value set suffices.
+        let clinical = |codings: Value| json!({"resourceType": "Condition", "subject": {"reference": "Patient/1"}, "clinicalStatus": {"coding": codings}});
+        let cs = "http://terminology.hl7.org/CodeSystem/condition-clinical";
+        assert_eq!(errors(clinical(json!([{"system": cs, "code": "active"}]))), vec![]);
+        assert_eq!(errors(clinical(json!([{"system": "http://example.org", "code": "x"}, {"system": cs, "code": "active"}]))), vec![]);
+        assert_eq!(errors(clinical(json!([{"system": cs, "code": "dormant"}])))[0].1, "Condition.clinicalStatus");
+        assert_eq!(errors(clinical(json!([{"system": "http://example.org", "code": "active"}])))[0].1, "Condition.clinicalStatus");
+        // Value sets that cannot be expanded here (UCUM, MIME types) are not checked.
+        assert_eq!(errors(json!({"resourceType": "Binary", "contentType": "application/x-whatever"})), vec![]);
+    }
+
+    #[test]
+    fn weaker_bindings_are_warnings() {
+        // Observation.category: preferred binding to observation-category.
+        let obs = |system: &str, code: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "category": [{"coding": [{"system": system, "code": code}]}]});
+        let local = obs("http://terminology.hl7.org/CodeSystem/observation-category", "gossip");
+        assert!(validate(&local, &Limits::default()).is_ok(), "preferred: not an error");
+        let full = validate_full(&local, &Limits::default());
+        assert_eq!(full.len(), 1, "{full:?}");
+        assert_eq!(full[0].severity, IssueSeverity::Warning);
+        assert_eq!(full[0].expression, ["Observation.category[0]"]);
+        assert!(full[0].diagnostics.contains("preferred"), "{}", full[0].diagnostics);
+        let ok = obs("http://terminology.hl7.org/CodeSystem/observation-category", "vital-signs");
+        assert_eq!(validate_full(&ok, &Limits::default()), vec![]);
+        // A value set whose code system is not shipped (v3 MaritalStatus): membership unknown, no warning.
+        let married = json!({"resourceType": "Patient", "maritalStatus": {"coding": [{"system": "http://example.org/local", "code": "xyz"}]}});
+        assert_eq!(validate_full(&married, &Limits::default()), vec![]);
+    }
+
+    #[test]
+    fn reference_target_types() {
+        let obs = |reference: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": reference}});
+        let found = errors(obs("Medication/x"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].0, found[0].1.as_str()), (IssueType::Value, "Observation.subject"));
+        assert!(found[0].2.contains("Patient, Group, Device or Location, not Medication"), "{}", found[0].2);
+        for ok in ["Patient/1", "Group/g/_history/2", "https://example.org/fhir/Device/d", "Location?identifier=x|1", "urn:uuid:c757873d-ec9a-4326-a141-556f43239520"] {
+            assert_eq!(errors(obs(ok)), vec![], "{ok}");
+        }
+        assert_eq!(errors(obs("https://example.org/fhir/Medication/m"))[0].1, "Observation.subject");
+        assert_eq!(errors(obs("Medication?code=x"))[0].1, "Observation.subject");
+        // Contained targets by their resourceType; Reference.type too.
+        let mut contained = obs("#m");
+        contained["contained"] = json!([{"resourceType": "Medication", "id": "m"}]);
+        assert_eq!(errors(contained)[0].1, "Observation.subject");
+        let typed = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"type": "Medication", "identifier": {"value": "1"}}});
+        assert_eq!(errors(typed)[0].1, "Observation.subject.type");
+        // Elements that may refer to any resource, and nested references with their own targets.
+        assert_eq!(errors(json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "focus": [{"reference": "Medication/x"}]})), vec![]);
+        let assigner = json!({"resourceType": "Patient", "identifier": [{"value": "1", "assigner": {"reference": "Patient/2"}}]});
+        assert_eq!(errors(assigner)[0].1, "Patient.identifier[0].assigner");
+        // A transaction's urn:uuid references, typed by the caller.
+        let resolve = |r: &str| (r == "urn:uuid:c757873d-ec9a-4326-a141-556f43239520").then_some("Medication");
+        let options = Options { warnings: false, resolve: Some(&resolve) };
+        let urn = obs("urn:uuid:c757873d-ec9a-4326-a141-556f43239520");
+        assert!(validate_with(&urn, &Limits::default(), &options).is_err());
+    }
+
+    #[test]
+    fn narrative_xhtml() {
+        let with_div = |div: &str| json!({"resourceType": "Patient", "text": {"status": "generated", "div": div}});
+        assert_eq!(errors(with_div("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>Jane <b>Doe</b></p></div>")), vec![]);
+        let found = errors(with_div("<div xmlns=\"http://www.w3.org/1999/xhtml\"><script>alert(1)</script>x</div>"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].0, found[0].1.as_str()), (IssueType::Invariant, "Patient.text.div"));
+        assert!(found[0].2.contains("txt-1") && found[0].2.contains("<script>"), "{}", found[0].2);
+        assert_eq!(errors(with_div("<div xmlns=\"http://www.w3.org/1999/xhtml\"><img src=\"x.png\" onerror=\"alert(1)\"/></div>"))[0].1, "Patient.text.div");
+        let nested = json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": with_div("<div xmlns=\"http://www.w3.org/1999/xhtml\"><iframe/>x</div>")}]});
+        assert_eq!(errors(nested)[0].1, "Bundle.entry[0].resource.text.div");
     }
 
     #[test]

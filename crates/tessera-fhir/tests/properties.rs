@@ -160,3 +160,53 @@ fn regexes_agree_on_samples() {
     assert!(anchored(Primitive::Base64Binary).is_match("a==="));
     assert!(!check_format(Primitive::Base64Binary, "a==="));
 }
+
+/// Required-bound code elements: (resource with a placeholder, its path, its codes).
+const REQUIRED_CODES: &[(&str, &str, &[&str])] = &[
+    ("Patient", "gender", &["male", "female", "other", "unknown"]),
+    ("Observation", "status", &["registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"]),
+    ("Encounter", "status", &["planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled", "entered-in-error", "unknown"]),
+];
+
+fn with_code(resource_type: &str, element: &str, code: &str) -> Value {
+    let mut r = match resource_type {
+        "Observation" => json!({"resourceType": "Observation", "code": {"text": "x"}}),
+        "Encounter" => json!({"resourceType": "Encounter", "class": {"code": "AMB"}}),
+        _ => json!({"resourceType": resource_type}),
+    };
+    r[element] = json!(code);
+    r
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any code outside the value set of a required binding is refused, with the element
+    /// path and the value set named; the value set's own codes are accepted.
+    #[test]
+    fn invalid_codes_on_required_bindings_are_refused(which in 0..REQUIRED_CODES.len(), code in "[A-Za-z0-9][A-Za-z0-9 .-]{0,20}[A-Za-z0-9]") {
+        let (resource_type, element, codes) = REQUIRED_CODES[which];
+        let resource = with_code(resource_type, element, &code);
+        let result = validate(&resource, &Limits::default());
+        if codes.contains(&code.as_str()) {
+            prop_assert!(result.is_ok(), "{code}: {result:?}");
+        } else if !code.contains("  ") {
+            let issues = result.expect_err("refused");
+            prop_assert_eq!(issues.len(), 1, "{:?}", issues);
+            prop_assert_eq!(issues[0].code, tessera_fhir::IssueType::CodeInvalid);
+            let path = format!("{resource_type}.{element}");
+            prop_assert_eq!(&issues[0].expression, &vec![path]);
+            prop_assert!(issues[0].diagnostics.contains("ValueSet/"), "{}", issues[0].diagnostics);
+        }
+    }
+}
+
+#[test]
+fn valid_codes_on_required_bindings_are_accepted() {
+    for (resource_type, element, codes) in REQUIRED_CODES {
+        for code in *codes {
+            let r = with_code(resource_type, element, code);
+            assert!(validate(&r, &Limits::default()).is_ok(), "{r}");
+        }
+    }
+}

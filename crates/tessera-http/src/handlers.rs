@@ -7,6 +7,7 @@ use axum::extract::{Extension, Path, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
+use tessera_engine::patch::{PatchDoc, PatchFormat};
 use tessera_engine::search::Scope;
 use tessera_engine::{Access, FhirError, ReturnPreference, VersionedResource, WriteOutcome};
 use tessera_fhir::IssueType;
@@ -95,16 +96,21 @@ async fn json_body(state: &AppState, req: Request, expect: BodyKind) -> Result<V
     let kind = negotiate::request_body(req.headers()).map_err(error)?;
     if kind != expect && !(expect == BodyKind::JsonPatch && kind == BodyKind::Json) {
         return Err(error(FhirError::new(415, IssueType::NotSupported, match expect {
-            BodyKind::JsonPatch => "PATCH takes a JSON Patch document (application/json-patch+json)",
+            BodyKind::JsonPatch => "PATCH takes a JSON Patch (application/json-patch+json), a FHIRPath Patch Parameters (application/fhir+json) or a JSON Merge Patch (application/merge-patch+json)",
             _ => "send the resource as application/fhir+json",
         })));
     }
     let limit = state.config.max_body_bytes;
     let bytes = read_limited(req.into_body(), limit).await?;
+    parse_json(&bytes)
+}
+
+/// Parses a JSON request body (not empty).
+fn parse_json(bytes: &[u8]) -> Result<Value> {
     if bytes.is_empty() {
         return Err(error(FhirError::bad_request("the request has no body")));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         let issue = if e.to_string().contains("recursion limit") {
             FhirError::new(400, IssueType::TooLong, "the JSON is nested too deeply")
         } else {
@@ -185,7 +191,7 @@ pub async fn metadata(State(state): State<AppState>, headers: HeaderMap, RawQuer
     if let Err(r) = negotiate(&headers, &q) {
         return r;
     }
-    fhir(StatusCode::OK, serde_json::to_vec(&state.engine.capability_statement()).expect("capability serialises"))
+    fhir(StatusCode::OK, serde_json::to_vec(&state.engine.capability_statement_for(&crate::auth::rest_security(&state))).expect("capability serialises"))
 }
 
 pub async fn not_found(req: Request) -> Response {
@@ -207,7 +213,20 @@ macro_rules! try_or_respond {
 }
 
 pub async fn read(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    if id.starts_with('$') {
+        return operation(&state, &access, OpLevel::Type(&ty), &id, &http::Method::GET, &headers, &q, None).await;
+    }
+    if ty == "Binary" && negotiate::wants_raw(&headers, q.as_deref().unwrap_or("")) {
+        return binary_raw(&state, &access, &id, None, &headers).await;
+    }
     try_or_respond!(negotiate(&headers, &q));
+    if ty == "AuditEvent" {
+        // Rendered from the audit trail, not a stored resource.
+        return match state.engine.audit_read(&access, &id).await {
+            Ok(event) => fhir(StatusCode::OK, serde_json::to_vec(&event).expect("an AuditEvent serialises")),
+            Err(e) => error(e),
+        };
+    }
     match state.engine.read(&access, &ty, &id).await {
         Ok(v) => resource_response(&headers, v),
         Err(e) => error(e),
@@ -220,6 +239,9 @@ pub async fn vread(
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Response {
+    if ty == "Binary" && negotiate::wants_raw(&headers, q.as_deref().unwrap_or("")) {
+        return binary_raw(&state, &access, &id, Some(&vid), &headers).await;
+    }
     try_or_respond!(negotiate(&headers, &q));
     match state.engine.vread(&access, &ty, &id, &vid).await {
         Ok(v) => resource_response(&headers, v),
@@ -228,11 +250,29 @@ pub async fn vread(
 }
 
 pub async fn create(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
+    if ty.starts_with('$') {
+        let (parts, body) = req.into_parts();
+        return operation(&state, &access, OpLevel::System, &ty, &parts.method, &parts.headers, &q, Some(body)).await;
+    }
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
-    let body = try_or_respond!(json_body(&state, req, BodyKind::Json).await);
+    let body = match negotiate::raw_media(&headers).filter(|_| ty == "Binary") {
+        Some(media) => try_or_respond!(raw_binary_body(&state, &media, &headers, req.into_body(), None).await),
+        None => try_or_respond!(json_body(&state, req, BodyKind::Json).await),
+    };
     let if_none_exist = headers.get("if-none-exist").and_then(|v| v.to_str().ok()).map(|s| s.trim_start_matches('?').to_string());
     let if_none_exist = if_none_exist.map(|s| s.rsplit_once('?').map(|(_, q)| q.to_string()).unwrap_or(s));
+    // `POST [type]?criteria` (fhirpy's get_or_create): the query is a conditional create,
+    // as `If-None-Exist` — never silently ignored.
+    let query = strip_format(q.as_deref().unwrap_or(""));
+    let if_none_exist = match (if_none_exist, query.is_empty()) {
+        (h, true) => h,
+        (None, false) => Some(query),
+        (Some(h), false) if strip_format(&h) == query => Some(query),
+        (Some(_), false) => {
+            return error(FhirError::bad_request("the request has both If-None-Exist and different search criteria in the URL: send the conditional create criteria once"))
+        }
+    };
     match state.engine.create(&access, &ty, body, if_none_exist.as_deref()).await {
         Ok(w) => write_response(&state, w, prefer_return(&headers)),
         Err(e) => error(e),
@@ -243,7 +283,10 @@ pub async fn update(State(state): State<AppState>, Extension(access): Extension<
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
     let if_match = try_or_respond!(if_match(&headers));
-    let body = try_or_respond!(json_body(&state, req, BodyKind::Json).await);
+    let body = match negotiate::raw_media(&headers).filter(|_| ty == "Binary") {
+        Some(media) => try_or_respond!(raw_binary_body(&state, &media, &headers, req.into_body(), Some(id.as_str())).await),
+        None => try_or_respond!(json_body(&state, req, BodyKind::Json).await),
+    };
     match state.engine.update(&access, &ty, &id, body, if_match).await {
         Ok(w) => write_response(&state, w, prefer_return(&headers)),
         Err(e) => error(e),
@@ -266,11 +309,23 @@ pub async fn patch(State(state): State<AppState>, Extension(access): Extension<A
     let headers = req.headers().clone();
     try_or_respond!(negotiate(&headers, &q));
     let if_match = try_or_respond!(if_match(&headers));
-    let body = try_or_respond!(json_body(&state, req, BodyKind::JsonPatch).await);
-    if body.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
-        return error(FhirError::new(415, IssueType::NotSupported, "FHIRPath Patch is not supported yet; send a JSON Patch document (application/json-patch+json)"));
+    let (body, format) = try_or_respond!(patch_body(&state, req).await);
+    let doc = try_or_respond!(PatchDoc::parse(body, format).map_err(error));
+    match state.engine.patch_doc(&access, &ty, &id, &doc, if_match).await {
+        Ok(w) => write_response(&state, w, prefer_return(&headers)),
+        Err(e) => error(e),
     }
-    match state.engine.patch(&access, &ty, &id, body, if_match).await {
+}
+
+/// `PATCH [type]?criteria`: conditional patch (one match; none 404, several 412).
+pub async fn conditional_patch(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
+    let headers = req.headers().clone();
+    try_or_respond!(negotiate(&headers, &q));
+    let if_match = try_or_respond!(if_match(&headers));
+    let (body, format) = try_or_respond!(patch_body(&state, req).await);
+    let doc = try_or_respond!(PatchDoc::parse(body, format).map_err(error));
+    let query = strip_format(q.as_deref().unwrap_or(""));
+    match state.engine.conditional_patch(&access, &ty, &query, &doc, if_match).await {
         Ok(w) => write_response(&state, w, prefer_return(&headers)),
         Err(e) => error(e),
     }
@@ -305,6 +360,9 @@ fn strip_format(query: &str) -> String {
 }
 
 pub async fn search(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    if ty.starts_with('$') {
+        return operation(&state, &access, OpLevel::System, &ty, &http::Method::GET, &headers, &q, None).await;
+    }
     try_or_respond!(negotiate(&headers, &q));
     if ty == "AuditEvent" {
         return match state.engine.audit_search(&access, q.as_deref().unwrap_or("")).await {
@@ -329,14 +387,16 @@ pub async fn system_search(State(state): State<AppState>, Extension(access): Ext
     }
 }
 
-/// `Prefer: handling=strict` (lenient is the default).
+/// Strict handling of search parameters unless the request says `Prefer: handling=lenient`:
+/// an unknown or unsupported parameter is refused (400), never dropped, because a misspelt
+/// filter that was dropped would widen a clinical search to other patients' data.
 fn strict_handling(headers: &HeaderMap) -> bool {
-    headers
+    !headers
         .get_all("prefer")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split([',', ';']))
-        .any(|p| p.trim().eq_ignore_ascii_case("handling=strict"))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=lenient"))
 }
 
 pub async fn search_post(State(state): State<AppState>, Extension(access): Extension<Access>, Path(ty): Path<String>, RawQuery(q): RawQuery, req: Request) -> Response {
@@ -402,60 +462,258 @@ pub async fn bundle(State(state): State<AppState>, Extension(access): Extension<
     }
 }
 
-/// `POST Patient/[id]/$break-glass`, `GET Patient/[id]/$access-log`, `GET Patient/[id]/$everything`,
-/// `GET Patient/[id]/[type]` (compartment search), `GET Location/[id]/$worklist`.
+/// `[base]/[type]/[id]/{operation}`: an instance operation (`$…`, GET or POST, see
+/// [`operation`]) or a Patient compartment search (`GET Patient/[id]/[type]`).
 pub async fn instance_operation(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
-    Path((ty, id, operation)): Path<(String, String, String)>,
+    Path((ty, id, operation_name)): Path<(String, String, String)>,
     RawQuery(q): RawQuery,
     req: Request,
 ) -> Response {
-    let headers = req.headers().clone();
-    try_or_respond!(negotiate(&headers, &q));
-    let method = req.method().clone();
-    match (ty.as_str(), operation.as_str(), method.as_str()) {
-        ("Patient", "$break-glass", "POST") => {
-            let body = try_or_respond!(json_body(&state, req, BodyKind::Json).await);
-            let param = |name: &str| {
-                body.get("parameter").and_then(Value::as_array).into_iter().flatten().find(|p| p.get("name").and_then(Value::as_str) == Some(name)).cloned()
-            };
+    let (parts, body) = req.into_parts();
+    if operation_name.starts_with('$') {
+        return operation(&state, &access, OpLevel::Instance(&ty, &id), &operation_name, &parts.method, &parts.headers, &q, Some(body)).await;
+    }
+    try_or_respond!(negotiate(&parts.headers, &q));
+    if ty == "Patient" && matches!(parts.method, http::Method::GET | http::Method::HEAD) && tessera_fhir::definitions::is_resource_type(&operation_name) {
+        let scope = Scope::Compartment { patient: &id, resource_type: &operation_name };
+        return match state.engine.search(&access, scope, q.as_deref().unwrap_or(""), strict_handling(&parts.headers)).await {
+            Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
+            Err(e) => error(e),
+        };
+    }
+    error(FhirError::new(404, IssueType::NotSupported, format!("no FHIR interaction at {} {ty}/{id}/{operation_name}", parts.method)))
+}
+
+/// `POST [base]/[type]/[id]`: only `POST [type]/$operation` lands here.
+pub async fn type_post(State(state): State<AppState>, Extension(access): Extension<Access>, Path((ty, id)): Path<(String, String)>, RawQuery(q): RawQuery, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if id.starts_with('$') {
+        return operation(&state, &access, OpLevel::Type(&ty), &id, &parts.method, &parts.headers, &q, Some(body)).await;
+    }
+    error(FhirError::method_not_allowed(format!("POST {ty}/{id} is not a FHIR interaction: PUT updates a resource, POST {ty}/{id}/$operation runs an operation")))
+}
+
+/// The level an operation is invoked at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OpLevel<'a> {
+    /// `[base]/$op`
+    System,
+    /// `[base]/[type]/$op`
+    Type(&'a str),
+    /// `[base]/[type]/[id]/$op`
+    Instance(&'a str, &'a str),
+}
+
+impl std::fmt::Display for OpLevel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpLevel::System => f.write_str("the system"),
+            OpLevel::Type(t) => write!(f, "{t}"),
+            OpLevel::Instance(t, id) => write!(f, "{t}/{id}"),
+        }
+    }
+}
+
+/// The input of an operation: the URL query, and for POST the body — a `Parameters` (or a
+/// resource) as FHIR JSON, or form parameters.
+#[derive(Debug, Default)]
+pub(crate) struct OpInput {
+    pub query: String,
+    pub json: Option<Value>,
+    pub form: String,
+}
+
+impl OpInput {
+    /// The parameters as one query string: the URL's, the form's, and the primitive
+    /// parameters of a `Parameters` body (`_count`, `_since`, `_type` of `$everything` …).
+    pub fn as_query(&self) -> String {
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        for part in [self.query.as_str(), self.form.as_str()] {
+            s.extend_pairs(form_urlencoded::parse(part.as_bytes()));
+        }
+        if let Some(b) = self.json.as_ref().filter(|b| b.get("resourceType").and_then(Value::as_str) == Some("Parameters")) {
+            for p in b.get("parameter").and_then(Value::as_array).into_iter().flatten() {
+                let Some(name) = p.get("name").and_then(Value::as_str) else { continue };
+                let value = p.as_object().into_iter().flatten().find_map(|(k, v)| {
+                    k.strip_prefix("value").filter(|t| t.starts_with(|c: char| c.is_ascii_uppercase())).and_then(|_| match v {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => Some(n.to_string()),
+                        Value::Bool(b) => Some(b.to_string()),
+                        _ => None,
+                    })
+                });
+                if let Some(v) = value {
+                    s.append_pair(name, &v);
+                }
+            }
+        }
+        s.finish()
+    }
+
+    /// A parameter of a `Parameters` body, by name.
+    pub fn param(&self, name: &str) -> Option<&Value> {
+        self.json.as_ref()?.get("parameter")?.as_array()?.iter().find(|p| p.get("name").and_then(Value::as_str) == Some(name))
+    }
+}
+
+async fn op_input(state: &AppState, headers: &HeaderMap, q: &Option<String>, body: Option<Body>) -> Result<OpInput> {
+    let mut input = OpInput { query: q.clone().unwrap_or_default(), ..Default::default() };
+    let Some(body) = body else { return Ok(input) };
+    let bytes = read_limited(body, state.config.max_body_bytes).await?;
+    if bytes.is_empty() {
+        return Ok(input);
+    }
+    match negotiate::request_body(headers).map_err(error)? {
+        BodyKind::Form => input.form = String::from_utf8_lossy(&bytes).into_owned(),
+        BodyKind::Json => {
+            input.json = Some(serde_json::from_slice(&bytes).map_err(|e| {
+                error(FhirError::new(400, IssueType::Structure, format!("the body is not valid JSON: {e}")).at(format!("line {}, column {}", e.line(), e.column())))
+            })?)
+        }
+        _ => return Err(error(FhirError::new(415, IssueType::NotSupported, "an operation takes a Parameters resource (application/fhir+json) or form parameters"))),
+    }
+    Ok(input)
+}
+
+/// The one dispatch point of `$`-operations, at every level, GET and POST: the
+/// terminology operations first (`crate::terminology`), then Tessera's own. A new
+/// operation is one arm here.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn operation(
+    state: &AppState,
+    access: &Access,
+    level: OpLevel<'_>,
+    op: &str,
+    method: &http::Method,
+    headers: &HeaderMap,
+    q: &Option<String>,
+    body: Option<Body>,
+) -> Response {
+    if crate::terminology::handles(level, op) {
+        return crate::terminology::operation(state, access, level, op, method, headers, q, body).await;
+    }
+    try_or_respond!(negotiate(headers, q));
+    let method = if *method == http::Method::HEAD { &http::Method::GET } else { method };
+    let post = *method == http::Method::POST;
+    if !post && *method != http::Method::GET {
+        return error(FhirError::method_not_allowed(format!("operations are invoked with GET or POST, not {method}")));
+    }
+    let input = try_or_respond!(op_input(state, headers, q, if post { body } else { None }).await);
+    let engine = &state.engine;
+    let json = |r: std::result::Result<Value, FhirError>| match r {
+        Ok(v) => fhir(StatusCode::OK, serde_json::to_vec(&v).expect("a resource serialises")),
+        Err(e) => error(e),
+    };
+    let bundle = |r: std::result::Result<tessera_engine::bundle::Bundle, FhirError>| match r {
+        Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
+        Err(e) => error(e),
+    };
+    let post_only = || error(FhirError::method_not_allowed(format!("{op} changes or checks data: invoke it with POST")));
+    match (level, op) {
+        (OpLevel::System, "$meta") => json(engine.meta(access, None, None).await),
+        (OpLevel::Type(ty), "$meta") => json(engine.meta(access, Some(ty), None).await),
+        (OpLevel::Instance(ty, id), "$meta") => json(engine.meta(access, Some(ty), Some(id)).await),
+        (OpLevel::Instance(ty, id), "$meta-add" | "$meta-delete") => {
+            if !post {
+                return post_only();
+            }
+            let Some(body) = &input.json else { return error(FhirError::bad_request(format!("{op} needs a Parameters body with a 'meta' parameter"))) };
+            match engine.meta_change(access, ty, id, body, op == "$meta-add").await {
+                Ok((params, v)) => {
+                    let mut r = fhir(StatusCode::OK, serde_json::to_vec(&params).expect("parameters serialise"));
+                    version_headers(&mut r, &v);
+                    r
+                }
+                Err(e) => error(e),
+            }
+        }
+        (OpLevel::Type(ty), "$validate") if post => json(engine.validate_operation(access, ty, None, input.json, &input.query).await),
+        (OpLevel::Instance(ty, id), "$validate") if post => json(engine.validate_operation(access, ty, Some(id), input.json, &input.query).await),
+        (_, "$validate") => post_only(),
+        (OpLevel::Instance("Patient", id), "$everything") => bundle(engine.everything(access, id, &input.as_query()).await),
+        (OpLevel::Instance("Patient", id), "$access-log") => bundle(engine.access_log(access, id, &input.as_query()).await),
+        (OpLevel::Instance("Patient", id), "$break-glass") => {
+            if !post {
+                return post_only();
+            }
+            let param = |name: &str| input.param(name).cloned();
             let code = param("reason")
                 .and_then(|p| p.get("valueCoding").or_else(|| p.get("valueCode")).cloned())
                 .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_string).or_else(|| v.as_str().map(str::to_string)))
                 .unwrap_or_default();
             let text = param("text").and_then(|p| p.get("valueString").and_then(Value::as_str).map(str::to_string)).unwrap_or_default();
-            match state.engine.break_glass(&access, &id, &code, &text).await {
-                Ok(v) => fhir(StatusCode::OK, serde_json::to_vec(&v).expect("parameters serialise")),
-                Err(e) => error(e),
-            }
+            json(engine.break_glass(access, id, &code, &text).await)
         }
-        ("Patient", "$access-log", "GET") => {
-            match state.engine.access_log(&access, &id, q.as_deref().unwrap_or("")).await {
-                Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
-                Err(e) => error(e),
-            }
+        (OpLevel::Instance("Location", id), "$worklist") => {
+            let query = input.as_query();
+            let kind = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "kind").map(|(_, v)| v.into_owned()).unwrap_or_else(|| "encounter".into());
+            bundle(engine.worklist(access, id, &kind).await)
         }
-        ("Patient", "$everything", "GET") => match state.engine.everything(&access, &id, q.as_deref().unwrap_or("")).await {
-            Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
-            Err(e) => error(e),
-        },
-        ("Patient", compartment_type, "GET") if tessera_fhir::definitions::is_resource_type(compartment_type) => {
-            let scope = Scope::Compartment { patient: &id, resource_type: compartment_type };
-            match state.engine.search(&access, scope, q.as_deref().unwrap_or(""), strict_handling(&headers)).await {
-                Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
-                Err(e) => error(e),
-            }
-        }
-        ("Location", "$worklist", "GET") => {
-            let kind = form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes()).find(|(k, _)| k == "kind").map(|(_, v)| v.into_owned()).unwrap_or_else(|| "encounter".into());
-            match state.engine.worklist(&access, &id, &kind).await {
-                Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
-                Err(e) => error(e),
-            }
-        }
-        _ => error(FhirError::new(404, IssueType::NotSupported, format!("no operation {operation} on {ty} with {method}"))),
+        _ => error(FhirError::new(404, IssueType::NotSupported, format!("no operation {op} on {level} with {method}"))),
     }
+}
+
+/// A `Binary` answered as its raw content (`Accept` other than FHIR), after the engine
+/// released it; `vid` for a vread.
+async fn binary_raw(state: &AppState, access: &Access, id: &str, vid: Option<&str>, headers: &HeaderMap) -> Response {
+    let v = match vid {
+        Some(vid) => state.engine.vread(access, "Binary", id, vid).await,
+        None => state.engine.read(access, "Binary", id).await,
+    };
+    let v = match v {
+        Ok(v) => v,
+        Err(e) => return error(e),
+    };
+    let etag = v.etag();
+    if headers.get(header::IF_NONE_MATCH).and_then(|h| h.to_str().ok()).is_some_and(|h| h.split(',').any(|t| t.trim() == etag)) {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        version_headers(&mut r, &v);
+        return r;
+    }
+    let raw = match tessera_engine::binary::raw_content(&v) {
+        Ok(raw) => raw,
+        Err(e) => return error(e),
+    };
+    let mut r = Response::new(Body::from(raw.data));
+    version_headers(&mut r, &v);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_str(&raw.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    // Stored content is not this server's page: never sniffed, never run as one.
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("content-security-policy", HeaderValue::from_static("sandbox"));
+    if let Some(ctx) = raw.security_context.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert("x-security-context", ctx);
+    }
+    r
+}
+
+/// The Binary resource for a raw body (non-FHIR `Content-Type`), within the body limit.
+async fn raw_binary_body(state: &AppState, media: &str, headers: &HeaderMap, body: Body, id: Option<&str>) -> Result<Value> {
+    let bytes = read_limited(body, state.config.max_body_bytes).await?;
+    let context = headers.get("x-security-context").and_then(|v| v.to_str().ok());
+    tessera_engine::binary::binary_resource(media, &bytes, context, id).map_err(error)
+}
+
+/// Reads a PATCH body and the format its `Content-Type` names.
+async fn patch_body(state: &AppState, req: Request) -> Result<(Value, PatchFormat)> {
+    let format = match negotiate::request_body(req.headers()) {
+        _ if negotiate::is_merge_patch(req.headers()) => PatchFormat::MergePatch,
+        Err(e) => return Err(error(e)),
+        Ok(BodyKind::JsonPatch) => PatchFormat::JsonPatch,
+        Ok(BodyKind::Json) => PatchFormat::Detect,
+        Ok(BodyKind::Form) => {
+            return Err(error(FhirError::new(
+                415,
+                IssueType::NotSupported,
+                "PATCH takes a JSON Patch (application/json-patch+json), a FHIRPath Patch Parameters (application/fhir+json) or a JSON Merge Patch (application/merge-patch+json)",
+            )))
+        }
+    };
+    let bytes = read_limited(req.into_body(), state.config.max_body_bytes).await?;
+    Ok((parse_json(&bytes)?, format))
 }
 
 /// `GET /admin/domain`: the domain configuration (without secrets).
@@ -517,6 +775,26 @@ pub async fn admin_unlock(State(state): State<AppState>, Extension(access): Exte
     .await;
     match result {
         Ok(locked_for) => axum::Json(serde_json::json!({"unlocked": id, "was_locked": locked_for.is_some()})).into_response(),
+        Err(e) => error(e),
+    }
+}
+
+/// `GET /fhir/OperationDefinition/[id]`: one of the server's OperationDefinitions, generated
+/// by the engine (`operations.rs`) — metadata like the CapabilityStatement that names them:
+/// answered without a token, not stored, not audited.
+pub async fn operation_definition(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    try_or_respond!(negotiate(&headers, &q));
+    match state.engine.operation_definition(&id) {
+        Ok(d) => fhir(StatusCode::OK, serde_json::to_vec(&d).expect("definition serialises")),
+        Err(e) => error(e),
+    }
+}
+
+/// `GET /fhir/OperationDefinition[?_id|url|code|name=…]`: the server's OperationDefinitions.
+pub async fn operation_definitions(State(state): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    try_or_respond!(negotiate(&headers, &q));
+    match state.engine.operation_definition_search(q.as_deref().unwrap_or("")) {
+        Ok(b) => fhir(StatusCode::OK, b.into_bytes()),
         Err(e) => error(e),
     }
 }

@@ -6,11 +6,15 @@
 //! `/metrics`. Every FHIR decision is the engine's.
 
 mod auth;
+mod cors;
 mod handlers;
 mod input;
 mod metrics;
 mod negotiate;
+mod terminology;
+mod transport;
 
+pub use cors::{check_origin as check_cors_origin, DEMO_ORIGINS as DEMO_CORS_ORIGINS};
 pub use metrics::Metrics;
 
 use axum::routing::{get, post};
@@ -28,6 +32,10 @@ pub struct HttpConfig {
     /// Sign-in hardening: lockout, address rate limit, refresh-token lifetime (default: from
     /// the `TESSERA_AUTH_*` environment variables, see [`tessera_auth::AuthPolicy::from_env`]).
     pub auth_policy: tessera_auth::AuthPolicy,
+    /// Origins whose browser apps may call the API (CORS; `tessera serve --cors-origin`):
+    /// `scheme://host[:port]`, `scheme://host:*` (any port) or `*` (any origin). None by
+    /// default: no CORS headers are sent (see `cors.rs`).
+    pub cors_origins: Vec<String>,
 }
 
 impl HttpConfig {
@@ -36,7 +44,7 @@ impl HttpConfig {
             tracing::warn!("{e}: using the default sign-in lockout and rate limits");
             tessera_auth::AuthPolicy::default()
         });
-        HttpConfig { max_body_bytes: 64 * 1024 * 1024, authenticator, auth_policy }
+        HttpConfig { max_body_bytes: 64 * 1024 * 1024, authenticator, auth_policy, cors_origins: Vec::new() }
     }
 }
 
@@ -53,6 +61,8 @@ pub(crate) struct AppState {
 pub fn router(engine: Engine, config: HttpConfig) -> Router {
     let metrics = Arc::new(Metrics::new());
     let auth = Arc::new(auth::AuthState::new(config.auth_policy.clone()));
+    let max_body_bytes = config.max_body_bytes;
+    let cors = cors::layer(&config.cors_origins);
     let state = AppState { engine, metrics: metrics.clone(), config: Arc::new(config), auth };
     use handlers::*;
     let fhir = Router::new()
@@ -60,15 +70,15 @@ pub fn router(engine: Engine, config: HttpConfig) -> Router {
         .route("/fhir/", get(system_search).post(bundle))
         .route("/fhir/metadata", get(metadata))
         .route("/fhir/_history", get(system_history))
-        .route("/fhir/{type}", get(search).post(create).put(conditional_update).delete(conditional_delete))
+        .route("/fhir/{type}", get(search).post(create).put(conditional_update).patch(conditional_patch).delete(conditional_delete))
         .route("/fhir/{type}/_search", post(search_post))
         .route("/fhir/{type}/_history", get(type_history))
-        .route("/fhir/{type}/{id}", get(read).put(update).patch(patch).delete(delete))
+        .route("/fhir/{type}/{id}", get(read).post(type_post).put(update).patch(patch).delete(delete))
         .route("/fhir/{type}/{id}/_history", get(instance_history))
         .route("/fhir/{type}/{id}/{operation}", get(instance_operation).post(instance_operation))
         .route("/fhir/{type}/{id}/_history/{vid}", get(vread))
         .fallback(not_found);
-    Router::new()
+    let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(healthz))
         .route("/livez", get(livez))
@@ -78,12 +88,27 @@ pub fn router(engine: Engine, config: HttpConfig) -> Router {
         .route("/fhir/.well-known/smart-configuration", get(auth::smart_configuration))
         .route("/admin/domain", get(admin_domain_get).put(admin_domain_put))
         .route("/admin/users/{id}/unlock", post(admin_unlock))
+        // The server's OperationDefinitions: generated metadata, read-only (operations.rs).
+        .route("/fhir/OperationDefinition", get(operation_definitions))
+        .route("/fhir/OperationDefinition/{id}", get(operation_definition))
         .merge(fhir)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(axum::middleware::from_fn(input::check_url))
+        // Transport (transport.rs, cors.rs): gzip request bodies inflated within the body
+        // limit, an OperationOutcome for every error, compressed responses, CORS outermost.
+        .layer(axum::middleware::from_fn_with_state(max_body_bytes, transport::bound_inflated))
+        .layer(transport::decompression())
+        .layer(axum::middleware::from_fn(transport::compressed_body))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(handlers::panic_response))
-        .with_state(state)
+        .with_state(state);
+    // Outside the routes, so that the OperationOutcome of a 405 sees the `Allow` header the
+    // method router adds last.
+    Router::new()
+        .fallback_service(app)
+        .layer(axum::middleware::from_fn(transport::outcomes))
+        .layer(transport::compression())
+        .layer(cors)
 }
 
 /// How connections are served.

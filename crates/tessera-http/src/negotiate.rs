@@ -71,6 +71,42 @@ pub fn request_body(headers: &HeaderMap) -> Result<BodyKind, FhirError> {
     }
 }
 
+/// Whether the body is a JSON Merge Patch (`application/merge-patch+json`, RFC 7386), which
+/// only PATCH takes ([`request_body`] refuses it).
+pub fn is_merge_patch(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/merge-patch+json"))
+}
+
+/// The `Content-Type` of a body that is not FHIR, JSON Patch or a form — raw content for a
+/// `Binary` — or `None`.
+pub fn raw_media(headers: &HeaderMap) -> Option<String> {
+    let ct = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok())?;
+    let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media.is_empty() || is_json(&media) || matches!(media.as_str(), "application/json-patch+json" | "application/merge-patch+json" | "application/x-www-form-urlencoded") {
+        None
+    } else {
+        Some(ct.trim().to_string())
+    }
+}
+
+/// Whether a read of a `Binary` answers its raw content: the request names no FHIR format
+/// (`_format` absent, and an `Accept` that lists no FHIR or JSON type — `*/*` included).
+pub fn wants_raw(headers: &HeaderMap, query: &str) -> bool {
+    if query.split('&').any(|p| p.split('=').next() == Some("_format")) {
+        return false;
+    }
+    let Some(accept) = headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).filter(|a| !a.trim().is_empty()) else {
+        return false;
+    };
+    !accept.split(',').any(|part| {
+        let media = part.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        is_json(&media) || matches!(media.as_str(), "application/fhir+xml" | "application/xml+fhir" | "application/xml" | "text/xml")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +127,19 @@ mod tests {
         assert!(response_format(&accept("application/fhir+xml"), "_format=json").is_ok());
         assert!(response_format(&HeaderMap::new(), "_format=application/fhir+json").is_ok());
         assert!(response_format(&HeaderMap::new(), "_format=application%2Ffhir%2Bjson").is_ok());
+    }
+
+    #[test]
+    fn binary_negotiation() {
+        assert!(!wants_raw(&HeaderMap::new(), ""));
+        assert!(wants_raw(&accept("application/pdf"), ""));
+        assert!(wants_raw(&accept("*/*"), ""));
+        assert!(!wants_raw(&accept("application/fhir+json"), ""));
+        assert!(!wants_raw(&accept("application/pdf"), "_format=json"));
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_TYPE, "image/png".parse().unwrap());
+        assert_eq!(raw_media(&h).as_deref(), Some("image/png"));
+        h.insert(http::header::CONTENT_TYPE, "application/fhir+json; charset=utf-8".parse().unwrap());
+        assert_eq!(raw_media(&h), None);
     }
 }

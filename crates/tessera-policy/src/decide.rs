@@ -156,6 +156,10 @@ pub enum Reason {
     /// Permit: creating demographics or administrative data (registering, booking) without a
     /// relationship (rule 6).
     Registration,
+    /// Permit: correcting a Patient resource (registration details: no sensitive labels, a
+    /// patient who is not confidential) that the subject's own trust holds, without a
+    /// relationship — whoever may register a patient (and look one up) may correct them.
+    Correction,
     /// Permit: the role does not need a relationship (rule 6).
     RelationshipNotNeeded,
     /// Deny: a user without an active role.
@@ -194,6 +198,7 @@ impl fmt::Display for Reason {
             Reason::BreakGlassGrant => f.write_str("allowed under an active break-glass grant"),
             Reason::PatientLookup => f.write_str("patient look-up without a relationship"),
             Reason::Registration => f.write_str("registration or booking without a relationship"),
+            Reason::Correction => f.write_str("correction of registration details without a relationship"),
             Reason::RelationshipNotNeeded => f.write_str("role needs no relationship"),
             Reason::NoRole => f.write_str("no active role"),
             Reason::RoleLacks(action, class) => {
@@ -410,10 +415,17 @@ pub fn evaluate(
                 let registration = action == Action::Create
                     && matches!(classes.base, DataClass::Demographics | DataClass::Administrative)
                     && !very_restricted;
+                // Writes to other trusts' data were refused above: this is the trust's own.
+                let correction = action == Action::Write
+                    && resource.resource_type == "Patient"
+                    && classes.sensitive.is_empty()
+                    && facts.confidentiality.is_none();
                 if lookup {
                     permit_reason = Reason::PatientLookup;
                 } else if registration {
                     permit_reason = Reason::Registration;
+                } else if correction {
+                    permit_reason = Reason::Correction;
                 } else if very_restricted && !sees_sealed {
                     return Verdict::new(Deny, Reason::VeryRestrictedPatient);
                 } else {

@@ -255,7 +255,10 @@ fn matrix() {
         "doctor" N "north" "Observation" [""] "-" "none" Write => 'G';
         "doctor" N "-" "Observation" [""] "-" "none" Create => 'G';
         "receptionist" S "-" "Patient" [""] "-" "none" Create => 'P';
-        "receptionist" N "-" "Patient" [""] "-" "none" Write => 'D';
+        // Who may register a patient may correct the registration (issue 11, point 8).
+        "receptionist" N "-" "Patient" [""] "-" "none" Write => 'P';
+        "receptionist" N "-" "Patient" ["PSY"] "-" "none" Write => 'D';
+        "receptionist" N "-" "Patient" [""] "-" "none+R" Write => 'D';
         "receptionist" N "-" "Appointment" [""] "-" "none" Create => 'P';
         "receptionist" N "-" "Appointment" [""] "-" "none+R" Create => 'P';
         "receptionist" N "-" "Appointment" [""] "-" "none+V" Create => 'D';
@@ -677,4 +680,56 @@ fn decide_does_not_allocate() {
     // The counter does see allocations.
     let boxed = std::hint::black_box(Box::new(permits));
     assert!(counting::ALLOCATIONS.with(|c| c.get()) > after && *boxed > 0);
+}
+
+/// Role permissions are coherent for every built-in role and data class: whatever a role
+/// may create for a patient, it may also correct (update) once its trust holds it — with a
+/// care relationship, and without one for the Patient resource (a doctor who registers a
+/// patient may fix the patient's name) — and what it may update it may read. (A booking
+/// made without a relationship gives one: the Appointment is a care link.)
+#[test]
+fn who_may_create_may_correct() {
+    let d = domain();
+    let types = [
+        ("Patient", DataClass::Demographics),
+        ("Appointment", DataClass::Administrative),
+        ("Observation", DataClass::Clinical),
+        ("Condition", DataClass::Clinical),
+        ("MedicationRequest", DataClass::Clinical),
+    ];
+    let mut checked = 0;
+    for role in &d.roles {
+        for (ty, class) in types {
+            for patient in ["rel", "none"] {
+                if patient == "none" && ty == "Appointment" {
+                    continue;
+                }
+                let (_, facts) = facts(patient);
+                let subject = Subject { kind: SubjectKind::User { id: USER }, organisation: N, locations: &[], role: Some(role) };
+                let new = ResourceFacts { resource_type: ty, owner: None, patient: Some("p1"), security: &[], author: None };
+                let created = evaluate(&d, &subject, Action::Create, &new, facts.as_ref());
+                let held = ResourceFacts { owner: Some(N), author: Some(USER), ..new };
+                let updated = evaluate(&d, &subject, Action::Write, &held, facts.as_ref());
+                let read = evaluate(&d, &subject, Action::Read, &held, facts.as_ref());
+                let may_write = role.permissions.get(&class).is_some_and(|p| p.write);
+                assert_eq!(created.decision == Decision::Permit, updated.decision == Decision::Permit, "{} {ty} patient {patient}: create {created:?}, update {updated:?}", role.id);
+                if updated.decision == Decision::Permit {
+                    assert!(may_write, "{} {ty}: update permitted without the write permission", role.id);
+                    assert_eq!(read.decision, Decision::Permit, "{} {ty} patient {patient}: may update but not read ({read:?})", role.id);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 8 * 9, "{checked}");
+    // The case of the report: a doctor registers a patient, then corrects the record.
+    let doctor = d.role("doctor").unwrap();
+    let subject = Subject { kind: SubjectKind::User { id: USER }, organisation: N, locations: &[], role: Some(doctor) };
+    let held = ResourceFacts { resource_type: "Patient", owner: Some(N), patient: Some("p1"), security: &[], author: Some(USER) };
+    assert_eq!(evaluate(&d, &subject, Action::Write, &held, Some(&PatientFacts::default())).reason, Reason::Correction);
+    // Not another trust's record, not a confidential patient's.
+    let theirs = ResourceFacts { owner: Some(S), ..held };
+    assert_eq!(evaluate(&d, &subject, Action::Write, &theirs, Some(&PatientFacts::default())).decision, Decision::Deny);
+    let restricted = PatientFacts { confidentiality: Some(Confidentiality::Restricted), ..PatientFacts::default() };
+    assert_ne!(evaluate(&d, &subject, Action::Write, &held, Some(&restricted)).decision, Decision::Permit);
 }

@@ -396,8 +396,11 @@ pub fn parse(
     }
 }
 
-const RESULT_PARAMS: [&str; 14] = [
+const RESULT_PARAMS: [&str; 15] = [
     "_sort",
+    // How a total is computed (sent by fhirpy's `count()`): Tessera counts one way, so
+    // it is accepted and changes nothing — it never filters.
+    "_totalMethod",
     "_count",
     "_total",
     "_summary",
@@ -445,6 +448,7 @@ fn result_param(
             Ok(n) => req.count = Some(n),
             Err(_) => return invalid(format!("_count '{value}' is not a non-negative integer")),
         },
+        "_totalMethod" => {}
         "_total" => {
             req.total = match value {
                 "none" => Total::None,

@@ -555,15 +555,50 @@ struct AnchorSlot(Arc<std::sync::Mutex<Option<crate::anchor::AnchorWriter>>>);
 /// it — never backwards, nor past a record the anchor saw that changed (it stays as the
 /// evidence; see [`crate::anchor::AnchorWriter::update`]). Ends, making the anchor durable,
 /// when the store is dropped.
+/// A pooled connection running a search statement. When the request is dropped before the
+/// statement finishes (the client went away), the statement is cancelled on the server at
+/// once rather than at the statement timeout, and the connection is closed instead of going
+/// back to the pool (so that a late cancel can never hit the next request's statement).
+struct Running(Option<deadpool_postgres::Client>);
+
+impl Running {
+    fn new(client: deadpool_postgres::Client) -> Running {
+        Running(Some(client))
+    }
+
+    fn client(&self) -> &deadpool_postgres::Client {
+        self.0.as_ref().expect("a running statement has its connection")
+    }
+
+    /// The statement finished: the connection goes back to the pool.
+    fn done(mut self) {
+        self.0.take();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(client) = self.0.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let token = client.cancel_token();
+        let detached = deadpool_postgres::Object::take(client);
+        runtime.spawn(async move {
+            let _ = token.cancel_query(NoTls).await;
+            drop(detached);
+        });
+    }
+}
+
 /// How often [`statistics_keeper`] looks at what was written.
 const STATISTICS_POLL: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Keeps the planner's statistics current where autovacuum does not: PostgreSQL with
-/// `autovacuum = off` never analyzes a table, its planner then takes every table for
-/// empty, and reads and searches turn into sequential scans that grow with the data.
-/// With autovacuum off this task warns once and runs `ANALYZE` on Tessera's tables 30 s
-/// after start and then whenever the versions written since the last one reach a tenth
-/// of the live resources (at least 500). With autovacuum on it does nothing.
+/// Does autovacuum's work where autovacuum is off: PostgreSQL with `autovacuum = off`
+/// never analyzes a table, so its planner takes every table for empty and reads and
+/// searches turn into sequential scans that grow with the data; nor does it vacuum, so
+/// index-only scans (counts) visit the heap and replaced index rows are never reclaimed.
+/// With autovacuum off this task warns once and runs `VACUUM (ANALYZE)` on Tessera's tables
+/// 30 s after start and then whenever the versions written since the last one reach a
+/// tenth of the live resources (at least 500). With autovacuum on it does nothing.
 async fn statistics_keeper(pool: Pool, metrics: Arc<StoreMetrics>) {
     let autovacuum = async {
         let c = pool.get().await.ok()?;
@@ -594,7 +629,14 @@ async fn statistics_keeper(pool: Pool, metrics: Arc<StoreMetrics>) {
         let Ok(c) = pool.get().await else { continue };
         let started = std::time::Instant::now();
         let tables: Vec<&str> = ANALYZED.iter().copied().chain(crate::search::Table::ALL.iter().map(|t| t.name())).collect();
-        match c.batch_execute(&format!("SET statement_timeout = 0; ANALYZE {}; RESET statement_timeout", tables.join(", "))).await {
+        // VACUUM cannot run inside a transaction block: one statement per call.
+        let vacuum = async {
+            c.batch_execute("SET statement_timeout = 0").await?;
+            let done = c.batch_execute(&format!("VACUUM (ANALYZE) {}", tables.join(", "))).await;
+            c.batch_execute("RESET statement_timeout").await?;
+            done
+        };
+        match vacuum.await {
             Ok(()) => {
                 let live: i64 = match c.query_one("SELECT COALESCE(sum(live), 0)::bigint FROM type_count", &[]).await {
                     Ok(row) => row.try_get(0).unwrap_or(0),
@@ -602,14 +644,14 @@ async fn statistics_keeper(pool: Pool, metrics: Arc<StoreMetrics>) {
                 };
                 threshold = (live.max(0) as u64 / 10).max(500);
                 analyzed_at = Some(writes);
-                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, live, "analyzed the tables");
+                tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, live, "vacuumed and analyzed the tables");
             }
-            Err(e) => tracing::warn!("ANALYZE failed: {}", pg_message(&e)),
+            Err(e) => tracing::warn!("VACUUM (ANALYZE) failed: {}", pg_message(&e)),
         }
     }
 }
 
-/// The tables (besides the search index's) whose statistics [`statistics_keeper`] keeps.
+/// The tables (besides the search index's) that [`statistics_keeper`] keeps.
 const ANALYZED: [&str; 8] =
     ["resource_version", "resource_current", "identifier_index", "care_link", "audit_log", "audit_patient", "type_count", "tessera_meta"];
 
@@ -765,15 +807,18 @@ impl Store for PostgresStore {
                 }
             })
             .collect();
-        let c = self.client().await?;
+        let running = Running::new(self.client().await?);
+        let c = running.client();
         let stmt = c.prepare_cached(&b.sql).await.map_err(pg)?;
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
         let rows = c.query(&stmt, &refs).await.map_err(pg)?;
+        running.done();
         rows.iter().map(|r| r.try_get::<_, i64>(0).map_err(pg)).collect()
     }
 
     async fn count(&self, q: &crate::search::IndexQuery) -> Result<u64> {
-        let c = self.client().await?;
+        let running = Running::new(self.client().await?);
+        let c = running.client();
         if let Some(ty) = crate::search::counts_whole_type(q) {
             let stmt = c.prepare_cached("SELECT live FROM type_count WHERE res_type = $1").await.map_err(pg)?;
             let n: Option<i64> = c.query_opt(&stmt, &[&ty]).await.map_err(pg)?.map(|r| r.try_get(0)).transpose().map_err(pg)?;
@@ -794,6 +839,7 @@ impl Store for PostgresStore {
         let stmt = c.prepare_cached(&b.sql).await.map_err(pg)?;
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
         let n: i64 = c.query_one(&stmt, &refs).await.map_err(pg)?.try_get(0).map_err(pg)?;
+        running.done();
         Ok(n.max(0) as u64)
     }
 
@@ -2049,4 +2095,51 @@ async fn write_accepted(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan, ac
     // Independent statements: issued together, they are pipelined on the connection.
     futures::try_join!(versions, current, delete_identifiers, insert_identifiers, care_links, search_index, counts)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A statement whose request is dropped is cancelled on the server at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_statement_is_cancelled() {
+        let Ok(url) = std::env::var("TESSERA_TEST_DATABASE_URL") else {
+            eprintln!("TESSERA_TEST_DATABASE_URL is not set: not run");
+            return;
+        };
+        let store = PostgresStore::connect_isolated(&url).await.unwrap();
+        let marker = format!("cancel-me-{}", std::process::id());
+        let sql = format!("SELECT pg_sleep(30) /* {marker} */");
+        let pool = store.pool.clone();
+        let task = tokio::spawn(async move {
+            let running = Running::new(pool.get().await.unwrap());
+            let _ = running.client().simple_query(&sql).await;
+            running.done();
+        });
+        let watcher = store.client().await.unwrap();
+        async fn active(watcher: &tokio_postgres::Client, marker: &str) -> i64 {
+            watcher
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%' || $1 || '%' AND query NOT LIKE '%pg_stat_activity%'", &[&marker])
+                .await
+                .unwrap()
+                .get(0)
+        }
+        let mut started = false;
+        for _ in 0..50 {
+            if active(&watcher, &marker).await == 1 {
+                started = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(started, "the statement never started");
+        task.abort();
+        let _ = task.await;
+        let t = std::time::Instant::now();
+        while active(&watcher, &marker).await > 0 {
+            assert!(t.elapsed() < std::time::Duration::from_secs(5), "the statement still runs 5 s after its request was dropped");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -747,7 +747,10 @@ fn build_sql(q: &IndexQuery, dialect: Dialect, count: bool) -> SqlBuilder {
             }
         }
         if count {
-            b.sql = format!("SELECT count(DISTINCT x.seq) FROM {} x WHERE {}", table.name(), conditions.join(" AND "));
+            // A token with system and code names whole keys: each `seq` once per row.
+            let keyed = matches!(&q.clauses[d].any[0], Pred::Token { system: Some(_), code: Some(_), .. }) && table == Table::Token;
+            let what = if keyed { "count(*)" } else { "count(DISTINCT x.seq)" };
+            b.sql = format!("SELECT {what} FROM {} x WHERE {}", table.name(), conditions.join(" AND "));
             return b;
         }
         let limit = b.int(i64::try_from(q.limit).unwrap_or(i64::MAX));

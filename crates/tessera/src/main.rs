@@ -229,9 +229,16 @@ struct ServeArgs {
     /// Public base URL of the FHIR API (default: http://LISTEN/fhir).
     #[arg(long, env = "TESSERA_BASE_URL")]
     base_url: Option<String>,
-    /// Load a small demo data set (once) before serving.
+    /// Load a small demo data set (once) before serving; also allows browser apps served
+    /// from this machine (http://localhost:*, http://127.0.0.1:*, any port) through CORS.
     #[arg(long, env = "TESSERA_DEMO")]
     demo: bool,
+    /// Let browser apps of this origin call the API (CORS): `https://app.example.org`,
+    /// `http://localhost:*` (any port), or `*` (any web page; see docs/operators.md before
+    /// using it). Repeatable; the environment variable takes a comma-separated list. None
+    /// by default: browsers then refuse cross-origin calls.
+    #[arg(long = "cors-origin", env = "TESSERA_CORS_ORIGINS", value_name = "ORIGIN", value_delimiter = ',')]
+    cors_origins: Vec<String>,
     /// Refuse PUT on an absent id instead of creating the resource.
     #[arg(long, env = "TESSERA_NO_UPDATE_CREATE")]
     no_update_create: bool,
@@ -645,6 +652,9 @@ async fn user(cmd: UserCommand) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.log_json);
     let base_url = args.base_url.clone().unwrap_or_else(|| format!("http://{}/fhir", args.listen));
+    for origin in args.cors_origins.iter().filter(|o| !o.trim().is_empty()) {
+        tessera_http::check_cors_origin(origin).map_err(|e| anyhow::anyhow!("--cors-origin: {e}"))?;
+    }
     let mut config = EngineConfig::default();
     config.base_url = base_url.trim_end_matches('/').to_string();
     config.update_create = !args.no_update_create;
@@ -674,6 +684,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut http = tessera_http::HttpConfig::new(auth);
     http.max_body_bytes = args.max_body_bytes;
+    http.cors_origins = args.cors_origins.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
+    if args.demo {
+        http.cors_origins.extend(tessera_http::DEMO_CORS_ORIGINS.iter().map(|o| o.to_string()));
+    }
+    if http.cors_origins.iter().any(|o| o == "*") {
+        tracing::warn!("CORS allows any origin (--cors-origin '*'): any web page may call this API with a token it holds");
+    }
     let router = tessera_http::router(engine.clone(), http);
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(backend = engine.backend(), %base_url, "Tessera is serving FHIR R4");

@@ -583,8 +583,8 @@ fn generated(rng: &mut Rng, n: usize, patient: &str) -> Vec<Case> {
             0 => Case::form(format!("generated #{i}: POST {ty}/_search {query}"), &format!("{ty}/_search"), query),
             1 => Case::get(format!("generated #{i}: ?_type={ty}&{query}"), format!("?_type={ty}&{query}")),
             2 => {
-                let c = Case::get(format!("generated #{i}: strict {ty}?{query}"), format!("{ty}?{query}"));
-                Case { headers: vec![("prefer".into(), "handling=strict".into())], ..c }
+                let c = Case::get(format!("generated #{i}: lenient {ty}?{query}"), format!("{ty}?{query}"));
+                Case { headers: vec![("prefer".into(), "handling=lenient".into())], ..c }
             }
             3 => Case::get(format!("generated #{i}: Patient/P/{ty}?{query}"), format!("Patient/{patient}/{ty}?{query}")),
             4 => Case::get(format!("generated #{i}: Patient/P/$everything?{query}"), format!("Patient/{patient}/$everything?{query}")),

@@ -22,6 +22,7 @@ on_both_backends!(
     leak_matrix_changed_data,
     service_accounts_are_bound,
     scopes_narrow_every_path,
+    binary_is_as_protected_as_its_security_context,
 );
 
 /// Expected visibility.
@@ -598,10 +599,15 @@ async fn load_changed_data(s: &Server) -> String {
     put("Encounter/enc-jane-r", json!({"resourceType": "Encounter", "id": "enc-jane-r", "status": "finished", "meta": {"security": confidentiality("R")},
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}, "subject": {"reference": "Patient/jane-smith"}})).await;
     put("Observation/obs-jane-old", obs("obs-jane-old", "jane-smith", json!([]))).await;
-    for path in ["Encounter/enc-jane-r", "Observation/obs-jane-old"] {
-        assert_eq!(s.request_as(&rx1, "DELETE", path, None).await.status, 204, "{path}");
-    }
     rx1
+}
+
+/// The deletions of the changed data (after the List that names them is written: a new
+/// resource may not refer to a deleted one).
+async fn delete_changed_data(s: &Server, rx1: &str) {
+    for path in ["Encounter/enc-jane-r", "Observation/obs-jane-old"] {
+        assert_eq!(s.request_as(rx1, "DELETE", path, None).await.status, 204, "{path}");
+    }
 }
 
 /// The leak matrix on data that changed: relabelled, sealed, deleted, very restricted and
@@ -663,7 +669,9 @@ async fn leak_matrix_changed_data(s: &Server) {
     let list_body = json!({"resourceType": "List", "status": "current", "mode": "working",
         "entry": rows.iter().map(|(_, _, r, _)| json!({"item": {"reference": r}})).collect::<Vec<_>>(),
         "contained": [{"resourceType": "Basic", "id": "b", "code": {"coding": [{"system": "urn:tessera:test", "code": "leak-contained"}]}}]});
-    let system_list = s.post("List", &list_body).await.json()["id"].as_str().unwrap().to_string();
+    let system_list = s.post("List", &list_body).await;
+    let system_list = system_list.json()["id"].as_str().unwrap_or_else(|| panic!("the List: {}", String::from_utf8_lossy(&system_list.body))).to_string();
+    delete_changed_data(s, &rx1_system).await;
     for (t, who, reference, expected) in &rows {
         let row = format!("{who} → {reference}: expected {expected:?}");
         check_paths(s, t, &row, reference, *expected, &list_body, &system_list).await;
@@ -783,4 +791,67 @@ async fn scopes_narrow_every_path(s: &Server) {
         let r = s.request_as(&t, "POST", "", Some(&serde_json::to_vec(&bundle).unwrap())).await;
         assert!(!String::from_utf8_lossy(&r.body).contains("\"valueQuantity\""), "{kind}: {}", String::from_utf8_lossy(&r.body));
     }
+}
+
+/// A Binary takes the protection of its `securityContext`: the raw content attached to
+/// Riverside's psychiatry note is exactly as visible as the note — raw or as FHIR, by read,
+/// vread, history and search — and no one can attach content to a resource they may not see.
+async fn binary_is_as_protected_as_its_security_context(s: &Server) {
+    load_demo(s).await;
+    let note = "DocumentReference/note-daniel-psy";
+    let pdf: &[u8] = b"%PDF-1.4 psychiatric assessment, Willow Ward";
+    let khan = token(s, KHAN);
+    let auth = format!("Bearer {khan}");
+    let r = s.request("POST", "Binary", &[("authorization", &auth), ("content-type", "application/pdf"), ("x-security-context", note)], Some(pdf)).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.header("location").unwrap().rsplit('/').nth(2).unwrap().to_string();
+    let binary = format!("Binary/{id}");
+    // The note's author, with his relationship, reads the content raw and as FHIR.
+    let raw = s.request("GET", &binary, &[("authorization", &auth), ("accept", "application/pdf")], None).await;
+    assert_eq!((raw.status, raw.body.as_ref()), (200, pdf));
+    let fhir = s.request_as(&khan, "GET", &binary, None).await.json();
+    assert!(fhir["meta"]["security"].as_array().unwrap().iter().any(|l| l["code"] == "PSY"), "the note's labels: {fhir}");
+    // Everyone else: the Binary answers as the note does, on every path, and its content
+    // never appears.
+    for who in [PATEL, EVANS, MURPHY, OKORO, ALI, LEE, WALSH, CARTER] {
+        let t = token(s, who);
+        let row = format!("{} ({})", who.0, who.1);
+        let note_status = s.request_as(&t, "GET", note, None).await.status;
+        assert_ne!(note_status, 200, "{row} may not see the note");
+        let bearer = format!("Bearer {t}");
+        for accept in ["application/pdf", "*/*", "application/fhir+json"] {
+            let r = s.request("GET", &binary, &[("authorization", &bearer), ("accept", accept)], None).await;
+            assert_eq!(r.status, note_status, "{row}, Accept {accept}: {}", String::from_utf8_lossy(&r.body));
+            assert!(!String::from_utf8_lossy(&r.body).contains("psychiatric") && !String::from_utf8_lossy(&r.body).contains("\"data\""), "{row}, Accept {accept}");
+        }
+        let r = s.request("GET", &format!("{binary}/_history/1"), &[("authorization", &bearer), ("accept", "application/pdf")], None).await;
+        assert_eq!(r.status, note_status, "vread: {row}");
+        assert_ne!(s.request_as(&t, "GET", &format!("{binary}/_history"), None).await.status, 200, "history: {row}");
+        for path in [format!("Binary?_id={id}"), "Binary/_history?_count=1000".to_string(), "_history?_count=1000".to_string(), format!("?_id={id}")] {
+            let r = s.request_as(&t, "GET", &path, None).await;
+            if r.status == 200 {
+                assert!(!ids_in(&r.json(), &binary), "{path}: {row}");
+                if let Some(total) = r.json()["total"].as_u64() {
+                    assert!(path.contains("_history") || total == 0, "{path} total: {row}");
+                }
+            } else {
+                assert!(r.status == 403 || r.status == 400, "{path}: {row}: {}", r.status);
+            }
+        }
+        let r = s.request_as(&t, "GET", &format!("{binary}/$meta"), None).await;
+        assert_eq!(r.status, note_status, "$meta: {row}");
+    }
+    // Attaching content to a resource one may not see is refused as if it did not exist.
+    let patel = token(s, PATEL);
+    let r = s.request("POST", "Binary", &[("authorization", &format!("Bearer {patel}")), ("content-type", "text/plain"), ("x-security-context", note)], Some(b"x")).await;
+    assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+    let absent = s.request("POST", "Binary", &[("authorization", &format!("Bearer {patel}")), ("content-type", "text/plain"), ("x-security-context", "DocumentReference/no-such-note")], Some(b"x")).await;
+    assert_eq!(absent.status, 422);
+    assert_eq!(absent.json()["issue"][0]["code"], r.json()["issue"][0]["code"]);
+    // Nor can a Binary be moved out of its context by an update from someone who may not
+    // see it (404: hidden behaves as absent).
+    let r = s.request("PUT", &binary, &[("authorization", &format!("Bearer {patel}")), ("content-type", "text/plain")], Some(b"overwritten")).await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    let raw = s.request("GET", &binary, &[("authorization", &auth), ("accept", "application/pdf")], None).await;
+    assert_eq!(raw.body.as_ref(), pdf, "unchanged");
 }

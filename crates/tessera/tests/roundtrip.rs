@@ -6,7 +6,41 @@ mod common;
 use common::Server;
 use serde_json::Value;
 
-on_both_backends!(every_official_example_round_trips);
+// The examples refer to resources that are not among them (Coverage/7546D …): the reference
+// existence check is off here, as for a bulk load (tests/invalid_data.rs covers it).
+mod sqlite {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_official_example_round_trips() {
+        if let Some(s) = crate::common::start_with(crate::common::Backend::Sqlite, super::config()).await {
+            super::every_official_example_round_trips(&s).await;
+        }
+    }
+}
+mod postgres {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_official_example_round_trips() {
+        if let Some(s) = crate::common::start_with(crate::common::Backend::Postgres, super::config()).await {
+            super::every_official_example_round_trips(&s).await;
+        }
+    }
+}
+
+fn config() -> tessera_engine::EngineConfig {
+    let mut config = tessera_engine::EngineConfig::default();
+    config.check_references = false;
+    config
+}
+
+/// Official examples that break R4's own rules (errata in the examples): refused, the first
+/// issue naming the element or invariant. A reference to a type the element does not allow
+/// (see tessera-fhir's tests/real_data.rs), and a code defined twice in a CodeSystem (csd-1,
+/// see tessera-engine's invariants tests).
+const ERRATA: [(&str, &str); 4] = [
+    ("devicemetric-example.json", "DeviceMetric.parent"),
+    ("deviceusestatement-example.json", "DeviceUseStatement.reasonReference[0]"),
+    ("medicationrequest0301.json", "MedicationRequest.dispenseRequest.performer"),
+    ("codesystem-example.json", "csd-1:"),
+];
 
 /// The one official example that violates R4's own StructureDefinitions: its `display`
 /// items have no `linkId` (Questionnaire.item.linkId is 1..1). It must be refused, naming
@@ -34,8 +68,11 @@ fn strip_server_meta(mut v: Value) -> Value {
 async fn every_official_example_round_trips(s: &Server) {
     let dir = common::shared_data().join("fhir-r4-examples");
     let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
+    // A Binary's access follows its securityContext, which must exist first
+    // (binary-example.json → DocumentReference/example): Binaries last.
+    files.sort_by_key(|p| (p.file_name().unwrap().to_str().unwrap().starts_with("binary-"), p.clone()));
     let mut round_tripped = 0;
+    let mut rendered = 0;
     for path in &files {
         let name = path.file_name().unwrap().to_str().unwrap();
         let example = common::read_json(path);
@@ -56,6 +93,19 @@ async fn every_official_example_round_trips(s: &Server) {
             assert!(issues.iter().all(|i| i["expression"][0].as_str().unwrap().ends_with(".linkId")), "{oo}");
             continue;
         }
+        if matches!(ty.as_str(), "AuditEvent" | "OperationDefinition") {
+            // Rendered by the server (its audit trail, its own operations): never written.
+            assert_eq!(put.status, 405, "{name}");
+            assert_eq!(put.json()["resourceType"], "OperationOutcome", "{name}");
+            rendered += 1;
+            continue;
+        }
+        if let Some((_, what)) = ERRATA.iter().find(|(file, _)| *file == name) {
+            assert_eq!(put.status, 400, "{name}");
+            let issue = &put.json()["issue"][0];
+            assert!(issue["expression"][0] == *what || issue["diagnostics"].as_str().unwrap_or("").starts_with(what), "{name}: {issue}");
+            continue;
+        }
         // 201, or 200 where two examples share an id (organization-1 and organization-example are both `hl7`).
         assert!(put.status == 201 || put.status == 200, "{name}: {} {}", put.status, String::from_utf8_lossy(&put.body));
         let read = s.get(&format!("{ty}/{id}")).await;
@@ -69,5 +119,6 @@ async fn every_official_example_round_trips(s: &Server) {
         assert_eq!(strip_server_meta(got), strip_server_meta(expected), "{name} reads back equal");
         round_tripped += 1;
     }
-    assert_eq!(round_tripped, files.len() - 1, "all valid examples round-trip");
+    assert_eq!(rendered, 2);
+    assert_eq!(round_tripped, files.len() - 1 - ERRATA.len() - rendered, "all valid examples round-trip");
 }

@@ -109,6 +109,11 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     // token
     check("code system|code", &search(s, "Observation?code=http://loinc.org|8867-4").await, where_obs(&|o| has_code(o, Some("http://loinc.org"), "8867-4")));
     check("code, any system", &search(s, "Observation?code=8867-4").await, where_obs(&|o| has_code(o, None, "8867-4")));
+    // Counts by the store's count plans: a whole key (system and code), a code in any system.
+    let b = s.get("Observation?code=http://loinc.org|8867-4&_total=accurate&_count=1").await.json();
+    assert_eq!(b["total"].as_u64().unwrap() as usize, where_obs(&|o| has_code(o, Some("http://loinc.org"), "8867-4")).len(), "count of system|code");
+    let b = s.get("Observation?code=8867-4&_summary=count").await.json();
+    assert_eq!(b["total"].as_u64().unwrap() as usize, where_obs(&|o| has_code(o, None, "8867-4")).len(), "count of a code");
     check("code OR", &search(s, "Observation?code=8867-4,9279-1").await, where_obs(&|o| has_code(o, None, "8867-4") || has_code(o, None, "9279-1")));
     check("category", &search(s, "Observation?category=laboratory").await, where_obs(&|o| o["category"].as_array().into_iter().flatten().any(|c| codings(c).iter().any(|(_, k)| k == "laboratory"))));
     check("status:not", &search(s, "Observation?category:not=laboratory").await, where_obs(&|o| !o["category"].as_array().into_iter().flatten().any(|c| codings(c).iter().any(|(_, k)| k == "laboratory"))));
@@ -244,6 +249,7 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     // a composite of a token and two numbers (sequence coordinates)
     let mut seq = common::read_json(&common::shared_data().join("fhir-r4-examples/molecularsequence-example.json"));
     seq.as_object_mut().unwrap().remove("id");
+    seq.as_object_mut().unwrap().remove("patient"); // Patient/example is not on this server
     let r = s.post("MolecularSequence", &seq).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let seq_id = r.json()["id"].as_str().unwrap().to_string();
@@ -474,11 +480,26 @@ async fn synthea_queries_match_the_oracle(s: &Server) {
     let everything = ids(&search(s, &format!("Patient/{pid}/$everything?_count=100")).await);
     assert!(everything.contains(&pid));
     assert!(where_obs(&|o| subject_of(o) == pid).is_subset(&everything), "$everything holds the patient's observations");
-    // unknown parameters: lenient ignores (with an outcome), strict refuses
-    let r = s.request("GET", "Observation?code=8867-4&nonsense=1", &[("prefer", "handling=strict")], None).await;
-    assert_eq!(r.status, 400);
-    assert!(String::from_utf8_lossy(&r.body).contains("nonsense"));
-    assert_eq!(ids(&search(s, "Observation?code=8867-4&nonsense=1").await).len() as u64, n);
+    // unknown parameters: refused by default and with `handling=strict` (a misspelt filter
+    // must never widen a clinical search), ignored (with an outcome) only when lenient
+    for prefer in [None, Some("handling=strict")] {
+        let headers: Vec<(&str, &str)> = prefer.map(|p| ("prefer", p)).into_iter().collect();
+        let r = s.request("GET", "Observation?code=8867-4&nonsense=1", &headers, None).await;
+        assert_eq!(r.status, 400, "{prefer:?}");
+        assert!(String::from_utf8_lossy(&r.body).contains("nonsense"));
+        let r = s.request("GET", &format!("Observation?patinet={pid}"), &headers, None).await;
+        assert_eq!(r.status, 400, "misspelt patient: {prefer:?}");
+        assert!(String::from_utf8_lossy(&r.body).contains("patinet"));
+    }
+    let r = s.request("GET", "Observation?code=8867-4&nonsense=1", &[("prefer", "handling=lenient")], None).await;
+    assert_eq!(r.status, 200);
+    let b = r.json();
+    let outcome = b["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").expect("an outcome entry names the ignored parameter");
+    assert!(outcome.to_string().contains("nonsense"));
+    // A batch GET entry is strict too.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": "Observation?patinet=x"}}]});
+    let b = s.post("", &batch).await.json();
+    assert!(b["entry"][0]["response"]["status"].as_str().unwrap().starts_with("400"), "{b}");
 }
 
 /// A chain that matches more patients than one query can drive from (40), a `_revinclude`

@@ -21,7 +21,49 @@ pub struct DefinitionsFile {
     pub search_parameters: Vec<SearchParameter>,
     /// The Patient CompartmentDefinition, resolved into element paths.
     pub patient_compartment: Vec<CompartmentRow>,
+    /// Terminology bindings of coded elements (`required`, `extensible`, `preferred`;
+    /// `example` bindings are not recorded).
+    #[serde(default)]
+    pub bindings: Vec<BindingRow>,
+    /// Allowed target types of Reference elements (from `targetProfile`); elements
+    /// whose Reference may point at any resource are not listed.
+    #[serde(default)]
+    pub reference_targets: Vec<TargetRow>,
+    /// The FHIRPath invariants (`ElementDefinition.constraint`), inherited ones included.
+    #[serde(default)]
+    pub constraints: Vec<ConstraintRow>,
 }
+
+/// `[table, element, strength, valueSet]`, e.g.
+/// `["Observation", "status", "required", "http://hl7.org/fhir/ValueSet/observation-status|4.0.1"]`.
+/// `element` is the name in the table (`value[x]` for choice elements).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingRow(pub String, pub String, pub String, pub String);
+
+/// `[table, element, [resource types]]`, e.g. `["Observation", "subject", ["Patient", "Group", "Device", "Location"]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetRow(pub String, pub String, pub Vec<String>);
+
+/// One invariant: `[table, element, key, severity, human, expression]`. `element` is empty
+/// for a constraint on the table itself (on a type, or on a backbone element such as
+/// `Patient.contact`), else the name of the element it constrains in that table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConstraintRow(pub String, pub String, pub String, pub String, pub String, pub String);
+
+/// The shipped value sets (`definitions/bindings.json.gz`), expanded by the generator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindingsFile {
+    pub fhir_version: String,
+    /// Code system URL → every code it defines (nested concepts flattened).
+    pub code_systems: std::collections::BTreeMap<String, Vec<String>>,
+    /// Value set URL (without version) → its content, as `[system, codes]` pairs; `codes`
+    /// is `null` for "every code of the system" (then found in `code_systems`).
+    pub value_sets: std::collections::BTreeMap<String, Vec<ValueSetPart>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValueSetPart(pub String, pub Option<Vec<String>>);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrimitiveRow {

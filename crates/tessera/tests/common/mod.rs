@@ -53,6 +53,12 @@ pub async fn start(backend: Backend) -> Option<Server> {
 }
 
 pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<Server> {
+    start_configured(backend, config, |_| {}).await
+}
+
+/// [`start_with`], with the HTTP settings adjusted by `http` (CORS origins, body limit …).
+pub async fn start_configured(backend: Backend, config: EngineConfig, http: impl FnOnce(&mut tessera_http::HttpConfig)) -> Option<Server> {
+    let adjust = http;
     let mut database_url = None;
     let (store, dir): (tessera_store::DynStore, _) = match backend {
         Backend::Sqlite => {
@@ -84,6 +90,7 @@ pub async fn start_with(backend: Backend, config: EngineConfig) -> Option<Server
     let system_token = auth.issue_system_token("system", "tessera", "system/*.*", tessera_auth::now(), 60);
     let mut http = tessera_http::HttpConfig::new(auth.clone());
     http.max_body_bytes = 8 * 1024 * 1024;
+    adjust(&mut http);
     let router = tessera_http::router(engine.clone(), http);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(tessera_http::serve(listener, router, async move {
