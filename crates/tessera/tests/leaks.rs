@@ -154,6 +154,40 @@ async fn check_paths(s: &Server, t: &str, row: &str, reference: &str, expected: 
     // vread
     let r = s.request_as(&t, "GET", &format!("{reference}/_history/1"), None).await;
     assert_eq!(r.status, match expected { V::Yes => 200, V::Glass => 403, V::No => 404 }, "vread: {row}");
+    // $meta, by GET and by POST: the same view as the read
+    for (method, body) in [("GET", None), ("POST", Some(&br#"{"resourceType":"Parameters"}"#[..]))] {
+        let r = s.request_as(&t, method, &format!("{reference}/$meta"), body).await;
+        assert_eq!(r.status, want, "{method} $meta: {row}");
+        if expected != V::Yes {
+            assert!(!String::from_utf8_lossy(&r.body).contains("versionId"), "{method} $meta: nothing of it: {row}");
+        }
+    }
+    // _count=0: the total alone, counting only what may be seen
+    let b = s.request_as(&t, "GET", &format!("{ty}?_id={id}&_count=0"), None).await.json();
+    assert_eq!(b["total"], json!(if expected == V::Yes { 1 } else { 0 }), "_count=0 total: {row}");
+    assert!(!ids_in(&b, reference), "_count=0 lists nothing: {row}");
+    // PATCH (JSON Patch and FHIRPath Patch) and $validate of what may not be seen: refused
+    // as the read is, nothing written, nothing revealed
+    if expected != V::Yes {
+        let before = s.get(reference).await;
+        let json_patch = br#"[{"op": "add", "path": "/language", "value": "en"}]"#;
+        let r = s.request("PATCH", reference, &[("authorization", &format!("Bearer {t}")), ("content-type", "application/json-patch+json")], Some(json_patch)).await;
+        assert_eq!(r.status, want, "JSON Patch: {row}");
+        let fhirpath_patch = json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": ty}, {"name": "name", "valueString": "language"}, {"name": "value", "valueCode": "en"}]}]});
+        let r = s.request_as(&t, "PATCH", reference, Some(&serde_json::to_vec(&fhirpath_patch).unwrap())).await;
+        assert_eq!(r.status, want, "FHIRPath Patch: {row}");
+        let after = s.get(reference).await;
+        assert_eq!((after.status, after.header("etag")), (before.status, before.header("etag")), "PATCH wrote nothing: {row}");
+        let r = s.request_as(&t, "POST", &format!("{reference}/$validate?mode=delete"), Some(br#"{"resourceType":"Parameters"}"#)).await;
+        assert!(!String::from_utf8_lossy(&r.body).contains("\"meta\""), "$validate: nothing of it: {row}");
+        if r.status == 200 {
+            let codes: Vec<String> = r.json()["issue"].as_array().into_iter().flatten().map(|i| i["code"].as_str().unwrap_or("").to_string()).collect();
+            assert!(codes.iter().any(|c| c == "not-found" || c == "forbidden" || c == "suppressed"), "$validate mode=delete of what may not be seen: {codes:?}: {row}");
+        } else {
+            assert!((400..500).contains(&r.status), "$validate: {}: {row}", r.status);
+        }
+    }
     // instance history
     let r = s.request_as(&t, "GET", &format!("{reference}/_history"), None).await;
     match expected {
