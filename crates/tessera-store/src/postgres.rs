@@ -216,10 +216,17 @@ CREATE TABLE IF NOT EXISTS type_count (
     res_type text   NOT NULL PRIMARY KEY,
     live     bigint NOT NULL
 );
+CREATE TABLE IF NOT EXISTS token_count (
+    p      bigint NOT NULL,
+    code   text COLLATE "C" NOT NULL,
+    system text COLLATE "C" NOT NULL,
+    live   bigint NOT NULL,
+    PRIMARY KEY (p, code, system)
+);
 "#;
 
 /// Every relation [`SCHEMA`] creates.
-const SCHEMA_OBJECTS: [&str; 15] = [
+const SCHEMA_OBJECTS: [&str; 16] = [
     "resource_seq",
     "resource_version",
     "resource_version_seq",
@@ -235,6 +242,7 @@ const SCHEMA_OBJECTS: [&str; 15] = [
     "audit_log_break_glass",
     "audit_patient",
     "type_count",
+    "token_count",
 ];
 
 /// Advisory lock class ids (first key of the two-key form; the second is the schema).
@@ -433,6 +441,27 @@ async fn create_schema(pool: &Pool) -> Result<()> {
         )
         .await
         .map_err(|e| StoreError::Backend(format!("cannot count the resources: {}", pg_message(&e))))?;
+    }
+    // The same for `token_count` (per-code counts of the resources' own token rows).
+    let filled = tx
+        .query_opt("SELECT 1 FROM tessera_meta WHERE key = 'token_count'", &[])
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot inspect the schema: {}", pg_message(&e))))?
+        .is_some();
+    if !filled {
+        tx.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", &[&LOCK_WRITER]).await.map_err(pg)?;
+        let keys: Vec<i64> = tessera_fhir::definitions::resource_types()
+            .flat_map(|t| tessera_fhir::definitions::search_parameters_for(t).map(move |sp| crate::search::param_key(t, &sp.code)))
+            .filter(|p| crate::search::counted_token(*p))
+            .collect();
+        tx.execute("DELETE FROM token_count", &[]).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO token_count SELECT p, code, system, count(*) FROM sp_token WHERE seq < $1 AND p = ANY($2::bigint[]) GROUP BY p, code, system",
+            &[&crate::search::CONTAINED_BASE, &keys],
+        )
+        .await
+        .map_err(|e| StoreError::Backend(format!("cannot count the coded values: {}", pg_message(&e))))?;
+        tx.execute("INSERT INTO tessera_meta (key, value) VALUES ('token_count', '1') ON CONFLICT (key) DO NOTHING", &[]).await.map_err(pg)?;
     }
     tx.commit().await.map_err(pg)?;
     Ok(())
@@ -652,8 +681,17 @@ async fn statistics_keeper(pool: Pool, metrics: Arc<StoreMetrics>) {
 }
 
 /// The tables (besides the search index's) that [`statistics_keeper`] keeps.
-const ANALYZED: [&str; 8] =
-    ["resource_version", "resource_current", "identifier_index", "care_link", "audit_log", "audit_patient", "type_count", "tessera_meta"];
+const ANALYZED: [&str; 9] = [
+    "resource_version",
+    "resource_current",
+    "identifier_index",
+    "care_link",
+    "audit_log",
+    "audit_patient",
+    "type_count",
+    "token_count",
+    "tessera_meta",
+];
 
 async fn audit_head_keeper(pool: Pool, metrics: Arc<StoreMetrics>, anchor: AnchorSlot) {
     let mut tick = tokio::time::interval(HEAD_POLL);
@@ -822,6 +860,11 @@ impl Store for PostgresStore {
         if let Some(ty) = crate::search::counts_whole_type(q) {
             let stmt = c.prepare_cached("SELECT live FROM type_count WHERE res_type = $1").await.map_err(pg)?;
             let n: Option<i64> = c.query_opt(&stmt, &[&ty]).await.map_err(pg)?.map(|r| r.try_get(0)).transpose().map_err(pg)?;
+            return Ok(n.unwrap_or(0).max(0) as u64);
+        }
+        if let Some((p, system, code)) = crate::search::counts_one_token(q) {
+            let stmt = c.prepare_cached("SELECT live FROM token_count WHERE p = $1 AND code = $2 AND system = $3").await.map_err(pg)?;
+            let n: Option<i64> = c.query_opt(&stmt, &[&p, &code, &system]).await.map_err(pg)?.map(|r| r.try_get(0)).transpose().map_err(pg)?;
             return Ok(n.unwrap_or(0).max(0) as u64);
         }
         let b = crate::search::count_sql(q, crate::search::Dialect::Postgres);
@@ -1601,13 +1644,23 @@ async fn write_search_index(
     new_rows: Vec<(i64, Vec<crate::search::Row>)>,
 ) -> Result<()> {
     use crate::search::{Row, Table};
+    // Per-code count changes: rows removed (of the versions replaced) and rows added.
+    let mut counts = crate::search::TokenCounts::default();
     if !old_seqs.is_empty() {
         // The replaced versions' rows, and those of their contained resources (at
         // `contained_seq(seq, 1..=63)`).
         let first: Vec<i64> = old_seqs.iter().map(|&s| crate::search::contained_seq(s, 1)).collect();
         for table in Table::ALL {
-            let stmt = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ANY($1::bigint[])", table.name())).await.map_err(pg)?;
-            tx.execute(&stmt, &[&old_seqs]).await.map_err(pg)?;
+            if table == Table::Token {
+                let stmt = tx.prepare_cached("DELETE FROM sp_token WHERE seq = ANY($1::bigint[]) RETURNING p, code, system, seq").await.map_err(pg)?;
+                for r in tx.query(&stmt, &[&old_seqs]).await.map_err(pg)? {
+                    let row = Row::Token { p: r.try_get(0).map_err(pg)?, code: r.try_get(1).map_err(pg)?, system: r.try_get(2).map_err(pg)? };
+                    counts.add(r.try_get(3).map_err(pg)?, &row, -1);
+                }
+            } else {
+                let stmt = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ANY($1::bigint[])", table.name())).await.map_err(pg)?;
+                tx.execute(&stmt, &[&old_seqs]).await.map_err(pg)?;
+            }
             let stmt = tx
                 .prepare_cached(&format!("DELETE FROM {} x USING unnest($1::bigint[]) o(lo) WHERE x.seq BETWEEN o.lo AND o.lo + 62", table.name()))
                 .await
@@ -1682,10 +1735,34 @@ async fn write_search_index(
     }
     if !token.0.is_empty() {
         let stmt = tx
-            .prepare_cached("INSERT INTO sp_token (p, code, system, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) ON CONFLICT DO NOTHING")
+            .prepare_cached(
+                "INSERT INTO sp_token (p, code, system, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) \
+                 ON CONFLICT DO NOTHING RETURNING p, code, system, seq",
+            )
             .await
             .map_err(pg)?;
-        tx.execute(&stmt, &[&token.0, &token.1, &token.2, &token.3]).await.map_err(pg)?;
+        for r in tx.query(&stmt, &[&token.0, &token.1, &token.2, &token.3]).await.map_err(pg)? {
+            let row = Row::Token { p: r.try_get(0).map_err(pg)?, code: r.try_get(1).map_err(pg)?, system: r.try_get(2).map_err(pg)? };
+            counts.add(r.try_get(3).map_err(pg)?, &row, 1);
+        }
+    }
+    // In key order, so that concurrent writers lock the count rows in the same order.
+    let (mut ps, mut codes, mut systems, mut deltas) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((p, code, system), delta) in counts.changes() {
+        ps.push(*p);
+        codes.push(code.as_str());
+        systems.push(system.as_str());
+        deltas.push(delta);
+    }
+    if !ps.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "INSERT INTO token_count (p, code, system, live) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) \
+                 ON CONFLICT (p, code, system) DO UPDATE SET live = token_count.live + excluded.live",
+            )
+            .await
+            .map_err(pg)?;
+        tx.execute(&stmt, &[&ps, &codes, &systems, &deltas]).await.map_err(pg)?;
     }
     if !patient_token.0.is_empty() {
         let stmt = tx

@@ -442,7 +442,7 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
 }
 
 /// The first `seq` beyond those of versions: contained resources are placed above it.
-const CONTAINED_BASE: i64 = 1 << 56;
+pub(crate) const CONTAINED_BASE: i64 = 1 << 56;
 
 /// The `seq` at which the index rows of the `sub`-th contained resource (from 1) of the
 /// version `seq` are kept: above every version's `seq`, growing with `seq`, so that the
@@ -687,6 +687,60 @@ pub fn count_sql(q: &IndexQuery, dialect: Dialect) -> SqlBuilder {
     q.sort.clear();
     q.offset = 0;
     build_sql(&q, dialect, true)
+}
+
+/// The per-code count that answers the query, when it is one token with a system and a
+/// code on a parameter with rows of its own, and nothing else: `(p, system, code)`.
+pub fn counts_one_token(q: &IndexQuery) -> Option<(i64, &str, &str)> {
+    let ty = q.resource_type.as_deref()?;
+    if q.before_seq.is_some() || q.after_seq.is_some() || q.contained {
+        return None;
+    }
+    let [clause] = q.clauses.as_slice() else { return None };
+    let ([Pred::Token { param, system: Some(system), code: Some(code) }], false) = (clause.any.as_slice(), clause.negate) else { return None };
+    let p = param_key(ty, param);
+    (tessera_search::derived(ty, param).is_none() && counted_token(p)).then_some((p, system.as_str(), code.as_str()))
+}
+
+/// Whether the writer keeps a per-code count (`token_count`) for the token parameter with
+/// key `p`: coded values (codes, `Coding`, `CodeableConcept`, labels and tags), not
+/// identifiers, telecoms or ids, whose values are nearly all distinct (a count per value
+/// would double their rows for nothing).
+pub fn counted_token(p: i64) -> bool {
+    static COUNTED: std::sync::LazyLock<std::collections::HashSet<i64>> = std::sync::LazyLock::new(|| {
+        let mut keys = std::collections::HashSet::new();
+        for ty in tessera_fhir::definitions::resource_types() {
+            for sp in tessera_fhir::definitions::search_parameters_for(ty) {
+                let expression = sp.expression.as_deref().unwrap_or("");
+                let distinct = ["identifier", "Identifier", "telecom", "phone", "email"].iter().any(|w| sp.code.contains(w) || expression.contains(w));
+                if sp.kind == "token" && sp.code != "_id" && !distinct {
+                    keys.insert(param_key(ty, &sp.code));
+                }
+            }
+        }
+        keys
+    });
+    COUNTED.contains(&p)
+}
+
+/// Per-code count changes (`token_count`) of the rows of one write: +1 for each row added,
+/// -1 for each row removed, of the resources themselves (contained rows are not counted).
+#[derive(Debug, Default)]
+pub struct TokenCounts(pub std::collections::BTreeMap<(i64, String, String), i64>);
+
+impl TokenCounts {
+    pub fn add(&mut self, seq: i64, row: &Row, delta: i64) {
+        if let Row::Token { p, system, code } = row {
+            if seq < CONTAINED_BASE && counted_token(*p) {
+                *self.0.entry((*p, code.clone(), system.clone())).or_default() += delta;
+            }
+        }
+    }
+
+    /// The changes that are not zero, in key order.
+    pub fn changes(&self) -> impl Iterator<Item = (&(i64, String, String), i64)> {
+        self.0.iter().filter(|(_, d)| **d != 0).map(|(k, d)| (k, *d))
+    }
 }
 
 /// Whether the query counts every live resource of one type (a per-type count answers it).

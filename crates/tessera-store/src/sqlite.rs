@@ -59,6 +59,8 @@ CREATE INDEX IF NOT EXISTS resource_current_type_seq ON resource_current (res_ty
 CREATE INDEX IF NOT EXISTS resource_current_compartment ON resource_current (compartment, seq) WHERE compartment IS NOT NULL;
 -- Live (current, not deleted) resources per type, kept by the writer with each change.
 CREATE TABLE IF NOT EXISTS type_count (res_type TEXT PRIMARY KEY, live INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS token_count (p INTEGER NOT NULL, code TEXT NOT NULL, system TEXT NOT NULL, live INTEGER NOT NULL,
+    PRIMARY KEY (p, code, system)) WITHOUT ROWID;
 -- Search index rows (see `search`): keyed by value then `seq`, no `seq` index — a write
 -- that replaces a version deletes that version's rows by their full key.
 CREATE TABLE IF NOT EXISTS sp_token (p INTEGER NOT NULL, code TEXT NOT NULL, seq INTEGER NOT NULL, system TEXT NOT NULL,
@@ -178,6 +180,7 @@ impl SqliteStore {
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
         fill_type_count(&conn).map_err(db)?;
+        fill_token_count(&conn).map_err(db)?;
         // Meta writes use their own connection; the writer waits for them rather than failing.
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(db)?;
@@ -815,6 +818,15 @@ impl Store for SqliteStore {
                 Ok(n.unwrap_or(0).max(0) as u64)
             });
         }
+        if let Some((p, system, code)) = search::counts_one_token(q) {
+            return self.with_reader(|c| {
+                let n: Option<i64> = c
+                    .prepare_cached("SELECT live FROM token_count WHERE p = ?1 AND code = ?2 AND system = ?3")?
+                    .query_row(params![p, code, system], |r| r.get(0))
+                    .optional()?;
+                Ok(n.unwrap_or(0).max(0) as u64)
+            });
+        }
         let b = search::count_sql(q, search::Dialect::Sqlite);
         self.with_reader(|c| {
             let n: i64 = c.prepare_cached(&b.sql)?.query_row(rusqlite::params_from_iter(b.args.iter().map(sql_value)), |r| r.get(0))?;
@@ -859,14 +871,19 @@ impl Store for SqliteStore {
             let rows = stmt.query_map(params![after_seq, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(db)?;
             rows.collect::<rusqlite::Result<_>>().map_err(db)?
         };
-        let Some(last) = versions.last().map(|v| v.0) else { return Ok(None) };
+        let Some(last) = versions.last().map(|v| v.0) else {
+            // The end of a reindex: the per-code counts from the rows as they now are.
+            recount_tokens(&txn).map_err(db)?;
+            txn.commit().map_err(db)?;
+            return Ok(None);
+        };
         let mut rows = HashMap::new();
         for (seq, ty, data) in &versions {
             let json = codec::decode(data)?;
             let value: serde_json::Value = serde_json::from_slice(&json).map_err(|e| StoreError::Backend(format!("stored {ty} at {seq}: {e}")))?;
             rows.insert(*seq, search::rows(ty, &tessera_search::index_all(&value)));
         }
-        insert_index_rows(&txn, rows).map_err(db)?;
+        insert_index_rows(&txn, rows, false).map_err(db)?;
         txn.commit().map_err(db)?;
         Ok(Some((last, versions.len())))
     }
@@ -1474,7 +1491,7 @@ fn apply_batch(
             }
         }
     }
-    insert_index_rows(&txn, deferred)?;
+    insert_index_rows(&txn, deferred, true)?;
     txn.commit()?;
     *head = chain;
     Ok(results)
@@ -1629,10 +1646,15 @@ fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite:
     let json = codec::decode(&data).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(std::io::Error::other(e.to_string()))))?;
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&json) else { return Ok(()) };
     let version_seq = seq;
+    let mut counts = search::TokenCounts::default();
     for (seq, row) in search::placed_owned(version_seq, search::rows(resource_type, &tessera_search::index_all(&value))) {
         match row {
-            Row::Token { p, system, code } => {
-                c.prepare_cached("DELETE FROM sp_token WHERE p = ?1 AND code = ?2 AND system = ?3 AND seq = ?4")?.execute(params![p, code, system, seq])?
+            Row::Token { ref p, ref system, ref code } => {
+                let n = c.prepare_cached("DELETE FROM sp_token WHERE p = ?1 AND code = ?2 AND system = ?3 AND seq = ?4")?.execute(params![p, code, system, seq])?;
+                if n > 0 {
+                    counts.add(seq, &row, -1);
+                }
+                n
             }
             Row::PatientToken { p, patient, system, code } => c
                 .prepare_cached("DELETE FROM sp_token_pc WHERE p = ?1 AND patient = ?2 AND code = ?3 AND seq = ?4 AND system = ?5")?
@@ -1669,13 +1691,34 @@ fn delete_index_rows(c: &Connection, resource_type: &str, seq: i64) -> rusqlite:
             Row::Contained { .. } => unreachable!("placed_owned() unwraps contained rows"),
         };
     }
+    add_token_counts(c, &counts)
+}
+
+/// Applies per-code count changes to `token_count`.
+fn add_token_counts(c: &Connection, counts: &search::TokenCounts) -> rusqlite::Result<()> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO token_count (p, code, system, live) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (p, code, system) DO UPDATE SET live = live + excluded.live",
+    )?;
+    for ((p, code, system), delta) in counts.changes() {
+        stmt.execute(params![p, code, system, delta])?;
+    }
     Ok(())
 }
 
-/// Inserts the search index rows of a batch, table by table in key order.
-fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> rusqlite::Result<()> {
+/// Inserts the search index rows of a batch, table by table in key order. With `counted`,
+/// the rows are new (a write's) and their per-code counts are kept; a reindex, whose rows
+/// may be there already, recounts at its end instead.
+fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>, counted: bool) -> rusqlite::Result<()> {
     use search::Row;
     let mut all: Vec<(i64, Row)> = rows.into_iter().flat_map(|(seq, rows)| search::placed_owned(seq, rows)).collect();
+    if counted {
+        let mut counts = search::TokenCounts::default();
+        for (seq, row) in &all {
+            counts.add(*seq, row, 1);
+        }
+        add_token_counts(c, &counts)?;
+    }
     // Order by table, then (roughly) the tables' keys, then seq.
     fn rank(r: &Row) -> u8 {
         match r {
@@ -1759,6 +1802,41 @@ fn insert_index_rows(c: &Connection, rows: HashMap<i64, Vec<search::Row>>) -> ru
         let sql = format!("INSERT OR IGNORE INTO {name} VALUES {}", vec![one.as_str(); end - start].join(", "));
         c.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(values[start..end].iter().flat_map(|(_, v)| v.iter())))?;
         start = end;
+    }
+    Ok(())
+}
+
+/// Recounts `token_count` from the token rows of the resources themselves (not contained).
+const RECOUNT_TOKENS: &str = "DELETE FROM token_count; \
+     INSERT INTO token_count SELECT p, code, system, count(*) FROM sp_token WHERE seq < 72057594037927936 GROUP BY p, code, system;";
+
+/// Fills `token_count` once, for a database written before the writer kept it: every
+/// group of rows is counted, then those of parameters without a count are removed.
+fn fill_token_count(c: &Connection) -> rusqlite::Result<()> {
+    let done: Option<String> =
+        c.query_row("SELECT value FROM tessera_meta WHERE key = 'token_count'", [], |r| r.get(0)).optional()?;
+    if done.is_some() {
+        return Ok(());
+    }
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    let filled = recount_tokens(c).and_then(|()| {
+        c.execute_batch(
+            "INSERT INTO tessera_meta (key, value) VALUES ('token_count', '1') ON CONFLICT (key) DO UPDATE SET value = excluded.value; COMMIT;",
+        )
+    });
+    if filled.is_err() {
+        let _ = c.execute_batch("ROLLBACK");
+    }
+    filled
+}
+
+/// Recounts `token_count` from the rows of `sp_token` (within the caller's transaction).
+fn recount_tokens(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch(RECOUNT_TOKENS)?;
+    let keys: Vec<i64> = c.prepare("SELECT DISTINCT p FROM token_count")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    let mut delete = c.prepare_cached("DELETE FROM token_count WHERE p = ?1")?;
+    for p in keys.into_iter().filter(|p| !search::counted_token(*p)) {
+        delete.execute([p])?;
     }
     Ok(())
 }

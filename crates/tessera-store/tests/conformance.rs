@@ -75,6 +75,7 @@ conformance!(
     worklist_of_a_location,
     audit_by_patient_is_complete,
     counts_follow_writes,
+    code_counts_follow_writes,
 );
 
 fn write(ty: &str, id: &str, version: u64, body: serde_json::Value) -> Write {
@@ -951,3 +952,86 @@ async fn counts_follow_writes(s: &DynStore) {
     assert_eq!(s.count(&ids).await.unwrap(), 9);
     assert_eq!(s.count(&ids).await.unwrap(), walked(s, &ids).await);
 }
+
+/// An Observation with `code` (LOINC) and `status`, `contained` Observations inside it.
+fn coded(id: &str, version: u64, code: &str, status: &str, contained: &[&str]) -> Write {
+    let mut body = serde_json::json!({"resourceType": "Observation", "id": id, "status": status,
+        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "identifier": [{"system": "urn:test", "value": id}]});
+    if !contained.is_empty() {
+        body["contained"] = contained
+            .iter()
+            .enumerate()
+            .map(|(i, c)| serde_json::json!({"resourceType": "Observation", "id": format!("c{i}"), "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": c}]}}))
+            .collect();
+    }
+    let mut w = write("Observation", id, version, body.clone());
+    w.index = tessera_search::index_all(&body);
+    w
+}
+
+/// Per-code counts (a token with system and code, and nothing else) follow creates,
+/// updates that change or keep the code, deletions, refused and concurrent transactions and
+/// a reindex, and never count contained resources; each equals the search's own count.
+async fn code_counts_follow_writes(s: &DynStore) {
+    let token = |param: &str, system: &str, code: &str| {
+        let mut q = search::IndexQuery::new(Some("Observation"));
+        q.clauses.push(search::Clause { any: vec![search::Pred::Token { param: param.into(), system: Some(system.into()), code: Some(code.into()) }], negate: false });
+        q
+    };
+    let hr = token("code", "http://loinc.org", "8867-4");
+    assert!(search::counts_one_token(&hr).is_some(), "a code is counted per value");
+    assert!(search::counts_one_token(&token("identifier", "urn:test", "o1")).is_none(), "identifiers are not");
+    assert_eq!(s.count(&hr).await.unwrap(), 0);
+    s.commit((0..6).map(|i| coded(&format!("o{i}"), 1, "8867-4", "final", &[])).collect()).await.unwrap();
+    // A contained heart rate is not an Observation of the type's own.
+    s.commit(vec![coded("o6", 1, "2708-6", "final", &["8867-4", "8867-4"])]).await.unwrap();
+    // The code changes; the code stays (status changes); deleted; deleted and recreated.
+    s.commit(vec![coded("o0", 2, "2708-6", "final", &[]), coded("o1", 2, "8867-4", "amended", &[])]).await.unwrap();
+    s.commit(vec![deletion("Observation", "o2", 2)]).await.unwrap();
+    s.commit(vec![deletion("Observation", "o3", 2), coded("o3", 3, "8867-4", "final", &[])]).await.unwrap();
+    // A refused transaction changes nothing.
+    let mut refused = coded("o4", 9, "2708-6", "final", &[]);
+    refused.precondition = Precondition::Version(7);
+    s.commit(vec![deletion("Observation", "o5", 2), refused]).await.unwrap_err();
+    // Concurrent transactions.
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.commit(vec![coded(&format!("p{t}"), 1, "8867-4", "final", &[])]).await.unwrap();
+            s.commit(vec![coded(&format!("p{t}"), 2, if t % 2 == 0 { "2708-6" } else { "8867-4" }, "final", &[])]).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Each count equals the search's own, and the heart rates are `hr`; 2708-6 is o0, o6
+    // and the even p's.
+    let expect = |s: &DynStore, hr: u64| {
+        let s = s.clone();
+        async move {
+            for q in [
+                token("code", "http://loinc.org", "8867-4"),
+                token("code", "http://loinc.org", "2708-6"),
+                token("status", "http://hl7.org/fhir/observation-status", "amended"),
+                token("identifier", "urn:test", "o1"),
+            ] {
+                assert_eq!(s.count(&q).await.unwrap(), walked(&s, &q).await, "{q:?}");
+            }
+            assert_eq!(s.count(&token("code", "http://loinc.org", "8867-4")).await.unwrap(), hr);
+            assert_eq!(s.count(&token("code", "http://loinc.org", "2708-6")).await.unwrap(), 6);
+        }
+    };
+    // o1 o3 o4 o5 and the odd p's.
+    expect(s, 4 + 4).await;
+    // A reindex leaves the counts as they were.
+    let mut after = 0;
+    while let Some((last, _)) = s.reindex_chunk(after, 5).await.unwrap() {
+        after = last;
+    }
+    expect(s, 4 + 4).await;
+    s.commit(vec![deletion("Observation", "o4", 2)]).await.unwrap();
+    expect(s, 3 + 4).await;
+}
+
