@@ -140,7 +140,7 @@ pub fn check(xhtml: &str) -> Result<(), String> {
 }
 
 /// Checks one element and its attributes; returns its name.
-fn element<'a>(e: &'a BytesStart<'_>, root: bool, reader: &Reader<&[u8]>) -> Result<String, String> {
+fn element(e: &BytesStart<'_>, root: bool, reader: &Reader<&[u8]>) -> Result<String, String> {
     let raw = String::from_utf8_lossy(e.name().as_ref()).into_owned();
     // `<xhtml:p>` (a prefixed XHTML element) is the same element.
     let name = raw.rsplit(':').next().unwrap_or(&raw).to_string();

@@ -581,7 +581,7 @@ impl Context<'_> {
             excluded.extend(self.rule(rule, &label)?.iter().map(key));
         }
         let drop_inactive = self.options.active_only || compose.inactive == Some(false);
-        out.retain(|m| !excluded.contains(&key(m)) && !(drop_inactive && m.inactive));
+        out.retain(|m| !(excluded.contains(&key(m)) || (drop_inactive && m.inactive)));
         self.stack.pop();
         Ok(out)
     }

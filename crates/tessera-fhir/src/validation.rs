@@ -245,8 +245,8 @@ impl<'v> Validator<'v> {
                 let codings: Vec<&Map<String, Value>> =
                     map.get("coding").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_object).collect();
                 let memberships: Vec<Option<Membership>> = codings.iter().map(|c| coding_membership(c)).collect();
-                let any_member = memberships.iter().any(|m| *m == Some(Membership::Member));
-                let any_unknown = memberships.iter().any(|m| *m == Some(Membership::Unknown));
+                let any_member = memberships.contains(&Some(Membership::Member));
+                let any_unknown = memberships.contains(&Some(Membership::Unknown));
                 if !any_member && !any_unknown {
                     if let Some(i) = memberships.iter().position(|m| *m == Some(Membership::NotMember)) {
                         let what = if codings.len() == 1 { describe(codings[i]) } else { format!("none of the {} codings ({} …)", codings.len(), describe(codings[i])) };
