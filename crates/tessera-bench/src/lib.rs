@@ -23,12 +23,14 @@
 //!
 //! The client side is kept lean because it usually shares the machine with the server.
 
+mod empi;
 mod files;
 mod http;
 mod ingest;
 mod read;
 mod soak;
 
+pub use empi::{run as empi, EmpiOptions, EmpiReport};
 pub use soak::{header as soak_header, rss_kib, IntervalRow, KindInterval, KindSummary, Op as SoakOp, SoakOptions, SoakReport};
 
 use std::path::PathBuf;

@@ -9,12 +9,18 @@
 //!   names, nicknames, names swapped between given and family, day and month transposed)
 //!   and decides: link, review or distinct; [`score::blocking_keys`] chooses which records
 //!   are compared at all.
+//! * [`index`] keeps people by blocking key in memory and scores a newcomer's candidates.
+//! * [`eval`] builds a labelled evaluation set (realistic corruptions of real records,
+//!   twins, strangers) and measures precision, recall and false links.
 
+pub mod eval;
+pub mod index;
 pub mod nhs;
 pub mod person;
 pub mod score;
 pub mod text;
 
+pub use index::Index;
 pub use nhs::{NhsError, NhsNumber};
 pub use person::{Birth, Person};
 pub use score::{blocking_keys, Config, Decision, Score};

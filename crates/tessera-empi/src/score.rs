@@ -64,8 +64,8 @@ impl Default for Config {
             postcode: f(0.80, 0.001),
             address: f(0.75, 0.001),
             phone: f(0.60, 0.0001),
-            upper: 24.0,
-            lower: 12.0,
+            upper: 20.0,
+            lower: 10.0,
             name_agree: 0.92,
             nicknames: default_nicknames(),
         }
@@ -187,6 +187,9 @@ impl Config {
         if strsim::jaro_winkler(&x, &y) >= self.name_agree {
             return (Level::Partial(0.8), "spelling");
         }
+        if x.len().min(y.len()) >= 3 && strsim::damerau_levenshtein(&x, &y) <= 1 {
+            return (Level::Partial(0.75), "one letter differs");
+        }
         if text::nysiis(&x) == text::nysiis(&y) {
             return (Level::Partial(0.7), "sounds alike");
         }
@@ -260,7 +263,8 @@ impl Config {
             (Level::Disagree, "different")
         };
         push("postcode", &self.postcode, postcode);
-        let address = if a.address_lines.is_empty() || b.address_lines.is_empty() {
+        let address = if a.address_lines.is_empty() || b.address_lines.is_empty() || postcode.0 == Level::Disagree {
+            // A move shows in the postcode already: the address line is the same fact.
             (Level::Missing, "")
         } else if a.address_lines.iter().any(|x| b.address_lines.iter().any(|y| strsim::jaro_winkler(&x.to_lowercase(), &y.to_lowercase()) >= 0.9)) {
             (Level::Agree, "equal")
@@ -284,10 +288,11 @@ impl Config {
         } else {
             Decision::Distinct
         };
-        // Twins (same family, birth date and address, different given names) and records
-        // whose NHS numbers differ are never linked on the other fields' weight alone.
+        // Twins (same family, birth date and address, different given names, no shared NHS
+        // number) and records whose NHS numbers differ are never linked on the other
+        // fields' weight alone.
         let given_level = fields.iter().find(|f| f.field == "given").map(|f| f.level);
-        if decision == Decision::Link && (given_level == Some(Level::Disagree) || nhs.0 == Level::Disagree) {
+        if decision == Decision::Link && ((given_level == Some(Level::Disagree) && nhs.0 != Level::Agree) || nhs.0 == Level::Disagree) {
             decision = Decision::Review;
         }
         Score { total, fields, decision }

@@ -117,3 +117,15 @@ fn the_score_explains_itself() {
     let json = serde_json::to_value(&s).unwrap();
     assert_eq!(json["decision"], "link");
 }
+
+/// The evaluation on synthetic originals (the Synthea evaluation is `tessera bench empi`):
+/// the matcher keeps F1 ≥ 0.98 and false links ≤ 0.1 % of the non-matching pairs scored.
+#[test]
+fn evaluation_on_synthetic_people() {
+    let mut rng = tessera_empi::eval::Rng::new(7);
+    let originals: Vec<Person> = (0..300).map(|_| tessera_empi::eval::synthetic(&mut rng)).collect();
+    let r = tessera_empi::eval::evaluate(&originals, 20_000, 10, &Config::default(), 11);
+    eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+    assert!(r.f1 >= 0.98, "F1 {:.4}", r.f1);
+    assert!(r.false_link_rate <= 0.001, "false link rate {:.5}", r.false_link_rate);
+}
