@@ -69,7 +69,12 @@ impl Engine {
         let value = Value::Object(map);
         crate::invariants::check_write(&value, &self.config().limits, resolve).map_err(FhirError::invalid)?;
         match value {
-            Value::Object(map) => Ok(map),
+            Value::Object(mut map) => {
+                if resource_type == "Patient" {
+                    normalise_nhs_numbers(&mut map)?;
+                }
+                Ok(map)
+            }
             _ => unreachable!("checked above"),
         }
     }
@@ -530,3 +535,24 @@ fn multiple_matches(resource_type: &str, query: &str) -> FhirError {
 fn busy(resource_type: &str) -> FhirError {
     FhirError::new(409, IssueType::Conflict, format!("the {resource_type} is being changed concurrently; try again"))
 }
+
+/// A Patient's NHS numbers (`identifier` of system `https://fhir.nhs.uk/Id/nhs-number`)
+/// must pass the modulus-11 check; they are stored as their ten digits (`943 476 5919` →
+/// `9434765919`), so that one number is one value for search and matching.
+fn normalise_nhs_numbers(patient: &mut Map<String, Value>) -> Result<(), FhirError> {
+    let Some(Value::Array(ids)) = patient.get_mut("identifier") else { return Ok(()) };
+    for (i, id) in ids.iter_mut().enumerate() {
+        if id.get("system").and_then(Value::as_str) != Some(tessera_empi::nhs::SYSTEM) {
+            continue;
+        }
+        let Some(value) = id.get("value").and_then(Value::as_str) else { continue };
+        match tessera_empi::NhsNumber::parse(value) {
+            Ok(n) => id["value"] = Value::String(n.as_str().to_string()),
+            Err(e) => {
+                return Err(FhirError::new(400, IssueType::Value, format!("'{value}' is not a valid NHS number: {e}")).at(format!("Patient.identifier[{i}].value")))
+            }
+        }
+    }
+    Ok(())
+}
+

@@ -9,7 +9,7 @@ mod common;
 use common::Server;
 use serde_json::{json, Value};
 
-on_both_backends!(bad_resources_are_refused, bad_transactions_are_refused, bad_batch_entries_are_refused, legitimate_references_are_accepted);
+on_both_backends!(bad_resources_are_refused, bad_transactions_are_refused, bad_batch_entries_are_refused, legitimate_references_are_accepted, nhs_numbers_are_checked_and_normalised);
 
 /// Live resources of `ty` the system token sees.
 async fn count(s: &Server, ty: &str) -> usize {
@@ -191,3 +191,39 @@ async fn legitimate_references_are_accepted(s: &Server) {
     odd_unit["valueQuantity"] = json!({"value": 1, "system": "http://unitsofmeasure.org", "code": "not-a-unit"});
     assert_eq!(s.post("Observation", &odd_unit).await.status, 201);
 }
+
+/// A Patient's NHS number must pass its check digit on every write path; a valid one is
+/// stored as its ten digits, so that a search by the digits finds it however it was typed.
+async fn nhs_numbers_are_checked_and_normalised(s: &Server) {
+    let nhs = "https://fhir.nhs.uk/Id/nhs-number";
+    let with = |value: &str| {
+        let mut p = patient();
+        p["identifier"] = json!([{"system": "http://example.org/mrn", "value": "m-1"}, {"system": nhs, "value": value}]);
+        p
+    };
+    let before = count(s, "Patient").await;
+    for bad in ["943 476 5918", "943476591", "94347659190", "not-a-number"] {
+        let r = s.post("Patient", &with(bad)).await;
+        assert_refused(r.status, &r.json(), "Patient.identifier[1].value", &["not a valid NHS number"], bad);
+    }
+    // In a transaction: refused, nothing stored.
+    let r = s.post("", &transaction(vec![
+        json!({"resource": patient(), "request": {"method": "POST", "url": "Patient"}}),
+        json!({"resource": with("9434765918"), "request": {"method": "POST", "url": "Patient"}}),
+    ])).await;
+    assert!((400..500).contains(&r.status), "transaction: {}", r.status);
+    assert_eq!(count(s, "Patient").await, before, "nothing stored");
+    // Valid, with spaces: stored as ten digits and found by them.
+    let r = s.post("Patient", &with("943 476 5919")).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(s.get(&format!("Patient/{id}")).await.json()["identifier"][1]["value"], "9434765919");
+    let found = s.get(&format!("Patient?identifier={nhs}|9434765919")).await.json();
+    assert!(found["entry"].as_array().into_iter().flatten().any(|e| e["resource"]["id"] == id.as_str()), "{found}");
+    // An update is checked too.
+    let mut changed = with("9434765918");
+    changed["id"] = json!(id);
+    let r = s.request("PUT", &format!("Patient/{id}"), &[("content-type", "application/fhir+json")], Some(&serde_json::to_vec(&changed).unwrap())).await;
+    assert_refused(r.status, &r.json(), "Patient.identifier[1].value", &["check digit"], "update");
+}
+
