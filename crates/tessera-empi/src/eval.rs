@@ -18,7 +18,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -26,10 +26,10 @@ impl Rng {
         z ^ (z >> 31)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
@@ -85,7 +85,7 @@ fn postcode(rng: &mut Rng) -> String {
 
 fn address(rng: &mut Rng) -> (String, String, String) {
     let line = format!("{} {}", 1 + rng.below(200), rng.pick(STREETS));
-    let phone = format!("07{:09}", rng.next() % 1_000_000_000);
+    let phone = format!("07{:09}", rng.next_u64() % 1_000_000_000);
     (line, postcode(rng), phone)
 }
 
@@ -302,7 +302,7 @@ pub fn evaluate(originals: &[Person], background: usize, copies_per_original: us
     report.false_link_rate = if non_match_pairs == 0 { 0.0 } else { report.false_links as f64 / non_match_pairs as f64 };
     report.false_links_per_registration = report.false_links as f64 / (report.matches + report.non_matches).max(1) as f64;
     let mut by: Vec<(String, usize)> = missed.into_iter().collect();
-    by.sort_by(|a, b| b.1.cmp(&a.1));
+    by.sort_by_key(|b| std::cmp::Reverse(b.1));
     report.missed_by_corruption = by;
     report
 }
