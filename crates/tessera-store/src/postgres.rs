@@ -1652,10 +1652,17 @@ async fn write_search_index(
         let first: Vec<i64> = old_seqs.iter().map(|&s| crate::search::contained_seq(s, 1)).collect();
         for table in Table::ALL {
             if table == Table::Token {
-                let stmt = tx.prepare_cached("DELETE FROM sp_token WHERE seq = ANY($1::bigint[]) RETURNING p, code, system, seq").await.map_err(pg)?;
+                // Version seqs only (never contained ones): every row deleted here counts.
+                let stmt = tx
+                    .prepare_cached(
+                        "WITH d AS (DELETE FROM sp_token WHERE seq = ANY($1::bigint[]) RETURNING p, code, system) \
+                         SELECT p, code, system, count(*) FROM d GROUP BY p, code, system",
+                    )
+                    .await
+                    .map_err(pg)?;
                 for r in tx.query(&stmt, &[&old_seqs]).await.map_err(pg)? {
-                    let row = Row::Token { p: r.try_get(0).map_err(pg)?, code: r.try_get(1).map_err(pg)?, system: r.try_get(2).map_err(pg)? };
-                    counts.add(r.try_get(3).map_err(pg)?, &row, -1);
+                    let n: i64 = r.try_get(3).map_err(pg)?;
+                    counts.add_key(r.try_get(0).map_err(pg)?, r.try_get(1).map_err(pg)?, r.try_get(2).map_err(pg)?, -n);
                 }
             } else {
                 let stmt = tx.prepare_cached(&format!("DELETE FROM {} WHERE seq = ANY($1::bigint[])", table.name())).await.map_err(pg)?;
@@ -1736,14 +1743,15 @@ async fn write_search_index(
     if !token.0.is_empty() {
         let stmt = tx
             .prepare_cached(
-                "INSERT INTO sp_token (p, code, system, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) \
-                 ON CONFLICT DO NOTHING RETURNING p, code, system, seq",
+                "WITH i AS (INSERT INTO sp_token (p, code, system, seq) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[]) \
+                 ON CONFLICT DO NOTHING RETURNING p, code, system, seq) \
+                 SELECT p, code, system, count(*) FROM i WHERE seq < $5 GROUP BY p, code, system",
             )
             .await
             .map_err(pg)?;
-        for r in tx.query(&stmt, &[&token.0, &token.1, &token.2, &token.3]).await.map_err(pg)? {
-            let row = Row::Token { p: r.try_get(0).map_err(pg)?, code: r.try_get(1).map_err(pg)?, system: r.try_get(2).map_err(pg)? };
-            counts.add(r.try_get(3).map_err(pg)?, &row, 1);
+        for r in tx.query(&stmt, &[&token.0, &token.1, &token.2, &token.3, &crate::search::CONTAINED_BASE]).await.map_err(pg)? {
+            let n: i64 = r.try_get(3).map_err(pg)?;
+            counts.add_key(r.try_get(0).map_err(pg)?, r.try_get(1).map_err(pg)?, r.try_get(2).map_err(pg)?, n);
         }
     }
     // In key order, so that concurrent writers lock the count rows in the same order.

@@ -731,9 +731,16 @@ pub struct TokenCounts(pub std::collections::BTreeMap<(i64, String, String), i64
 impl TokenCounts {
     pub fn add(&mut self, seq: i64, row: &Row, delta: i64) {
         if let Row::Token { p, system, code } = row {
-            if seq < CONTAINED_BASE && counted_token(*p) {
-                *self.0.entry((*p, code.clone(), system.clone())).or_default() += delta;
+            if seq < CONTAINED_BASE {
+                self.add_key(*p, code, system, delta);
             }
+        }
+    }
+
+    /// `delta` rows of the resources themselves (not contained) with this key.
+    pub fn add_key(&mut self, p: i64, code: &str, system: &str, delta: i64) {
+        if counted_token(p) {
+            *self.0.entry((p, code.to_string(), system.to_string())).or_default() += delta;
         }
     }
 
