@@ -501,11 +501,28 @@ fn civil(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// A valid NHS number for a soak identifier (`run-n`): distinct for the patients of one
+/// run, so that every created patient is a new person to the patient index.
+fn nhs_number(identifier: &str) -> String {
+    let (run, n) = identifier.rsplit_once('-').unwrap_or((identifier, "0"));
+    let base = run.bytes().fold(1_469_598_103_934_665_603u64, |h, b| (h ^ b as u64).wrapping_mul(1_099_511_628_211)) % 400_000_000;
+    let mut candidate = 100_000_000 + base + n.parse::<u64>().unwrap_or(0) * 3;
+    loop {
+        let digits: Vec<u8> = format!("{:09}", candidate % 1_000_000_000).bytes().map(|b| b - b'0').collect();
+        let nine: [u8; 9] = digits.try_into().expect("nine digits");
+        if let Some(check) = tessera_empi::nhs::check_digit(&nine) {
+            return format!("{}{check}", nine.iter().map(|d| char::from(b'0' + d)).collect::<String>());
+        }
+        candidate += 1;
+    }
+}
+
 /// The transaction that creates one patient: the Patient, two Encounters and four vital
 /// signs per encounter, dated within the last year. Returns the body and the patient's
 /// identifier value and family name.
 fn patient_bundle(rng: &mut Rng, identifier: &str) -> (String, &'static str) {
     let family = *rng.pick(&FAMILIES);
+    let nhs = nhs_number(identifier);
     let given = *rng.pick(&GIVEN);
     let patient = rng.uuid();
     let birth = date_days_ago(365 * 20 + rng.below(365 * 60) as u64);
@@ -513,7 +530,7 @@ fn patient_bundle(rng: &mut Rng, identifier: &str) -> (String, &'static str) {
         "fullUrl": format!("urn:uuid:{patient}"),
         "resource": {
             "resourceType": "Patient",
-            "identifier": [{"system": IDENTIFIER_SYSTEM, "value": identifier}],
+            "identifier": [{"system": IDENTIFIER_SYSTEM, "value": identifier}, {"system": tessera_empi::nhs::SYSTEM, "value": nhs}],
             "name": [{"family": family, "given": [given]}],
             "gender": if rng.below(2) == 0 { "female" } else { "male" },
             "birthDate": birth,

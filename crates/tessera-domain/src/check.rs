@@ -118,6 +118,27 @@ impl Domain {
         if self.settings.token_minutes == 0 {
             found.push(entry(), "settings".into(), "token_minutes must be at least 1".into());
         }
+        let index = &self.patient_index;
+        if !(index.lower.is_finite() && index.upper.is_finite() && index.lower <= index.upper) {
+            found.push(entry(), "patient_index".into(), format!("lower ({}) must be a number no greater than upper ({})", index.lower, index.upper));
+        }
+        for (name, f) in [
+            ("nhs_number", index.nhs_number),
+            ("family", index.family),
+            ("given", index.given),
+            ("birth_date", index.birth_date),
+            ("sex", index.sex),
+            ("postcode", index.postcode),
+            ("address", index.address),
+            ("phone", index.phone),
+        ] {
+            if !(f.m > 0.0 && f.m < 1.0 && f.u > 0.0 && f.u < 1.0) {
+                found.push(entry(), "patient_index".into(), format!("{name}: m and u are probabilities strictly between 0 and 1 (m = {}, u = {})", f.m, f.u));
+            }
+        }
+        if index.blocking.is_empty() {
+            found.push(entry(), "patient_index".into(), "blocking needs at least one key, or no registration would ever be compared".into());
+        }
     }
 
     fn check_id(found: &mut Found, entry: &Entry, at: &str, id: &str) {

@@ -109,6 +109,8 @@ struct FileDomain {
     service_accounts: Vec<Spanned<FileServiceAccount>>,
     #[serde(default)]
     sharing: Vec<Spanned<FileSharing>>,
+    #[serde(default)]
+    patient_index: Option<tessera_empi::Config>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +139,8 @@ struct FileRole {
     may_break_glass: bool,
     #[serde(default)]
     sees_sealed: bool,
+    #[serde(default)]
+    merges_patients: crate::model::MergeScope,
 }
 
 fn yes() -> bool {
@@ -152,6 +156,8 @@ struct FileOrganisation {
     ods_code: Option<String>,
     #[serde(default)]
     parent: Option<String>,
+    #[serde(default)]
+    mrn_system: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -387,6 +393,7 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
                     relationship,
                     may_break_glass: r.may_break_glass,
                     sees_sealed: r.sees_sealed,
+                    merges_patients: r.merges_patients,
                 });
             }
         }
@@ -395,7 +402,7 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
     for o in file.organisations {
         note(Section::Organisation, &o.get_ref().id, o.span());
         let o = o.into_inner();
-        domain.organisations.push(Organisation { id: o.id, name: o.name, ods_code: o.ods_code, parent: o.parent });
+        domain.organisations.push(Organisation { id: o.id, name: o.name, ods_code: o.ods_code, parent: o.parent, mrn_system: o.mrn_system });
     }
     for l in file.locations {
         note(Section::Location, &l.get_ref().id, l.span());
@@ -444,6 +451,10 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
         note(Section::Sharing, &key, a.span());
         let a = a.into_inner();
         domain.sharing.push(SharingAgreement { owner: a.owner, viewer: a.viewer, classes: a.classes });
+    }
+
+    if let Some(config) = file.patient_index {
+        domain.patient_index = config;
     }
 
     local.into_result(|e| lines.by_index(e))?;

@@ -43,6 +43,7 @@ impl Domain {
             self.name = other.name;
         }
         self.settings = other.settings;
+        self.patient_index = other.patient_index;
         upsert(&mut self.roles, other.roles, |r| r.id.clone(), |_, new| new);
         upsert(&mut self.organisations, other.organisations, |o| o.id.clone(), |_, new| new);
         upsert(&mut self.locations, other.locations, |l| l.id.clone(), |_, new| new);
@@ -64,7 +65,7 @@ impl Domain {
             name: "Tessera domain".into(),
             settings: Settings::default(),
             roles: default_roles(),
-            organisations: vec![Organisation { id: BOOTSTRAP_ORGANISATION.into(), name: "Tessera domain".into(), ods_code: None, parent: None }],
+            organisations: vec![Organisation { id: BOOTSTRAP_ORGANISATION.into(), name: "Tessera domain".into(), ods_code: None, parent: None, mrn_system: None }],
             locations: Vec::new(),
             users: vec![User {
                 id: BOOTSTRAP_ADMIN.into(),
@@ -81,6 +82,7 @@ impl Domain {
                 scopes: vec!["system/*.*".into()],
             }],
             sharing: Vec::new(),
+            patient_index: Default::default(),
         }
     }
 

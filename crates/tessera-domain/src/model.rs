@@ -129,6 +129,24 @@ pub struct Role {
     /// May see data sealed by another organisation (named roles for sealed data).
     #[serde(default)]
     pub sees_sealed: bool,
+    /// May merge and unmerge patient records (`Patient/$merge`, `$unmerge`, the patient
+    /// index's review worklist), and how widely.
+    #[serde(default)]
+    pub merges_patients: MergeScope,
+}
+
+/// How widely a role may merge patient records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergeScope {
+    /// Not at all (the default).
+    #[default]
+    None,
+    /// Only records whose data is held by the subject's own trust alone.
+    Trust,
+    /// Any records of the domain, including those held by several organisations (the
+    /// records-management role).
+    Domain,
 }
 
 /// An organisation: a trust (no parent) or a hospital/site within one.
@@ -142,6 +160,10 @@ pub struct Organisation {
     /// Parent organisation id (a site's trust).
     #[serde(default)]
     pub parent: Option<String>,
+    /// The identifier system of this organisation's local patient numbers (MRNs). A site
+    /// without one uses its trust's; see [`Domain::mrn_system`].
+    #[serde(default)]
+    pub mrn_system: Option<String>,
 }
 
 /// A place within an organisation: department, ward, clinic, bay.
@@ -234,7 +256,7 @@ impl Default for Settings {
 }
 
 /// The whole domain configuration.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Domain {
     pub name: String,
     #[serde(default)]
@@ -251,6 +273,10 @@ pub struct Domain {
     pub service_accounts: Vec<ServiceAccount>,
     #[serde(default)]
     pub sharing: Vec<SharingAgreement>,
+    /// How the patient index matches registrations: weights, thresholds, nicknames,
+    /// blocking keys (the domain file's `[patient_index]`; documented defaults).
+    #[serde(default)]
+    pub patient_index: tessera_empi::Config,
 }
 
 impl Domain {
@@ -272,6 +298,22 @@ impl Domain {
 
     pub fn service_account(&self, id: &str) -> Option<&ServiceAccount> {
         self.service_accounts.iter().find(|s| s.id == id)
+    }
+
+    /// The identifier system of an organisation's local patient numbers: its own
+    /// `mrn_system`, else its trust's, else `https://tessera.health/Id/mrn/<trust id>`.
+    pub fn mrn_system(&self, org: &str) -> String {
+        let own = self.organisation(org).and_then(|o| o.mrn_system.clone());
+        let trust = self.trust_of(org);
+        own.or_else(|| self.organisation(trust).and_then(|o| o.mrn_system.clone())).unwrap_or_else(|| format!("https://tessera.health/Id/mrn/{trust}"))
+    }
+
+    /// The organisation (trust or site) whose MRN system is `system`, if any.
+    pub fn organisation_of_mrn_system(&self, system: &str) -> Option<&Organisation> {
+        self.organisations.iter().find(|o| o.mrn_system.as_deref() == Some(system)).or_else(|| {
+            let trust = system.strip_prefix("https://tessera.health/Id/mrn/")?;
+            self.organisation(trust)
+        })
     }
 
     /// The trust an organisation belongs to (itself if it has no parent).

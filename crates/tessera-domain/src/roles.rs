@@ -6,7 +6,7 @@
 //! and consent still apply on top of them (a role's permission is necessary, never
 //! sufficient).
 
-use crate::model::{DataClass, Permission, RelationshipScope, Role};
+use crate::model::{DataClass, MergeScope, Permission, RelationshipScope, Role};
 use std::collections::BTreeMap;
 
 /// Ids of the built-in roles.
@@ -19,6 +19,7 @@ pub const STUDENT: &str = "student";
 pub const RESEARCHER: &str = "researcher";
 pub const PRIVACY_OFFICER: &str = "privacy-officer";
 pub const DOMAIN_ADMIN: &str = "domain-admin";
+pub const RECORDS_MANAGER: &str = "records-manager";
 
 /// The NRBAC job role codes Tessera knows the display text of (NHS national RBAC
 /// database, "rationalised" access roles).
@@ -59,6 +60,7 @@ fn role(id: &str, name: &str, nrbac_code: &str, permissions: &[(DataClass, Permi
         relationship: RelationshipScope::Site,
         may_break_glass: false,
         sees_sealed: false,
+        merges_patients: MergeScope::None,
     }
 }
 
@@ -80,6 +82,7 @@ fn with_sensitive(mut base: Vec<(DataClass, Permission)>, permission: Permission
 /// | `researcher` | R8012 Information Officer Access Role | no patient data | site (no effect) |
 /// | `privacy-officer` | R0001 Privacy Officer | audit r, demographics r; no care relationship needed | site (no effect) |
 /// | `domain-admin` | R8015 Systems Support Access Role | configuration rwd; no patient data | site (no effect) |
+/// | `records-manager` | R8011 Clerical Manager Access Role | demographics rw, administrative r; merges patient records domain-wide; no care relationship needed | site (no effect) |
 ///
 /// *relationship* is the granularity of the care relationship ([`RelationshipScope`]):
 /// `site` — a care link anywhere at the user's organisation (hospital or site) counts;
@@ -167,5 +170,14 @@ pub fn default_roles() -> Vec<Role> {
         // R8015 Systems Support Access Role: maintains the domain's organisations,
         // locations, users and roles; no patient data.
         role(DOMAIN_ADMIN, "Domain administrator", "R8015", &[(Configuration, RWD)]),
+        // R8011 Clerical Manager Access Role: the health records (patient index) team. Works
+        // the duplicate worklist and merges records across the whole domain: reads and
+        // corrects demographics and sees administrative data (what refers to a record),
+        // for any patient, without a care relationship; never clinical data.
+        Role {
+            needs_relationship: false,
+            merges_patients: MergeScope::Domain,
+            ..role(RECORDS_MANAGER, "Health records manager", "R8011", &[(Demographics, RW), (Administrative, R)])
+        },
     ]
 }

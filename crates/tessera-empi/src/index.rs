@@ -2,14 +2,21 @@
 //! the people who share a key with it, and only those are scored.
 
 use crate::person::Person;
-use crate::score::{blocking_keys, Config, Score};
+use crate::score::{default_blocking, keys_of, BlockingKey, Config, Score};
 use std::collections::HashMap;
 
 /// People by blocking key. Ids are the order of insertion.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Index {
     people: Vec<Person>,
     blocks: HashMap<String, Vec<u32>>,
+    keys: Vec<BlockingKey>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::new()
+    }
 }
 
 /// Blocks larger than this are not used to find candidates (a key shared by very many
@@ -17,14 +24,20 @@ pub struct Index {
 pub const MAX_BLOCK: usize = 2_000;
 
 impl Index {
+    /// An index blocking on the default keys.
     pub fn new() -> Index {
-        Index::default()
+        Index::with_blocking(default_blocking())
+    }
+
+    /// An index blocking on `keys` (the domain's `patientIndex.blocking`).
+    pub fn with_blocking(keys: Vec<BlockingKey>) -> Index {
+        Index { people: Vec::new(), blocks: HashMap::new(), keys }
     }
 
     /// Adds a person; returns their id.
     pub fn insert(&mut self, person: Person) -> u32 {
         let id = self.people.len() as u32;
-        for key in blocking_keys(&person) {
+        for key in keys_of(&self.keys, &person) {
             self.blocks.entry(key).or_default().push(id);
         }
         self.people.push(person);
@@ -45,7 +58,7 @@ impl Index {
 
     /// The ids sharing a blocking key with `person`, each once.
     pub fn candidates(&self, person: &Person) -> Vec<u32> {
-        let mut out: Vec<u32> = blocking_keys(person)
+        let mut out: Vec<u32> = keys_of(&self.keys, person)
             .iter()
             .filter_map(|k| self.blocks.get(k))
             .filter(|b| b.len() <= MAX_BLOCK)

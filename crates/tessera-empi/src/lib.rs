@@ -23,4 +23,4 @@ pub mod text;
 pub use index::Index;
 pub use nhs::{NhsError, NhsNumber};
 pub use person::{Birth, Person};
-pub use score::{blocking_keys, Config, Decision, Score};
+pub use score::{blocking_keys, BlockingKey, Config, Decision, Score};

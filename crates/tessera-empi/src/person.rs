@@ -42,8 +42,12 @@ pub struct Person {
     pub phones: Vec<String>,
 }
 
+/// At most this many values of each kind are compared (a record with hundreds of names or
+/// addresses costs no more to match than one with a few).
+pub const MAX_VALUES: usize = 8;
+
 impl Person {
-    /// Reads the demographics of a FHIR Patient.
+    /// Reads the demographics of a FHIR Patient (at most [`MAX_VALUES`] of each kind).
     pub fn from_patient(patient: &Value) -> Person {
         let strings = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect() };
         let mut p = Person::default();
@@ -54,13 +58,13 @@ impl Person {
                 }
             }
         }
-        for n in patient["name"].as_array().into_iter().flatten() {
+        for n in patient["name"].as_array().into_iter().flatten().take(MAX_VALUES) {
             if let Some(f) = n["family"].as_str() {
                 if !p.family.iter().any(|x| x == f) {
                     p.family.push(f.to_string());
                 }
             }
-            for g in strings(&n["given"]) {
+            for g in strings(&n["given"]).into_iter().take(MAX_VALUES) {
                 if !p.given.contains(&g) {
                     p.given.push(g);
                 }
@@ -68,7 +72,7 @@ impl Person {
         }
         p.birth = patient["birthDate"].as_str().and_then(Birth::parse);
         p.sex = patient["gender"].as_str().map(str::to_string);
-        for a in patient["address"].as_array().into_iter().flatten() {
+        for a in patient["address"].as_array().into_iter().flatten().take(MAX_VALUES) {
             if let Some(pc) = a["postalCode"].as_str().map(crate::text::postcode).filter(|p| !p.is_empty()) {
                 p.postcodes.push(pc);
             }
@@ -76,13 +80,18 @@ impl Person {
                 p.address_lines.push(line.to_string());
             }
         }
-        for t in patient["telecom"].as_array().into_iter().flatten() {
+        for t in patient["telecom"].as_array().into_iter().flatten().take(MAX_VALUES * 2) {
             if t["system"].as_str() == Some("phone") {
                 if let Some(v) = t["value"].as_str().map(crate::text::phone).filter(|v| v.len() >= 6) {
                     p.phones.push(v);
                 }
             }
         }
+        p.family.truncate(MAX_VALUES);
+        p.given.truncate(MAX_VALUES);
+        p.postcodes.truncate(MAX_VALUES);
+        p.address_lines.truncate(MAX_VALUES);
+        p.phones.truncate(MAX_VALUES);
         p
     }
 }

@@ -29,10 +29,10 @@ impl Field {
     }
 }
 
-/// The matcher's settings (the domain file's `patientIndex` section); every value has a
+/// The matcher's settings (the domain file's `[patient_index]` section); every value has a
 /// documented default ([`Config::default`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub nhs_number: Field,
     pub family: Field,
@@ -50,6 +50,34 @@ pub struct Config {
     pub name_agree: f64,
     /// Groups of names that are the same given name (`William`, `Bill`, `Will`, `Liam`).
     pub nicknames: Vec<Vec<String>>,
+    /// Which records are compared at all: candidates share at least one of these keys.
+    pub blocking: Vec<BlockingKey>,
+}
+
+/// A blocking key: records that share one are compared (see [`Config::blocking_keys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockingKey {
+    /// The NHS number.
+    NhsNumber,
+    /// The NYSIIS code of each family name (and each part of a double name) with the year
+    /// of birth.
+    FamilySoundYear,
+    /// The full date of birth (day and month in either order) with the first letter of the
+    /// first given name.
+    BirthDateInitial,
+    /// The full date of birth (day and month in either order) alone.
+    BirthDate,
+    /// Each postcode with the first letter of the first given name.
+    PostcodeInitial,
+    /// The NYSIIS code of the first given name with the full date of birth.
+    GivenSoundBirthDate,
+}
+
+/// The default blocking keys.
+pub fn default_blocking() -> Vec<BlockingKey> {
+    use BlockingKey::*;
+    vec![NhsNumber, FamilySoundYear, BirthDateInitial, BirthDate, PostcodeInitial]
 }
 
 impl Default for Config {
@@ -68,6 +96,7 @@ impl Default for Config {
             lower: 10.0,
             name_agree: 0.92,
             nicknames: default_nicknames(),
+            blocking: default_blocking(),
         }
     }
 }
@@ -295,6 +324,12 @@ impl Config {
         if decision == Decision::Link && ((given_level == Some(Level::Disagree) && nhs.0 != Level::Agree) || nhs.0 == Level::Disagree) {
             decision = Decision::Review;
         }
+        // Without a name to compare on either side (or an agreeing NHS number), a shared
+        // date of birth and sex say too little about a person even to ask a reviewer.
+        let family_level = fields.iter().find(|f| f.field == "family").map(|f| f.level);
+        if nhs.0 != Level::Agree && family_level == Some(Level::Missing) && given_level == Some(Level::Missing) {
+            decision = Decision::Distinct;
+        }
         Score { total, fields, decision }
     }
 }
@@ -335,28 +370,58 @@ fn birth_level(a: Option<Birth>, b: Option<Birth>) -> (Level, &'static str) {
     (Level::Disagree, "different")
 }
 
-/// The blocking keys of a person: candidates for comparison share at least one. The NHS
-/// number; the NYSIIS code of each family name with the year of birth; the full date of
-/// birth with the first letter of the given name; the postcode with that letter.
+/// The blocking keys of a person under the default configuration.
 pub fn blocking_keys(p: &Person) -> Vec<String> {
+    keys_of(&default_blocking(), p)
+}
+
+impl Config {
+    /// The blocking keys of a person: candidates for comparison share at least one.
+    pub fn blocking_keys(&self, p: &Person) -> Vec<String> {
+        keys_of(&self.blocking, p)
+    }
+}
+
+pub(crate) fn keys_of(kinds: &[BlockingKey], p: &Person) -> Vec<String> {
     let mut keys = Vec::new();
-    if let Some(n) = &p.nhs_number {
-        keys.push(format!("nhs:{}", n.as_str()));
-    }
     let first = initial(&p.given).map(String::from).unwrap_or_default();
-    if let Some(b) = p.birth {
-        for f in p.family.iter().flat_map(|f| text::name_parts(f)) {
-            keys.push(format!("fy:{}:{}", text::nysiis(&f), b.year));
+    // Day and month in order, so that a transposition meets the original.
+    let full = p.birth.and_then(|b| Some((b.year, b.month?, b.day?))).map(|(y, m, d)| format!("{y}-{}-{}", m.min(d), m.max(d)));
+    for kind in kinds {
+        match kind {
+            BlockingKey::NhsNumber => {
+                if let Some(n) = &p.nhs_number {
+                    keys.push(format!("nhs:{}", n.as_str()));
+                }
+            }
+            BlockingKey::FamilySoundYear => {
+                if let Some(b) = p.birth {
+                    for f in p.family.iter().flat_map(|f| text::name_parts(f)) {
+                        keys.push(format!("fy:{}:{}", text::nysiis(&f), b.year));
+                    }
+                }
+            }
+            BlockingKey::BirthDateInitial => {
+                if let Some(d) = &full {
+                    keys.push(format!("dob:{d}:{first}"));
+                }
+            }
+            BlockingKey::BirthDate => {
+                if let Some(d) = &full {
+                    keys.push(format!("dob:{d}"));
+                }
+            }
+            BlockingKey::PostcodeInitial => {
+                for pc in &p.postcodes {
+                    keys.push(format!("pc:{pc}:{first}"));
+                }
+            }
+            BlockingKey::GivenSoundBirthDate => {
+                if let (Some(g), Some(d)) = (p.given.first(), &full) {
+                    keys.push(format!("gd:{}:{d}", text::nysiis(&text::name(g))));
+                }
+            }
         }
-        if let (Some(m), Some(d)) = (b.month, b.day) {
-            // Day and month in order, so that a transposition meets the original.
-            let (lo, hi) = (m.min(d), m.max(d));
-            keys.push(format!("dob:{}-{lo}-{hi}:{first}", b.year));
-            keys.push(format!("dob:{}-{lo}-{hi}", b.year));
-        }
-    }
-    for pc in &p.postcodes {
-        keys.push(format!("pc:{pc}:{first}"));
     }
     keys.sort();
     keys.dedup();

@@ -39,7 +39,12 @@ pub fn event(access: &Access, name: &str, outcome_ok: bool, entities: &[String],
         kind,
         recorded_micros: tessera_store::now_micros(),
         outcome: if outcome_ok { Outcome::Success } else { Outcome::MinorFailure },
-        outcome_desc: (!outcome_ok).then(|| "not found or not permitted".to_string()),
+        outcome_desc: if outcome_ok {
+            // A write's note: the patient index's decision, a merge's summary.
+            detail.filter(|_| matches!(name, "create" | "update" | "transaction" | "batch" | "$merge" | "$unmerge" | "$resolve")).map(str::to_string)
+        } else {
+            Some("not found or not permitted".to_string())
+        },
         denied: !outcome_ok,
         agent: Agent { who, name: Some(access.name.clone()), role, organisation: Some(format!("Organization/{}", access.organisation)), network_address: None },
         resources: entities.to_vec(),

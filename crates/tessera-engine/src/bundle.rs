@@ -254,6 +254,10 @@ enum Plan {
     Noop,
     /// Read after the writes.
     Get(EntryRequest),
+    /// A Patient registration the patient index linked to an existing record: answered
+    /// with the record as the subject may see it (`stored`: the version written, or the
+    /// existing one when the registration added nothing).
+    Linked { stored: Box<tessera_store::Stored>, submitted: Box<Value>, status: u16 },
 }
 
 /// A bundle as received: the shell is parsed, each entry's resource stays raw JSON text
@@ -345,13 +349,16 @@ impl Engine {
         }
         let mut gate = self.gate(access);
         for _attempt in 0..RETRIES {
-            let (plans, writes) = self.try_transaction(&mut gate, &requests, &raws, &full_urls).await?;
+            let (plans, writes, registrations) = self.try_transaction(&mut gate, &requests, &raws, &full_urls).await?;
             let written: Vec<VersionedResource> = match prefer {
                 Some(ReturnPreference::Representation) => writes.iter().map(crate::rest::written).collect(),
                 _ => writes.iter().map(crate::rest::written_head).collect(),
             };
             match self.commit_gated(&mut gate, writes).await {
-                Ok(()) => return self.transaction_response(&mut gate, plans, written, prefer).await,
+                Ok(()) => {
+                    registrations.into_iter().for_each(crate::patient_index::Registration::confirm);
+                    return self.transaction_response(&mut gate, plans, written, prefer).await;
+                }
                 Err(StoreError::Conflict { index, reason, .. }) => {
                     if let Some(req) = user_precondition(&plans, &requests, index) {
                         return Err(FhirError::precondition_failed(format!("{}/{}: {reason}", req.resource_type, req.id.as_deref().unwrap_or(""))));
@@ -372,8 +379,17 @@ impl Engine {
         requests: &[EntryRequest],
         raws: &[Option<&serde_json::value::RawValue>],
         full_urls: &[Option<String>],
-    ) -> Result<(Vec<Plan>, Vec<Write>), FhirError> {
+    ) -> Result<(Vec<Plan>, Vec<Write>, Vec<crate::patient_index::Registration>), FhirError> {
         let store = self.store();
+        // Patient registrations: the patient index's decisions (linked: the note; new: the
+        // worklist candidates), by entry.
+        let mut registrations = Vec::new();
+        let mut linked: HashMap<usize, String> = HashMap::new();
+        let mut reviews: Vec<(String, Vec<(String, tessera_empi::Score)>)> = Vec::new();
+        let mut notes: Vec<String> = Vec::new();
+        let entry_types: HashMap<&str, &str> =
+            full_urls.iter().zip(requests).filter_map(|(f, r)| Some((f.as_deref()?, r.resource_type.as_str()))).collect();
+        let entry_type = |r: &str| -> Option<&'static str> { tessera_fhir::definitions::definitions().resource(entry_types.get(r)?).map(|td| td.name.as_str()) };
         // 1. Decide the id of every written entry.
         let mut ids: Vec<Option<String>> = vec![None; requests.len()];
         let mut plans: Vec<Option<Plan>> = (0..requests.len()).map(|_| None).collect();
@@ -381,6 +397,48 @@ impl Engine {
         for (i, req) in requests.iter().enumerate() {
             let at = format!("Bundle.entry[{i}].request");
             match req.method.as_str() {
+                "POST" if req.resource_type == "Patient" => {
+                    let mut conditional = None;
+                    if let Some(q) = &req.if_none_exist {
+                        let criteria = criteria::parse(&req.resource_type, q).map_err(|e| e.at(format!("{at}.ifNoneExist")))?;
+                        let (matches, precondition) = self.conditional_matches(gate, &criteria).await?;
+                        match matches.as_slice() {
+                            [] => conditional = Some(precondition),
+                            [id] => {
+                                ids[i] = Some(id.clone());
+                                plans[i] = Some(Plan::Existing { resource_type: req.resource_type.clone(), id: id.clone() });
+                                continue;
+                            }
+                            _ => return Err(multiple(&req.resource_type, q).at(format!("{at}.ifNoneExist"))),
+                        }
+                    }
+                    let entry_at = format!("Bundle.entry[{i}]");
+                    // Invalid resources are reported with the others in step 3.
+                    let Some(value) = raws[i].and_then(|raw| parse_resource(raw, &entry_at).ok()).and_then(|v| self.validated_resolving("Patient", v, Some(&entry_type)).ok()).map(Value::Object) else {
+                        ids[i] = Some(new_id());
+                        preconditions[i] = Precondition::Absent;
+                        continue;
+                    };
+                    let registration = self.register(&value, &new_id(), true).await?;
+                    notes.push(registration.note.clone());
+                    match registration.outcome.clone() {
+                        crate::patient_index::Outcome::Link { id } => {
+                            ids[i] = Some(id);
+                            linked.insert(i, registration.note.clone());
+                        }
+                        crate::patient_index::Outcome::New { id, precondition, review } => {
+                            ids[i] = Some(id.clone());
+                            preconditions[i] = match (precondition, conditional) {
+                                (Precondition::Absent, Some(c)) => c,
+                                (p, _) => p,
+                            };
+                            if !review.is_empty() {
+                                reviews.push((id, review));
+                            }
+                        }
+                    }
+                    registrations.push(registration);
+                }
                 "POST" => match &req.if_none_exist {
                     Some(q) => {
                         let criteria = criteria::parse(&req.resource_type, q).map_err(|e| e.at(format!("{at}.ifNoneExist")))?;
@@ -472,6 +530,32 @@ impl Engine {
                 out_plans.push(Plan::Noop);
                 continue;
             }
+            if linked.contains_key(&i) {
+                // A registration linked to an existing Patient: it gains what this one adds.
+                let Some(existing) = store.read("Patient", &id).await?.filter(|s| !s.deleted) else {
+                    return Err(FhirError::new(409, IssueType::Conflict, "the patient record this registration matched has changed; try again"));
+                };
+                let mut value = Value::Object(map.expect("POST carries a resource"));
+                self.resolve_references(gate, &mut value, &resolved, &mut conditional_cache, i).await?;
+                gate.authorize_write(Action::Create, "Patient", &id, None, Some(&value)).await.map_err(|e| e.at(at.to_string()))?;
+                let status = if req.if_none_exist.is_some() { 200 } else { 201 };
+                let organisation = gate.access().organisation.clone();
+                let stored = match self.linked_content(&existing, &value, &organisation)? {
+                    None => existing,
+                    Some(map) => {
+                        let w = prepare_write(map, &id, existing.version + 1, Precondition::Version(existing.version), &Self::stamp(gate, "Patient", Some(&existing)))?;
+                        entities.push(format!("Patient/{id}/_history/{}", w.version));
+                        let stored = crate::patient_index::stored_of(&w);
+                        writes.push(w);
+                        stored
+                    }
+                };
+                if !patients.contains(&id) {
+                    patients.push(id.clone());
+                }
+                out_plans.push(Plan::Linked { stored: Box::new(stored), submitted: Box::new(value), status });
+                continue;
+            }
             let current = match req.method.as_str() {
                 "POST" => None,
                 _ => store.read(&req.resource_type, &id).await?,
@@ -538,9 +622,13 @@ impl Engine {
         if !issues.is_empty() {
             return Err(FhirError::invalid(issues));
         }
+        for (id, review) in &reviews {
+            writes.extend(self.review_writes(gate, id, review).await?);
+        }
         gate.take_audit(); // a previous attempt's record
-        gate.record("transaction", true, &entities, patients, false, None);
-        Ok((out_plans, writes))
+        let note = notes.join("; ");
+        gate.record("transaction", true, &entities, patients, false, (!note.is_empty()).then_some(note.as_str()));
+        Ok((out_plans, writes, registrations))
     }
 
     /// Rewrites `urn:uuid:`/full-URL references to the entries' ids and resolves
@@ -617,6 +705,11 @@ impl Engine {
                     out.version(Some(&format!("{base}/{resource_type}/{id}")), &r, with_body, &[("response", response_member(&r, 200))]);
                 }
                 Plan::Noop => out.empty(None, &[("response", json!({"status": status_line(204)}))]),
+                Plan::Linked { stored, submitted, status } => {
+                    let r = self.link_answer(gate, &stored, &submitted).await?;
+                    let with_body = prefer == Some(ReturnPreference::Representation);
+                    out.version(Some(&format!("{base}/Patient/{}", r.id())), &r, with_body, &[("response", response_member(&r, status))]);
+                }
                 Plan::Get(req) => {
                     let response = |status: u16| [("response", json!({"status": status_line(status)}))];
                     match self.get_entry(&access, &req).await {

@@ -101,6 +101,28 @@ impl VersionedResource {
         VersionedResource { json: w.json.clone(), ..Self::written_head(w) }
     }
 
+    /// The answer to a registration the patient index linked to a record the subject may
+    /// not see: the subject's own submission, under the linked record's id and version.
+    /// Nothing of the existing record but its id is revealed.
+    pub(crate) fn own_submission(linked: &Stored, submitted: &serde_json::Value) -> Self {
+        let mut v = submitted.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.insert("id".into(), linked.id.clone().into());
+            m.insert(
+                "meta".into(),
+                serde_json::json!({"versionId": linked.version.to_string(), "lastUpdated": crate::prepare::format_instant(linked.last_updated_micros)}),
+            );
+        }
+        VersionedResource {
+            resource_type: linked.resource_type.clone(),
+            id: linked.id.clone(),
+            version: linked.version,
+            last_updated_micros: linked.last_updated_micros,
+            deleted: false,
+            json: serde_json::to_vec(&v).unwrap_or_default(),
+        }
+    }
+
     /// [`VersionedResource::written`] without the body (for responses that carry none).
     pub(crate) fn written_head(w: &tessera_store::Write) -> Self {
         VersionedResource {
@@ -321,6 +343,15 @@ impl<'a> Gate<'a> {
         if !self.enforced() || self.access.is_domain_bootstrap() {
             return Ok(Decision::Permit);
         }
+        // The patient index's own records (worklist, merge records): for those who merge.
+        if crate::merge::is_index_record(s) {
+            let own = self.domain.trust_of(&self.access.organisation);
+            return Ok(match crate::merge::merge_scope(self) {
+                tessera_domain::MergeScope::Domain => Decision::Permit,
+                tessera_domain::MergeScope::Trust if s.owner.as_deref().is_some_and(|o| self.domain.trust_of(o) == own) => Decision::Permit,
+                _ => Decision::Deny,
+            });
+        }
         let facts = meta_facts(&s.json);
         let patient = if s.resource_type == "Patient" { Some(s.id.as_str()) } else { s.compartment.as_deref() };
         let pf = match patient {
@@ -424,6 +455,11 @@ impl<'a> Gate<'a> {
             Action::Read => tessera_auth::ScopeOp::Read,
         };
         self.access.require_scope(resource_type, op)?;
+        if existing.is_some_and(|c| !c.deleted && crate::merge::is_index_record(c)) {
+            return Err(FhirError::method_not_allowed(
+                "this record is kept by the patient index: decide a worklist pair with Task/[id]/$resolve, undo a merge with Patient/$unmerge",
+            ));
+        }
         if !self.enforced() {
             return Ok(());
         }
@@ -497,6 +533,20 @@ impl<'a> Gate<'a> {
         let entity = format!("{}/{}/_history/{}", w.resource_type, w.id, w.version);
         let break_glass = std::mem::take(&mut self.used_break_glass);
         self.record(interaction, true, &[entity], patients, break_glass, None);
+    }
+
+    /// [`Gate::record_write`] with a note on the audit record (the patient index's decision).
+    pub fn record_write_noted(&mut self, interaction: &str, w: &tessera_store::Write, note: &str) {
+        let patients = if w.resource_type == "Patient" { vec![w.id.clone()] } else { w.compartment.iter().cloned().collect() };
+        let entity = format!("{}/{}/_history/{}", w.resource_type, w.id, w.version);
+        let break_glass = std::mem::take(&mut self.used_break_glass);
+        self.record(interaction, true, &[entity], patients, break_glass, Some(note));
+    }
+
+    /// Records an action with a note on its audit record (rendered as `outcomeDesc`).
+    pub fn record_noted(&mut self, interaction: &str, outcome_ok: bool, entities: &[String], patients: Vec<String>, note: &str) {
+        let break_glass = std::mem::take(&mut self.used_break_glass);
+        self.record(interaction, outcome_ok, entities, patients, break_glass, Some(note));
     }
 
     /// Records an access for the audit trail (nothing when enforcement is off, which only a

@@ -17,6 +17,9 @@
 //!   FHIRPath invariants of the R4 definitions.
 //! * [`references`] — a literal reference must name a resource that exists.
 //! * [`worklist`] — the patients at a ward or clinic, through the same gate.
+//! * [`patient_index`] — matching at registration, `$match`, IHE PIXm, the duplicate
+//!   review worklist.
+//! * [`merge`] — `Patient/$merge` and `$unmerge`.
 
 pub mod access;
 pub mod audit;
@@ -34,6 +37,8 @@ pub mod invariants;
 pub mod meta;
 pub mod operations;
 pub mod patch;
+pub mod patient_index;
+pub mod merge;
 pub mod prepare;
 pub mod privacy;
 pub mod references;
@@ -200,13 +205,15 @@ struct Inner {
     cache: cache::FactsCache,
     /// Break-glass grants made since start (an operator alert metric).
     break_glass: std::sync::atomic::AtomicU64,
+    /// The patient index's in-memory candidates ([`patient_index`]).
+    patient_index: patient_index::PatientIndex,
 }
 
 impl Engine {
     /// An engine over `store`, starting with the bootstrap domain; call
     /// [`Engine::load_domain`] to use the domain stored in the database.
     pub fn new(store: DynStore, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { store, config, domain: RwLock::new(Arc::new(Domain::bootstrap())), cache: Default::default(), break_glass: Default::default() }) }
+        Engine { inner: Arc::new(Inner { store, config, domain: RwLock::new(Arc::new(Domain::bootstrap())), cache: Default::default(), break_glass: Default::default(), patient_index: Default::default() }) }
     }
 
     /// Break-glass grants made since the server started.
@@ -216,6 +223,10 @@ impl Engine {
 
     pub(crate) fn count_break_glass(&self) {
         self.inner.break_glass.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn patient_index(&self) -> &patient_index::PatientIndex {
+        &self.inner.patient_index
     }
 
     pub(crate) fn cache(&self) -> &cache::FactsCache {

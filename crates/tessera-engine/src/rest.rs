@@ -68,6 +68,11 @@ impl Engine {
         }
         let value = Value::Object(map);
         crate::invariants::check_write(&value, &self.config().limits, resolve).map_err(FhirError::invalid)?;
+        if matches!(resource_type, "Task" | "Provenance") && serde_json::to_string(&value).is_ok_and(|s| s.contains(crate::patient_index::INDEX_SYSTEM)) {
+            return Err(FhirError::unprocessable(
+                "Tasks and Provenances of the patient index are written by the server: decide a worklist pair with Task/[id]/$resolve, merge with Patient/$merge",
+            ));
+        }
         match value {
             Value::Object(mut map) => {
                 if resource_type == "Patient" {
@@ -205,6 +210,9 @@ impl Engine {
         let binary = self.binary_context(&mut gate, resource_type, &mut value).await?;
         gate.authorize_write(Action::Create, resource_type, "", None, Some(&value)).await?;
         self.check_references(&value, None, &|_: &str| false).await?;
+        if resource_type == "Patient" {
+            return self.register_patient(&mut gate, value, if_none_exist).await;
+        }
         let Value::Object(map) = value else { unreachable!() };
         for _ in 0..RETRIES {
             let precondition = match if_none_exist {
@@ -244,6 +252,86 @@ impl Engine {
         Err(busy(resource_type))
     }
 
+    /// A Patient create: matched by the patient index first ([`crate::patient_index`]).
+    /// A conditional create answers a match the subject may see as usual; otherwise the
+    /// index decides, over the whole domain: link (the record gains what the registration
+    /// adds; 201, or 200 for a conditional create) or a new Patient (201), with possible
+    /// duplicates put on the review worklist in the same transaction.
+    async fn register_patient(&self, gate: &mut Gate<'_>, value: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome, FhirError> {
+        // Registrations of one person at once all add to one record: more patience.
+        for attempt in 0..RETRIES * 8 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1 + (tessera_store::now_micros() as u64 % 7))).await;
+            }
+            let mut conditional = None;
+            if let Some(query) = if_none_exist {
+                let criteria = criteria::parse("Patient", query)?;
+                let (matches, precondition) = self.conditional_matches(gate, &criteria).await?;
+                match matches.as_slice() {
+                    [] => conditional = Some(precondition),
+                    [id] => {
+                        let existing = self.gated_current(gate, "Patient", id).await?;
+                        gate.record_access("read", true, &[format!("Patient/{id}")], vec![id.clone()], Some("conditional create matched"));
+                        gate.flush().await?;
+                        return Ok(WriteOutcome { status: 200, resource: existing.into() });
+                    }
+                    _ => return Err(multiple_matches("Patient", query)),
+                }
+            }
+            let registration = self.register(&value, &new_id(), true).await?;
+            match registration.outcome.clone() {
+                crate::patient_index::Outcome::Link { id } => {
+                    let Some(existing) = self.store().read("Patient", &id).await?.filter(|s| !s.deleted) else { continue };
+                    let status = if if_none_exist.is_some() { 200 } else { 201 };
+                    let organisation = gate.access().organisation.clone();
+                    match self.linked_content(&existing, &value, &organisation)? {
+                        None => {
+                            gate.record_noted("create", true, &[format!("Patient/{id}")], vec![id.clone()], &registration.note);
+                            gate.flush().await?;
+                            let resource = self.link_answer(gate, &existing, &value).await?;
+                            return Ok(WriteOutcome { status, resource });
+                        }
+                        Some(map) => {
+                            let stamp = Self::stamp(gate, "Patient", Some(&existing));
+                            let write = prepare_write(map, &id, existing.version + 1, Precondition::Version(existing.version), &stamp)?;
+                            let stored = crate::patient_index::stored_of(&write);
+                            gate.record_write_noted("create", &write, &registration.note);
+                            match self.commit_gated(gate, vec![write]).await {
+                                Ok(()) => {
+                                    let resource = self.link_answer(gate, &stored, &value).await?;
+                                    return Ok(WriteOutcome { status, resource });
+                                }
+                                Err(StoreError::Conflict { .. }) => continue,
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                    }
+                }
+                crate::patient_index::Outcome::New { id, precondition, review } => {
+                    let precondition = match (precondition, conditional) {
+                        (Precondition::Absent, Some(c)) => c,
+                        (p, _) => p,
+                    };
+                    let Value::Object(map) = value.clone() else { unreachable!() };
+                    let write = prepare_write(map, &id, 1, precondition, &Self::stamp(gate, "Patient", None))?;
+                    let resource = written(&write);
+                    let mut writes = vec![write];
+                    writes.extend(self.review_writes(gate, &id, &review).await?);
+                    gate.record_write_noted("create", &writes[0], &registration.note);
+                    match self.commit_gated(gate, writes).await {
+                        Ok(()) => {
+                            registration.confirm();
+                            return Ok(WriteOutcome { status: 201, resource });
+                        }
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(busy("Patient"))
+    }
+
     /// `PUT [type]/[id]`, with optional `If-Match` version.
     pub async fn update(&self, access: &Access, resource_type: &str, id: &str, body: Value, if_match: Option<u64>) -> Result<WriteOutcome, FhirError> {
         self.check_type(resource_type)?;
@@ -274,6 +362,9 @@ impl Engine {
             let action = if current.as_ref().is_some_and(|c| !c.deleted) { Action::Write } else { Action::Create };
             gate.authorize_write(action, resource_type, id, current.as_ref(), Some(&value)).await?;
             self.check_references(&value, None, &|r: &str| r.split_once('/') == Some((resource_type, id))).await?;
+            if resource_type == "Patient" {
+                self.check_nhs_unique(&value, id).await?;
+            }
             let (version, precondition, status) = match (&current, if_match) {
                 (Some(c), Some(v)) if c.version != v => return Err(stale(resource_type, id, v, Some(c.version))),
                 (None, Some(v)) => return Err(stale(resource_type, id, v, None)),
@@ -391,6 +482,11 @@ impl Engine {
             if current.deleted {
                 return Ok(None);
             }
+            if crate::merge::is_index_record(&current) {
+                return Err(FhirError::method_not_allowed(
+                    "this record is kept by the patient index: decide a worklist pair with Task/[id]/$resolve, undo a merge with Patient/$unmerge",
+                ));
+            }
             let write = prepare_delete(resource_type, id, current.version + 1, Precondition::Version(current.version), &current);
             let resource = written(&write);
             gate.record_write("delete", &write);
@@ -490,6 +586,9 @@ impl Engine {
             let binary = self.binary_context(gate, resource_type, &mut value).await?;
             gate.authorize_write(Action::Write, resource_type, id, Some(&current), Some(&value)).await?;
             self.check_references(&value, None, &|r: &str| r.split_once('/') == Some((resource_type, id))).await?;
+            if resource_type == "Patient" {
+                self.check_nhs_unique(&value, id).await?;
+            }
             let Value::Object(map) = value else { unreachable!() };
             let mut stamp = Self::stamp(gate, resource_type, Some(&current));
             if let Some(b) = &binary {

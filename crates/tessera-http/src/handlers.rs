@@ -646,6 +646,39 @@ pub(crate) async fn operation(
             let text = param("text").and_then(|p| p.get("valueString").and_then(Value::as_str).map(str::to_string)).unwrap_or_default();
             json(engine.break_glass(access, id, &code, &text).await)
         }
+        (OpLevel::Type("Patient"), "$match" | "$merge" | "$unmerge") => {
+            if !post {
+                return post_only();
+            }
+            let Some(body) = input.json.clone() else { return error(FhirError::bad_request(format!("{op} needs a Parameters body"))) };
+            match op {
+                "$match" => bundle(engine.patient_match(access, body).await),
+                "$merge" => json(engine.merge(access, body).await),
+                _ => json(engine.unmerge(access, body).await),
+            }
+        }
+        (OpLevel::Type("Patient"), "$ihe-pix") => {
+            let query = input.as_query();
+            let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+            let Some(source) = pairs.iter().find(|(k, _)| k == "sourceIdentifier").map(|(_, v)| v.clone()) else {
+                return error(FhirError::bad_request("$ihe-pix needs sourceIdentifier=system|value").at("sourceIdentifier"));
+            };
+            let targets: Vec<String> = pairs.iter().filter(|(k, _)| k == "targetSystem").flat_map(|(_, v)| v.split(',').map(str::to_string)).collect();
+            json(engine.ihe_pix(access, &source, &targets).await)
+        }
+        (OpLevel::Instance("Task", id), "$resolve") => {
+            if !post {
+                return post_only();
+            }
+            let param = |name: &str| input.param(name).and_then(|p| p.get("valueCode").or_else(|| p.get("valueString"))).and_then(Value::as_str).map(str::to_string);
+            let query = input.as_query();
+            let from_query = |name: &str| form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned());
+            let Some(decision) = param("decision").or_else(|| from_query("decision")) else {
+                return error(FhirError::bad_request("$resolve needs decision: merge, not-duplicate or defer").at("decision"));
+            };
+            let note = param("note").or_else(|| from_query("note"));
+            json(engine.resolve_candidate(access, id, &decision, note.as_deref()).await)
+        }
         (OpLevel::Instance("Location", id), "$worklist") => {
             let query = input.as_query();
             let kind = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "kind").map(|(_, v)| v.into_owned()).unwrap_or_else(|| "encounter".into());

@@ -16,7 +16,7 @@ fn agreement(owner: &str, viewer: &str, classes: &[(DataClass, Sharing)]) -> Sha
 }
 
 fn org(id: &str, parent: Option<&str>) -> Organisation {
-    Organisation { id: id.into(), name: id.into(), ods_code: None, parent: parent.map(Into::into) }
+    Organisation { id: id.into(), name: id.into(), ods_code: None, parent: parent.map(Into::into), mrn_system: None }
 }
 
 fn domain() -> Domain {
@@ -71,6 +71,7 @@ fn domain() -> Domain {
                 ],
             ),
         ],
+        patient_index: Default::default(),
     }
 }
 

@@ -335,8 +335,9 @@ pub fn rows(resource_type: &str, entries: &[IndexEntry]) -> Vec<Row> {
         let p = if contained { param_key(key_type, &format!("#{param}")) } else { param_key(resource_type, param) };
         let row = match &e.value {
             IndexValue::Token { system, code, text } => {
-                // Tessera's own owner/author tags: ownership is a column of its own.
-                if system.as_deref().is_some_and(|s| s.starts_with("https://tessera.health/")) {
+                // Tessera's own owner/author tags and seals: ownership is a column of its own.
+                // (Its code systems — the patient index's worklist — are indexed as any.)
+                if system.as_deref().is_some_and(|s| matches!(s, "https://tessera.health/owner" | "https://tessera.health/author" | "https://tessera.health/security")) {
                     continue;
                 }
                 if let Some(text) = text.as_ref().filter(|t| !t.is_empty()) {

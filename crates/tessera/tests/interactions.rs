@@ -206,10 +206,13 @@ async fn conditional_patch(s: &Server) {
     let mut a = patient("CondPatch");
     a["identifier"] = json!([{"system": "urn:cp", "value": "A"}]);
     let a_id = id_of(&s.post("Patient", &a).await);
-    let mut b = patient("CondPatch");
+    // Two different people given the same (non-domain) identifier B.
+    let mut b = json!({"resourceType": "Patient", "name": [{"family": "Brandt", "given": ["Uma"]}], "gender": "male", "birthDate": "1948-02-29"});
     b["identifier"] = json!([{"system": "urn:cp", "value": "B"}]);
-    s.post("Patient", &b).await;
-    s.post("Patient", &b).await;
+    assert_eq!(s.post("Patient", &b).await.status, 201);
+    let mut b2 = json!({"resourceType": "Patient", "name": [{"family": "Osei", "given": ["Kofi"]}], "gender": "female", "birthDate": "2012-12-12"});
+    b2["identifier"] = b["identifier"].clone();
+    assert_eq!(s.post("Patient", &b2).await.status, 201);
     // One match: patched (FHIRPath Patch).
     let patch = patch_of(&[json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.gender"}, {"name": "value", "valueCode": "male"}])]);
     let r = s.request("PATCH", "Patient?identifier=urn:cp|A", &[], Some(&bytes(&patch))).await;
@@ -345,8 +348,11 @@ async fn meta_operations(s: &Server) {
 
 async fn count_zero_and_summary_count(s: &Server) {
     let mut pid = String::new();
-    for _ in 0..3 {
-        pid = id_of(&s.post("Patient", &patient("Counted")).await);
+    // Three different people of one family (the same person registered three times would
+    // be one record).
+    for (given, born) in [("Ann", "1950-03-04"), ("Bob", "1977-11-19"), ("Cat", "2004-07-30")] {
+        let p = json!({"resourceType": "Patient", "name": [{"family": "Counted", "given": [given]}], "gender": "female", "birthDate": born});
+        pid = id_of(&s.post("Patient", &p).await);
     }
     for _ in 0..2 {
         let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "c"}, "subject": {"reference": format!("Patient/{pid}")}});
@@ -389,8 +395,9 @@ async fn post_with_query_is_a_conditional_create(s: &Server) {
     assert_eq!(second.status, 200, "{}", body(&second));
     assert_eq!(id_of(&first), id_of(&second));
     assert_eq!(patient_count(s, "GetOrCreate").await, 1);
-    // _format is not a criterion.
-    let r = s.post("Patient?_format=json", &patient("GetOrCreate")).await;
+    // _format is not a criterion (another person of the same family: a new record).
+    let sibling = json!({"resourceType": "Patient", "name": [{"family": "GetOrCreate", "given": ["Sib"]}], "gender": "male", "birthDate": "1999-09-09"});
+    let r = s.post("Patient?_format=json", &sibling).await;
     assert_eq!(r.status, 201);
     // The header and the URL agreeing is fine; disagreeing is refused.
     let r = s.request("POST", "Patient?identifier=urn:goc|1", &[("if-none-exist", "identifier=urn:goc|1")], Some(&bytes(&p))).await;
