@@ -148,7 +148,22 @@ pub(crate) struct Registration {
     pub outcome: Outcome,
     /// The decision in words, for the audit record.
     pub note: String,
+    /// The decision for reports.
+    pub report: MatchReport,
     reservation: Option<(Engine, String)>,
+}
+
+/// What the patient index decided for one registration (for migration reports).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MatchReport {
+    /// `link`, `create` or `review` (created, and a candidate put on the worklist).
+    pub decision: &'static str,
+    /// The Patient linked to, or the review candidate.
+    pub other: Option<String>,
+    /// The score of that pair (none for a link by identifier).
+    pub score: Option<f64>,
+    /// How it was decided, in words.
+    pub note: String,
 }
 
 impl Registration {
@@ -268,7 +283,7 @@ impl Engine {
     }
 
     /// `id`, or the Patient it was merged into (transitively); `None` if deleted.
-    pub(crate) async fn patient_in_force(&self, id: &str) -> Result<Option<String>, FhirError> {
+    pub async fn patient_in_force(&self, id: &str) -> Result<Option<String>, FhirError> {
         let mut id = id.to_string();
         for _ in 0..16 {
             let Some(s) = self.store().read("Patient", &id).await? else { return Ok(None) };
@@ -310,7 +325,9 @@ impl Engine {
         for (system, value) in self.identifying(patient) {
             if let Some(id) = self.patient_by_identifier(&system, &value).await? {
                 let what = if system == NHS_SYSTEM { "NHS number".to_string() } else { format!("MRN ({system})") };
-                return Ok(Registration { note: format!("patient index: linked to Patient/{id} by {what}"), outcome: Outcome::Link { id }, reservation: None });
+                let note = format!("patient index: linked to Patient/{id} by {what}");
+                let report = MatchReport { decision: "link", other: Some(id.clone()), score: None, note: note.clone() };
+                return Ok(Registration { note, report, outcome: Outcome::Link { id }, reservation: None });
             }
         }
         let person = Person::from_patient(patient);
@@ -327,14 +344,14 @@ impl Engine {
                 } else {
                     let best = candidates.first().map(|(id, s)| (id.clone(), s.total, s.decision));
                     match best {
-                        Some((id, total, Decision::Link)) => Some(Registration {
-                            note: format!("patient index: linked to Patient/{id} (score {total:.1}, at or above the upper threshold {})", config.upper),
-                            outcome: Outcome::Link { id },
-                            reservation: None,
-                        }),
+                        Some((id, total, Decision::Link)) => {
+                            let note = format!("patient index: linked to Patient/{id} (score {total:.1}, at or above the upper threshold {})", config.upper);
+                            let report = MatchReport { decision: "link", other: Some(id.clone()), score: Some(round1(total)), note: note.clone() };
+                            Some(Registration { note, report, outcome: Outcome::Link { id }, reservation: None })
+                        }
                         _ => {
                             let review: Vec<(String, Score)> = candidates.into_iter().filter(|(_, s)| s.decision == Decision::Review).take(MAX_REVIEW).collect();
-                            let note = match (review.first(), best) {
+                            let note = match (review.first(), best.clone()) {
                                 (Some((id, s)), _) => format!(
                                     "patient index: new person; possible duplicate of Patient/{id} (score {:.1}; thresholds {} and {}; {}), put on the review worklist",
                                     s.total,
@@ -358,7 +375,12 @@ impl Engine {
                                 }),
                                 None => Precondition::Absent,
                             };
-                            Some(Registration { note, outcome: Outcome::New { id: new_id.to_string(), precondition, review }, reservation })
+                            let report = match (review.first(), best) {
+                                (Some((id, s)), _) => MatchReport { decision: "review", other: Some(id.clone()), score: Some(round1(s.total)), note: note.clone() },
+                                (None, Some((id, total, _))) => MatchReport { decision: "create", other: Some(id), score: Some(round1(total)), note: note.clone() },
+                                (None, None) => MatchReport { decision: "create", other: None, score: None, note: note.clone() },
+                            };
+                            Some(Registration { note, report, outcome: Outcome::New { id: new_id.to_string(), precondition, review }, reservation })
                         }
                     }
                 }
@@ -372,6 +394,14 @@ impl Engine {
             }
         }
         Err(FhirError::new(409, IssueType::Conflict, "a registration of a matching person is still being committed; try again"))
+    }
+
+    /// What the patient index would decide for this Patient, without writing anything (a
+    /// migration's dry run). The Patient is validated as a registration would be.
+    pub async fn registration_preview(&self, patient: Value) -> Result<MatchReport, FhirError> {
+        let map = self.validated("Patient", patient)?;
+        let registration = self.register(&Value::Object(map), &crate::prepare::new_id(), false).await?;
+        Ok(registration.report.clone())
     }
 
     /// Candidates for `$match` and migration dry runs: identifier matches first, then the
@@ -751,5 +781,80 @@ pub(crate) fn stored_of(w: &tessera_store::Write) -> Stored {
         compartment: w.compartment.clone(),
         owner: w.owner.clone(),
         json: w.json.clone(),
+    }
+}
+
+/// One open pair of the review worklist, for `tessera empi review`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpenPair {
+    pub task: String,
+    /// `requested` or `on-hold` (deferred).
+    pub status: String,
+    pub newer: String,
+    pub older: String,
+    pub score: f64,
+    /// Each field's comparison, as the worklist records it.
+    pub fields: Vec<(String, String)>,
+    /// The trusts that hold each record (by their MRNs on it), `—` when none.
+    pub newer_trusts: Vec<String>,
+    pub older_trusts: Vec<String>,
+}
+
+impl Engine {
+    /// The open pairs of the duplicate review worklist this subject may see, oldest first.
+    pub async fn open_duplicates(&self, access: &Access) -> Result<Vec<OpenPair>, FhirError> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let query = format!("code={INDEX_SYSTEM}|{WORKLIST_CODE}&status=requested,on-hold&_sort=_lastUpdated&_count=500&_offset={offset}");
+            let page = self.search(access, crate::search::Scope::Type(Some("Task")), &query, true).await?;
+            let page: Value = serde_json::from_slice(page.as_bytes()).map_err(|e| FhirError::internal(e.to_string()))?;
+            let entries = page["entry"].as_array().cloned().unwrap_or_default();
+            for e in &entries {
+                let t = &e["resource"];
+                let patient = |k: &str| t[k]["reference"].as_str().and_then(|r| r.strip_prefix("Patient/")).unwrap_or_default().to_string();
+                let mut fields = Vec::new();
+                let mut score = 0.0;
+                for i in t["input"].as_array().into_iter().flatten() {
+                    match i["type"]["coding"][0]["code"].as_str() {
+                        Some("score") => score = i["valueDecimal"].as_f64().unwrap_or_default(),
+                        _ => fields.push((i["type"]["text"].as_str().unwrap_or_default().to_string(), i["valueString"].as_str().unwrap_or_default().to_string())),
+                    }
+                }
+                let (newer, older) = (patient("focus"), patient("for"));
+                out.push(OpenPair {
+                    task: t["id"].as_str().unwrap_or_default().to_string(),
+                    status: t["status"].as_str().unwrap_or_default().to_string(),
+                    newer_trusts: self.trusts_of_mrns(&newer).await?,
+                    older_trusts: self.trusts_of_mrns(&older).await?,
+                    newer,
+                    older,
+                    score,
+                    fields,
+                });
+            }
+            if entries.len() < 500 {
+                break;
+            }
+            offset += 500;
+        }
+        Ok(out)
+    }
+
+    /// The trusts whose MRNs a Patient carries (the organisations that registered it).
+    async fn trusts_of_mrns(&self, id: &str) -> Result<Vec<String>, FhirError> {
+        let domain = self.domain();
+        let Some(s) = self.store().read("Patient", id).await? else { return Ok(Vec::new()) };
+        let v: Value = serde_json::from_slice(&s.json).unwrap_or(Value::Null);
+        let mut out: Vec<String> = v["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["system"].as_str().and_then(|s| domain.organisation_of_mrn_system(s)))
+            .map(|o| domain.trust_of(&o.id).to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 }

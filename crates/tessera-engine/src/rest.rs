@@ -211,7 +211,7 @@ impl Engine {
         gate.authorize_write(Action::Create, resource_type, "", None, Some(&value)).await?;
         self.check_references(&value, None, &|_: &str| false).await?;
         if resource_type == "Patient" {
-            return self.register_patient(&mut gate, value, if_none_exist).await;
+            return Ok(self.register_patient(&mut gate, value, if_none_exist).await?.0);
         }
         let Value::Object(map) = value else { unreachable!() };
         for _ in 0..RETRIES {
@@ -252,12 +252,29 @@ impl Engine {
         Err(busy(resource_type))
     }
 
+    /// `POST Patient` as a registration, with the patient index's decision (for migration
+    /// reports): [`Engine::create`] of a Patient.
+    pub async fn register_reporting(&self, access: &Access, body: Value) -> Result<(WriteOutcome, crate::patient_index::MatchReport), FhirError> {
+        let map = self.validated("Patient", body)?;
+        let mut gate = self.gate(access);
+        let value = Value::Object(map);
+        gate.authorize_write(Action::Create, "Patient", "", None, Some(&value)).await?;
+        self.check_references(&value, None, &|_: &str| false).await?;
+        let (outcome, report) = self.register_patient(&mut gate, value, None).await?;
+        Ok((outcome, report.expect("a registration without criteria is always decided by the index")))
+    }
+
     /// A Patient create: matched by the patient index first ([`crate::patient_index`]).
     /// A conditional create answers a match the subject may see as usual; otherwise the
     /// index decides, over the whole domain: link (the record gains what the registration
     /// adds; 201, or 200 for a conditional create) or a new Patient (201), with possible
     /// duplicates put on the review worklist in the same transaction.
-    async fn register_patient(&self, gate: &mut Gate<'_>, value: Value, if_none_exist: Option<&str>) -> Result<WriteOutcome, FhirError> {
+    async fn register_patient(
+        &self,
+        gate: &mut Gate<'_>,
+        value: Value,
+        if_none_exist: Option<&str>,
+    ) -> Result<(WriteOutcome, Option<crate::patient_index::MatchReport>), FhirError> {
         // Registrations of one person at once all add to one record: more patience.
         for attempt in 0..RETRIES * 8 {
             if attempt > 0 {
@@ -273,7 +290,7 @@ impl Engine {
                         let existing = self.gated_current(gate, "Patient", id).await?;
                         gate.record_access("read", true, &[format!("Patient/{id}")], vec![id.clone()], Some("conditional create matched"));
                         gate.flush().await?;
-                        return Ok(WriteOutcome { status: 200, resource: existing.into() });
+                        return Ok((WriteOutcome { status: 200, resource: existing.into() }, None));
                     }
                     _ => return Err(multiple_matches("Patient", query)),
                 }
@@ -289,7 +306,7 @@ impl Engine {
                             gate.record_noted("create", true, &[format!("Patient/{id}")], vec![id.clone()], &registration.note);
                             gate.flush().await?;
                             let resource = self.link_answer(gate, &existing, &value).await?;
-                            return Ok(WriteOutcome { status, resource });
+                            return Ok((WriteOutcome { status, resource }, Some(registration.report.clone())));
                         }
                         Some(map) => {
                             let stamp = Self::stamp(gate, "Patient", Some(&existing));
@@ -299,7 +316,7 @@ impl Engine {
                             match self.commit_gated(gate, vec![write]).await {
                                 Ok(()) => {
                                     let resource = self.link_answer(gate, &stored, &value).await?;
-                                    return Ok(WriteOutcome { status, resource });
+                                    return Ok((WriteOutcome { status, resource }, Some(registration.report.clone())));
                                 }
                                 Err(StoreError::Conflict { .. }) => continue,
                                 Err(e) => return Err(e.into()),
@@ -320,8 +337,9 @@ impl Engine {
                     gate.record_write_noted("create", &writes[0], &registration.note);
                     match self.commit_gated(gate, writes).await {
                         Ok(()) => {
+                            let report = registration.report.clone();
                             registration.confirm();
-                            return Ok(WriteOutcome { status: 201, resource });
+                            return Ok((WriteOutcome { status: 201, resource }, Some(report)));
                         }
                         Err(StoreError::Conflict { .. }) => continue,
                         Err(e) => return Err(e.into()),

@@ -2,7 +2,8 @@
 //! Patients, the first step of migration reconciliation (matching the legacy records with
 //! the domain's patient index and reporting what was created, linked or refused).
 //!
-//! Pure and synchronous; its only I/O is reading the extract files.
+//! Reading is pure and synchronous (its only I/O is reading the extract files); [`run`]
+//! then matches or registers each record through the engine's patient index.
 //!
 //! * [`read_path`] reads a file, or every file of a folder (recursively, in path order),
 //!   into [`Record`]s: one per patient record, each the FHIR Patient it gives or the
@@ -20,6 +21,7 @@
 pub mod fhir;
 pub mod hl7;
 pub mod pas;
+pub mod run;
 
 use serde_json::Value;
 use std::collections::BTreeMap;

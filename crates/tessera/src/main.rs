@@ -62,6 +62,22 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Migration reconciliation: match a joining organisation's legacy patient records with
+    /// the domain's patient index, and register them.
+    ///
+    /// Reads PAS CSV extracts, HL7 v2 ADT files (PID), FHIR Bundles and NDJSON (files or
+    /// folders; formats in docs/migration.md). A dry run changes nothing and reports, per
+    /// record, would-link (with the record and score), would-create, to-review and
+    /// invalid (with the reason). A real run registers each record atomically (linked or
+    /// created, the organisation's MRN attached) and can be repeated safely. Examples:
+    ///   tessera migrate --org rx2 --dry-run legacy/pas.csv
+    ///   tessera migrate --org rx2 --dry-run --json report.json legacy/
+    ///   tessera migrate --org rx2 legacy/
+    #[command(verbatim_doc_comment)]
+    Migrate(MigrateArgs),
+    /// The patient index: the duplicate review worklist.
+    #[command(subcommand)]
+    Empi(EmpiCommand),
     /// Rebuild the search index from the current version of every resource.
     ///
     /// Needed after an upgrade that changes the search parameters or how values are
@@ -284,6 +300,58 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The migrating organisation (its MRN system names the records' local numbers; it
+    /// registers them).
+    #[arg(long)]
+    org: String,
+    /// Match and report only; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Also write the report as JSON to this file (`-` for standard output, instead of
+    /// the table).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// HL7 v2 assigning authority to identifier system, `AUTHORITY=SYSTEM` (repeatable).
+    #[arg(long = "authority", value_name = "AUTHORITY=SYSTEM")]
+    authorities: Vec<String>,
+    /// Extract files or folders.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum EmpiCommand {
+    /// List the open pairs of the duplicate review worklist, or decide one.
+    ///
+    /// Each pair shows its score, the field-by-field comparison and the trusts holding
+    /// each record; the summary counts open pairs per pair of trusts (the
+    /// cross-organisation duplicates figure). Decisions: merge (the newer record into the
+    /// older), not-duplicate (remembered: the pair never returns), defer. Examples:
+    ///   tessera empi review
+    ///   tessera empi review --decide 01a2…e7 --as not-duplicate --note "twins"
+    #[command(verbatim_doc_comment)]
+    Review {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The worklist Task to decide.
+        #[arg(long, requires = "decision")]
+        decide: Option<String>,
+        /// merge, not-duplicate or defer.
+        #[arg(long = "as", value_name = "DECISION", value_parser = ["merge", "not-duplicate", "defer"])]
+        decision: Option<String>,
+        /// A note recorded with the decision.
+        #[arg(long)]
+        note: Option<String>,
+        /// Print the worklist as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
 struct ImportArgs {
     #[command(flatten)]
     store: StoreArgs,
@@ -480,6 +548,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(cmd) => user(cmd).await,
+        Command::Migrate(args) => migrate(args).await,
+        Command::Empi(EmpiCommand::Review { store, decide, decision, note, json }) => {
+            init_logging(false);
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let access = Access::bootstrap();
+            if let (Some(task), Some(decision)) = (decide, decision) {
+                engine.resolve_candidate(&access, &task, &decision, note.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("Task/{task}: {decision}");
+                return Ok(());
+            }
+            let pairs = engine.open_duplicates(&access).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&pairs)?);
+                return Ok(());
+            }
+            let mut by_trusts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+            for p in &pairs {
+                let name = |t: &[String]| if t.is_empty() { "—".to_string() } else { t.join("+") };
+                let (a, b) = (name(&p.newer_trusts), name(&p.older_trusts));
+                let key = if a <= b { format!("{a} / {b}") } else { format!("{b} / {a}") };
+                *by_trusts.entry(key).or_default() += 1;
+                println!("Task/{} ({}) score {:.1}: Patient/{} [{}] ~ Patient/{} [{}]", p.task, p.status, p.score, p.newer, a, p.older, b);
+                for (field, how) in &p.fields {
+                    println!("    {field:<12} {how}");
+                }
+            }
+            println!("{} open pair(s)", pairs.len());
+            for (trusts, n) in by_trusts {
+                println!("  {trusts}: {n}");
+            }
+            Ok(())
+        }
         Command::Reindex { store } => {
             let store = open_store(&store).await?;
             let total = store.stats().await.map_err(|e| anyhow::anyhow!("{e}"))?.current_resources;
@@ -747,4 +847,39 @@ async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
+}
+
+/// `tessera migrate`: read the extracts, then match (dry run) or register each record.
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    init_logging(false);
+    let (engine, _) = open_engine(&args.store, EngineConfig::default()).await?;
+    let domain = engine.domain();
+    if domain.organisation(&args.org).is_none() {
+        anyhow::bail!("'{}' is not an organisation of the domain (see `tessera domain show`)", args.org);
+    }
+    let mut options = tessera_migrate::Options::new(domain.mrn_system(&args.org));
+    for a in &args.authorities {
+        let Some((authority, system)) = a.split_once('=') else { anyhow::bail!("--authority takes AUTHORITY=SYSTEM, not '{a}'") };
+        options.authorities.insert(authority.to_string(), system.to_string());
+    }
+    let mut records = Vec::new();
+    for path in &args.paths {
+        records.extend(tessera_migrate::read_path(path, &options).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new(records.len() as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} matching {pos}/{len} records [{bar:40}] {per_sec} eta {eta}").expect("template").progress_chars("=> "),
+    );
+    let access = Access::system(&args.org);
+    let report = tessera_migrate::run::run(&engine, &access, records, args.dry_run, &|| bar.inc(1)).await;
+    bar.finish_and_clear();
+    match args.json.as_deref() {
+        Some(p) if p == std::path::Path::new("-") => println!("{}", serde_json::to_string_pretty(&report)?),
+        Some(p) => {
+            std::fs::write(p, serde_json::to_vec_pretty(&report)?)?;
+            println!("{report}");
+        }
+        None => println!("{report}"),
+    }
+    Ok(())
 }

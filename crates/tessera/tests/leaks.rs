@@ -23,6 +23,7 @@ on_both_backends!(
     service_accounts_are_bound,
     scopes_narrow_every_path,
     binary_is_as_protected_as_its_security_context,
+    patient_index_paths_follow_the_gate,
 );
 
 /// Expected visibility.
@@ -888,4 +889,64 @@ async fn binary_is_as_protected_as_its_security_context(s: &Server) {
     assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     let raw = s.request("GET", &binary, &[("authorization", &auth), ("accept", "application/pdf")], None).await;
     assert_eq!(raw.body.as_ref(), pdf, "unchanged");
+}
+
+/// The patient index's read paths — `$match`, IHE PIXm, PDQm search, the review worklist
+/// and merge previews — release a patient exactly when a read of that patient would, for
+/// every role; the worklist and merging belong to the records manager alone.
+async fn patient_index_paths_follow_the_gate(s: &Server) {
+    load_demo(s).await;
+    const OBI: Who = ("records.obi", "records-manager", "rx1", None);
+    let patients = [
+        ("jane-smith", "9449305552", "Smith"),
+        ("daniel-okafor", "9449306613", "Okafor"),
+        ("maria-nowak", "9449307342", "Nowak"),
+        ("tom-hughes", "9449308020", "Hughes"),
+    ];
+    // A possible duplicate of Jane, so that the worklist has a pair.
+    let sys = system_token(s, "rx2-southbank-hc", "system/*.*");
+    let lookalike = json!({"resourceType": "Patient", "name": [{"family": "Smith", "given": ["Judith"]}], "birthDate": "1958-03-14", "gender": "female"});
+    let r = s.request_as(&sys, "POST", "Patient", Some(&serde_json::to_vec(&lookalike).unwrap())).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let newer = r.json()["id"].as_str().unwrap().to_string();
+    let tasks = s.get("Task?code=https://tessera.health/CodeSystem/patient-index|possible-duplicate").await.json();
+    let task = tasks["entry"].as_array().and_then(|e| e.first()).map(|e| e["resource"]["id"].as_str().unwrap().to_string());
+    let task = task.unwrap_or_else(|| panic!("a worklist pair: {tasks}"));
+    let mut checked = 0;
+    for who in [PATEL, EVANS, MURPHY, KHAN, OKORO, ALI, LEE, WALSH, CARTER, OBI] {
+        let t = token(s, who);
+        for (id, nhs, family) in patients {
+            let visible = s.request_as(&t, "GET", &format!("Patient/{id}"), None).await.status == 200;
+            let params = json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource":
+                {"resourceType": "Patient", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}]}}]});
+            let m = s.request_as(&t, "POST", "Patient/$match", Some(&serde_json::to_vec(&params).unwrap())).await;
+            let m_body = String::from_utf8_lossy(&m.body).into_owned();
+            assert_eq!(m_body.contains(&format!("Patient/{id}")), visible && m.status == 200, "{who:?} $match {id}: {m_body}");
+            let pix = s.request_as(&t, "GET", &format!("Patient/$ihe-pix?sourceIdentifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"), None).await;
+            assert_eq!(String::from_utf8_lossy(&pix.body).contains(&format!("Patient/{id}")), visible && pix.status == 200, "{who:?} PIXm {id}");
+            if !visible {
+                assert!(matches!(pix.status, 403 | 404), "{who:?} PIXm {id}: {}", pix.status);
+            }
+            let pdq = s.request_as(&t, "GET", &format!("Patient?family:exact={family}&birthdate=ge1900-01-01"), None).await;
+            let pdq_body = String::from_utf8_lossy(&pdq.body).into_owned();
+            assert_eq!(pdq_body.contains(&format!("Patient/{id}\"")) || pdq_body.contains(&format!("\"id\":\"{id}\"")), visible && pdq.status == 200, "{who:?} PDQm {id}: {pdq_body}");
+            checked += 1;
+        }
+        // The worklist: the records manager only.
+        let list = s.request_as(&t, "GET", "Task?code=https://tessera.health/CodeSystem/patient-index|possible-duplicate", None).await;
+        let sees = String::from_utf8_lossy(&list.body).contains(&task);
+        assert_eq!(sees, who.1 == "records-manager", "{who:?} worklist");
+        assert_eq!(s.request_as(&t, "GET", &format!("Task/{task}"), None).await.status == 200, who.1 == "records-manager", "{who:?} Task read");
+        let everything = s.request_as(&t, "GET", &format!("Patient/{newer}/$everything"), None).await;
+        assert!(!String::from_utf8_lossy(&everything.body).contains(&task), "{who:?}: the worklist Task is not part of a record");
+        // Merge previews: only the records manager, and only what it may see.
+        let preview = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "source-patient", "valueReference": {"reference": format!("Patient/{newer}")}},
+            {"name": "target-patient", "valueReference": {"reference": "Patient/jane-smith"}},
+            {"name": "preview", "valueBoolean": true}]});
+        let r = s.request_as(&t, "POST", "Patient/$merge", Some(&serde_json::to_vec(&preview).unwrap())).await;
+        assert_eq!(r.status == 200, who.1 == "records-manager", "{who:?} merge preview: {}", String::from_utf8_lossy(&r.body));
+        assert!(!String::from_utf8_lossy(&r.body).contains("obs-jane"), "{who:?}: no clinical ids in a preview");
+    }
+    assert_eq!(checked, 40);
 }
