@@ -502,6 +502,9 @@ impl Engine {
     /// pair — `merge` (the newer record into the older), `not-duplicate` (remembered: the
     /// pair never returns) or `defer`.
     pub async fn resolve_candidate(&self, access: &Access, task_id: &str, decision: &str, note: Option<&str>) -> Result<Value, FhirError> {
+        if !matches!(decision, "merge" | "not-duplicate" | "defer") {
+            return Err(FhirError::bad_request(format!("'{decision}' is not a decision: merge, not-duplicate or defer")).at("decision"));
+        }
         let mut gate = self.gate(access);
         let Some(task) = self.store().read("Task", task_id).await?.filter(|t| !t.deleted && is_index_record(t)) else {
             return Err(FhirError::not_found("Task", task_id));

@@ -159,6 +159,95 @@ pub const OPERATIONS: &[Operation] = &[
         },
         documentation: "The patients currently at a ward or clinic.",
     },
+    // The patient index (`crate::patient_index`, `crate::merge`).
+    Operation {
+        code: "match",
+        resources: &["Patient"],
+        system: false,
+        type_level: true,
+        instance: false,
+        affects_state: false,
+        definition: Definition::Standard("http://hl7.org/fhir/OperationDefinition/Patient-match"),
+        documentation: "The domain's patient index: Patients that may be the person described (POST Parameters `resource`, `onlyCertainMatches`, `count`), graded certain / probable / possible with a score, only those the user may see.",
+    },
+    Operation {
+        code: "ihe-pix",
+        resources: &["Patient"],
+        system: false,
+        type_level: true,
+        instance: false,
+        affects_state: false,
+        definition: Definition::Standard("https://profiles.ihe.net/ITI/PIXm/OperationDefinition/IHE.PIXm.pix"),
+        documentation: "IHE PIXm (ITI-83): the person's identifiers in other identifier domains (`sourceIdentifier=system|value`, `targetSystem`), through the same access rules as a read.",
+    },
+    Operation {
+        code: "merge",
+        resources: &["Patient"],
+        system: false,
+        type_level: true,
+        instance: false,
+        affects_state: true,
+        definition: Definition::Server {
+            id: "Patient-merge",
+            title: "Merge two patient records",
+            description: "Merges a duplicate record (source) into the record to keep (target), as R5's Patient $merge: the source becomes inactive with a `replaced-by` link, \
+                the target gains a `replaces` link and the source's identifiers, and every resource of the source's record is rewritten to refer to the target. \
+                `preview` reports what would change and changes nothing. Needs a role that may merge (records-manager); records held by several organisations need the domain-wide permission. \
+                Recorded as a Provenance and audited; undone by `$unmerge`.",
+            parameters: &[
+                Param { name: "source-patient", direction: "in", min: 0, max: "1", kind: "Reference", documentation: "The duplicate record (or `source-patient-identifier`)." },
+                Param { name: "source-patient-identifier", direction: "in", min: 0, max: "1", kind: "Identifier", documentation: "The duplicate record, by an identifier." },
+                Param { name: "target-patient", direction: "in", min: 0, max: "1", kind: "Reference", documentation: "The record to keep (or `target-patient-identifier`)." },
+                Param { name: "target-patient-identifier", direction: "in", min: 0, max: "1", kind: "Identifier", documentation: "The record to keep, by an identifier." },
+                Param { name: "result-patient", direction: "in", min: 0, max: "1", kind: "Patient", documentation: "The target as it should read after the merge (its id must be the target's)." },
+                Param { name: "preview", direction: "in", min: 0, max: "1", kind: "boolean", documentation: "Report only; change nothing." },
+                Param { name: "input", direction: "out", min: 1, max: "1", kind: "Parameters", documentation: "The request." },
+                Param { name: "outcome", direction: "out", min: 1, max: "1", kind: "OperationOutcome", documentation: "What moved (or would): counts per type the user may see, the rest counted." },
+                Param { name: "result", direction: "out", min: 0, max: "1", kind: "Patient", documentation: "The target after the merge, when the user may see it." },
+            ],
+        },
+        documentation: "Merges a duplicate patient record into another (records managers; preview available).",
+    },
+    Operation {
+        code: "unmerge",
+        resources: &["Patient"],
+        system: false,
+        type_level: true,
+        instance: false,
+        affects_state: true,
+        definition: Definition::Server {
+            id: "Patient-unmerge",
+            title: "Undo a patient merge",
+            description: "Restores the two records exactly as they were before the merge of `source-patient` (content and references), unless any resource the merge changed has changed since: \
+                then it is refused with an OperationOutcome naming them. Same permission as `$merge`; audited.",
+            parameters: &[
+                Param { name: "source-patient", direction: "in", min: 1, max: "1", kind: "Reference", documentation: "The record that was merged away." },
+                Param { name: "target-patient", direction: "in", min: 0, max: "1", kind: "Reference", documentation: "The record it was merged into (checked when given)." },
+                Param { name: "outcome", direction: "out", min: 1, max: "1", kind: "OperationOutcome", documentation: "What was restored." },
+            ],
+        },
+        documentation: "Undoes a patient merge when that is safe.",
+    },
+    Operation {
+        code: "resolve",
+        resources: &["Task"],
+        system: false,
+        type_level: false,
+        instance: true,
+        affects_state: true,
+        definition: Definition::Server {
+            id: "Task-resolve",
+            title: "Decide a possible duplicate",
+            description: "Decides a pair of the patient index's review worklist (a Task with code possible-duplicate): `merge` (the newer record into the older, as `Patient/$merge`), \
+                `not-duplicate` (remembered: the pair never returns) or `defer`. Needs a role that may merge; audited.",
+            parameters: &[
+                Param { name: "decision", direction: "in", min: 1, max: "1", kind: "code", documentation: "merge, not-duplicate or defer." },
+                Param { name: "note", direction: "in", min: 0, max: "1", kind: "string", documentation: "Why, for the record." },
+                Param { name: "return", direction: "out", min: 1, max: "1", kind: "Task", documentation: "The decided Task." },
+            ],
+        },
+        documentation: "Decides a pair of the duplicate review worklist.",
+    },
 ];
 
 impl Operation {

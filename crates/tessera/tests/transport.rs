@@ -542,6 +542,12 @@ fn operation_call(code: &str, ty: &str, id: Option<&str>, system: bool) -> Optio
         "break-glass" => ("POST", at, params(json!([{"name": "reason", "valueCoding": {"code": "ETREAT"}}, {"name": "text", "valueString": "transport test"}]))),
         "access-log" => ("GET", at, None),
         "worklist" => ("GET", format!("{at}?kind=encounter"), None),
+        "match" => ("POST", at, params(json!([{"name": "resource", "resource": {"resourceType": "Patient", "name": [{"family": "Nobody"}], "birthDate": "1970-01-01"}}]))),
+        // Refused before any record is looked up: the operation is there.
+        "ihe-pix" => ("GET", format!("{at}?sourceIdentifier=urn:x|1&targetSystem=urn:unknown"), None),
+        "merge" => ("POST", at, params(json!([{"name": "source-patient", "valueReference": {"reference": "Patient/x"}}, {"name": "target-patient", "valueReference": {"reference": "Patient/x"}}, {"name": "preview", "valueBoolean": true}]))),
+        "unmerge" => ("POST", at, params(json!([{"name": "source-patient", "valueReference": {"reference": "Organization/x"}}]))),
+        "resolve" => ("POST", at, params(json!([{"name": "decision", "valueCode": "reconsider"}]))),
         _ => return None,
     })
 }
@@ -702,7 +708,9 @@ async fn capability_statement_tells_the_truth(s: &Server) {
                 }
             }
         } else {
-            assert!(definition.starts_with("http://hl7.org/fhir/OperationDefinition/"), "a standard canonical: {definition}");
+            // Defined by FHIR, or by an IHE profile (PIXm).
+            let standard = ["http://hl7.org/fhir/OperationDefinition/", "https://profiles.ihe.net/ITI/"];
+            assert!(standard.iter().any(|p| definition.starts_with(p)), "a standard canonical: {definition}");
         }
         let ty_name = ty.as_deref().unwrap_or("");
         // Operations on every type are called on a few of them.
