@@ -232,16 +232,20 @@ impl Engine {
             }
         }
         let high = state.lock().expect("index lock").as_ref().map_or(0, |b| b.high_seq);
+        // Newest first, in pages that start small (usually a registration or two arrived
+        // since the last match) and grow while they hold only news.
         let mut pages = Vec::new();
         let mut before = None;
+        let mut count = 8;
         loop {
-            let page = self.patient_history(before, 500).await?;
-            let done = page.len() < 500 || page.last().is_none_or(|s| s.seq <= high);
+            let page = self.patient_history(before, count).await?;
+            let done = page.len() < count || page.last().is_none_or(|s| s.seq <= high);
             before = page.last().map(|s| s.seq);
             pages.push(page);
             if done {
                 break;
             }
+            count = (count * 4).min(2_000);
         }
         let mut guard = state.lock().expect("index lock");
         if let Some(b) = guard.as_mut() {

@@ -815,6 +815,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.demo {
         demo::load(&engine).await.context("cannot load the demo data")?;
     }
+    // The patient index is built in the background: registrations that arrive first wait
+    // for it, everything else is served at once.
+    let warming = engine.clone();
+    tokio::spawn(async move {
+        if let Err(e) = warming.warm_patient_index().await {
+            tracing::warn!(error = %e, "the patient index could not be built now; it is built at the first registration");
+        }
+    });
     let mut http = tessera_http::HttpConfig::new(auth);
     http.max_body_bytes = args.max_body_bytes;
     http.cors_origins = args.cors_origins.iter().map(|o| o.trim().to_string()).filter(|o| !o.is_empty()).collect();
