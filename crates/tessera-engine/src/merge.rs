@@ -186,7 +186,8 @@ impl Engine {
             let done = seqs.len() < q.limit;
             for s in self.store().load(&seqs).await? {
                 last = last.max(s.seq);
-                if !(s.resource_type == "Patient" && s.id == patient) && !s.deleted && !is_index_record(&s) {
+                let itself = s.resource_type == "Patient" && s.id == patient;
+                if !(itself || s.deleted || is_index_record(&s)) {
                     out.push(s);
                 }
             }

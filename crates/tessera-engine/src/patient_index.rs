@@ -509,15 +509,14 @@ impl Engine {
             return Ok(None);
         }
         let Value::Object(mut map) = record else { return Err(FhirError::internal("stored Patient is not an object")) };
-        map.remove("meta").map(|m| {
-            // Keep the record's own meta (labels), without the version facts.
-            let mut m = m;
+        // Keep the record's own meta (labels), without the version facts.
+        if let Some(mut m) = map.remove("meta") {
             if let Some(o) = m.as_object_mut() {
                 o.remove("versionId");
                 o.remove("lastUpdated");
             }
             map.insert("meta".into(), m);
-        });
+        }
         let map = self.validated("Patient", Value::Object(map))?;
         Ok(Some(map))
     }

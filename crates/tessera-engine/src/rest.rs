@@ -438,6 +438,9 @@ impl Engine {
                     if existing.as_ref().is_some_and(|e| !e.deleted) {
                         return Err(FhirError::conflict(format!("{resource_type}/{id} exists but does not match the criteria '{query}'")));
                     }
+                    if resource_type == "Patient" {
+                        self.check_nhs_unique(&value, &id).await?;
+                    }
                     let version = existing.as_ref().map_or(1, |d| d.version + 1);
                     let precondition = match (&existing, precondition) {
                         // Re-creating a deleted id: its version must not have moved.
