@@ -861,3 +861,59 @@ impl Engine {
         Ok(out)
     }
 }
+
+impl Engine {
+    /// Finds possible duplicates among the records already in the domain (after a
+    /// migration, or a change of the matcher's settings) and puts each new pair on the
+    /// review worklist: pairs at or above the lower threshold, never merged automatically.
+    /// A pair already on the worklist — open or decided, "not a duplicate" included — is not
+    /// proposed again. `progress` is called with the records scanned so far. Returns the
+    /// records scanned and the pairs added.
+    pub async fn scan_duplicates(&self, access: &Access, progress: &dyn Fn(usize)) -> Result<(usize, usize), FhirError> {
+        self.catch_up().await?;
+        let config = self.domain().patient_index.clone();
+        // A snapshot of who is in force, then each one's candidates (each pair once).
+        let people: Vec<(String, Person)> = {
+            let guard = self.inner_index().state.lock().expect("index lock");
+            let Some(b) = guard.as_ref() else { return Ok((0, 0)) };
+            let mut v: Vec<(String, Person)> = b.current.iter().filter_map(|(id, slot)| Some((id.clone(), b.index.get(*slot)?.clone()))).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let mut added = 0;
+        for (n, (id, person)) in people.iter().enumerate() {
+            let pairs: Vec<(String, Score)> = {
+                let guard = self.inner_index().state.lock().expect("index lock");
+                let b = guard.as_ref().expect("built");
+                b.search(person, &config, Some(id)).into_iter().filter(|(other, s)| other > id && s.decision != Decision::Distinct).collect()
+            };
+            for (other, score) in pairs {
+                if self.pair_known(id, &other).await? {
+                    continue;
+                }
+                // The later registration is the newer record (ids are time-ordered).
+                let (newer, older) = if id > &other { (id.as_str(), other.as_str()) } else { (other.as_str(), id.as_str()) };
+                let mut gate = self.gate(access);
+                let Some(task) = self.worklist_task(&gate, newer, older, &score)? else { continue };
+                gate.record_noted(
+                    "create",
+                    true,
+                    &[format!("Task/{}", task.id)],
+                    vec![newer.to_string(), older.to_string()],
+                    &format!("patient index scan: possible duplicate (score {:.1})", score.total),
+                );
+                match self.commit_gated(&mut gate, vec![task]).await {
+                    Ok(()) => added += 1,
+                    // Proposed meanwhile by a registration: known now.
+                    Err(tessera_store::StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if n % 1000 == 999 {
+                progress(n + 1);
+            }
+        }
+        progress(people.len());
+        Ok((people.len(), added))
+    }
+}

@@ -349,6 +349,17 @@ enum EmpiCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Look for duplicates among the records already in the domain and put new pairs on
+    /// the review worklist (after a migration, or after changing `[patient_index]`).
+    ///
+    /// Pairs at or above the lower threshold are proposed, never merged; a pair already on
+    /// the worklist (decided "not a duplicate" included) is not proposed again. Example:
+    ///   tessera empi scan --data-dir ./tessera-data
+    #[command(verbatim_doc_comment)]
+    Scan {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Args)]
@@ -549,6 +560,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::User(cmd) => user(cmd).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Empi(EmpiCommand::Scan { store }) => {
+            init_logging(false);
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) { indicatif::ProgressBar::new_spinner() } else { indicatif::ProgressBar::hidden() };
+            bar.set_style(indicatif::ProgressStyle::with_template("{spinner} scanning: {msg} records").expect("template"));
+            let (scanned, added) = engine.scan_duplicates(&Access::bootstrap(), &|n| bar.set_message(n.to_string())).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            bar.finish_and_clear();
+            println!("{scanned} records scanned; {added} new pair(s) on the review worklist (`tessera empi review`)");
+            Ok(())
+        }
         Command::Empi(EmpiCommand::Review { store, decide, decision, note, json }) => {
             init_logging(false);
             let (engine, _) = open_engine(&store, EngineConfig::default()).await?;

@@ -17,6 +17,7 @@ on_both_backends!(
     concurrent_registrations_make_one_patient,
     pixm_and_pdqm,
     transaction_registration_links,
+    scan_finds_existing_duplicates_once,
 );
 
 const MURPHY: Who = ("dr.murphy", "doctor", "rx2-southbank-hc", Some("rx2-diabetes-clinic"));
@@ -473,4 +474,30 @@ async fn transaction_registration_links(s: &Server) {
     assert_eq!(enc["subject"]["reference"], "Patient/jane-smith");
     assert_eq!(s.get(&format!("Patient?identifier={NHS}|9449305552")).await.json()["total"], 1);
     assert!(body(&s.get("Patient/jane-smith").await).contains("JS-2"));
+}
+
+/// Records that became alike after registration (an update) are found by a scan; a pair
+/// decided "not a duplicate" is never proposed again.
+async fn scan_finds_existing_duplicates_once(s: &Server) {
+    s.load_demo().await;
+    let a = post(s, ALI, "Patient", &person("Thistlewood", "Agnes", "1939-12-25", json!([{"system": RX1_MRN, "value": "T1"}]))).await.json();
+    let b = post(s, BROWN, "Patient", &json!({"resourceType": "Patient", "name": [{"family": "Unrelated"}], "birthDate": "2001-01-01"})).await.json();
+    let (a, b_id) = (a["id"].as_str().unwrap().to_string(), b["id"].as_str().unwrap().to_string());
+    // Southbank corrects its record: now it looks like Northgate's Agnes, with another given name.
+    let corrected = json!({"resourceType": "Patient", "id": b_id, "name": [{"family": "Thistlewood", "given": ["Winifred"]}], "gender": "female", "birthDate": "1939-12-25",
+        "address": [{"line": ["12 Mill Lane"], "postalCode": "NG1 4AB"}]});
+    assert_eq!(s.put(&format!("Patient/{b_id}"), &corrected).await.status, 200);
+    let (scanned, added) = s.engine.scan_duplicates(&tessera_engine::Access::bootstrap(), &|_| {}).await.unwrap();
+    assert!(scanned >= 6, "{scanned}");
+    assert!(added >= 1, "the pair is found");
+    let list = s.get("Task?code=https://tessera.health/CodeSystem/patient-index|possible-duplicate&status=requested").await.json();
+    let task = list["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).find(|t| {
+        let refs = [t["focus"]["reference"].as_str().unwrap_or_default(), t["for"]["reference"].as_str().unwrap_or_default()];
+        refs.contains(&format!("Patient/{a}").as_str()) && refs.contains(&format!("Patient/{b_id}").as_str())
+    });
+    let task = task.unwrap_or_else(|| panic!("the scanned pair is on the worklist: {list}"))["id"].as_str().unwrap().to_string();
+    let decide = json!({"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "not-duplicate"}, {"name": "note", "valueString": "sisters"}]});
+    assert_eq!(post(s, OBI, &format!("Task/{task}/$resolve"), &decide).await.status, 200);
+    let (_, again) = s.engine.scan_duplicates(&tessera_engine::Access::bootstrap(), &|_| {}).await.unwrap();
+    assert_eq!(again, 0, "a decided pair never returns, and nothing else is new");
 }
