@@ -115,7 +115,7 @@ pub async fn run(engine: &Engine, access: &Access, records: Vec<Record>, dry_run
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (link, create, review) = if self.dry_run { ("would link", "would create", "to review") } else { ("linked", "created", "created for review") };
-        writeln!(f, "{:<44} {:<14} {:<38} {:>6}  detail", "record", "decision", "patient", "score")?;
+        writeln!(f, "{:<44} {:<18} {:<38} {:>6}  detail", "record", "decision", "patient", "score")?;
         for r in &self.records {
             let decision = match r.decision {
                 "link" => link,
@@ -130,7 +130,7 @@ impl fmt::Display for Report {
                 (None, None) => "—".into(),
             };
             let score = r.score.map(|s| format!("{s:.1}")).unwrap_or_default();
-            writeln!(f, "{:<44} {:<14} {:<38} {:>6}  {}", r.source, decision, patient, score, r.detail)?;
+            writeln!(f, "{:<44} {:<18} {:<38} {:>6}  {}", r.source, decision, patient, score, r.detail)?;
         }
         write!(
             f,

@@ -150,3 +150,64 @@ fn reindex_rebuilds_the_search_index() {
     let (ok, text) = tessera(&["reindex", "--help"]);
     assert!(ok && text.contains("--database-url") && text.contains("search index"), "{text}");
 }
+
+/// `tessera migrate`: a dry run reports and changes nothing (table and JSON), a real run
+/// registers, a repeat writes nothing; `tessera empi scan` and `review` list the worklist.
+#[test]
+fn migrate_dry_run_real_run_and_the_review_worklist() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let domain = concat!(env!("CARGO_MANIFEST_DIR"), "/../tessera-domain/demo/demo-domain.toml");
+    let (ok, text) = tessera(&["domain", "apply", "--data-dir", data, domain]);
+    assert!(ok, "{text}");
+    let csv = dir.path().join("pas.csv");
+    std::fs::write(
+        &csv,
+        "MRN,NHS Number,Forename,Surname,Sex,Date of Birth,Postcode\n\
+         S1,943 476 5919,Ivy,Quartermaine,F,03/04/1950,NG1 4AB\n\
+         S2,,Ivan,Quartermaine,M,1950-04-03,NG1 4AB\n\
+         S3,943 476 5918,Bad,Check,M,1960-01-01,\n\
+         S4,,No,Date,M,30/02/1960,\n",
+    )
+    .unwrap();
+    let csv = csv.to_str().unwrap();
+    let (ok, text) = tessera(&["migrate", "--data-dir", data, "--org", "rx2", "--dry-run", csv]);
+    assert!(ok, "{text}");
+    assert!(text.contains("would create") && text.contains("invalid") && text.contains("dry run, nothing changed"), "{text}");
+    assert!(text.contains("not a valid NHS number"), "the reason is given: {text}");
+    let json_path = dir.path().join("report.json");
+    let (ok, text) = tessera(&["migrate", "--data-dir", data, "--org", "rx2", "--dry-run", "--json", json_path.to_str().unwrap(), csv]);
+    assert!(ok, "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["invalid"], 2, "{report}");
+    assert_eq!(report["records"].as_array().unwrap().len(), 4);
+    let (ok, text) = tessera(&["migrate", "--data-dir", data, "--org", "rx2", csv]);
+    assert!(ok, "{text}");
+    assert!(text.contains("migrated: 0 linked, 1 created, 1 created for review, 2 invalid"), "Ivan may be Ivy: {text}");
+    let (ok, text) = tessera(&["migrate", "--data-dir", data, "--org", "rx2", csv]);
+    assert!(ok && text.contains("migrated: 2 linked, 0 created"), "a repeat writes nothing: {text}");
+    // Unknown organisations are named.
+    let (ok, text) = tessera(&["migrate", "--data-dir", data, "--org", "nowhere", csv]);
+    assert!(!ok && text.contains("nowhere"), "{text}");
+    // Ivy and Ivan (same family, birth date transposed, postcode) are on the worklist
+    // already; a scan adds nothing new.
+    let (ok, text) = tessera(&["empi", "scan", "--data-dir", data]);
+    assert!(ok && text.contains("0 new pair(s)"), "{text}");
+    let (ok, text) = tessera(&["empi", "review", "--data-dir", data]);
+    assert!(ok, "{text}");
+    assert!(text.contains("open pair(s)"), "{text}");
+    let (ok, text) = tessera(&["empi", "review", "--data-dir", data, "--json"]);
+    assert!(ok, "{text}");
+    let start = text.find('[').unwrap();
+    let pairs: serde_json::Value = serde_json::from_str(text[start..].trim_end().rsplit_once(']').map(|(a, _)| format!("{a}]")).unwrap().as_str()).unwrap();
+    let first = &pairs.as_array().unwrap()[0];
+    assert!(first["fields"].as_array().unwrap().iter().any(|f| f[0] == "birth-date"), "{first}");
+    assert_eq!(first["older_trusts"][0], "rx2");
+    let task = first["task"].as_str().unwrap();
+    let (ok, text) = tessera(&["empi", "review", "--data-dir", data, "--decide", task, "--as", "not-duplicate"]);
+    assert!(ok && text.contains("not-duplicate"), "{text}");
+    let (ok, text) = tessera(&["empi", "review", "--data-dir", data]);
+    assert!(ok && text.contains("0 open pair(s)"), "{text}");
+}
