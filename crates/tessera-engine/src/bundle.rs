@@ -543,7 +543,7 @@ impl Engine {
                 let stored = match self.linked_content(&existing, &value, &organisation)? {
                     None => existing,
                     Some(map) => {
-                        let w = prepare_write(map, &id, existing.version + 1, Precondition::Version(existing.version), &Self::stamp(gate, "Patient", Some(&existing)))?;
+                        let w = prepare_write(map, &id, existing.version + 1, Precondition::Version(existing.version), &Self::link_stamp(&existing))?;
                         entities.push(format!("Patient/{id}/_history/{}", w.version));
                         let stored = crate::patient_index::stored_of(&w);
                         writes.push(w);

@@ -82,7 +82,7 @@ fn json_of(s: &Stored) -> Result<Value, FhirError> {
     serde_json::from_slice(&s.json).map_err(|e| FhirError::internal(format!("stored {} is not JSON: {e}", s.resource_type)))
 }
 
-fn author_of(v: &Value) -> Option<String> {
+pub(crate) fn author_of(v: &Value) -> Option<String> {
     v["meta"]["tag"].as_array()?.iter().find(|t| t["system"] == crate::guard::AUTHOR_SYSTEM).and_then(|t| t["code"].as_str()).map(str::to_string)
 }
 

@@ -521,6 +521,14 @@ impl Engine {
         Ok(Some(map))
     }
 
+    /// The stamp of a link's write: the record keeps its owner and its author (a
+    /// registration by another user must not make them the author of a record that only
+    /// its author may see).
+    pub(crate) fn link_stamp(existing: &Stored) -> crate::prepare::Stamp {
+        let author = serde_json::from_slice::<Value>(&existing.json).ok().and_then(|v| crate::merge::author_of(&v));
+        crate::prepare::Stamp { owner: existing.owner.clone(), author }
+    }
+
     /// The answer to a registration that linked: the linked Patient as the subject may see
     /// it, or — where the gate hides it — the subject's own submission under its id.
     pub(crate) async fn link_answer(&self, gate: &mut Gate<'_>, linked: &Stored, submitted: &Value) -> Result<VersionedResource, FhirError> {

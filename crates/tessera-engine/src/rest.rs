@@ -309,7 +309,7 @@ impl Engine {
                             return Ok((WriteOutcome { status, resource }, Some(registration.report.clone())));
                         }
                         Some(map) => {
-                            let stamp = Self::stamp(gate, "Patient", Some(&existing));
+                            let stamp = Self::link_stamp(&existing);
                             let write = prepare_write(map, &id, existing.version + 1, Precondition::Version(existing.version), &stamp)?;
                             let stored = crate::patient_index::stored_of(&write);
                             gate.record_write_noted("create", &write, &registration.note);

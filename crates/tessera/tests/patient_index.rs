@@ -81,6 +81,8 @@ async fn nhs_number_links_across_organisations(s: &Server) {
     let added = stored["identifier"].as_array().unwrap().iter().find(|i| i["value"] == "S-77").unwrap();
     assert_eq!(added["extension"][0]["valueReference"]["identifier"]["value"], "rx2-millbrook", "who added it");
     assert!(stored["telecom"].as_array().unwrap().iter().any(|t| t["value"] == "07700 900123"));
+    let author = stored["meta"]["tag"].as_array().unwrap().iter().find(|t| t["system"] == "https://tessera.health/author").unwrap()["code"].clone();
+    assert_eq!(author, "reception.ali", "a link does not make the registrar the record's author");
     assert!(last_note(s, &id).await.contains("linked to Patient/"), "the link is audited: {}", last_note(s, &id).await);
     assert_eq!(s.get(&format!("Patient?identifier={NHS}|4010232137")).await.json()["total"], 1);
     // A conditional create that the subject cannot match itself: linked, 200.
