@@ -387,6 +387,7 @@ impl Engine {
         let mut linked: HashMap<usize, String> = HashMap::new();
         let mut reviews: Vec<(String, Vec<(String, tessera_empi::Score)>)> = Vec::new();
         let mut notes: Vec<String> = Vec::new();
+        let mut put_reviews: Vec<Write> = Vec::new();
         let entry_types: HashMap<&str, &str> =
             full_urls.iter().zip(requests).filter_map(|(f, r)| Some((f.as_deref()?, r.resource_type.as_str()))).collect();
         let entry_type = |r: &str| -> Option<&'static str> { tessera_fhir::definitions::definitions().resource(entry_types.get(r)?).map(|td| td.name.as_str()) };
@@ -608,6 +609,14 @@ impl Engine {
             gate.authorize_write(action, &req.resource_type, &id, current.as_ref(), Some(&value)).await.map_err(|e| e.at(at.to_string()))?;
             let resolved_conditionally = &conditional_cache;
             self.check_references(&value, Some(&format!("{at}.resource")), &|r: &str| in_transaction.contains(r) || resolved_conditionally.values().any(|c| c == r)).await?;
+            if req.method == "PUT" && req.resource_type == "Patient" {
+                self.check_nhs_unique(&value, &id).await.map_err(|e| e.within(&format!("{at}.resource")))?;
+            }
+            if req.method == "PUT" && req.resource_type == "Patient" && status == 201 {
+                let (review, note) = self.put_create_reviews(gate, &value, &id).await?;
+                put_reviews.extend(review);
+                notes.extend(note);
+            }
             let Value::Object(map) = value else { unreachable!() };
             let w = prepare_write(map, &id, version, precondition, &Self::stamp(gate, &req.resource_type, current.as_ref()))?;
             entities.push(format!("{}/{}/_history/{}", w.resource_type, w.id, w.version));
@@ -625,6 +634,7 @@ impl Engine {
         for (id, review) in &reviews {
             writes.extend(self.review_writes(gate, id, review).await?);
         }
+        writes.extend(put_reviews);
         gate.take_audit(); // a previous attempt's record
         let note = notes.join("; ");
         gate.record("transaction", true, &entities, patients, false, (!note.is_empty()).then_some(note.as_str()));

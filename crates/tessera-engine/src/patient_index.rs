@@ -925,3 +925,32 @@ impl Engine {
         Ok((people.len(), added))
     }
 }
+
+impl Engine {
+    /// The worklist writes for a Patient created by `PUT` with a client-chosen id (an
+    /// update that creates): the id cannot be changed into a link, so the person is created
+    /// as asked, and any record it matches — linkable or doubtful — goes on the review
+    /// worklist with it, never silently beside it. (An NHS number already on a record is
+    /// refused before this: `check_nhs_unique`.)
+    pub(crate) async fn put_create_reviews(&self, gate: &Gate<'_>, patient: &Value, id: &str) -> Result<(Vec<tessera_store::Write>, Option<String>), FhirError> {
+        let registration = self.register(patient, id, false).await?;
+        let config = self.domain().patient_index.clone();
+        let pairs: Vec<(String, Score)> = match &registration.outcome {
+            Outcome::New { review, .. } => review.clone(),
+            Outcome::Link { id: other } if other != id => {
+                let Some(s) = self.store().read("Patient", other).await? else { return Ok((Vec::new(), None)) };
+                let v: Value = serde_json::from_slice(&s.json).map_err(|e| FhirError::internal(e.to_string()))?;
+                vec![(other.clone(), config.score(&Person::from_patient(patient), &Person::from_patient(&v)))]
+            }
+            Outcome::Link { .. } => Vec::new(),
+        };
+        let note = match (&registration.outcome, pairs.first()) {
+            (Outcome::Link { id: other }, Some(_)) => {
+                Some(format!("patient index: created with the id asked for; matches Patient/{other}, put on the review worklist ({})", registration.note))
+            }
+            (_, Some(_)) => Some(registration.note.clone()),
+            _ => None,
+        };
+        Ok((self.review_writes(gate, id, &pairs).await?, note))
+    }
+}

@@ -404,8 +404,14 @@ impl Engine {
                 b.apply(&mut write);
             }
             let resource = written(&write);
-            gate.record_write(if status == 201 { "create" } else { "update" }, &write);
-            match self.commit_gated(gate, vec![write]).await {
+            let (reviews, note) = if resource_type == "Patient" && status == 201 { self.put_create_reviews(gate, &value, id).await? } else { (Vec::new(), None) };
+            match &note {
+                Some(n) => gate.record_write_noted("create", &write, n),
+                None => gate.record_write(if status == 201 { "create" } else { "update" }, &write),
+            }
+            let mut writes = vec![write];
+            writes.extend(reviews);
+            match self.commit_gated(gate, writes).await {
                 Ok(()) => return Ok(WriteOutcome { status, resource }),
                 Err(StoreError::Conflict { .. }) if if_match.is_none() => continue,
                 Err(StoreError::Conflict { reason: ConflictReason::VersionMismatch { current }, .. }) => {

@@ -18,6 +18,7 @@ on_both_backends!(
     pixm_and_pdqm,
     transaction_registration_links,
     scan_finds_existing_duplicates_once,
+    put_creates_are_never_silent_duplicates,
 );
 
 const MURPHY: Who = ("dr.murphy", "doctor", "rx2-southbank-hc", Some("rx2-diabetes-clinic"));
@@ -502,4 +503,28 @@ async fn scan_finds_existing_duplicates_once(s: &Server) {
     assert_eq!(post(s, OBI, &format!("Task/{task}/$resolve"), &decide).await.status, 200);
     let (_, again) = s.engine.scan_duplicates(&tessera_engine::Access::bootstrap(), &|_| {}).await.unwrap();
     assert_eq!(again, 0, "a decided pair never returns, and nothing else is new");
+}
+
+/// A Patient created by PUT (the client chose the id) cannot become a link: it is created
+/// as asked, and what it matches goes on the worklist; an NHS number already on another
+/// record is refused, in a transaction too.
+async fn put_creates_are_never_silent_duplicates(s: &Server) {
+    s.load_demo().await;
+    let first = post(s, ALI, "Patient", &person("Vandermeer", "Olive", "1944-07-07", json!([{"system": RX1_MRN, "value": "V1"}]))).await.json();
+    let first = first["id"].as_str().unwrap().to_string();
+    let mut again = person("Vandermeer", "Olive", "1944-07-07", json!([{"system": RX2_MRN, "value": "V2"}]));
+    again["id"] = json!("olive-at-southbank");
+    let sys = s.auth.issue_system_token("system", "rx2-southbank-hc", "system/*.*", tessera_auth::now(), 60);
+    let r = s.request_as(&sys, "PUT", "Patient/olive-at-southbank", Some(&serde_json::to_vec(&again).unwrap())).await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let list = s.get("Task?code=https://tessera.health/CodeSystem/patient-index|possible-duplicate").await;
+    assert!(body(&list).contains("olive-at-southbank") && body(&list).contains(&first), "the pair is on the worklist: {}", body(&list));
+    // An NHS number another record has: refused (REST and transaction).
+    let stolen = json!({"resourceType": "Patient", "id": "not-jane", "identifier": [{"system": NHS, "value": "9449305552"}], "name": [{"family": "Other"}]});
+    let r = s.request_as(&sys, "PUT", "Patient/not-jane", Some(&serde_json::to_vec(&stolen).unwrap())).await;
+    assert_eq!(r.status, 409, "{}", body(&r));
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": stolen, "request": {"method": "PUT", "url": "Patient/not-jane"}}]});
+    let r = s.request_as(&sys, "POST", "", Some(&serde_json::to_vec(&tx).unwrap())).await;
+    assert_eq!(r.status, 409, "{}", body(&r));
+    assert_eq!(s.get("Patient/not-jane").await.status, 404, "nothing stored");
 }
