@@ -420,7 +420,8 @@ impl Engine {
                         preconditions[i] = Precondition::Absent;
                         continue;
                     };
-                    let registration = self.register(&value, &new_id(), true).await?;
+                    let own: Vec<String> = own_new_ids(&registrations);
+                    let registration = self.register_among(&value, &new_id(), true, &own).await?;
                     notes.push(registration.note.clone());
                     match registration.outcome.clone() {
                         crate::patient_index::Outcome::Link { id } => {
@@ -840,4 +841,15 @@ fn user_precondition<'a>(plans: &[Plan], requests: &'a [EntryRequest], index: us
         Plan::Write { write, .. } if *write == index && r.if_match.is_some() => Some(r),
         _ => None,
     })
+}
+
+/// The Patients a transaction's registrations are creating (reserved in the index).
+fn own_new_ids(registrations: &[crate::patient_index::Registration]) -> Vec<String> {
+    registrations
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            crate::patient_index::Outcome::New { id, .. } => Some(id.clone()),
+            crate::patient_index::Outcome::Link { .. } => None,
+        })
+        .collect()
 }

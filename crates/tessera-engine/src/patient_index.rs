@@ -326,6 +326,14 @@ impl Engine {
     /// Patient gets; with `reserve`, a new person is reserved in the index until the
     /// returned [`Registration`] is confirmed or dropped.
     pub(crate) async fn register(&self, patient: &Value, new_id: &str, reserve: bool) -> Result<Registration, FhirError> {
+        self.register_among(patient, new_id, reserve, &[]).await
+    }
+
+    /// [`Engine::register`] within a transaction that has reserved `own` already: those
+    /// are not waited for (they commit with this one), and a registration that would link
+    /// to one of them (one person registered twice in one Bundle) creates its record and
+    /// puts the pair on the worklist instead.
+    pub(crate) async fn register_among(&self, patient: &Value, new_id: &str, reserve: bool, own: &[String]) -> Result<Registration, FhirError> {
         for (system, value) in self.identifying(patient) {
             if let Some(id) = self.patient_by_identifier(&system, &value).await? {
                 let what = if system == NHS_SYSTEM { "NHS number".to_string() } else { format!("MRN ({system})") };
@@ -341,8 +349,13 @@ impl Engine {
             let decided = {
                 let mut guard = self.inner_index().state.lock().expect("index lock");
                 let built = guard.as_mut().expect("built by catch_up");
-                let candidates = built.search(&person, &config, None);
-                let waiting = candidates.iter().any(|(id, s)| s.decision != Decision::Distinct && built.pending.contains(id));
+                let mut candidates = built.search(&person, &config, None);
+                for (id, s) in candidates.iter_mut() {
+                    if own.contains(id) && s.decision == Decision::Link {
+                        s.decision = Decision::Review;
+                    }
+                }
+                let waiting = candidates.iter().any(|(id, s)| s.decision != Decision::Distinct && built.pending.contains(id) && !own.contains(id));
                 if waiting {
                     None
                 } else {

@@ -477,6 +477,20 @@ async fn transaction_registration_links(s: &Server) {
     assert_eq!(enc["subject"]["reference"], "Patient/jane-smith");
     assert_eq!(s.get(&format!("Patient?identifier={NHS}|9449305552")).await.json()["total"], 1);
     assert!(body(&s.get("Patient/jane-smith").await).contains("JS-2"));
+    // One person registered twice in one transaction: it does not wait on itself; two
+    // records, and the pair on the worklist.
+    let twice = person("Featherstonehaugh", "Cecily", "1933-03-03", json!([]));
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": twice, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": twice, "request": {"method": "POST", "url": "Patient"}}]});
+    let started = std::time::Instant::now();
+    let r = s.request_as(&sys, "POST", "", Some(&serde_json::to_vec(&tx).unwrap())).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!(s.get("Patient?family=Featherstonehaugh").await.json()["total"], 2);
+    let list = s.get("Task?code=https://tessera.health/CodeSystem/patient-index|possible-duplicate").await;
+    let ids: Vec<String> = r.json()["entry"].as_array().unwrap().iter().map(|e| e["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_string()).collect();
+    assert!(ids.iter().all(|id| body(&list).contains(id.as_str())), "the pair is on the worklist");
 }
 
 /// Records that became alike after registration (an update) are found by a scan; a pair
