@@ -228,9 +228,11 @@ impl Config {
     /// The best level over every pair of names (parts of hyphenated or double names too).
     fn best_name(&self, a: &[String], b: &[String], nicknames: bool) -> (Level, &'static str) {
         let mut best = (Level::Missing, "");
+        // Each side's parts once (normalising is the costly part of a comparison).
+        let ys: Vec<String> = b.iter().flat_map(|n| text::name_parts(n)).collect();
         for x in a.iter().flat_map(|n| text::name_parts(n)) {
-            for y in b.iter().flat_map(|n| text::name_parts(n)) {
-                let l = self.name_level(&x, &y, nicknames);
+            for y in &ys {
+                let l = self.name_level(&x, y, nicknames);
                 if rank(l.0) > rank(best.0) {
                     best = l;
                 }

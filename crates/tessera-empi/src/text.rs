@@ -5,6 +5,10 @@ use unicode_normalization::UnicodeNormalization;
 /// A name as compared: letters only, lower case, accents removed (`O'Brien` → `obrien`,
 /// `Zoë` → `zoe`).
 pub fn name(value: &str) -> String {
+    if value.is_ascii() {
+        // The same result without decomposing (most names, and every normalised one).
+        return value.bytes().filter(u8::is_ascii_alphabetic).map(|b| char::from(b.to_ascii_lowercase())).collect();
+    }
     value.nfkd().filter(|c| c.is_alphabetic()).flat_map(char::to_lowercase).filter(char::is_ascii_lowercase).collect()
 }
 
