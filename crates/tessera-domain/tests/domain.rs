@@ -787,3 +787,33 @@ fn demo_documentation_matches_the_file() {
     }
     assert_eq!(rows, d.sharing.len());
 }
+
+/// The patient index's settings as docs/patient-index.md shows them: read from the file,
+/// defaults for what is left out, nonsense refused with the setting named.
+#[test]
+fn patient_index_settings_in_the_file() {
+    let text = format!(
+        "{BASE}\n[patient_index]\nupper = 22.5\nlower = 12.0\nname_agree = 0.9\n\
+         blocking = [\"nhs-number\", \"family-sound-year\", \"given-sound-birth-date\"]\n\
+         nicknames = [[\"william\", \"bill\"], [\"elizabeth\", \"liz\"]]\n\
+         family = {{ m = 0.9, u = 0.02 }}\n"
+    );
+    let d = parse_domain_file(&text).unwrap();
+    let c = &d.patient_index;
+    assert_eq!((c.upper, c.lower, c.name_agree), (22.5, 12.0, 0.9));
+    assert_eq!(c.blocking.len(), 3);
+    assert_eq!(c.nicknames.len(), 2);
+    assert_eq!((c.family.m, c.family.u), (0.9, 0.02));
+    assert_eq!(c.given, tessera_empi::Config::default().given, "the rest keeps its default");
+    // The demo file spells out the defaults.
+    assert_eq!(demo().patient_index, tessera_empi::Config::default());
+    assert_mentions(&refused(&format!("{BASE}\n[patient_index]\nupper = 5.0\nlower = 10.0\n")), &["patient_index", "lower"]);
+    assert_mentions(&refused(&format!("{BASE}\n[patient_index]\nphone = {{ m = 1.5, u = 0.1 }}\n")), &["patient_index", "phone"]);
+    assert_mentions(&refused(&format!("{BASE}\n[patient_index]\nblocking = []\n")), &["blocking"]);
+    assert!(parse_domain_file(&format!("{BASE}\n[patient_index]\nuper = 20.0\n")).is_err(), "a misspelt setting is refused");
+    // Each organisation's MRN system: its own, its trust's, or the default.
+    let demo = demo();
+    assert_eq!(demo.mrn_system("rx2-millbrook"), "https://fhir.rx2.nhs.example/Id/mrn");
+    assert_eq!(demo.organisation_of_mrn_system("https://fhir.rx3.nhs.example/Id/mrn").map(|o| o.id.as_str()), Some("rx3"));
+    assert_eq!(parse_domain_file(BASE).unwrap().mrn_system("rx1"), "https://tessera.health/Id/mrn/rx1");
+}
