@@ -4,8 +4,10 @@
 //! registration would be (`Engine::registration_preview`) and reported as would-link
 //! (with the record it would join and the score), would-create, to-review (created, with
 //! a candidate for the worklist) or invalid (with the reason: unreadable, or refused by
-//! the server's validation, such as an NHS number whose check digit is wrong). Records of
-//! the same extract are not matched with each other in a dry run, since none is written.
+//! the server's validation, such as an NHS number whose check digit is wrong). Since a dry
+//! run writes nothing, it also matches each record that would be new against the earlier
+//! new ones of the same extracts (in memory, with the domain's settings): the same person
+//! twice in a legacy system is reported as would-link (to that record) or to-review.
 //!
 //! A **real run** registers each record as its own write (`Engine::register_reporting`):
 //! atomic per patient, linked or created by the patient index, the organisation's MRN
@@ -55,12 +57,17 @@ pub struct Report {
 /// Matches (dry run) or registers every record, calling `progress` after each.
 pub async fn run(engine: &Engine, access: &Access, records: Vec<Record>, dry_run: bool, progress: &dyn Fn()) -> Report {
     let mut report = Report { dry_run, organisation: access.organisation.clone(), ..Report::default() };
+    // Dry run: the records that would be new so far, to match the next ones against.
+    let config = engine.domain().patient_index.clone();
+    let mut extract = tessera_empi::Index::with_blocking(config.blocking.clone());
+    let mut extract_sources: Vec<String> = Vec::new();
     for r in records {
         let mut out = Outcome { source: r.source, local_id: r.local_id, decision: "invalid", patient: None, candidate: None, score: None, detail: String::new() };
         match r.patient {
             Err(reason) => out.detail = reason,
             Ok(patient) => {
                 let key = format!("import.migrate.{}.{}", access.organisation, digest(&patient));
+                let person = dry_run.then(|| tessera_empi::Person::from_patient(&patient));
                 let before = match engine.setting(&key).await {
                     Ok(Some(id)) => engine.patient_in_force(&id).await.ok().flatten(),
                     _ => None,
@@ -95,6 +102,25 @@ pub async fn run(engine: &Engine, access: &Access, records: Vec<Record>, dry_run
                                 out.candidate = m.other;
                             }
                             _ => out.patient = written,
+                        }
+                        if let Some(person) = person.filter(|_| out.decision != "link") {
+                            // Would be new: is it an earlier new record of these extracts?
+                            if let Some((slot, score)) = extract.search(&person, &config).into_iter().find(|(_, s)| s.decision != tessera_empi::Decision::Distinct) {
+                                let earlier = &extract_sources[slot as usize];
+                                if score.decision == tessera_empi::Decision::Link {
+                                    out.decision = "link";
+                                    out.detail = format!("the same person as {earlier} of this extract (score {:.1}): would join the record that one creates", score.total);
+                                } else if out.decision == "create" {
+                                    out.decision = "review";
+                                    out.detail = format!("possible duplicate of {earlier} of this extract (score {:.1})", score.total);
+                                }
+                                out.score = Some((score.total * 10.0).round() / 10.0);
+                                out.candidate = Some(earlier.clone());
+                            }
+                            if out.decision != "link" {
+                                extract.insert(person);
+                                extract_sources.push(out.source.clone());
+                            }
                         }
                     }
                 }

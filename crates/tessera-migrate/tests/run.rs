@@ -66,3 +66,30 @@ async fn dry_run_then_real_run_then_repeat() {
     assert_eq!(again.link, real.link + real.create + real.review, "{again}");
     assert_eq!(engine.stats().await.unwrap().current_resources, after.current_resources, "{again}");
 }
+
+/// The same person twice in one legacy extract: the dry run says so (nothing is written
+/// for it to match), and the real run makes one record of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_within_an_extract() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = demo_engine(dir.path()).await;
+    let options = Options::new(engine.domain().mrn_system("rx3"));
+    let csv = dir.path().join("pas.csv");
+    std::fs::write(
+        &csv,
+        "MRN,NHS Number,Forename,Surname,Sex,Date of Birth,Postcode\n\
+         R1,401 023 2137,Gwendolyn,Ashdown,F,1952-06-30,RV1 2AB\n\
+         R2,4010232137,Gwen,Ashdown,F,30/06/1952,RV1 2AB\n\
+         R3,,Imelda,Ashdown,F,1952-06-30,RV1 2AB\n",
+    )
+    .unwrap();
+    let records = read_path(&csv, &options).unwrap();
+    let access = Access::system("rx3");
+    let dry = run(&engine, &access, records.clone(), true, &|| {}).await;
+    let decisions: Vec<&str> = dry.records.iter().map(|r| r.decision).collect();
+    assert_eq!(decisions, ["create", "link", "review"], "{dry}");
+    assert!(dry.records[1].detail.contains("pas.csv:2"), "names the earlier row: {dry}");
+    let real = run(&engine, &access, records, false, &|| {}).await;
+    assert_eq!((real.create, real.link, real.review), (1, 1, 1), "{real}");
+    assert_eq!(real.records[0].patient, real.records[1].patient, "one record for the same person: {real}");
+}
