@@ -388,6 +388,8 @@ impl Engine {
         let mut reviews: Vec<(String, Vec<(String, tessera_empi::Score)>)> = Vec::new();
         let mut notes: Vec<String> = Vec::new();
         let mut put_reviews: Vec<Write> = Vec::new();
+        // Patient registrations validated for matching, not validated again.
+        let mut prevalidated: HashMap<usize, serde_json::Map<String, Value>> = HashMap::new();
         let entry_types: HashMap<&str, &str> =
             full_urls.iter().zip(requests).filter_map(|(f, r)| Some((f.as_deref()?, r.resource_type.as_str()))).collect();
         let entry_type = |r: &str| -> Option<&'static str> { tessera_fhir::definitions::definitions().resource(entry_types.get(r)?).map(|td| td.name.as_str()) };
@@ -420,6 +422,7 @@ impl Engine {
                         preconditions[i] = Precondition::Absent;
                         continue;
                     };
+                    prevalidated.insert(i, value.as_object().cloned().expect("a validated resource is an object"));
                     let own: Vec<String> = own_new_ids(&registrations);
                     let registration = self.register_among(&value, &new_id(), true, &own).await?;
                     notes.push(registration.note.clone());
@@ -517,6 +520,7 @@ impl Engine {
             let at = format!("Bundle.entry[{i}]");
             let id = ids[i].clone().expect("every write has an id");
             let map = match raws[i] {
+                Some(_) if prevalidated.contains_key(&i) => prevalidated.remove(&i),
                 Some(raw) => match parse_resource(raw, &at).and_then(|v| self.validated_resolving(&req.resource_type, v, Some(&resolve_type))) {
                     Ok(map) => Some(map),
                     Err(e) => {

@@ -62,9 +62,24 @@ pub(crate) fn merge_scope(gate: &Gate<'_>) -> MergeScope {
 }
 
 /// Whether a stored resource is one of the patient index's own records (a worklist Task
-/// or a merge Provenance).
+/// or a merge Provenance). Most Tasks and Provenances are not: a byte search rules them
+/// out before anything is parsed.
 pub(crate) fn is_index_record(s: &Stored) -> bool {
-    matches!(s.resource_type.as_str(), "Task" | "Provenance") && memchr::memmem::find(&s.json, INDEX_SYSTEM.as_bytes()).is_some()
+    matches!(s.resource_type.as_str(), "Task" | "Provenance")
+        && memchr::memmem::find(&s.json, INDEX_SYSTEM.as_bytes()).is_some()
+        && serde_json::from_slice::<Value>(&s.json).is_ok_and(|v| is_index_content(&v))
+}
+
+/// Whether a resource is coded as a patient index record: a Task whose `code`, or a
+/// Provenance whose `activity`, is of [`INDEX_SYSTEM`]. The one test both the gate (who
+/// may see it) and the write paths (nobody writes one directly) use.
+pub(crate) fn is_index_content(v: &Value) -> bool {
+    let element = match v["resourceType"].as_str() {
+        Some("Task") => &v["code"],
+        Some("Provenance") => &v["activity"],
+        _ => return false,
+    };
+    element["coding"].as_array().into_iter().flatten().any(|c| c["system"] == INDEX_SYSTEM)
 }
 
 fn param<'a>(parameters: &'a Value, name: &str) -> Option<&'a Value> {
@@ -144,6 +159,19 @@ impl Engine {
         Ok(out)
     }
 
+    /// A subject whose role may not merge at all is refused before any record is looked
+    /// up: the answer must not tell which records exist or were merged.
+    fn require_merge_role(gate: &Gate<'_>) -> Result<(), FhirError> {
+        match merge_scope(gate) {
+            MergeScope::None => Err(FhirError::new(
+                403,
+                IssueType::Forbidden,
+                "merging patient records needs a role that may merge them (the records-manager role, or a role the domain gives merges_patients)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// May this subject merge (or unmerge) these two records?
     async fn check_merge_permission(&self, gate: &Gate<'_>, source: &Stored, target: &Stored) -> Result<(), FhirError> {
         match merge_scope(gate) {
@@ -220,6 +248,7 @@ impl Engine {
     /// `POST Patient/$merge` (R5-style Parameters in and out).
     pub async fn merge(&self, access: &Access, parameters: Value) -> Result<Value, FhirError> {
         access.require_scope("Patient", tessera_auth::ScopeOp::Update)?;
+        Self::require_merge_role(&self.gate(access))?;
         let request = self.merge_request(&parameters).await?;
         let mut gate = self.gate(access);
         for _ in 0..8 {
@@ -396,11 +425,12 @@ impl Engine {
     /// `source-patient`, unless later writes make that unsafe.
     pub async fn unmerge(&self, access: &Access, parameters: Value) -> Result<Value, FhirError> {
         access.require_scope("Patient", tessera_auth::ScopeOp::Update)?;
+        let mut gate = self.gate(access);
+        Self::require_merge_role(&gate)?;
         Self::merge_request_names(&parameters)?;
         let Some(source_id) = self.merge_party(&parameters, "source-patient").await? else {
             return Err(FhirError::bad_request("$unmerge needs source-patient: the record that was merged away").at("Parameters.parameter"));
         };
-        let mut gate = self.gate(access);
         let Some(source) = self.store().read("Patient", &source_id).await?.filter(|s| !s.deleted) else {
             return Err(FhirError::not_found("Patient", &source_id));
         };

@@ -413,12 +413,21 @@ impl Engine {
         Err(FhirError::new(409, IssueType::Conflict, "a registration of a matching person is still being committed; try again"))
     }
 
-    /// What the patient index would decide for this Patient, without writing anything (a
-    /// migration's dry run). The Patient is validated as a registration would be.
-    pub async fn registration_preview(&self, patient: Value) -> Result<MatchReport, FhirError> {
+    /// What the patient index would decide for this Patient if `access` registered it,
+    /// without writing anything (a migration's dry run): validated and authorised as a
+    /// registration would be, and audited (it names the record a registration would join).
+    pub async fn registration_preview(&self, access: &Access, patient: Value) -> Result<MatchReport, FhirError> {
         let map = self.validated("Patient", patient)?;
-        let registration = self.register(&Value::Object(map), &crate::prepare::new_id(), false).await?;
-        Ok(registration.report.clone())
+        let value = Value::Object(map);
+        let mut gate = self.gate(access);
+        gate.authorize_write(tessera_policy::Action::Create, "Patient", "", None, Some(&value)).await?;
+        let registration = self.register(&value, &crate::prepare::new_id(), false).await?;
+        let report = registration.report.clone();
+        let patients: Vec<String> = report.other.iter().cloned().collect();
+        let entities: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
+        gate.record_noted("$migrate-preview", true, &entities, patients, &format!("dry run: {}", report.note));
+        gate.finish().await?;
+        Ok(report)
     }
 
     /// Candidates for `$match` and migration dry runs: identifier matches first, then the
@@ -829,6 +838,7 @@ impl Engine {
     pub async fn open_duplicates(&self, access: &Access) -> Result<Vec<OpenPair>, FhirError> {
         let mut out = Vec::new();
         let mut offset = 0;
+        let mut gate = self.gate(access);
         loop {
             let query = format!("code={INDEX_SYSTEM}|{WORKLIST_CODE}&status=requested,on-hold&_sort=_lastUpdated&_count=500&_offset={offset}");
             let page = self.search(access, crate::search::Scope::Type(Some("Task")), &query, true).await?;
@@ -849,8 +859,8 @@ impl Engine {
                 out.push(OpenPair {
                     task: t["id"].as_str().unwrap_or_default().to_string(),
                     status: t["status"].as_str().unwrap_or_default().to_string(),
-                    newer_trusts: self.trusts_of_mrns(&newer).await?,
-                    older_trusts: self.trusts_of_mrns(&older).await?,
+                    newer_trusts: self.trusts_of_mrns(&mut gate, &newer).await?,
+                    older_trusts: self.trusts_of_mrns(&mut gate, &older).await?,
                     newer,
                     older,
                     score,
@@ -862,13 +872,19 @@ impl Engine {
             }
             offset += 500;
         }
+        let patients: Vec<String> = out.iter().flat_map(|p| [p.newer.clone(), p.older.clone()]).collect();
+        let entities: Vec<String> = patients.iter().map(|p| format!("Patient/{p}")).collect();
+        gate.record_access("read", true, &entities, patients, None);
+        gate.finish().await?;
         Ok(out)
     }
 
-    /// The trusts whose MRNs a Patient carries (the organisations that registered it).
-    async fn trusts_of_mrns(&self, id: &str) -> Result<Vec<String>, FhirError> {
+    /// The trusts whose MRNs a Patient carries (the organisations that registered it), as
+    /// far as the subject may read the Patient (none otherwise).
+    async fn trusts_of_mrns(&self, gate: &mut Gate<'_>, id: &str) -> Result<Vec<String>, FhirError> {
         let domain = self.domain();
         let Some(s) = self.store().read("Patient", id).await? else { return Ok(Vec::new()) };
+        let Decided::Visible(s) = gate.release(s).await? else { return Ok(Vec::new()) };
         let v: Value = serde_json::from_slice(&s.json).unwrap_or(Value::Null);
         let mut out: Vec<String> = v["identifier"]
             .as_array()

@@ -68,7 +68,7 @@ impl Engine {
         }
         let value = Value::Object(map);
         crate::invariants::check_write(&value, &self.config().limits, resolve).map_err(FhirError::invalid)?;
-        if matches!(resource_type, "Task" | "Provenance") && serde_json::to_string(&value).is_ok_and(|s| s.contains(crate::patient_index::INDEX_SYSTEM)) {
+        if crate::merge::is_index_content(&value) {
             return Err(FhirError::unprocessable(
                 "Tasks and Provenances of the patient index are written by the server: decide a worklist pair with Task/[id]/$resolve, merge with Patient/$merge",
             ));

@@ -80,7 +80,7 @@ pub async fn run(engine: &Engine, access: &Access, records: Vec<Record>, dry_run
                         note: format!("migrated before: the record went to Patient/{id}"),
                     }))
                 } else if dry_run {
-                    engine.registration_preview(patient).await.map(|m| (None, m))
+                    engine.registration_preview(access, patient).await.map(|m| (None, m))
                 } else {
                     engine.register_reporting(access, patient).await.map(|(w, m)| (Some(w.resource.id().to_string()), m))
                 };

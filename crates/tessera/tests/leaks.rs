@@ -947,6 +947,35 @@ async fn patient_index_paths_follow_the_gate(s: &Server) {
         let r = s.request_as(&t, "POST", "Patient/$merge", Some(&serde_json::to_vec(&preview).unwrap())).await;
         assert_eq!(r.status == 200, who.1 == "records-manager", "{who:?} merge preview: {}", String::from_utf8_lossy(&r.body));
         assert!(!String::from_utf8_lossy(&r.body).contains("obs-jane"), "{who:?}: no clinical ids in a preview");
+        if who.1 != "records-manager" {
+            // Unmerge and worklist decisions: refused before anything is looked up or told.
+            let unmerge = json!({"resourceType": "Parameters", "parameter": [{"name": "source-patient", "valueReference": {"reference": format!("Patient/{newer}")}}]});
+            let r = s.request_as(&t, "POST", "Patient/$unmerge", Some(&serde_json::to_vec(&unmerge).unwrap())).await;
+            assert_eq!(r.status, 403, "{who:?} unmerge: {}", String::from_utf8_lossy(&r.body));
+            let unknown = json!({"resourceType": "Parameters", "parameter": [{"name": "source-patient", "valueReference": {"reference": "Patient/no-such-patient"}}]});
+            let r = s.request_as(&t, "POST", "Patient/$unmerge", Some(&serde_json::to_vec(&unknown).unwrap())).await;
+            assert_eq!(r.status, 403, "{who:?}: an unknown record answers alike");
+            let defer = json!({"resourceType": "Parameters", "parameter": [{"name": "decision", "valueCode": "defer"}]});
+            let r = s.request_as(&t, "POST", &format!("Task/{task}/$resolve"), Some(&serde_json::to_vec(&defer).unwrap())).await;
+            assert_eq!(r.status, 404, "{who:?} resolve: {}", String::from_utf8_lossy(&r.body));
+        }
     }
     assert_eq!(checked, 40);
+    // A service account (Southbank's interface) sees through $match and PIXm what it may
+    // read, never the worklist, and cannot merge.
+    let iface = system_token(s, "rx2-southbank-hc", "system/*.*");
+    for (id, nhs, _) in patients {
+        let visible = s.request_as(&iface, "GET", &format!("Patient/{id}"), None).await.status == 200;
+        let params = json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource":
+            {"resourceType": "Patient", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": nhs}]}}]});
+        let m = s.request_as(&iface, "POST", "Patient/$match", Some(&serde_json::to_vec(&params).unwrap())).await;
+        assert_eq!(String::from_utf8_lossy(&m.body).contains(&format!("Patient/{id}")), visible, "service account $match {id}");
+        let pix = s.request_as(&iface, "GET", &format!("Patient/$ihe-pix?sourceIdentifier=https://fhir.nhs.uk/Id/nhs-number|{nhs}"), None).await;
+        assert_eq!(pix.status == 200, visible, "service account PIXm {id}");
+    }
+    assert_eq!(s.request_as(&iface, "GET", &format!("Task/{task}"), None).await.status, 404);
+    let preview = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient", "valueReference": {"reference": format!("Patient/{newer}")}},
+        {"name": "target-patient", "valueReference": {"reference": "Patient/jane-smith"}}]});
+    assert_eq!(s.request_as(&iface, "POST", "Patient/$merge", Some(&serde_json::to_vec(&preview).unwrap())).await.status, 403);
 }
