@@ -134,6 +134,13 @@ pub fn claims_standing(claims: &Claims, domain: &Domain) -> Result<(), RefusalRe
             }
             Ok(())
         }
+        TokenKind::Patient => {
+            let account = domain.portal_account(&claims.sub).ok_or(RefusalReason::UnknownUser)?;
+            if !account.active {
+                return Err(RefusalReason::InactiveUser);
+            }
+            Ok(())
+        }
         TokenKind::User => {
             let user = domain.user(&claims.sub).ok_or(RefusalReason::UnknownUser)?;
             if !user.active {
@@ -168,7 +175,9 @@ impl Account {
     /// built-in system account; a user must have a password).
     pub fn exists(&self, domain: &Domain) -> bool {
         match self {
-            Account::User(id) => domain.user(id).is_some_and(|u| u.password_hash.is_some()),
+            Account::User(id) => {
+                domain.user(id).is_some_and(|u| u.password_hash.is_some()) || domain.portal_account(id).is_some_and(|a| a.password_hash.is_some())
+            }
             Account::Client(id) => domain.service_account(id).is_some_and(|a| a.id != tessera_domain::SYSTEM_ACCOUNT && a.secret_hash.is_some()),
         }
     }
@@ -206,6 +215,7 @@ impl AuthSubject {
         let known = match claims.kind {
             TokenKind::User => domain.user(&claims.sub).is_some(),
             TokenKind::System => claims.sub == tessera_domain::SYSTEM_ACCOUNT || domain.service_account(&claims.sub).is_some(),
+            TokenKind::Patient => domain.portal_account(&claims.sub).is_some(),
         };
         AuthSubject {
             kind: claims.kind,
@@ -227,6 +237,18 @@ impl AuthSubject {
             id = "(empty)".to_string();
         }
         match account {
+            Account::User(name) if domain.user(name).is_none() && domain.portal_account(name).is_some() => {
+                let account = domain.portal_account(name);
+                AuthSubject {
+                    kind: TokenKind::Patient,
+                    id,
+                    known: true,
+                    name: account.map(|a| a.name.clone()).filter(|n| !n.trim().is_empty()),
+                    organisation: None,
+                    role: None,
+                    location: None,
+                }
+            }
             Account::User(name) => {
                 let user = domain.user(name);
                 AuthSubject {
@@ -254,11 +276,13 @@ impl AuthSubject {
         }
     }
 
-    /// The audit index reference: `Practitioner/<id>` or `Device/<id>`.
+    /// The audit index reference: `Practitioner/<id>`, `Device/<id>`, or `Person/<id>` for
+    /// a portal account.
     pub fn reference(&self) -> String {
         match self.kind {
             TokenKind::User => format!("Practitioner/{}", self.id),
             TokenKind::System => format!("Device/{}", self.id),
+            TokenKind::Patient => format!("Person/{}", self.id),
         }
     }
 }
@@ -274,6 +298,10 @@ pub enum AuthAction {
     Refresh,
     /// `grant_type=urn:tessera:switch-context`.
     SwitchContext,
+    /// `grant_type=authorization_code` (a SMART app).
+    AuthorizationCode,
+    /// A user signed out (their session is revoked).
+    SignOut,
     /// A token request that named no usable grant.
     TokenRequest,
     /// A request to the API with a bearer token.
@@ -291,6 +319,8 @@ impl AuthAction {
             AuthAction::ClientCredentials => "client-credentials",
             AuthAction::Refresh => "refresh-token",
             AuthAction::SwitchContext => "switch-context",
+            AuthAction::AuthorizationCode => "authorization-code",
+            AuthAction::SignOut => "sign-out",
             AuthAction::TokenRequest => "token-request",
             AuthAction::BearerToken => "bearer-token",
             AuthAction::Summary => "summary",

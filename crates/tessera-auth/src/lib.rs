@@ -15,6 +15,7 @@
 //!   vocabulary [`RefusalReason`] / [`AuthEvent`].
 //! - [`smart_configuration`]: the `/.well-known/smart-configuration` document.
 
+pub mod authorize;
 pub mod context;
 pub mod error;
 pub mod event;
@@ -28,6 +29,10 @@ pub mod session;
 pub mod smart;
 pub mod token;
 
+pub use authorize::{
+    code_key, granted_scopes, launch_key, new_code, pkce_challenge, redeem, redirect_matches, verify_pkce, AuthorizeError, AuthorizeRequest, CodeGrant,
+    LaunchContext, AUTHORIZATION_CODE_GRANT, CODE_SECONDS, LAUNCH_SECONDS,
+};
 pub use context::{select_context, ActiveContext};
 pub use error::{AuthError, OAuthError, OAuthErrorCode};
 pub use event::{claims_standing, Account, AuthAction, AuthEvent, AuthSubject, RefusalReason};
@@ -45,4 +50,4 @@ pub use policy::AuthPolicy;
 pub use scope::{OpSet, ResourceScope, Scope, ScopeContext, ScopeOp, ScopeSyntax, Scopes};
 pub use session::{refresh_token_hash, refresh_token_session, revoked_key, session_key, RefreshRefusal, Revocation, Session};
 pub use smart::smart_configuration;
-pub use token::{now, random_id, Authenticator, Claims, TokenKind, DEFAULT_USER_SCOPES, ISSUER, USER_ALLOWED_SCOPES};
+pub use token::{now, random_id, Authenticator, Claims, TokenKind, DEFAULT_USER_SCOPES, ISSUER, PATIENT_PORTAL_SCOPES, USER_ALLOWED_SCOPES};

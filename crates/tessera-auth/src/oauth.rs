@@ -55,6 +55,12 @@ pub struct TokenResponse {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// SMART launch context: the patient in context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    /// SMART: the app runs inside the EHR's patient banner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub need_patient_banner: Option<bool>,
 }
 
 impl TokenResponse {
@@ -69,6 +75,8 @@ impl TokenResponse {
             organisation: claims.org.clone(),
             role: claims.role.clone(),
             location: claims.loc.clone(),
+            patient: claims.patient.clone(),
+            need_patient_banner: None,
         }
     }
 }
@@ -140,6 +148,16 @@ impl TokenRequest {
             }
             _ => None,
         }
+    }
+
+    /// The client id: HTTP Basic, else the `client_id` parameter.
+    pub fn client_id(&self) -> Option<&str> {
+        self.basic.as_ref().map(|(id, _)| id.as_str()).or_else(|| self.get("client_id"))
+    }
+
+    /// The client secret: HTTP Basic, else the `client_secret` parameter.
+    pub fn client_secret(&self) -> Option<&str> {
+        self.basic.as_ref().map(|(_, s)| s.as_str()).or_else(|| self.get("client_secret"))
     }
 
     fn basic(&self) -> Option<(&str, &str)> {
@@ -228,7 +246,18 @@ pub fn refresh_claims(domain: &Domain, request: &TokenRequest, session: &Session
             granted
         }
     };
-    let mut claims = user_claims(domain, &session.user, session.role.as_deref(), Some(&session.org), session.loc.as_deref(), Some(&scopes.to_string()), now)
+    let refreshed = if domain.user(&session.user).is_none() && domain.portal_account(&session.user).is_some() {
+        crate::token::portal_claims(domain, &session.user, now)
+    } else if session.client.is_some() {
+        // An app's session: the scopes were granted at consent (patient-level ones included).
+        user_claims(domain, &session.user, session.role.as_deref(), Some(&session.org), session.loc.as_deref(), None, now).map(|mut c| {
+            c.scope = scopes.to_string();
+            c
+        })
+    } else {
+        user_claims(domain, &session.user, session.role.as_deref(), Some(&session.org), session.loc.as_deref(), Some(&scopes.to_string()), now)
+    };
+    let mut claims = refreshed
         .map_err(|e| {
             let reason = match &e {
                 AuthError::UnknownUser(_) => RefusalReason::UnknownUser,
@@ -238,6 +267,7 @@ pub fn refresh_claims(domain: &Domain, request: &TokenRequest, session: &Session
             };
             Refusal::new(OAuthError::invalid_grant(format!("the session cannot be refreshed: {e}")), reason)
         })?;
+    claims.patient = session.patient.clone();
     session.stamp(&mut claims);
     Ok(claims)
 }
@@ -246,6 +276,11 @@ fn password_grant(domain: &Domain, form: &Form, now: u64) -> Result<Claims, Refu
     let username = form.require("username").map_err(Refusal::request)?;
     let password = form.require("password").map_err(Refusal::request)?;
     const REFUSED: &str = "invalid username or password";
+    if domain.user(username).is_none() {
+        if let Some(account) = domain.portal_account(username) {
+            return portal_grant(domain, account, password, now);
+        }
+    }
     let Some(user) = domain.user(username) else {
         verify_against_dummy(password);
         return Err(Refusal::new(OAuthError::invalid_grant(REFUSED), RefusalReason::UnknownUser));
@@ -263,6 +298,22 @@ fn password_grant(domain: &Domain, form: &Form, now: u64) -> Result<Claims, Refu
     let organisation = form.organisation().map_err(|e| Refusal::request(e).after_authentication())?;
     user_claims(domain, &user.id, form.get("role"), organisation, form.get("location"), form.get("scope"), now)
         .map_err(|e| Refusal::new(oauth_error(e), RefusalReason::InvalidContext).after_authentication())
+}
+
+/// A patient's sign-in to the portal: the password of their portal account.
+fn portal_grant(domain: &Domain, account: &tessera_domain::PortalAccount, password: &str, now: u64) -> Result<Claims, Refusal> {
+    const REFUSED: &str = "invalid username or password";
+    let Some(hash) = account.password_hash.as_deref() else {
+        verify_against_dummy(password);
+        return Err(Refusal::new(OAuthError::invalid_grant(REFUSED), RefusalReason::WrongPassword));
+    };
+    if !verify_password(password, hash) {
+        return Err(Refusal::new(OAuthError::invalid_grant(REFUSED), RefusalReason::WrongPassword));
+    }
+    if !account.active {
+        return Err(Refusal::new(OAuthError::invalid_grant(format!("account `{}` is not active", account.id)), RefusalReason::InactiveUser).after_authentication());
+    }
+    crate::token::portal_claims(domain, &account.id, now).map_err(|e| Refusal::new(oauth_error(e), RefusalReason::InvalidContext).after_authentication())
 }
 
 fn client_credentials_grant(domain: &Domain, form: &Form, basic: Option<(&str, &str)>, now: u64) -> Result<Claims, Refusal> {

@@ -56,6 +56,12 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loc: Option<String>,
     pub scope: String,
+    /// The patient in context (a SMART launch, a portal sign-in): kept across refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    /// The app the session was granted to (authorization-code grant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// Started (Unix seconds).
     pub created: u64,
     /// Ends (Unix seconds): no refresh after this.
@@ -123,6 +129,8 @@ impl Session {
             role: claims.role.clone(),
             loc: claims.loc.clone(),
             scope: claims.scope.clone(),
+            patient: claims.patient.clone(),
+            client: None,
             created: now,
             exp,
             ctx: 0,

@@ -30,6 +30,9 @@ pub enum TokenKind {
     User,
     /// A system or interface (a [`tessera_domain::ServiceAccount`], or the built-in one).
     System,
+    /// A patient signed in to the portal (a [`tessera_domain::PortalAccount`]): reads their
+    /// own record (`patient`) only.
+    Patient,
 }
 
 /// The claims of an access token.
@@ -83,6 +86,10 @@ impl Claims {
 
     pub fn is_system(&self) -> bool {
         self.kind == TokenKind::System
+    }
+
+    pub fn is_patient(&self) -> bool {
+        self.kind == TokenKind::Patient
     }
 
     /// Seconds left at `now` (0 once expired).
@@ -260,6 +267,34 @@ pub(crate) fn user_scopes(requested: Option<&str>) -> Result<Scopes, AuthError> 
         ));
     }
     Ok(granted)
+}
+
+/// What a patient signed in to the portal may be granted: reading their own record.
+pub const PATIENT_PORTAL_SCOPES: &str = "patient/*.rs";
+
+/// The claims of a portal account: the patient's own record is named later, by the server
+/// that resolves the account's NHS number (`patient`).
+pub(crate) fn portal_claims(domain: &Domain, account_id: &str, now: u64) -> Result<Claims, AuthError> {
+    let account = domain.portal_account(account_id).ok_or_else(|| AuthError::UnknownUser(account_id.to_string()))?;
+    if !account.active {
+        return Err(AuthError::InactiveUser(account_id.to_string()));
+    }
+    Ok(Claims {
+        iss: ISSUER.to_string(),
+        sub: account.id.clone(),
+        kind: TokenKind::Patient,
+        org: String::new(),
+        loc: None,
+        role: None,
+        scope: PATIENT_PORTAL_SCOPES.to_string(),
+        iat: now,
+        exp: now + u64::from(domain.settings.token_minutes) * 60,
+        jti: random_id(),
+        patient: None,
+        name: account.name.clone(),
+        sid: None,
+        ctx: None,
+    })
 }
 
 pub(crate) fn user_claims(

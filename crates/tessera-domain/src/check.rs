@@ -21,6 +21,8 @@ pub(crate) enum Section {
     User,
     ServiceAccount,
     Sharing,
+    PortalAccount,
+    App,
 }
 
 /// An entry a problem is about: its section, its index there and its key (id, or
@@ -107,7 +109,73 @@ impl Domain {
             self.check_service_account(account, &entry, &mut found);
         }
         self.check_sharing(&mut found);
+        self.check_portal_accounts(&mut found);
+        self.check_apps(&mut found);
         found
+    }
+
+    fn check_portal_accounts(&self, found: &mut Found) {
+        let mut seen = BTreeMap::new();
+        for (i, account) in self.portal_accounts.iter().enumerate() {
+            let entry = Some(Entry { section: Section::PortalAccount, index: i, key: account.id.clone() });
+            let at = format!("portal account `{}`", account.id);
+            if let Some(first) = seen.insert(account.id.as_str(), i) {
+                found.push(entry.clone(), at.clone(), format!("duplicate portal account id (also portal_accounts[{first}])"));
+            }
+            if account.id.trim().is_empty() || account.id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                found.push(entry.clone(), at.clone(), "the id must be a sign-in name without spaces".into());
+            }
+            if self.user(&account.id).is_some() {
+                found.push(entry.clone(), at.clone(), "a user has the same id: sign-in names must be distinct".into());
+            }
+            if account.name.trim().is_empty() {
+                found.push(entry.clone(), at.clone(), "the name is empty".into());
+            }
+            if tessera_empi::nhs::NhsNumber::parse(&account.nhs_number).is_err() {
+                found.push(entry.clone(), at.clone(), format!("`{}` is not a valid NHS number (ten digits with a correct check digit)", account.nhs_number));
+            }
+            if account.password_hash.as_deref().is_some_and(|h| !is_argon2_phc(h)) {
+                found.push(entry.clone(), at.clone(), "password_hash is not an argon2 PHC string (`$argon2id$v=19$…`)".into());
+            }
+        }
+    }
+
+    fn check_apps(&self, found: &mut Found) {
+        let mut seen = BTreeMap::new();
+        for (i, app) in self.apps.iter().enumerate() {
+            let entry = Some(Entry { section: Section::App, index: i, key: app.id.clone() });
+            let at = format!("app `{}`", app.id);
+            if let Some(first) = seen.insert(app.id.as_str(), i) {
+                found.push(entry.clone(), at.clone(), format!("duplicate app id (also apps[{first}])"));
+            }
+            if !is_valid_fhir_id(&app.id) {
+                found.push(entry.clone(), at.clone(), "the id (its client_id) must be letters, digits, '-' and '.', at most 64".into());
+            }
+            if self.service_account(&app.id).is_some() {
+                found.push(entry.clone(), at.clone(), "a service account has the same id: client ids must be distinct".into());
+            }
+            if app.name.trim().is_empty() {
+                found.push(entry.clone(), at.clone(), "the name is empty".into());
+            }
+            if self.organisation(&app.organisation).is_none() {
+                found.push(entry.clone(), at.clone(), format!("organisation `{}` is not an organisation of the domain", app.organisation));
+            }
+            if app.redirect_uris.is_empty() {
+                found.push(entry.clone(), at.clone(), "has no redirect_uris".into());
+            }
+            for uri in app.redirect_uris.iter().chain(app.launch_url.iter().filter(|u| !u.starts_with('/'))) {
+                let ok = (uri.starts_with("https://") || uri.starts_with("http://")) && !uri.contains('#') && !uri.chars().any(|c| c.is_whitespace() || c.is_control());
+                if !ok {
+                    found.push(entry.clone(), at.clone(), format!("`{uri}` is not an absolute http(s) URL without a fragment"));
+                }
+            }
+            if app.secret_hash.as_deref().is_some_and(|h| !is_argon2_phc(h)) {
+                found.push(entry.clone(), at.clone(), "secret_hash is not an argon2 PHC string (`$argon2id$v=19$…`)".into());
+            }
+            if app.scopes.is_empty() {
+                found.push(entry.clone(), at.clone(), "has no scopes (e.g. `launch`, `patient/*.rs`)".into());
+            }
+        }
     }
 
     fn check_settings(&self, found: &mut Found) {

@@ -54,6 +54,21 @@
 //! organisation = "rx1"
 //! scopes = ["system/*.*"]
 //!
+//! [[portal_accounts]]             # a patient's sign-in to the portal (/portal)
+//! id = "jane.smith"                # distinct from every user id
+//! name = "Jane Smith"
+//! nhs_number = "9449305552"        # the record it opens
+//! password = "…"                   # or password_hash
+//!
+//! [[apps]]                         # a SMART on FHIR app (authorization-code grant)
+//! id = "growth-chart"              # its client_id
+//! name = "Growth chart"
+//! organisation = "rx1"             # offered to this organisation's users
+//! redirect_uris = ["https://apps.example.org/growth/callback"]
+//! launch_url = "https://apps.example.org/growth/launch"   # optional: EHR launch
+//! secret = "…"                     # optional: a confidential client (else public, PKCE)
+//! scopes = ["launch", "launch/patient", "patient/*.rs", "openid", "fhirUser", "offline_access"]
+//!
 //! [[sharing]]
 //! owner = "rx1"                    # a trust
 //! viewer = "*"                     # a trust, or * for every other organisation
@@ -80,7 +95,7 @@
 use crate::check::{Entry, Found, Section};
 use crate::error::{DomainError, Problem};
 use crate::model::{
-    DataClass, Domain, Location, Organisation, Permission, RelationshipScope, Role, RoleAssignment, ServiceAccount, Settings, Sharing, SharingAgreement, User,
+    DataClass, Domain, Location, Organisation, Permission, PortalAccount, RelationshipScope, Role, RoleAssignment, ServiceAccount, Settings, Sharing, SharingAgreement, SmartApp, User,
 };
 use crate::roles::default_roles;
 use crate::secret::{hash_file_secret, MIN_PASSWORD_LEN, MIN_SECRET_LEN};
@@ -109,6 +124,10 @@ struct FileDomain {
     service_accounts: Vec<Spanned<FileServiceAccount>>,
     #[serde(default)]
     sharing: Vec<Spanned<FileSharing>>,
+    #[serde(default)]
+    portal_accounts: Vec<Spanned<FilePortalAccount>>,
+    #[serde(default)]
+    apps: Vec<Spanned<FileApp>>,
     #[serde(default)]
     patient_index: Option<tessera_empi::Config>,
 }
@@ -204,6 +223,36 @@ struct FileServiceAccount {
     #[serde(default)]
     secret_hash: Option<String>,
     organisation: String,
+    scopes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePortalAccount {
+    id: String,
+    name: String,
+    nhs_number: String,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_hash: Option<String>,
+    #[serde(default = "yes")]
+    active: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApp {
+    id: String,
+    name: String,
+    organisation: String,
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    launch_url: Option<String>,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    secret_hash: Option<String>,
     scopes: Vec<String>,
 }
 
@@ -451,6 +500,52 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
         note(Section::Sharing, &key, a.span());
         let a = a.into_inner();
         domain.sharing.push(SharingAgreement { owner: a.owner, viewer: a.viewer, classes: a.classes });
+    }
+
+    for a in file.portal_accounts {
+        let entry = note(Section::PortalAccount, &a.get_ref().id, a.span());
+        let a = a.into_inner();
+        let at = format!("portal account `{}`", a.id);
+        let password_hash = match (a.password, a.password_hash) {
+            (Some(_), Some(_)) => {
+                local.problems.push((problem(&at, "give either password or password_hash, not both"), Some(entry)));
+                None
+            }
+            (Some(clear), None) if clear.chars().count() < MIN_PASSWORD_LEN => {
+                local.problems.push((problem(&at, &format!("the password is shorter than {MIN_PASSWORD_LEN} characters")), Some(entry)));
+                None
+            }
+            (Some(clear), None) => Some(hash_file_secret("portal-account", &a.id, &clear)?),
+            (None, hash) => hash,
+        };
+        let nhs_number: String = a.nhs_number.chars().filter(|c| !c.is_whitespace()).collect();
+        domain.portal_accounts.push(PortalAccount { id: a.id, name: a.name, nhs_number, password_hash, active: a.active });
+    }
+    for a in file.apps {
+        let entry = note(Section::App, &a.get_ref().id, a.span());
+        let a = a.into_inner();
+        let at = format!("app `{}`", a.id);
+        let secret_hash = match (a.secret, a.secret_hash) {
+            (Some(_), Some(_)) => {
+                local.problems.push((problem(&at, "give either secret or secret_hash, not both"), Some(entry)));
+                None
+            }
+            (Some(clear), None) if clear.chars().count() < MIN_SECRET_LEN => {
+                local.problems.push((problem(&at, &format!("the secret is shorter than {MIN_SECRET_LEN} characters")), Some(entry)));
+                None
+            }
+            (Some(clear), None) => Some(hash_file_secret("app", &a.id, &clear)?),
+            (None, hash) => hash,
+        };
+        domain.apps.push(SmartApp {
+            id: a.id,
+            name: a.name,
+            organisation: a.organisation,
+            redirect_uris: a.redirect_uris,
+            launch_url: a.launch_url,
+            secret_hash,
+            scopes: a.scopes,
+        });
     }
 
     if let Some(config) = file.patient_index {

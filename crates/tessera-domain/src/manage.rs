@@ -2,7 +2,7 @@
 
 use crate::check::{Entry, Found, Section};
 use crate::error::DomainError;
-use crate::model::{Domain, Organisation, RoleAssignment, ServiceAccount, Settings, User};
+use crate::model::{Domain, Organisation, PortalAccount, RoleAssignment, ServiceAccount, Settings, SmartApp, User};
 use crate::roles::{default_roles, DOMAIN_ADMIN};
 use crate::secret::{hash_secret, MIN_PASSWORD_LEN, MIN_SECRET_LEN};
 
@@ -53,6 +53,11 @@ impl Domain {
             ..new
         });
         upsert(&mut self.sharing, other.sharing, |a| (a.owner.clone(), a.viewer.clone()), |_, new| new);
+        upsert(&mut self.portal_accounts, other.portal_accounts, |a| a.id.clone(), |old, new| PortalAccount {
+            password_hash: new.password_hash.or(old.password_hash),
+            ..new
+        });
+        upsert(&mut self.apps, other.apps, |a| a.id.clone(), |old, new| SmartApp { secret_hash: new.secret_hash.or(old.secret_hash), ..new });
     }
 
     /// What a fresh data directory starts with: the organisation `tessera` ("Tessera
@@ -82,6 +87,8 @@ impl Domain {
                 scopes: vec!["system/*.*".into()],
             }],
             sharing: Vec::new(),
+            portal_accounts: Vec::new(),
+            apps: Vec::new(),
             patient_index: Default::default(),
         }
     }

@@ -218,6 +218,47 @@ pub struct ServiceAccount {
     pub scopes: Vec<String>,
 }
 
+/// A patient's account for the patient portal (`/portal`): signs in with a password and
+/// sees their own record — the Patient with this NHS number and its compartment — and who
+/// accessed it. Read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortalAccount {
+    /// Sign-in name (distinct from every user id).
+    pub id: String,
+    pub name: String,
+    /// The NHS number of the patient's record (ten digits, no spaces).
+    pub nhs_number: String,
+    /// argon2 PHC string.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+/// A SMART on FHIR app registered by an organisation (an OAuth client of the
+/// authorization-code grant). Its users are that organisation's; what it may be granted is
+/// at most `scopes`, and never more than the user's role and the sharing table allow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmartApp {
+    /// OAuth `client_id`.
+    pub id: String,
+    pub name: String,
+    /// The organisation that registered it: offered to, and launched by, its users.
+    pub organisation: String,
+    /// Exact redirect URIs (a loopback `http://127.0.0.1…` URI matches on any port).
+    pub redirect_uris: Vec<String>,
+    /// Where an EHR launch sends the browser (`?iss=…&launch=…`): an absolute URL, or a path
+    /// on this server (`/apps/…`); none: standalone launch only.
+    #[serde(default)]
+    pub launch_url: Option<String>,
+    /// argon2 PHC string of the client secret: a confidential client; none: a public client
+    /// (PKCE only).
+    #[serde(default)]
+    pub secret_hash: Option<String>,
+    /// The SMART scopes it may be granted at most, e.g. `patient/*.rs`, `launch`.
+    pub scopes: Vec<String>,
+}
+
 /// One row of the sharing table: owner → viewer, per data class.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharingAgreement {
@@ -273,6 +314,12 @@ pub struct Domain {
     pub service_accounts: Vec<ServiceAccount>,
     #[serde(default)]
     pub sharing: Vec<SharingAgreement>,
+    /// Patients' portal accounts.
+    #[serde(default)]
+    pub portal_accounts: Vec<PortalAccount>,
+    /// SMART apps registered by the organisations.
+    #[serde(default)]
+    pub apps: Vec<SmartApp>,
     /// How the patient index matches registrations: weights, thresholds, nicknames,
     /// blocking keys (the domain file's `[patient_index]`; documented defaults).
     #[serde(default)]
@@ -294,6 +341,14 @@ impl Domain {
 
     pub fn user(&self, id: &str) -> Option<&User> {
         self.users.iter().find(|u| u.id == id)
+    }
+
+    pub fn portal_account(&self, id: &str) -> Option<&PortalAccount> {
+        self.portal_accounts.iter().find(|a| a.id == id)
+    }
+
+    pub fn app(&self, id: &str) -> Option<&SmartApp> {
+        self.apps.iter().find(|a| a.id == id)
     }
 
     pub fn service_account(&self, id: &str) -> Option<&ServiceAccount> {

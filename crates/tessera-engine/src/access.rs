@@ -15,6 +15,9 @@ pub enum AccessKind {
     User,
     /// A system or interface (client credentials), acting for an organisation.
     System,
+    /// A patient signed in to the portal: reads their own record (`patient`), nothing else,
+    /// and writes nothing.
+    Patient,
 }
 
 /// The access context of one request.
@@ -34,6 +37,9 @@ pub struct Access {
     pub locations: Vec<String>,
     /// The SMART scopes granted.
     pub scopes: Scopes,
+    /// The patient in context: a SMART launch's (`launch/patient`), or the portal patient's
+    /// own record. Patient-level scopes reach only this patient's compartment.
+    pub patient: Option<String>,
 }
 
 impl Access {
@@ -55,6 +61,28 @@ impl Access {
                     role: None,
                     locations: Vec::new(),
                     scopes,
+                    patient: None,
+                })
+            }
+            TokenKind::Patient => {
+                let account = domain
+                    .portal_account(&claims.sub)
+                    .filter(|a| a.active)
+                    .ok_or_else(|| FhirError::new(401, IssueType::Login, format!("portal account '{}' is not active in this domain", claims.sub)))?;
+                let patient = claims
+                    .patient
+                    .clone()
+                    .ok_or_else(|| FhirError::new(401, IssueType::Login, "a patient's token must name the patient's own record"))?;
+                Ok(Access {
+                    kind: AccessKind::Patient,
+                    subject: account.id.clone(),
+                    name: account.name.clone(),
+                    organisation: String::new(),
+                    location: None,
+                    role: None,
+                    locations: Vec::new(),
+                    scopes,
+                    patient: Some(patient),
                 })
             }
             TokenKind::User => {
@@ -82,6 +110,7 @@ impl Access {
                     role: Some(role.to_string()),
                     locations,
                     scopes,
+                    patient: claims.patient.clone(),
                 })
             }
         }
@@ -98,6 +127,7 @@ impl Access {
             role: None,
             locations: Vec::new(),
             scopes: Scopes::parse("system/*.*").expect("valid scope"),
+            patient: None,
         }
     }
 
@@ -114,11 +144,34 @@ impl Access {
         Access::system(tessera_domain::BOOTSTRAP_ORGANISATION)
     }
 
-    /// The FHIR reference of the subject: `Practitioner/…` or `Device/…`.
+    /// The FHIR reference of the subject: `Practitioner/…`, `Device/…`, or the portal
+    /// patient's own `Patient/…`.
     pub fn reference(&self) -> String {
         match self.kind {
             AccessKind::User => format!("Practitioner/{}", self.subject),
             AccessKind::System => format!("Device/{}", self.subject),
+            AccessKind::Patient => format!("Patient/{}", self.patient.as_deref().unwrap_or("")),
+        }
+    }
+
+    /// The patient whose compartment bounds what this access reaches of `resource_type`:
+    /// the portal patient's own record; for a user, the patient in context when only
+    /// patient-level scopes (`patient/…`) cover the type — an empty id (nothing) when no
+    /// patient is in context. `None`: not bounded to one patient.
+    pub fn compartment_bound(&self, resource_type: &str) -> Option<&str> {
+        use tessera_auth::ScopeContext;
+        match self.kind {
+            AccessKind::Patient => Some(self.patient.as_deref().unwrap_or("")),
+            AccessKind::System => None,
+            AccessKind::User => {
+                if !self.scopes.has_context(ScopeContext::Patient) {
+                    return None;
+                }
+                let user_level = [ScopeOp::Read, ScopeOp::Search, ScopeOp::Create, ScopeOp::Update, ScopeOp::Delete]
+                    .into_iter()
+                    .any(|op| self.scopes.allows_in(ScopeContext::User, resource_type, op));
+                (!user_level).then(|| self.patient.as_deref().unwrap_or(""))
+            }
         }
     }
 

@@ -28,6 +28,7 @@ pub fn event(access: &Access, name: &str, outcome_ok: bool, entities: &[String],
     let who = match access.kind {
         AccessKind::User => Who::Practitioner(access.subject.clone()),
         AccessKind::System => Who::Device(access.subject.clone()),
+        AccessKind::Patient => Who::Reference(access.reference()),
     };
     let role = access.role.as_ref().map(|r| Coded { system: "https://tessera.health/role".into(), code: r.clone(), display: None });
     let kind = match name {
@@ -46,7 +47,7 @@ pub fn event(access: &Access, name: &str, outcome_ok: bool, entities: &[String],
             Some("not found or not permitted".to_string())
         },
         denied: !outcome_ok,
-        agent: Agent { who, name: Some(access.name.clone()), role, organisation: Some(format!("Organization/{}", access.organisation)), network_address: None },
+        agent: Agent { who, name: Some(access.name.clone()), role, organisation: Some(access.organisation.as_str()).filter(|o| !o.is_empty()).map(|o| format!("Organization/{o}")), network_address: None },
         resources: entities.to_vec(),
         patients: patients.to_vec(),
         query: detail.filter(|_| name.starts_with("search")).map(str::to_string),

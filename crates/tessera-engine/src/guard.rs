@@ -259,6 +259,9 @@ impl<'a> Gate<'a> {
         match self.access.kind {
             AccessKind::System if self.access.is_domain_bootstrap() => Subject::domain(&self.access.organisation),
             AccessKind::System => Subject::system(&self.access.subject, &self.access.organisation),
+            // Decided before the policy (`read_decision`, `authorize_write`): never reaches it
+            // but as a subject of no organisation, which no rule permits.
+            AccessKind::Patient => Subject::system(&self.access.subject, ""),
             AccessKind::User => Subject {
                 kind: SubjectKind::User { id: &self.access.subject },
                 organisation: &self.access.organisation,
@@ -332,6 +335,16 @@ impl<'a> Gate<'a> {
     async fn read_decision(&mut self, s: &Stored) -> Result<Decision, FhirError> {
         if !self.scope_allows(&s.resource_type) {
             return Ok(Decision::Deny);
+        }
+        if let Some(patient) = self.access.compartment_bound(&s.resource_type) {
+            let in_record = if s.resource_type == "Patient" { s.id == patient } else { s.compartment.as_deref() == Some(patient) };
+            if patient.is_empty() || !in_record || crate::merge::is_index_record(s) {
+                return Ok(Decision::Deny);
+            }
+            if self.access.kind == AccessKind::Patient {
+                // The patient's own record, read-only: every resource of it.
+                return Ok(Decision::Permit);
+            }
         }
         self.policy_read_decision(s).await
     }
@@ -455,6 +468,27 @@ impl<'a> Gate<'a> {
             Action::Read => tessera_auth::ScopeOp::Read,
         };
         self.access.require_scope(resource_type, op)?;
+        if self.access.kind == AccessKind::Patient {
+            return Err(FhirError::new(403, IssueType::Forbidden, "the patient portal is read-only: ask your care team to correct your record"));
+        }
+        if let Some(patient) = self.access.compartment_bound(resource_type) {
+            let in_record = |compartment: Option<&str>, own_id: &str| if resource_type == "Patient" { own_id == patient } else { compartment == Some(patient) };
+            let existing_ok = existing.is_none_or(|c| in_record(c.compartment.as_deref(), &c.id));
+            let new_ok = new.is_none_or(|v| {
+                if resource_type == "Patient" {
+                    id == patient
+                } else {
+                    tessera_fhir::compartment::patient_compartments(v).iter().any(|p| p == patient)
+                }
+            });
+            if patient.is_empty() || !existing_ok || !new_ok {
+                return Err(FhirError::new(
+                    403,
+                    IssueType::Forbidden,
+                    format!("the token's patient-level scopes reach only the patient in context; {resource_type}/{id} is not in that patient's record"),
+                ));
+            }
+        }
         if existing.is_some_and(|c| !c.deleted && crate::merge::is_index_record(c)) {
             return Err(FhirError::method_not_allowed(
                 "this record is kept by the patient index: decide a worklist pair with Task/[id]/$resolve, undo a merge with Patient/$unmerge",

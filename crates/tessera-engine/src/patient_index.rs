@@ -286,6 +286,13 @@ impl Engine {
         Ok(None)
     }
 
+    /// The record a portal account opens: the Patient in force with this NHS number (a
+    /// merged record leads to the one it was merged into), for the sign-in of a patient.
+    pub async fn portal_patient(&self, nhs_number: &str) -> Result<Option<String>, FhirError> {
+        let Ok(n) = tessera_empi::nhs::NhsNumber::parse(nhs_number) else { return Ok(None) };
+        self.patient_by_identifier(NHS_SYSTEM, n.as_str()).await
+    }
+
     /// `id`, or the Patient it was merged into (transitively); `None` if deleted.
     pub async fn patient_in_force(&self, id: &str) -> Result<Option<String>, FhirError> {
         let mut id = id.to_string();

@@ -56,6 +56,9 @@ enum AuditView {
     Full,
     /// A privacy officer of, or a service account acting for, `organisation` (of `trust`).
     Trust { organisation: String, trust: String },
+    /// The patient, signed in to the portal, reading the access log of their own record:
+    /// every access to it, with who, from which organisation, and why.
+    Patient,
 }
 
 /// What the audit view knows of one resource the trail names.
@@ -97,6 +100,10 @@ impl Engine {
         if access.is_domain_bootstrap() || !self.config().enforce() {
             return Some(AuditView::Full);
         }
+        if access.kind == AccessKind::Patient {
+            // Their own record's log only (checked by `access_log`); never the trail at large.
+            return access.scopes.allows("Patient", tessera_auth::ScopeOp::Read).then_some(AuditView::Patient);
+        }
         let domain = self.domain();
         // The token's scopes must cover AuditEvent reads (a scope narrows, never widens);
         // a user's role must also read the audit class.
@@ -104,6 +111,7 @@ impl Engine {
         let allowed = scoped
             && match access.kind {
                 AccessKind::System => true,
+                AccessKind::Patient => false,
                 AccessKind::User => access.role.as_deref().and_then(|r| domain.role(r)).and_then(|r| r.permissions.get(&DataClass::Audit)).is_some_and(|p| p.read),
             };
         allowed.then(|| AuditView::Trust { organisation: access.organisation.clone(), trust: domain.trust_of(&access.organisation).to_string() })
@@ -181,7 +189,7 @@ impl Engine {
     /// `patient`.
     pub async fn access_log(&self, access: &Access, patient: &str, query: &str) -> Result<Bundle, FhirError> {
         let path = format!("Patient/{patient}/$access-log");
-        let Some(view) = self.audit_view(access) else {
+        let Some(view) = self.audit_view(access).filter(|v| !matches!(v, AuditView::Patient) || access.patient.as_deref() == Some(patient)) else {
             return self.refuse_audit(access, &path, vec![patient.to_string()], "the access log is for privacy officers and the patient").await;
         };
         let mut params = self.audit_params(query, true)?;
@@ -198,7 +206,7 @@ impl Engine {
     /// `purpose=BTG`), paged with `_count` and `_cursor`.
     pub async fn audit_search(&self, access: &Access, query: &str) -> Result<Bundle, FhirError> {
         let path = format!("AuditEvent?{query}");
-        let Some(view) = self.audit_view(access) else {
+        let Some(view) = self.audit_view(access).filter(|v| !matches!(v, AuditView::Patient)) else {
             return self.refuse_audit(access, &path, Vec::new(), "the audit trail is for privacy officers").await;
         };
         let params = self.audit_params(query, false)?;
@@ -372,7 +380,7 @@ impl Engine {
     /// reader. Only privacy officers (and the bootstrap account) read the trail.
     pub async fn audit_read(&self, access: &Access, id: &str) -> Result<Value, FhirError> {
         let path = format!("AuditEvent/{id}");
-        let Some(view) = self.audit_view(access) else {
+        let Some(view) = self.audit_view(access).filter(|v| !matches!(v, AuditView::Patient)) else {
             return self.refuse_audit(access, &path, Vec::new(), "the audit trail is for privacy officers").await;
         };
         let not_found = || FhirError::new(404, IssueType::NotFound, format!("AuditEvent/{id} is not known"));
@@ -415,7 +423,7 @@ impl Lens<'_> {
     async fn view(&mut self, mut event: Value, patient: Option<&str>) -> Result<Option<Value>, FhirError> {
         let reader_trust = match &self.view {
             AuditView::Full if patient.is_none() => return Ok(Some(event)),
-            AuditView::Full => None,
+            AuditView::Full | AuditView::Patient => None,
             AuditView::Trust { trust, .. } => Some(trust.clone()),
         };
         let full = reader_trust.is_none();
@@ -531,7 +539,7 @@ impl Lens<'_> {
                 // A confidential patient's record is the officer's business when their
                 // trust has (or had) a care relationship with the patient.
                 let relationship = match &self.view {
-                    AuditView::Full => true,
+                    AuditView::Full | AuditView::Patient => true,
                     AuditView::Trust { trust, .. } => record.links.iter().any(|l| {
                         let org = l.organisation.as_deref().or_else(|| l.location.as_deref().and_then(|loc| self.domain.location(loc)).map(|loc| loc.organisation.as_str()));
                         l.kind != "consent-deny" && org.is_some_and(|o| self.domain.trust_of(o) == trust.as_str())
@@ -548,7 +556,7 @@ impl Lens<'_> {
         };
         let owner_trust = s.owner.as_deref().map(|o| self.domain.trust_of(o).to_string());
         let visible = match &self.view {
-            AuditView::Full => true,
+            AuditView::Full | AuditView::Patient => true,
             AuditView::Trust { organisation, trust } => {
                 let rf = ResourceFacts { resource_type: ty, owner: s.owner.as_deref(), patient: patient.as_deref(), security: &pairs, author };
                 owner_trust.as_deref() == Some(trust.as_str()) || tessera_policy::shared_with(&self.domain, organisation, &rf, facts.as_ref())
@@ -657,6 +665,7 @@ impl Engine {
                 let system = match s.kind {
                     TokenKind::User => "https://tessera.health/login-name",
                     TokenKind::System => "https://tessera.health/client-id",
+                    TokenKind::Patient => "https://tessera.health/portal-account",
                 };
                 let mut who = serde_json::Map::new();
                 if s.known {

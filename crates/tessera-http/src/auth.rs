@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tessera_auth::{
     address_key, claims_standing, revoked_key, session_key, Account, Admission, AuditThrottle, AuthAction, AuthEvent, AuthPolicy, AuthSubject, Claims,
     Granted, InFlight, LockState, MemoryLocks, OAuthError, RateLimiter, RefreshRefusal, RefusalReason, Session, TokenRequest, TokenResponse,
-    CLIENT_CREDENTIALS_GRANT, PASSWORD_GRANT, REFRESH_TOKEN_GRANT, SWITCH_CONTEXT_GRANT,
+    AUTHORIZATION_CODE_GRANT, CLIENT_CREDENTIALS_GRANT, PASSWORD_GRANT, REFRESH_TOKEN_GRANT, SWITCH_CONTEXT_GRANT,
 };
 use tessera_engine::{Access, FhirError};
 use tessera_fhir::IssueType;
@@ -44,6 +44,7 @@ fn is_public(req: &Request) -> bool {
     matches!(
         path,
         "/fhir/metadata" | "/healthz" | "/livez" | "/readyz" | "/.well-known/smart-configuration" | "/fhir/.well-known/smart-configuration" | "/auth/token"
+            | "/.well-known/openid-configuration"
     ) || crate::cors::is_preflight(req)
         || (matches!(*req.method(), http::Method::GET | http::Method::HEAD) && is_operation_definition(path))
 }
@@ -121,7 +122,7 @@ impl SettingCache {
 /// cache. What must be shared between servers — account locks, sessions, revocations — is
 /// kept in the database's settings (`auth.lock:…`, `auth.session:…`, `auth.revoked:…`).
 pub(crate) struct AuthState {
-    policy: AuthPolicy,
+    pub(crate) policy: AuthPolicy,
     limiter: RateLimiter,
     inflight: Arc<InFlight>,
     unknown: MemoryLocks,
@@ -177,13 +178,13 @@ fn client_address(extensions: &Extensions, headers: &HeaderMap, policy: &AuthPol
 }
 
 /// Where a request comes from: its address, and the key it is limited and audited under.
-struct Origin {
-    address: Option<String>,
+pub(crate) struct Origin {
+    pub(crate) address: Option<String>,
     key: String,
 }
 
 impl Origin {
-    fn of(extensions: &Extensions, headers: &HeaderMap, policy: &AuthPolicy) -> Origin {
+    pub(crate) fn of(extensions: &Extensions, headers: &HeaderMap, policy: &AuthPolicy) -> Origin {
         let address = client_address(extensions, headers, policy);
         Origin { address: address.map(|a| a.to_string()), key: address.map(address_key).unwrap_or_else(|| "unknown".to_string()) }
     }
@@ -218,6 +219,11 @@ async fn audit(state: &AppState, origin: &Origin, event: AuthEvent, always: bool
     }
 }
 
+/// Records an authentication event at once (sign-out and the like).
+pub(crate) async fn record(state: &AppState, event: &AuthEvent) {
+    write_audit(state, event).await
+}
+
 async fn write_audit(state: &AppState, event: &AuthEvent) {
     if let Err(e) = state.engine.record_auth(event).await {
         tracing::error!(error = %e, action = event.action.code(), "cannot record an authentication event in the audit log");
@@ -227,7 +233,7 @@ async fn write_audit(state: &AppState, event: &AuthEvent) {
 /// Whether verified claims have been revoked: a token of a session must be of the session's
 /// current context generation, and the session not revoked; a token without a session must
 /// not be listed under `auth.revoked:<jti>`.
-async fn is_revoked(state: &AppState, claims: &Claims) -> Result<bool, FhirError> {
+pub(crate) async fn is_revoked(state: &AppState, claims: &Claims) -> Result<bool, FhirError> {
     match &claims.sid {
         Some(sid) => {
             let stored = state.auth.cache.get(&state.engine, &session_key(sid)).await?;
@@ -292,14 +298,14 @@ pub async fn require_token(State(state): State<AppState>, mut req: Request, next
 }
 
 /// A refused token request.
-struct Refused {
-    error: OAuthError,
+pub(crate) struct Refused {
+    pub(crate) error: OAuthError,
     /// Seconds, for `Retry-After`.
-    retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
     /// Counts against the address limit (a failed proof of identity or a bad token).
     charge: bool,
     /// The server could not decide (the database did not answer): 503.
-    unavailable: bool,
+    pub(crate) unavailable: bool,
 }
 
 impl Refused {
@@ -349,7 +355,7 @@ pub async fn token(State(state): State<AppState>, extensions: Extensions, header
     r
 }
 
-async fn token_response(state: &AppState, origin: &Origin, form: &str, basic: Option<(String, String)>) -> Result<TokenResponse, Refused> {
+pub(crate) async fn token_response(state: &AppState, origin: &Origin, form: &str, basic: Option<(String, String)>) -> Result<TokenResponse, Refused> {
     let domain = state.engine.domain();
     let now = tessera_auth::now();
     let request = match TokenRequest::parse(form, basic.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))) {
@@ -364,6 +370,7 @@ async fn token_response(state: &AppState, origin: &Origin, form: &str, basic: Op
         Some(CLIENT_CREDENTIALS_GRANT) => AuthAction::ClientCredentials,
         Some(REFRESH_TOKEN_GRANT) => AuthAction::Refresh,
         Some(SWITCH_CONTEXT_GRANT) => AuthAction::SwitchContext,
+        Some(AUTHORIZATION_CODE_GRANT) => AuthAction::AuthorizationCode,
         _ => {
             // No grant to run: nothing is tried, nothing limited.
             let refusal = tessera_auth::grant(&state.config.authenticator, &domain, &request, now).err();
@@ -387,6 +394,7 @@ async fn token_response(state: &AppState, origin: &Origin, form: &str, basic: Op
     let result = match action {
         AuthAction::Refresh => refresh_grant(state, origin, &domain, &request, now).await,
         AuthAction::SwitchContext => switch_grant(state, origin, &domain, &request, now).await,
+        AuthAction::AuthorizationCode => code_grant(state, origin, &domain, &request, now).await,
         _ => credentials_grant(state, origin, &domain, request, action, now).await,
     };
     match &result {
@@ -509,6 +517,22 @@ async fn credentials_grant(
                 }
             }
             let mut claims = granted.claims().clone();
+            if claims.is_patient() {
+                // A patient's sign-in opens the record with their NHS number.
+                let nhs = domain.portal_account(&claims.sub).map(|a| a.nhs_number.clone()).unwrap_or_default();
+                match state.engine.portal_patient(&nhs).await.map_err(Refused::unavailable)? {
+                    Some(patient) => claims.patient = Some(patient),
+                    None => {
+                        let event = AuthEvent::refused(action, RefusalReason::InvalidContext, subject, origin.address.clone())
+                            .with_description("no record holds the account's NHS number");
+                        audit(state, origin, event, true).await;
+                        return Err(Refused::new(
+                            OAuthError::invalid_grant("your record cannot be found; please contact your GP practice or hospital"),
+                            false,
+                        ));
+                    }
+                }
+            }
             let refresh_token = if action == AuthAction::Password {
                 let (session, refresh) = Session::start(&mut claims, now, now.saturating_add(policy.refresh_seconds));
                 save_session(state, &session).await.map_err(Refused::unavailable)?;
@@ -542,7 +566,7 @@ async fn credentials_grant(
     }
 }
 
-async fn save_session(state: &AppState, session: &Session) -> Result<(), FhirError> {
+pub(crate) async fn save_session(state: &AppState, session: &Session) -> Result<(), FhirError> {
     let key = session_key(&session.sid);
     let value = session.encode();
     state.engine.set_setting(&key, &value).await?;
@@ -694,10 +718,63 @@ async fn switch_grant(state: &AppState, origin: &Origin, domain: &Arc<tessera_do
     Ok(TokenResponse::issue(&state.config.authenticator, &new, now, Some(refresh_token)))
 }
 
-/// The SMART discovery document (SMART App Launch 2.0) for what this server has: the token
-/// endpoint with its grants and client authentication, the scope syntaxes, and no
-/// authorization endpoint (no app launch), hence no PKCE methods either
-/// (`code_challenge_methods_supported` belongs to the authorization code flow).
+/// `grant_type=authorization_code`: redeems a code the authorization endpoint issued (once:
+/// a code is spent before it is checked, so a replay finds nothing), with PKCE and — for a
+/// confidential app — its secret. With `offline_access` or `online_access` the tokens belong
+/// to a session whose refresh tokens rotate.
+async fn code_grant(state: &AppState, origin: &Origin, domain: &Arc<tessera_domain::Domain>, request: &TokenRequest, now: u64) -> Result<TokenResponse, Refused> {
+    let refused = |reason: RefusalReason, subject: Option<AuthSubject>| AuthEvent::refused(AuthAction::AuthorizationCode, reason, subject, origin.address.clone());
+    let client = request.client_id().map(|c| AuthSubject::attempted(&Account::Client(c.to_string()), domain));
+    let Some(code) = request.get("code") else {
+        audit(state, origin, refused(RefusalReason::InvalidRequest, client), false).await;
+        return Err(Refused::new(OAuthError::invalid_request("missing parameter `code`"), false));
+    };
+    let key = tessera_auth::code_key(code);
+    let grant = {
+        let _serial = state.auth.serialise(&key).await;
+        let stored = state.engine.setting(&key).await.map_err(Refused::unavailable)?;
+        let grant = stored.as_deref().and_then(|v| serde_json::from_str::<tessera_auth::CodeGrant>(v).ok());
+        if grant.is_some() {
+            state.engine.set_setting(&key, "").await.map_err(Refused::unavailable)?;
+        }
+        grant
+    };
+    let Some(grant) = grant else {
+        audit(state, origin, refused(RefusalReason::InvalidRequest, client).with_description("unknown or spent authorization code"), false).await;
+        return Err(Refused::new(OAuthError::invalid_grant("the authorization code is not valid (unknown, expired or already used)"), true));
+    };
+    let mut claims = match tessera_auth::redeem(domain, &grant, request, now) {
+        Ok(c) => c,
+        Err(refusal) => {
+            audit(state, origin, refused(refusal.reason, client), false).await;
+            return Err(Refused::new(refusal.error, refusal.reason.is_credential_failure()));
+        }
+    };
+    let scopes = claims.scopes().unwrap_or_default();
+    let refresh_token = if scopes.contains("offline_access") || scopes.contains("online_access") {
+        let (mut session, refresh) = Session::start(&mut claims, now, now.saturating_add(state.auth.policy.refresh_seconds));
+        session.client = Some(grant.client_id.clone());
+        save_session(state, &session).await.map_err(Refused::unavailable)?;
+        Some(refresh)
+    } else {
+        None
+    };
+    let description = format!(
+        "app `{}` authorised{}",
+        grant.client_id,
+        claims.patient.as_deref().map(|p| format!(" for Patient/{p}")).unwrap_or_default()
+    );
+    audit(state, origin, AuthEvent::granted(AuthAction::AuthorizationCode, AuthSubject::of_claims(&claims, domain), origin.address.clone(), description), true).await;
+    let mut response = TokenResponse::issue(&state.config.authenticator, &claims, now, refresh_token);
+    if claims.patient.is_some() {
+        response.need_patient_banner = Some(!grant.ehr_launch);
+    }
+    Ok(response)
+}
+
+/// The SMART discovery document (SMART App Launch 2.0) for what this server has: the
+/// authorization endpoint (`/oauth/authorize`, served by the web application) and the token
+/// endpoint with its grants and client authentication, PKCE S256, the scope syntaxes.
 fn smart_document(state: &AppState) -> serde_json::Value {
     let base = state.engine.config().base_url.trim_end_matches("/fhir").to_string();
     tessera_auth::smart_configuration(&base)

@@ -7,6 +7,7 @@
 
 mod auth;
 mod cors;
+mod edge;
 mod handlers;
 mod input;
 mod metrics;
@@ -15,6 +16,7 @@ mod terminology;
 mod transport;
 
 pub use cors::{check_origin as check_cors_origin, DEMO_ORIGINS as DEMO_CORS_ORIGINS};
+pub use edge::{Edge, EdgeRefusal};
 pub use metrics::Metrics;
 
 use axum::routing::{get, post};
@@ -59,11 +61,18 @@ pub(crate) struct AppState {
 
 /// The complete router: `/fhir/…`, `/healthz`, `/metrics`.
 pub fn router(engine: Engine, config: HttpConfig) -> Router {
+    router_with_edge(engine, config).0
+}
+
+/// [`router`], and the [`Edge`] through which another transport on the same listener (the
+/// web application) signs people in with the same lockout, sessions and audit.
+pub fn router_with_edge(engine: Engine, config: HttpConfig) -> (Router, Edge) {
     let metrics = Arc::new(Metrics::new());
     let auth = Arc::new(auth::AuthState::new(config.auth_policy.clone()));
     let max_body_bytes = config.max_body_bytes;
     let cors = cors::layer(&config.cors_origins);
     let state = AppState { engine, metrics: metrics.clone(), config: Arc::new(config), auth };
+    let edge_state = state.clone();
     use handlers::*;
     let fhir = Router::new()
         .route("/fhir", get(system_search).post(bundle))
@@ -104,11 +113,12 @@ pub fn router(engine: Engine, config: HttpConfig) -> Router {
         .with_state(state);
     // Outside the routes, so that the OperationOutcome of a 405 sees the `Allow` header the
     // method router adds last.
-    Router::new()
+    let router = Router::new()
         .fallback_service(app)
         .layer(axum::middleware::from_fn(transport::outcomes))
         .layer(transport::compression())
-        .layer(cors)
+        .layer(cors);
+    (router, Edge::new(edge_state))
 }
 
 /// How connections are served.
