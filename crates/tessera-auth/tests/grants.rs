@@ -259,11 +259,15 @@ fn smart_configuration_document() {
     let doc = smart_configuration("https://ehr.example.org/fhir/");
     assert_eq!(doc["token_endpoint"], "https://ehr.example.org/fhir/auth/token");
     let grants: Vec<&str> = doc["grant_types_supported"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(grants, ["password", "client_credentials", "refresh_token", "urn:tessera:switch-context"]);
+    assert_eq!(grants, ["authorization_code", "password", "client_credentials", "refresh_token", "urn:tessera:switch-context"]);
     let capabilities = doc["capabilities"].as_array().unwrap();
-    assert!(capabilities.contains(&"permission-v2".into()) && capabilities.contains(&"client-confidential-symmetric".into()));
-    assert!(!capabilities.contains(&"launch-ehr".into()) && !capabilities.contains(&"sso-openid-connect".into()));
-    assert!(doc.get("authorization_endpoint").is_none());
+    for c in ["permission-v2", "client-confidential-symmetric", "client-public", "launch-ehr", "launch-standalone", "context-ehr-patient", "context-standalone-patient"] {
+        assert!(capabilities.contains(&c.into()), "{c} is supported");
+    }
+    // No OpenID Connect: no id_token is issued, so it is not claimed.
+    assert!(!capabilities.contains(&"sso-openid-connect".into()));
+    assert_eq!(doc["authorization_endpoint"], "https://ehr.example.org/fhir/oauth/authorize");
+    assert_eq!(doc["code_challenge_methods_supported"], serde_json::json!(["S256"]));
     // Every scope advertised parses.
     for scope in doc["scopes_supported"].as_array().unwrap() {
         tessera_auth::Scopes::parse(scope.as_str().unwrap()).unwrap();

@@ -64,22 +64,27 @@ impl Edge {
         password: &str,
         context: (Option<&str>, Option<&str>, Option<&str>),
     ) -> Result<TokenResponse, EdgeRefusal> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("grant_type", tessera_auth::PASSWORD_GRANT).append_pair("username", username).append_pair("password", password);
-        let (role, organisation, location) = context;
-        for (k, v) in [("role", role), ("organisation", organisation), ("location", location)] {
-            if let Some(v) = v {
-                form.append_pair(k, v);
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", tessera_auth::PASSWORD_GRANT).append_pair("username", username).append_pair("password", password);
+            let (role, organisation, location) = context;
+            for (k, v) in [("role", role), ("organisation", organisation), ("location", location)] {
+                if let Some(v) = v {
+                    form.append_pair(k, v);
+                }
             }
-        }
-        self.grant(extensions, headers, form.finish()).await
+            form.finish()
+        };
+        self.grant(extensions, headers, form).await
     }
 
     /// A new access token for the same session (the refresh token rotates).
     pub async fn refresh(&self, extensions: &Extensions, headers: &HeaderMap, refresh_token: &str) -> Result<TokenResponse, EdgeRefusal> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("grant_type", tessera_auth::REFRESH_TOKEN_GRANT).append_pair("refresh_token", refresh_token);
-        self.grant(extensions, headers, form.finish()).await
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", tessera_auth::REFRESH_TOKEN_GRANT)
+            .append_pair("refresh_token", refresh_token)
+            .finish();
+        self.grant(extensions, headers, form).await
     }
 
     /// Switches the session to another role assignment (the old token stops working).
@@ -92,15 +97,18 @@ impl Edge {
         organisation: &str,
         location: Option<&str>,
     ) -> Result<TokenResponse, EdgeRefusal> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("grant_type", tessera_auth::SWITCH_CONTEXT_GRANT)
-            .append_pair("access_token", access_token)
-            .append_pair("role", role)
-            .append_pair("organisation", organisation);
-        if let Some(l) = location {
-            form.append_pair("location", l);
-        }
-        self.grant(extensions, headers, form.finish()).await
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", tessera_auth::SWITCH_CONTEXT_GRANT)
+                .append_pair("access_token", access_token)
+                .append_pair("role", role)
+                .append_pair("organisation", organisation);
+            if let Some(l) = location {
+                form.append_pair("location", l);
+            }
+            form.finish()
+        };
+        self.grant(extensions, headers, form).await
     }
 
     /// The verified claims and engine access of a token this server issued, if it is still

@@ -71,6 +71,8 @@ fn domain() -> Domain {
                 ],
             ),
         ],
+        portal_accounts: Vec::new(),
+        apps: Vec::new(),
         patient_index: Default::default(),
     }
 }

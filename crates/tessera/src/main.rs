@@ -853,9 +853,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if http.cors_origins.iter().any(|o| o == "*") {
         tracing::warn!("CORS allows any origin (--cors-origin '*'): any web page may call this API with a token it holds");
     }
-    let router = tessera_http::router(engine.clone(), http);
+    let router = tessera_web::app(engine.clone(), http, tessera_web::WebConfig::from_env());
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(backend = engine.backend(), %base_url, "Tessera is serving FHIR R4");
+    tracing::info!(web = %base_url.trim_end_matches("/fhir"), portal = %format!("{}/portal", base_url.trim_end_matches("/fhir")), "the clinicians' web application and the patient portal are on the same address");
     let options = tessera_http::ServeOptions { idle_timeout: std::time::Duration::from_secs(args.idle_timeout_seconds.max(1)) };
     tessera_http::serve_with(listener, router, shutdown_signal(), options).await?;
     tracing::info!("stopped");

@@ -91,7 +91,7 @@ pub async fn start_configured(backend: Backend, config: EngineConfig, http: impl
     let mut http = tessera_http::HttpConfig::new(auth.clone());
     http.max_body_bytes = 8 * 1024 * 1024;
     adjust(&mut http);
-    let router = tessera_http::router(engine.clone(), http);
+    let router = tessera_web::app(engine.clone(), http, tessera_web::WebConfig::default());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(tessera_http::serve(listener, router, async move {
         let _ = rx.await;
