@@ -42,10 +42,10 @@ impl Engine {
         let base = &config.base_url;
         let resources: Vec<Value> = tessera_fhir::definitions::resource_types().map(|t| self.resource_capability(t)).collect();
         let system_operations: Vec<Value> = OPERATIONS.iter().filter(|o| o.system).map(|o| operation_entry(o, base)).collect();
-        let token = security.token_endpoint.clone().unwrap_or_else(|| {
-            let origin = base.trim_end_matches('/').trim_end_matches("/fhir");
-            tessera_auth::smart_configuration(origin)["token_endpoint"].as_str().unwrap_or_default().to_string()
-        });
+        let origin = base.trim_end_matches('/').trim_end_matches("/fhir");
+        let smart = tessera_auth::smart_configuration(origin);
+        let token = security.token_endpoint.clone().unwrap_or_else(|| smart["token_endpoint"].as_str().unwrap_or_default().to_string());
+        let authorize = smart["authorization_endpoint"].as_str().unwrap_or_default().to_string();
         let mut rest = json!({
             "mode": "server",
             "security": {
@@ -55,11 +55,12 @@ impl Engine {
                     "text": "OAuth2 bearer tokens (SMART on FHIR scopes)",
                 }],
                 "description": "Every request but `metadata`, the OperationDefinitions and SMART discovery needs `Authorization: Bearer <token>`. \
-                    Tokens come from the token endpoint (password, client credentials and refresh token grants; see `.well-known/smart-configuration`); \
-                    there is no authorization endpoint (no app launch). What a token reaches is further limited by the user's role and care relationships.",
+                    Tokens come from the token endpoint (authorization code with PKCE for SMART apps — EHR and standalone launch through the authorization endpoint — \
+                    and password, client credentials and refresh token grants; see `.well-known/smart-configuration`). \
+                    What a token reaches is further limited by the user's role, the sharing table and care relationships.",
                 "extension": [{
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
-                    "extension": [{"url": "token", "valueUri": token}],
+                    "extension": [{"url": "token", "valueUri": token}, {"url": "authorize", "valueUri": authorize}],
                 }],
             },
             "resource": resources,
