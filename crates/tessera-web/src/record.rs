@@ -139,6 +139,11 @@ pub fn record_markup(state: &WebState, s: &Signed, r: &Record, tab: &str, title:
     )
 }
 
+/// `Type/id` of a resource, marking its row (for tests and assistive tools).
+fn rid(r: &Value) -> String {
+    format!("{}/{}", r.get("resourceType").and_then(Value::as_str).unwrap_or(""), r.get("id").and_then(Value::as_str).unwrap_or(""))
+}
+
 /// The column naming the owner of each row.
 fn owner_cell(r: &Value, domain: &Domain) -> Markup {
     html! { td data-owner=(view::owner_id(r).unwrap_or("")) { (view::owner(r, domain)) } }
@@ -187,7 +192,7 @@ pub async fn summary(State(state): State<WebState>, Clinician(s): Clinician, Pat
                     table class="nhsuk-table" data-section="problems" {
                         caption class="nhsuk-u-visually-hidden" { "Active problems" }
                         thead { tr { th scope="col" { "Problem" } th scope="col" { "Since" } th scope="col" { "Organisation" } } }
-                        tbody { @for c in &active_problems { tr { td { (view::concept(c.get("code"))) } td { (c.get("onsetDateTime").or_else(|| c.get("recordedDate")).and_then(Value::as_str).map(view::date).unwrap_or_default()) } (owner_cell(c, &domain)) } } }
+                        tbody { @for c in &active_problems { tr data-id=(rid(c)) { td { (view::concept(c.get("code"))) } td { (c.get("onsetDateTime").or_else(|| c.get("recordedDate")).and_then(Value::as_str).map(view::date).unwrap_or_default()) } (owner_cell(c, &domain)) } } }
                     }
                 }
                 (glass(&problems, &s, &id, &back))
@@ -196,7 +201,7 @@ pub async fn summary(State(state): State<WebState>, Clinician(s): Clinician, Pat
                     table class="nhsuk-table" data-section="allergies" {
                         caption class="nhsuk-u-visually-hidden" { "Allergies" }
                         thead { tr { th scope="col" { "Allergy" } th scope="col" { "Reaction" } th scope="col" { "Organisation" } } }
-                        tbody { @for a in &r.banner_allergies.resources { tr { td { (view::concept(a.get("code"))) @if !active_allergy(a) { " (inactive)" } } td { (view::concept(a.pointer("/reaction/0/manifestation/0"))) @if let Some(c) = a.get("criticality").and_then(Value::as_str) { " · criticality " (c) } } (owner_cell(a, &domain)) } } }
+                        tbody { @for a in &r.banner_allergies.resources { tr data-id=(rid(a)) { td { (view::concept(a.get("code"))) @if !active_allergy(a) { " (inactive)" } } td { (view::concept(a.pointer("/reaction/0/manifestation/0"))) @if let Some(c) = a.get("criticality").and_then(Value::as_str) { " · criticality " (c) } } (owner_cell(a, &domain)) } } }
                     }
                 }
                 (glass(&r.banner_allergies, &s, &id, &back))
@@ -207,7 +212,7 @@ pub async fn summary(State(state): State<WebState>, Clinician(s): Clinician, Pat
                     table class="nhsuk-table" data-section="medications" {
                         caption class="nhsuk-u-visually-hidden" { "Current medications" }
                         thead { tr { th scope="col" { "Medication" } th scope="col" { "Dose" } th scope="col" { "Organisation" } } }
-                        tbody { @for m in &meds.resources { tr { td { (medication_name(m)) } td { (m.pointer("/dosageInstruction/0/text").and_then(Value::as_str).unwrap_or("")) } (owner_cell(m, &domain)) } } }
+                        tbody { @for m in &meds.resources { tr data-id=(rid(m)) { td { (medication_name(m)) } td { (m.pointer("/dosageInstruction/0/text").and_then(Value::as_str).unwrap_or("")) } (owner_cell(m, &domain)) } } }
                     }
                 }
                 (glass(&meds, &s, &id, &back))
@@ -241,7 +246,7 @@ fn encounter_table(encounters: &[Value], domain: &Domain) -> Markup {
                 thead { tr { th scope="col" { "When" } th scope="col" { "Type" } th scope="col" { "Where" } th scope="col" { "Status" } th scope="col" { "Organisation" } } }
                 tbody {
                     @for e in encounters {
-                        tr {
+                        tr data-id=(rid(e)) {
                             td { (e.pointer("/period/start").and_then(Value::as_str).map(view::date).unwrap_or_default())
                                  @if let Some(end) = e.pointer("/period/end").and_then(Value::as_str) { " – " (view::date(end)) } }
                             td { (view::concept(e.pointer("/type/0"))) @if let Some(c) = e.pointer("/class/display").or_else(|| e.pointer("/class/code")).and_then(Value::as_str) { " (" (c) ")" } }
@@ -285,7 +290,7 @@ pub async fn results(State(state): State<WebState>, Clinician(s): Clinician, Pat
     };
     let engine = state.edge.engine();
     let domain = engine.domain();
-    let found = view::search(engine, &s.access, "Observation", &format!("patient={}&category=laboratory&_count=300&_sort=-date", enc(&id))).await.unwrap_or_default();
+    let found = view::search(engine, &s.access, "Observation", &format!("patient={}&_count=500&_sort=-date", enc(&id))).await.unwrap_or_default();
     let body = results_body(&found, &domain, Some(&id));
     let body = html! { (body) (glass(&found, &s, &id, &format!("/patients/{id}/results"))) };
     record_page(&state, &s, &r, "results", "Results", body)
@@ -294,30 +299,43 @@ pub async fn results(State(state): State<WebState>, Clinician(s): Clinician, Pat
 /// The results table (shared with the portal). `trend_base`: the patient whose trend pages
 /// the analytes link to (none: no links).
 pub fn results_body(found: &Found, domain: &Domain, trend_base: Option<&str>) -> Markup {
-    // Latest per analyte, in order of first appearance (newest first).
-    let mut order: Vec<String> = Vec::new();
     let mut counts: HashMap<String, usize> = HashMap::new();
     for o in &found.resources {
         let key = view::code_key(o.get("code")).unwrap_or_else(|| view::concept(o.get("code")));
-        if !counts.contains_key(&key) {
-            order.push(key.clone());
-        }
         *counts.entry(key).or_default() += 1;
     }
+    // Every result is shown, grouped by category: laboratory, vital signs, then the others.
+    let category = |o: &Value| -> &'static str {
+        let codes: Vec<&str> = o.get("category").and_then(Value::as_array).into_iter().flatten().flat_map(|c| c.get("coding").and_then(Value::as_array).into_iter().flatten()).filter_map(|c| c.get("code").and_then(Value::as_str)).collect();
+        if codes.contains(&"laboratory") {
+            "Laboratory results"
+        } else if codes.contains(&"vital-signs") {
+            "Vital signs"
+        } else {
+            "Other observations"
+        }
+    };
+    let groups: Vec<(&str, Vec<&Value>)> = ["Laboratory results", "Vital signs", "Other observations"]
+        .into_iter()
+        .map(|g| (g, found.resources.iter().filter(|o| category(o) == g).collect::<Vec<_>>()))
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
     html! {
         h2 { "Results" }
-        @if found.resources.is_empty() { (none_recorded("results")) } @else {
+        @if found.resources.is_empty() { (none_recorded("results")) }
+        @for (title, rows) in &groups {
+            h3 { (title) }
             table class="nhsuk-table tessera-results" data-section="results" {
-                caption class="nhsuk-u-visually-hidden" { "Results, newest first" }
+                caption class="nhsuk-u-visually-hidden" { (title) ", newest first" }
                 thead { tr { th scope="col" { "Test" } th scope="col" { "Result" } th scope="col" { "Flag" } th scope="col" { "Reference range" } th scope="col" { "Taken" } th scope="col" { "Organisation" } } }
                 tbody {
-                    @for o in found.resources.iter().take(300) {
+                    @for o in rows {
                         @let flag = view::abnormal_flag(o);
                         @let key = view::code_key(o.get("code"));
-                        tr class=[flag.as_ref().map(|_| "tessera-abnormal")] {
+                        tr class=[flag.as_ref().map(|_| "tessera-abnormal")] data-id=(rid(o)) {
                             td {
                                 @match (trend_base, &key) {
-                                    (Some(pid), Some(k)) if counts.get(k).copied().unwrap_or(0) > 1 => {
+                                    (Some(pid), Some(k)) if counts.get(k).copied().unwrap_or(0) > 1 && o.get("valueQuantity").is_some() => {
                                         a href=(format!("/patients/{pid}/results/trend?code={}", enc(k))) { (view::concept(o.get("code"))) }
                                     }
                                     _ => { (view::concept(o.get("code"))) }
@@ -332,7 +350,10 @@ pub fn results_body(found: &Found, domain: &Domain, trend_base: Option<&str>) ->
                     }
                 }
             }
-            p class="nhsuk-body-s" { (order.len()) " tests, " (found.resources.len()) " results." }
+        }
+        @if !found.resources.is_empty() {
+            p class="nhsuk-body-s" { (counts.len()) " tests, " (found.resources.len()) " results."
+                @if found.resources.len() >= 500 { " Only the newest 500 are listed: open a test's trend for its whole history." } }
         }
     }
 }
@@ -397,7 +418,7 @@ pub async fn medications(State(state): State<WebState>, Clinician(s): Clinician,
             table class="nhsuk-table" data-section="medications" {
                 caption class="nhsuk-u-visually-hidden" { "Medications" }
                 thead { tr { th scope="col" { "Medication" } th scope="col" { "Dose" } th scope="col" { "Status" } th scope="col" { "Prescribed" } th scope="col" { "Organisation" } } }
-                tbody { @for m in &found.resources { tr {
+                tbody { @for m in &found.resources { tr data-id=(rid(m)) {
                     td { (medication_name(m)) }
                     td { (m.pointer("/dosageInstruction/0/text").and_then(Value::as_str).unwrap_or("")) }
                     td { (m.get("status").and_then(Value::as_str).unwrap_or("")) }
@@ -447,7 +468,7 @@ pub async fn documents(State(state): State<WebState>, Clinician(s): Clinician, P
         h2 { "Documents and notes" }
         @if docs.resources.is_empty() && comps.resources.is_empty() { (none_recorded("documents or notes")) }
         @for d in &docs.resources {
-            article class="nhsuk-card tessera-note" data-document=(d.get("id").and_then(Value::as_str).unwrap_or("")) {
+            article class="nhsuk-card tessera-note" data-document=(d.get("id").and_then(Value::as_str).unwrap_or("")) data-id=(rid(d)) {
                 div class="nhsuk-card__content" {
                     h3 class="nhsuk-card__heading nhsuk-heading-s" { (view::concept(d.get("type"))) }
                     p class="nhsuk-body-s" { (d.get("date").and_then(Value::as_str).map(view::date).unwrap_or_default()) " · " (d.pointer("/author/0/display").and_then(Value::as_str).unwrap_or("")) " · " span data-owner=(view::owner_id(d).unwrap_or("")) { (view::owner(d, &domain)) } }
@@ -456,7 +477,7 @@ pub async fn documents(State(state): State<WebState>, Clinician(s): Clinician, P
             }
         }
         @for c in &comps.resources {
-            article class="nhsuk-card tessera-note" {
+            article class="nhsuk-card tessera-note" data-id=(rid(c)) {
                 div class="nhsuk-card__content" {
                     h3 class="nhsuk-card__heading nhsuk-heading-s" { (c.get("title").and_then(Value::as_str).unwrap_or("Composition")) }
                     p class="nhsuk-body-s" { (c.get("date").and_then(Value::as_str).map(view::date).unwrap_or_default()) " · " span data-owner=(view::owner_id(c).unwrap_or("")) { (view::owner(c, &domain)) } }
@@ -487,7 +508,7 @@ pub async fn immunisations(State(state): State<WebState>, Clinician(s): Clinicia
             table class="nhsuk-table" data-section="immunisations" {
                 caption class="nhsuk-u-visually-hidden" { "Immunisations" }
                 thead { tr { th scope="col" { "Vaccine" } th scope="col" { "Given" } th scope="col" { "Status" } th scope="col" { "Organisation" } } }
-                tbody { @for i in &found.resources { tr {
+                tbody { @for i in &found.resources { tr data-id=(rid(i)) {
                     td { (view::concept(i.get("vaccineCode"))) }
                     td { (i.get("occurrenceDateTime").and_then(Value::as_str).map(view::date).unwrap_or_default()) }
                     td { (i.get("status").and_then(Value::as_str).unwrap_or("")) }

@@ -24,6 +24,8 @@ on_both_backends!(
     scopes_narrow_every_path,
     binary_is_as_protected_as_its_security_context,
     patient_index_paths_follow_the_gate,
+    web_pages_follow_the_gate,
+    patient_bound_tokens_reach_one_record,
 );
 
 /// Expected visibility.
@@ -978,4 +980,198 @@ async fn patient_index_paths_follow_the_gate(s: &Server) {
         {"name": "source-patient", "valueReference": {"reference": format!("Patient/{newer}")}},
         {"name": "target-patient", "valueReference": {"reference": "Patient/jane-smith"}}]});
     assert_eq!(s.request_as(&iface, "POST", "Patient/$merge", Some(&serde_json::to_vec(&preview).unwrap())).await.status, 403);
+}
+
+/// The demo password of each user of the matrix.
+fn password(user: &str) -> &'static str {
+    match user {
+        "dr.patel" => "demo-doctor-1",
+        "dr.evans" => "demo-doctor-2",
+        "dr.murphy" => "demo-doctor-3",
+        "dr.khan" => "demo-doctor-4",
+        "nurse.okoro" => "demo-nurse-3",
+        "reception.ali" => "demo-receptionist-1",
+        "research.lee" => "demo-researcher-1",
+        "privacy.walsh" => "demo-privacy-officer-1",
+        "domain.carter" => "demo-domain-admin-1",
+        other => panic!("no demo password for {other}"),
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// A browser session of the web application for `who`, in `who`'s role context: signed in
+/// with the password form, then switched with the context form (CSRF token and all).
+async fn web_session(s: &Server, who: Who) -> String {
+    let form = [("content-type", "application/x-www-form-urlencoded"), ("authorization", "")];
+    let body = format!("username={}&password={}&next=%2Fpatients%2Fmine", who.0, password(who.0));
+    let r = s.request("POST", "/signin", &form, Some(body.as_bytes())).await;
+    assert_eq!(r.status, 303, "{who:?} signs in: {}", String::from_utf8_lossy(&r.body));
+    let cookie = r.header("set-cookie").expect("a session cookie").split(';').next().unwrap().to_string();
+    assert!(r.header("set-cookie").unwrap().contains("HttpOnly") && r.header("set-cookie").unwrap().contains("SameSite=Lax"));
+    let page = s.request("GET", "/context", &[("cookie", &cookie), ("authorization", "")], None).await;
+    let html = String::from_utf8_lossy(&page.body).into_owned();
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("a CSRF token").to_string();
+    let context = format!("{}|{}|{}", who.1, who.2, who.3.unwrap_or(""));
+    let body = format!("csrf={}&next=%2Fpatients%2Fmine&context={}", enc(&csrf), enc(&context));
+    let headers = [("cookie", cookie.as_str()), ("content-type", "application/x-www-form-urlencoded"), ("authorization", "")];
+    let r = s.request("POST", "/context", &headers, Some(body.as_bytes())).await;
+    assert_eq!(r.status, 303, "{who:?} switches context: {}", String::from_utf8_lossy(&r.body));
+    // Without the CSRF token, a form is refused.
+    let r = s.request("POST", "/context", &headers, Some(format!("context={}", enc(&context)).as_bytes())).await;
+    assert_eq!(r.status, 403, "a form without its CSRF token is refused");
+    cookie
+}
+
+/// The web application, row by row of the leak matrix: the page of the record where each
+/// resource would be shown lists it (marked `data-id="Type/id"`) exactly when the API shows
+/// it; behind the glass, the page says so instead; hidden, the page shows neither.
+async fn web_pages_follow_the_gate(s: &Server) {
+    load_demo(s).await;
+    let mut sessions: std::collections::HashMap<&str, String> = std::collections::HashMap::new();
+    let mut checked = 0;
+    for (who, reference, expected) in MATRIX {
+        let (ty, id) = reference.split_once('/').unwrap();
+        let patient = match ty {
+            "Patient" => id.to_string(),
+            _ => {
+                let r = s.get(reference).await.json();
+                let subject = r["subject"]["reference"].as_str().or(r["patient"]["reference"].as_str()).map(str::to_string);
+                match subject.and_then(|p| p.strip_prefix("Patient/").map(str::to_string)) {
+                    Some(p) => p,
+                    None => continue, // not part of a record: no page shows it
+                }
+            }
+        };
+        let tab = match ty {
+            "Patient" | "Condition" | "AllergyIntolerance" => "",
+            "Observation" => "/results",
+            "MedicationRequest" => "/medications",
+            "Encounter" => "/encounters",
+            "DocumentReference" => "/documents",
+            _ => continue, // Consent, …: not shown by the web application
+        };
+        if !sessions.contains_key(who.0) {
+            sessions.insert(who.0, web_session(s, *who).await);
+        }
+        let cookie = &sessions[who.0];
+        let page = s.request("GET", &format!("/patients/{patient}{tab}"), &[("cookie", cookie), ("authorization", "")], None).await;
+        let html = String::from_utf8_lossy(&page.body).into_owned();
+        let listed = html.contains(&format!("data-id=\"{reference}\""));
+        let marker = html.contains("More exists — break the glass to view");
+        // What the API says for the same person.
+        let api = s.request_as(&token(s, *who), "GET", reference, None).await.status;
+        match expected {
+            V::Yes => {
+                assert_eq!(api, 200);
+                if ty == "Patient" {
+                    assert_eq!(page.status, 200, "{who:?} {reference}: the record opens");
+                    assert!(html.contains("data-nhs-number"), "{who:?} {reference}: the banner");
+                } else {
+                    assert!(listed, "{who:?} sees {reference} on /patients/{patient}{tab}");
+                }
+            }
+            V::Glass => {
+                assert!(!listed, "{who:?} must not see {reference} before breaking the glass");
+                assert!(marker, "{who:?} {reference}: the page says more exists behind the glass");
+                if ty == "Patient" {
+                    assert_eq!(page.status, 403);
+                    assert!(!html.contains("data-nhs-number"), "{who:?} {reference}: no banner behind the glass");
+                }
+            }
+            V::No => {
+                assert!(!listed, "{who:?} must not see {reference} on /patients/{patient}{tab}: {html}");
+                if ty == "Patient" {
+                    assert_eq!(page.status, 404, "{who:?} {reference}: behaves as absent");
+                    assert!(!marker, "{who:?} {reference}: hidden data leaves no marker");
+                }
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 30, "{checked} rows checked through the web application");
+    // No session: every page sends the browser to sign in, and shows nothing.
+    let page = s.request("GET", "/patients/jane-smith", &[("authorization", "")], None).await;
+    assert_eq!(page.status, 303);
+    assert!(!String::from_utf8_lossy(&page.body).contains("SMITH"));
+    // A bearer token is not a web session.
+    let page = s.request_as(&token(s, PATEL), "GET", "/patients/jane-smith", None).await;
+    assert_eq!(page.status, 303);
+}
+
+/// Tokens bound to one patient — a SMART app's patient-level scopes, a patient's portal
+/// sign-in — reach that patient's record and nothing else, on every read path; they write
+/// only where their scopes and the user's role allow, and the portal writes nothing.
+async fn patient_bound_tokens_reach_one_record(s: &Server) {
+    load_demo(s).await;
+    let now = tessera_auth::now();
+    let domain = s.engine.domain();
+    let issued = s.auth.issue_user_token(&domain, "dr.patel", Some("doctor"), Some("rx1-general"), Some("ward-7a"), None, now).unwrap();
+    let mut app = s.auth.verify_at(&issued, now).unwrap();
+    app.scope = "patient/*.rs launch".into();
+    app.patient = Some("jane-smith".into());
+    let app_token = s.auth.sign(&app);
+    let mut portal = app.clone();
+    portal.kind = tessera_auth::TokenKind::Patient;
+    portal.sub = "daniel.okafor".into();
+    portal.name = "Daniel Okafor".into();
+    portal.org = String::new();
+    portal.role = None;
+    portal.loc = None;
+    portal.scope = tessera_auth::PATIENT_PORTAL_SCOPES.into();
+    portal.patient = Some("daniel-okafor".into());
+    let portal_token = s.auth.sign(&portal);
+    for (t, own, other) in [(&app_token, "jane-smith", "daniel-okafor"), (&portal_token, "daniel-okafor", "jane-smith")] {
+        assert_eq!(s.request_as(t, "GET", &format!("Patient/{own}"), None).await.status, 200);
+        for path in [
+            format!("Patient/{other}"),
+            format!("Patient/{other}/$everything"),
+            format!("Patient/{other}/_history"),
+            format!("Patient/{other}/Observation"),
+        ] {
+            let r = s.request_as(t, "GET", &path, None).await;
+            let body = String::from_utf8_lossy(&r.body).into_owned();
+            assert!(r.status >= 400 || !body.contains(&format!("Patient/{other}\"")) && !body.contains("\"resourceType\":\"Observation\""), "{path}: {} {body}", r.status);
+        }
+        for path in ["Observation?_count=500", "Encounter?_count=500", "_history?_count=500", "Patient?_count=500", "Condition?_count=500", "MedicationRequest?_count=500"] {
+            let r = s.request_as(t, "GET", path, None).await;
+            assert_eq!(r.status, 200, "{path}");
+            let b = r.json();
+            for e in b["entry"].as_array().into_iter().flatten() {
+                let res = &e["resource"];
+                if res["resourceType"] == "OperationOutcome" {
+                    continue;
+                }
+                let subject = if res["resourceType"] == "Patient" { format!("Patient/{}", res["id"].as_str().unwrap_or("")) } else { res["subject"]["reference"].as_str().or(res["patient"]["reference"].as_str()).unwrap_or("").to_string() };
+                assert_eq!(subject, format!("Patient/{own}"), "{path} lists only the patient in context: {res}");
+            }
+        }
+        let own_obs = s.request_as(t, "GET", &format!("Observation?patient={own}&_summary=count"), None).await.json();
+        assert!(own_obs["total"].as_u64().unwrap_or(0) >= 1, "the own record is readable: {own_obs}");
+        // Writes: read-only scopes, and the portal never writes.
+        let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{own}")}});
+        assert_eq!(s.request_as(t, "POST", "Observation", Some(&serde_json::to_vec(&obs).unwrap())).await.status, 403);
+    }
+    // The patient's access log: their own only; the audit trail at large: never.
+    assert_eq!(s.request_as(&portal_token, "GET", "Patient/daniel-okafor/$access-log", None).await.status, 200);
+    assert_eq!(s.request_as(&portal_token, "GET", "Patient/jane-smith/$access-log", None).await.status, 403);
+    assert_eq!(s.request_as(&portal_token, "GET", "AuditEvent?patient=daniel-okafor", None).await.status, 403);
+    // A patient-scoped app with write scopes writes into its patient's record only, and only
+    // what the user's role may write.
+    let mut writer = app.clone();
+    writer.scope = "patient/*.cruds".into();
+    writer.jti = tessera_auth::random_id();
+    let writer = s.auth.sign(&writer);
+    let mine = json!({"resourceType": "Observation", "status": "final", "code": {"text": "App note"}, "subject": {"reference": "Patient/jane-smith"}});
+    assert_eq!(s.request_as(&writer, "POST", "Observation", Some(&serde_json::to_vec(&mine).unwrap())).await.status, 201);
+    let theirs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "App note"}, "subject": {"reference": "Patient/tom-hughes"}});
+    assert_eq!(s.request_as(&writer, "POST", "Observation", Some(&serde_json::to_vec(&theirs).unwrap())).await.status, 403);
+    // Patient-level scopes without a patient in context reach nothing.
+    let mut unbound = app.clone();
+    unbound.patient = None;
+    unbound.jti = tessera_auth::random_id();
+    let unbound = s.auth.sign(&unbound);
+    assert!(matches!(s.request_as(&unbound, "GET", "Patient/jane-smith", None).await.status, 403 | 404));
 }
