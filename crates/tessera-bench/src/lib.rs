@@ -21,6 +21,10 @@
 //! a 401 or 403 answer ends the run with the server's OperationOutcome diagnostics rather
 //! than being counted as an ordinary failure.
 //!
+//! * [`web`] (`tessera bench web`) signs a user in through the web application's form and
+//!   times the record summary, results and results-trend pages of one patient (the busiest
+//!   of a Synthea folder), with enforcement and audit on.
+//!
 //! The client side is kept lean because it usually shares the machine with the server.
 
 mod empi;
@@ -29,8 +33,10 @@ mod http;
 mod ingest;
 mod read;
 mod soak;
+mod web;
 
 pub use empi::{run as empi, EmpiOptions, EmpiReport};
+pub use web::{run as web, PageTiming, WebOptions, WebReport};
 pub use soak::{header as soak_header, rss_kib, IntervalRow, KindInterval, KindSummary, Op as SoakOp, SoakOptions, SoakReport};
 
 use std::path::PathBuf;

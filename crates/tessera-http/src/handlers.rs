@@ -761,6 +761,12 @@ pub async fn admin_domain_get(State(state): State<AppState>, Extension(access): 
     for s in &mut domain.service_accounts {
         s.secret_hash = None;
     }
+    for a in &mut domain.portal_accounts {
+        a.password_hash = None;
+    }
+    for a in &mut domain.apps {
+        a.secret_hash = None;
+    }
     axum::Json(domain).into_response()
 }
 

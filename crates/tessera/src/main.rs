@@ -417,6 +417,35 @@ enum BenchCommand {
         #[arg(long, default_value = "Patient")]
         resource_type: String,
     },
+    /// Time the clinician's record pages in the web application, as a browser asks for them
+    /// (signed in through the form, enforcement and audit on): the record summary, the
+    /// results and the trend of the most frequent analyte of one patient — by default the
+    /// busiest patient of a Synthea folder (import it first).
+    ///
+    /// Example:
+    ///   tessera bench web --busiest-from ../shared/data/synthea --token "$(tessera token --system)"
+    Web {
+        /// The server's address.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Who signs in (their role must let them open the record, or break the glass).
+        #[arg(long, default_value = "dr.patel")]
+        user: String,
+        #[arg(long, env = "TESSERA_BENCH_PASSWORD", default_value = "demo-doctor-1", hide_env_values = true)]
+        password: String,
+        /// The patient's id.
+        #[arg(long, conflicts_with = "busiest_from")]
+        patient: Option<String>,
+        /// Time the busiest patient of this folder of Synthea bundles.
+        #[arg(long)]
+        busiest_from: Option<PathBuf>,
+        /// A system token, to find that patient's id.
+        #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Timed requests per page.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+    },
     /// Measure the patient index's matching: quality on a labelled set built from the
     /// Patients of the given bundles (each registered again with typos, nicknames, swapped
     /// names, transposed dates, no NHS number, a new address or a married name; twins and
@@ -516,6 +545,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Read { url, token, connections, seconds, resource_type }) => {
             let report = tessera_bench::read(&url, &token, &resource_type, connections, std::time::Duration::from_secs(seconds)).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Web { url, user, password, patient, busiest_from, token, requests }) => {
+            let report = tessera_bench::web(tessera_bench::WebOptions { url, user, password, patient, busiest_from, token, requests }).await?;
+            print!("{report}");
             Ok(())
         }
         Command::Bench(BenchCommand::Empi { paths, background, copies, population, queries, seed }) => {

@@ -570,14 +570,18 @@ async fn capability_statement_tells_the_truth(s: &Server) {
     assert_eq!((coding["system"].as_str(), coding["code"].as_str()), (Some("http://terminology.hl7.org/CodeSystem/restful-security-service"), Some("SMART-on-FHIR")));
     let oauth = security["extension"].as_array().unwrap().iter().find(|e| e["url"] == "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris").expect("oauth-uris");
     let uris: Map<String, Value> = oauth["extension"].as_array().unwrap().iter().map(|e| (e["url"].as_str().unwrap().to_string(), e["valueUri"].clone())).collect();
-    assert_eq!(uris.keys().collect::<Vec<_>>(), ["token"], "only the endpoints that exist");
+    assert_eq!(uris.keys().collect::<Vec<_>>(), ["token", "authorize"], "only the endpoints that exist");
     let smart = s.request("GET", "/.well-known/smart-configuration", &[("authorization", "")], None).await.json();
     assert_eq!(smart, s.request("GET", ".well-known/smart-configuration", &[("authorization", "")], None).await.json());
     assert_eq!(uris["token"], smart["token_endpoint"]);
-    for required in ["token_endpoint", "grant_types_supported", "capabilities", "scopes_supported"] {
+    assert_eq!(uris["authorize"], smart["authorization_endpoint"]);
+    // The authorization endpoint is served (an unknown app is told so, not a 404).
+    let authorize = s.request("GET", "/oauth/authorize?client_id=nobody", &[("authorization", "")], None).await;
+    assert_eq!(authorize.status, 400);
+    for required in ["token_endpoint", "authorization_endpoint", "code_challenge_methods_supported", "grant_types_supported", "capabilities", "scopes_supported"] {
         assert!(smart.get(required).is_some(), "smart-configuration has {required}: {smart}");
     }
-    for absent in ["authorization_endpoint", "code_challenge_methods_supported", "revocation_endpoint", "introspection_endpoint"] {
+    for absent in ["revocation_endpoint", "introspection_endpoint", "registration_endpoint"] {
         assert!(smart.get(absent).is_none(), "no {absent}: the server has none");
     }
     let token_path = uris["token"].as_str().unwrap().strip_prefix(s.base.trim_end_matches("/fhir")).expect("token endpoint on this server").to_string();
