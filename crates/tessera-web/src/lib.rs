@@ -23,6 +23,8 @@ mod layout;
 pub mod news2;
 mod patients;
 mod portal;
+#[cfg(test)]
+mod proptests;
 mod record;
 mod session;
 mod signin;

@@ -188,9 +188,9 @@ pub fn date(value: &str) -> String {
         (None, Some(month)) => format!("{month} {y}"),
         _ => y.to_string(),
     };
-    if t.len() >= 5 {
+    if let Some(hm) = t.get(..5) {
         out.push(' ');
-        out.push_str(&t[..5]);
+        out.push_str(hm);
     }
     out
 }

@@ -350,6 +350,18 @@ pub async fn vitals_submit(State(state): State<WebState>, parts: Parts, Clinicia
     }
 }
 
+/// The vitals of a form's values, or the problems by field (for property tests).
+#[cfg(test)]
+pub(crate) fn parse_vitals(values: &HashMap<String, String>) -> Result<Vitals, Vec<(String, String)>> {
+    VitalsForm { values: values.clone() }.parse()
+}
+
+/// [`allergy_resource`], for property tests.
+#[cfg(test)]
+pub(crate) fn allergy_for(f: &HashMap<String, String>, patient: &str, recorder: &str) -> Result<Value, Vec<(String, String)>> {
+    allergy_resource(f, patient, recorder)
+}
+
 // ---------------------------------------------------------------- allergies
 
 const COMMON_ALLERGENS: &[(&str, &str, &str)] = &[
