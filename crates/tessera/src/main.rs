@@ -27,7 +27,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the FHIR server.
+    /// Run the server: the FHIR API (/fhir), the clinicians' web application (/), the patient
+    /// portal (/portal) and SMART App Launch (/oauth/authorize), on one address.
+    ///
+    /// With --demo, open http://127.0.0.1:8080/ and sign in as dr.patel (demo-doctor-1);
+    /// docs/demo-domain.md lists every demo user, patient account and app.
+    /// TESSERA_WEB_IDLE_MINUTES (default 30) ends idle web sessions.
     ///
     /// Examples:
     ///   tessera serve --demo
