@@ -471,6 +471,10 @@ impl<'a> Gate<'a> {
         if self.access.kind == AccessKind::Patient {
             return Err(FhirError::new(403, IssueType::Forbidden, "the patient portal is read-only: ask your care team to correct your record"));
         }
+        // Layered content: who writes which layer, and what a lower layer may localise.
+        if let Some(value) = new.filter(|_| crate::content::is_content_type(resource_type)) {
+            self.engine.check_content_write(self.access, resource_type, id, value).await?;
+        }
         if let Some(patient) = self.access.compartment_bound(resource_type) {
             let in_record = |compartment: Option<&str>, own_id: &str| if resource_type == "Patient" { own_id == patient } else { compartment == Some(patient) };
             let existing_ok = existing.is_none_or(|c| in_record(c.compartment.as_deref(), &c.id));

@@ -27,6 +27,7 @@ pub mod binary;
 pub mod bundle;
 pub mod cache;
 pub mod capability;
+pub mod content;
 pub mod criteria;
 pub mod domain;
 pub mod error;

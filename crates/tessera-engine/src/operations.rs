@@ -171,6 +171,28 @@ pub const OPERATIONS: &[Operation] = &[
         documentation: "The domain's patient index: Patients that may be the person described (POST Parameters `resource`, `onlyCertainMatches`, `count`), graded certain / probable / possible with a score, only those the user may see.",
     },
     Operation {
+        code: "effective",
+        resources: &["ActivityDefinition", "PlanDefinition", "Questionnaire", "ValueSet", "CodeSystem", "Library", "Measure"],
+        system: false,
+        type_level: true,
+        instance: true,
+        affects_state: false,
+        definition: Definition::Server {
+            id: "Resource-effective",
+            title: "Effective content for an organisation and location",
+            description: "Layered content (model → domain → organisation → site) as it applies to an organisation and location: the overlay of the layers, each element \
+                marked (extension `https://tessera.health/StructureDefinition/effective-element`) with the layer and item it came from. On an instance: that item's content; \
+                on the type: every layered item (or those of one canonical `url`), as a searchset. Read through the same access rules as a search.",
+            parameters: &[
+                Param { name: "organization", direction: "in", min: 0, max: "1", kind: "string", documentation: "The organisation (a trust or a site); default: the caller's." },
+                Param { name: "location", direction: "in", min: 0, max: "1", kind: "string", documentation: "The location (its site applies); default: the caller's." },
+                Param { name: "url", direction: "in", min: 0, max: "1", kind: "uri", documentation: "Type level: only the content with this canonical URL." },
+                Param { name: "return", direction: "out", min: 1, max: "1", kind: "Resource", documentation: "The effective item (instance), or a searchset Bundle of them (type)." },
+            ],
+        },
+        documentation: "The content as it applies to an organisation and location, each element marked with its layer (docs/content.md).",
+    },
+    Operation {
         code: "ihe-pix",
         resources: &["Patient"],
         system: false,

@@ -679,6 +679,12 @@ pub(crate) async fn operation(
             let note = param("note").or_else(|| from_query("note"));
             json(engine.resolve_candidate(access, id, &decision, note.as_deref()).await)
         }
+        (OpLevel::Instance(ty, id), "$effective") => {
+            let query = input.as_query();
+            let get = |k: &str| form_urlencoded::parse(query.as_bytes()).find(|(n, _)| n == k || (k == "organization" && n == "organisation")).map(|(_, v)| v.into_owned());
+            json(engine.effective(access, ty, id, get("organization").as_deref(), get("location").as_deref()).await)
+        }
+        (OpLevel::Type(ty), "$effective") => bundle(engine.effective_all(access, ty, &input.as_query()).await),
         (OpLevel::Instance("Location", id), "$worklist") => {
             let query = input.as_query();
             let kind = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "kind").map(|(_, v)| v.into_owned()).unwrap_or_else(|| "encounter".into());

@@ -24,7 +24,24 @@ pub async fn load(engine: &Engine) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("demo record of {site}: {e}"))?;
     }
+    load_content(engine).await?;
     engine.set_setting(MARKER, "1").await?;
     tracing::info!("demo domain loaded: see docs/demo-domain.md for users and passwords");
+    Ok(())
+}
+
+/// The model content Tessera ships (the model layer, written by the server itself) and the
+/// demo trusts' localisations of it (docs/content.md).
+pub async fn load_content(engine: &Engine) -> anyhow::Result<()> {
+    engine
+        .bundle_json(&Access::bootstrap(), tessera_content::MODEL_CONTENT.as_bytes(), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("the model content: {e}"))?;
+    for (trust, bundle) in tessera_content::DEMO_LOCALISATIONS {
+        engine
+            .bundle_json(&Access::system(trust), bundle.as_bytes(), None)
+            .await
+            .map_err(|e| anyhow::anyhow!("the demo localisations of {trust}: {e}"))?;
+    }
     Ok(())
 }

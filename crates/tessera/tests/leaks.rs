@@ -26,6 +26,7 @@ on_both_backends!(
     patient_index_paths_follow_the_gate,
     web_pages_follow_the_gate,
     patient_bound_tokens_reach_one_record,
+    content_paths_follow_the_gate,
 );
 
 /// Expected visibility.
@@ -1174,4 +1175,39 @@ async fn patient_bound_tokens_reach_one_record(s: &Server) {
     unbound.jti = tessera_auth::random_id();
     let unbound = s.auth.sign(&unbound);
     assert!(matches!(s.request_as(&unbound, "GET", "Patient/jane-smith", None).await.status, 403 | 404));
+}
+
+/// Layered content is read through the `Gate` like everything else: `$effective` (instance
+/// and type) releases only what the reader's scopes and role let them read, and a token bound
+/// to one patient reads no content.
+async fn content_paths_follow_the_gate(s: &Server) {
+    load_demo(s).await;
+    // A clinician reads the content (configuration is readable by every role that reads it).
+    let patel = token(s, PATEL);
+    assert_eq!(s.request_as(&patel, "GET", "ActivityDefinition/model-lab-fbc/$effective", None).await.status, 200);
+    // Scopes narrow: a token that may read Observations only reads no content.
+    let narrow = s.auth.issue_user_token(&s.engine.domain(), "dr.patel", Some("doctor"), Some("rx1-general"), Some("ward-7a"), Some("user/Observation.rs"), tessera_auth::now()).unwrap();
+    let r = s.request_as(&narrow, "GET", "ActivityDefinition/model-lab-fbc/$effective", None).await;
+    assert!(matches!(r.status, 403 | 404), "{}", r.status);
+    let all = s.request_as(&narrow, "GET", "ActivityDefinition/$effective", None).await;
+    assert!(all.status == 403 || all.json()["entry"].as_array().is_none_or(|e| e.is_empty()), "{}", String::from_utf8_lossy(&all.body));
+    // A patient's portal token: their own record only, no content.
+    let now = tessera_auth::now();
+    let issued = s.auth.issue_user_token(&s.engine.domain(), "dr.patel", Some("doctor"), Some("rx1-general"), Some("ward-7a"), None, now).unwrap();
+    let mut portal = s.auth.verify_at(&issued, now).unwrap();
+    portal.kind = tessera_auth::TokenKind::Patient;
+    portal.sub = "daniel.okafor".into();
+    portal.org = String::new();
+    portal.role = None;
+    portal.loc = None;
+    portal.scope = tessera_auth::PATIENT_PORTAL_SCOPES.into();
+    portal.patient = Some("daniel-okafor".into());
+    let portal = s.auth.sign(&portal);
+    assert!(matches!(s.request_as(&portal, "GET", "ActivityDefinition/model-lab-fbc/$effective", None).await.status, 403 | 404));
+    let all = s.request_as(&portal, "GET", "PlanDefinition/$effective", None).await;
+    assert!(all.status == 403 || all.json()["entry"].as_array().is_none_or(|e| e.is_empty()));
+    // A service account of another trust sees the model and its own trust's layer, not Northgate's.
+    let rx2 = system_token(s, "rx2", "system/*.rs");
+    let fbc = s.request_as(&rx2, "GET", "ActivityDefinition/model-lab-fbc/$effective", None).await.json();
+    assert_eq!(fbc["title"], "Full blood count (FBC)");
 }

@@ -219,6 +219,10 @@ impl Server {
             let bundle = tessera_domain::demo::relative_dates(bundle, now);
             engine.bundle_json(&tessera_engine::Access::system(site), bundle.as_bytes(), None).await.unwrap();
         }
+        engine.bundle_json(&tessera_engine::Access::bootstrap(), tessera_content::MODEL_CONTENT.as_bytes(), None).await.unwrap();
+        for (trust, bundle) in tessera_content::DEMO_LOCALISATIONS {
+            engine.bundle_json(&tessera_engine::Access::system(trust), bundle.as_bytes(), None).await.unwrap();
+        }
     }
 
     /// A token for a user in a role context.
