@@ -14,7 +14,18 @@
 //! pathology wording of the full blood count and Northgate General's chest X-ray
 //! arrangements; Southbank's community version of the sepsis order set's usage.
 //!
-//! **Invariant:** every item is valid FHIR R4 (tested), of a content type, with a `url`.
+//! [`package`]: a layer's content as one signed file (Ed25519 by the domain's content key,
+//! SHA-256 of the content): written, read, verified — one altered byte is refused. [`diff`]:
+//! element-level differences between two packages or versions. [`ops`]: the operator's
+//! commands over a database (`tessera content export|import|diff|impact|key`), through the
+//! engine as the bootstrap account, so the engine's layering rules apply to imports.
+//!
+//! **Invariant:** every shipped item is valid FHIR R4 (tested), of a content type, with a
+//! `url`; a package is loaded only if its signature and checksum verify, in one transaction.
+
+pub mod diff;
+pub mod ops;
+pub mod package;
 
 /// The model content: a FHIR transaction Bundle (PUT, stable ids `model-…`).
 pub const MODEL_CONTENT: &str = include_str!("../model/model-content.json");

@@ -276,7 +276,8 @@ impl Engine {
     }
 
     /// A value the server's own tools keep in the database: the token signing key
-    /// (`auth.…`), the demo marker (`demo.…`) and the import's resume points (`import.…`).
+    /// (`auth.…`), the demo marker (`demo.…`), the import's resume points (`import.…`) and
+    /// the content signing key (`content.…`).
     /// Other keys (the domain, break-glass grants) are the engine's and are refused.
     pub async fn setting(&self, key: &str) -> Result<Option<String>, FhirError> {
         check_setting_key(key)?;
@@ -313,7 +314,7 @@ fn assert_futures_are_send(e: &Engine) {
 
 /// The key spaces of [`Engine::setting`].
 fn check_setting_key(key: &str) -> Result<(), FhirError> {
-    if ["auth.", "demo.", "import."].iter().any(|p| key.starts_with(p)) {
+    if ["auth.", "demo.", "import.", "content."].iter().any(|p| key.starts_with(p)) {
         Ok(())
     } else {
         Err(FhirError::internal(format!("'{key}' is not a setting the server's tools may read or change")))

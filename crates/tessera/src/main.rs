@@ -83,6 +83,10 @@ enum Command {
     /// The patient index: the duplicate review worklist.
     #[command(subcommand)]
     Empi(EmpiCommand),
+    /// Layered content (docs/content.md): signed packages of a layer, their differences and
+    /// the impact of a change.
+    #[command(subcommand)]
+    Content(ContentCommand),
     /// Rebuild the search index from the current version of every resource.
     ///
     /// Needed after an upgrade that changes the search parameters or how values are
@@ -325,6 +329,56 @@ struct MigrateArgs {
     /// Extract files or folders.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ContentCommand {
+    /// Write a layer's content (of one organisation, for the organisation and site layers)
+    /// as a versioned package signed with the domain's content key.
+    ///
+    /// Example:
+    ///   tessera content export --layer organisation --org rx1 --out rx1-content.tcp
+    #[command(verbatim_doc_comment)]
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// model, domain, organisation or site.
+        #[arg(long)]
+        layer: String,
+        /// The trust (organisation layer) or site (site layer).
+        #[arg(long)]
+        org: Option<String>,
+        /// The package's version (default: when it was exported).
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify a package (its signature by the domain's content key, or a --trust-key, and
+    /// its checksum) and load it in one transaction; prints what changed.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Also trust packages signed with this public key (hex), e.g. a model publisher's.
+        #[arg(long)]
+        trust_key: Vec<String>,
+        file: PathBuf,
+    },
+    /// The element-level differences between two packages (two versions of a layer).
+    Diff { a: PathBuf, b: PathBuf },
+    /// What loading a package would change, and who and what that reaches: the
+    /// organisations and sites whose content changes, their users, and the active orders,
+    /// care plans and questionnaire responses that refer to the changed content.
+    Impact {
+        #[command(flatten)]
+        store: StoreArgs,
+        file: PathBuf,
+    },
+    /// Print the domain's content public key (made on first use), for other domains to trust.
+    Key {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -599,6 +653,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::User(cmd) => user(cmd).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Content(command) => content_command(command).await,
         Command::Empi(EmpiCommand::Scan { store }) => {
             init_logging(false);
             let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
@@ -951,4 +1006,71 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         None => println!("{report}"),
     }
     Ok(())
+}
+
+fn content_layer(code: &str) -> anyhow::Result<tessera_engine::content::Layer> {
+    tessera_engine::content::Layer::parse(code).with_context(|| format!("unknown layer '{code}': model, domain, organisation or site"))
+}
+
+async fn content_command(command: ContentCommand) -> anyhow::Result<()> {
+    use tessera_content::{diff, ops, package::Package};
+    init_logging(false);
+    match command {
+        ContentCommand::Export { store, layer, org, version, out } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let (manifest, bytes) = ops::export(&engine, content_layer(&layer)?, org.as_deref(), version.as_deref()).await?;
+            std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "{}: {} items of the {} layer{}, version {}, sha256 {}, signed by {}",
+                out.display(),
+                manifest.items,
+                manifest.layer,
+                manifest.organisation.as_deref().map(|o| format!(" of {o}")).unwrap_or_default(),
+                manifest.version,
+                manifest.sha256,
+                manifest.public_key
+            );
+            Ok(())
+        }
+        ContentCommand::Import { store, trust_key, file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let report = ops::import(&engine, &bytes, &trust_key).await?;
+            println!("{}: verified and loaded {} items ({} layer, version {})", file.display(), report.items, report.manifest.layer, report.manifest.version);
+            for c in &report.changes {
+                println!("{c}");
+            }
+            Ok(())
+        }
+        ContentCommand::Diff { a, b } => {
+            let read = |p: &PathBuf| -> anyhow::Result<serde_json::Value> {
+                let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+                Ok(Package::parse(&bytes)?.content_unverified()?)
+            };
+            let changes = diff::diff(&read(&a)?, &read(&b)?);
+            for c in &changes {
+                println!("{c}");
+            }
+            println!("{} difference(s)", changes.len());
+            Ok(())
+        }
+        ContentCommand::Impact { store, file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let package = Package::parse(&bytes)?;
+            let (engine, _) = open_engine_shared(&store, EngineConfig::default()).await?;
+            let layer = content_layer(&package.manifest.layer)?;
+            let before = ops::current(&engine, layer, package.manifest.organisation.as_deref()).await?;
+            let changes = diff::diff(&before, &package.content_unverified()?);
+            for c in &changes {
+                println!("{c}");
+            }
+            print!("{}", ops::impact(&engine, &changes).await?);
+            Ok(())
+        }
+        ContentCommand::Key { store } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            println!("{}", ops::domain_key(&engine).await?.public_hex());
+            Ok(())
+        }
+    }
 }

@@ -211,3 +211,32 @@ fn migrate_dry_run_real_run_and_the_review_worklist() {
     let (ok, text) = tessera(&["empi", "review", "--data-dir", data]);
     assert!(ok && text.contains("0 open pair(s)"), "{text}");
 }
+
+#[test]
+fn content_packages_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (ok, key) = tessera(&["content", "key", "--data-dir", data]);
+    assert!(ok, "{key}");
+    let key = key.lines().map(str::trim).find(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit())).unwrap_or_else(|| panic!("a key: {key}")).to_string();
+    assert_eq!(key.len(), 64, "an Ed25519 public key in hex: {key}");
+    let (ok, again) = tessera(&["content", "key", "--data-dir", data]);
+    assert!(ok && again.contains(&key), "the key is kept");
+    let file = dir.path().join("model.tcp");
+    let (ok, text) = tessera(&["content", "export", "--data-dir", data, "--layer", "model", "--version", "1", "--out", file.to_str().unwrap()]);
+    assert!(ok && text.contains("items of the model layer") && text.contains(&key), "{text}");
+    let (ok, text) = tessera(&["content", "diff", file.to_str().unwrap(), file.to_str().unwrap()]);
+    assert!(ok && text.contains("0 difference(s)"), "{text}");
+    let (ok, text) = tessera(&["content", "import", "--data-dir", data, file.to_str().unwrap()]);
+    assert!(ok && text.contains("verified and loaded"), "{text}");
+    // One byte altered: refused, with the reason.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x20;
+    std::fs::write(&file, &bytes).unwrap();
+    let (ok, text) = tessera(&["content", "import", "--data-dir", data, file.to_str().unwrap()]);
+    assert!(!ok && text.contains("altered"), "{text}");
+    let (ok, text) = tessera(&["content", "export", "--data-dir", data, "--layer", "site", "--out", file.to_str().unwrap()]);
+    assert!(!ok && text.contains("--org"), "{text}");
+}

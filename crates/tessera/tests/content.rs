@@ -8,7 +8,7 @@ mod common;
 use common::{Server, Who};
 use serde_json::{json, Value};
 
-on_both_backends!(effective_content_overlays_the_layers, localisation_stays_within_what_is_allowed);
+on_both_backends!(effective_content_overlays_the_layers, localisation_stays_within_what_is_allowed, packages_are_signed_verified_and_loaded_whole);
 
 const PATEL: Who = ("dr.patel", "doctor", "rx1-general", Some("ward-7a"));
 const MURPHY: Who = ("dr.murphy", "doctor", "rx2-southbank-hc", Some("rx2-diabetes-clinic"));
@@ -136,4 +136,67 @@ async fn localisation_stays_within_what_is_allowed(s: &Server) {
     // A clinician writes no content at all.
     let ok2 = site_override("rx1-general-lab-crp-9", json!({"title": "x"}));
     assert_eq!(s.request_as(&patel, "PUT", "ActivityDefinition/rx1-general-lab-crp-9", Some(&serde_json::to_vec(&ok2).unwrap())).await.status, 403);
+}
+
+/// Content packages: a layer exported, signed; loaded into another domain's database only if
+/// signed by a trusted key and unaltered; one altered byte refused; a package that changes
+/// what may not be localised refused whole; the impact of a change named — organisations,
+/// users, and the active orders that refer to it.
+async fn packages_are_signed_verified_and_loaded_whole(s: &Server) {
+    use tessera_content::{diff, ops};
+    use tessera_engine::content::Layer;
+    s.load_demo().await;
+    let engine = &s.engine;
+    let (manifest, bytes) = ops::export(engine, Layer::Organisation, Some("rx1"), Some("2026.12")).await.unwrap();
+    assert_eq!(manifest.items, 1, "Northgate's own layer: its FBC wording");
+    assert_eq!(manifest.version, "2026.12");
+    let (model, model_bytes) = ops::export(engine, Layer::Model, None, None).await.unwrap();
+    assert!(model.items >= 20);
+    assert!(ops::export(engine, Layer::Site, None, None).await.is_err(), "a site package names its site");
+    // Re-importing the same package: verified, nothing changes.
+    let report = ops::import(engine, &bytes, &[]).await.unwrap();
+    assert_eq!(report.items, 1);
+    assert!(report.changes.is_empty(), "{:?}", report.changes);
+    // One byte altered anywhere: refused, nothing loaded.
+    let versions = engine.stats().await.unwrap().versions;
+    let at = bytes.windows(9).position(|w| w == b"Northgate").expect("the title is in the package") + 1;
+    let mut altered = bytes.clone();
+    altered[at] = b'X';
+    let err = ops::import(engine, &altered, &[]).await.unwrap_err().to_string();
+    assert!(err.contains("altered"), "{err}");
+    assert_eq!(engine.stats().await.unwrap().versions, versions);
+    // A package signed by a key the domain does not trust: refused (unless trusted by name).
+    let foreign = tessera_content::package::ContentKey::generate();
+    let content = tessera_content::package::Package::parse(&bytes).unwrap().content_unverified().unwrap();
+    let mut changed = content.clone();
+    changed["entry"][0]["resource"]["title"] = serde_json::json!("FBC – Northgate (revised)");
+    let foreign_bytes = tessera_content::package::write(&foreign, manifest.clone(), &changed);
+    assert!(ops::import(engine, &foreign_bytes, &[]).await.unwrap_err().to_string().contains("not a trusted content key"));
+    // The difference, element by element, and its impact before loading it.
+    let changes = diff::diff(&content, &changed);
+    assert_eq!(changes.len(), 1);
+    assert!(changes[0].to_string().contains("title"), "{}", changes[0]);
+    // An active order for an FBC refers to the content being changed.
+    let sys = s.auth.issue_system_token("system", "rx1-general", "system/*.*", tessera_auth::now(), 60);
+    let order = serde_json::json!({"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "instantiatesCanonical": ["https://tessera.health/content/ActivityDefinition/lab-fbc"],
+        "code": {"text": "FBC"}, "subject": {"reference": "Patient/jane-smith"}});
+    assert_eq!(s.request_as(&sys, "POST", "ServiceRequest", Some(&serde_json::to_vec(&order).unwrap())).await.status, 201);
+    let impact = ops::impact(engine, &changes).await.unwrap();
+    assert!(impact.organisations.contains("rx1") && impact.organisations.contains("rx1-general") && !impact.organisations.contains("rx2"), "{impact}");
+    assert!(impact.users.contains("dr.patel") && !impact.users.contains("dr.murphy"), "{impact}");
+    assert_eq!(impact.references.iter().map(|(_, n)| n).sum::<u64>(), 1, "{impact}");
+    let report = ops::import(engine, &foreign_bytes, &[foreign.public_hex()]).await.unwrap();
+    assert_eq!(report.changes.len(), 1);
+    let patel = s.token(PATEL);
+    let eff = s.request_as(&patel, "GET", "ActivityDefinition/model-lab-fbc/$effective", None).await.json();
+    assert_eq!(eff["title"], "FBC – Northgate (revised)");
+    // A package that changes what its layer may not localise: refused whole by the engine.
+    let mut beyond = changed.clone();
+    beyond["entry"][0]["resource"]["code"] = serde_json::json!({"text": "something else"});
+    let beyond_bytes = tessera_content::package::write(&foreign, manifest, &beyond);
+    let err = ops::import(engine, &beyond_bytes, &[foreign.public_hex()]).await.unwrap_err().to_string();
+    assert!(err.contains("may not change"), "{err}");
+    // The model package loads into a fresh domain's database (another server).
+    let _ = model_bytes;
 }
