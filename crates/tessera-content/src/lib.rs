@@ -23,7 +23,7 @@
 //! **Invariant:** every shipped item is valid FHIR R4 (tested), of a content type, with a
 //! `url`; a package is loaded only if its signature and checksum verify, in one transaction.
 
-pub mod diff;
+pub use tessera_engine::content_diff as diff;
 pub mod ops;
 pub mod package;
 

@@ -111,7 +111,51 @@ impl Domain {
         self.check_sharing(&mut found);
         self.check_portal_accounts(&mut found);
         self.check_apps(&mut found);
+        self.check_governance(&mut found);
         found
+    }
+
+    fn check_governance(&self, found: &mut Found) {
+        let g = &self.governance;
+        let entry = || Some(Entry { section: Section::Settings, index: 0, key: String::new() });
+        let user = |found: &mut Found, u: &str, what: &str| {
+            if self.user(u).is_none() {
+                found.push(entry(), "governance".into(), format!("{what} `{u}` is not a user of the domain"));
+            }
+        };
+        for lead in &g.leads {
+            match self.organisation(&lead.organisation) {
+                None => found.push(entry(), "governance".into(), format!("leads: `{}` is not an organisation of the domain", lead.organisation)),
+                Some(o) if o.parent.is_some() => found.push(entry(), "governance".into(), format!("leads: `{}` is a site; governance leads are per trust", lead.organisation)),
+                Some(_) => {}
+            }
+            if lead.users.is_empty() {
+                found.push(entry(), "governance".into(), format!("leads of `{}`: no users", lead.organisation));
+            }
+            for u in &lead.users {
+                user(found, u, "governance lead");
+            }
+        }
+        for u in &g.clinical_safety_officers {
+            user(found, u, "clinical safety officer");
+        }
+        for u in &g.emergency_approvers {
+            user(found, u, "emergency approver");
+        }
+        if g.emergency_approvals as usize > g.emergency_approvers.len() && !g.emergency_approvers.is_empty() {
+            found.push(entry(), "governance".into(), format!("emergency_approvals ({}) is more than there are emergency approvers", g.emergency_approvals));
+        }
+        for w in &g.freeze {
+            let parse = |s: &str| time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok();
+            match (parse(&w.start), parse(&w.end)) {
+                (Some(a), Some(b)) if a < b => {}
+                (Some(_), Some(_)) => found.push(entry(), "governance".into(), format!("freeze `{}`: it ends before it starts", w.reason)),
+                _ => found.push(entry(), "governance".into(), format!("freeze `{}`: start and end must be RFC 3339 instants (2027-01-04T00:00:00Z)", w.reason)),
+            }
+        }
+        if g.enforced && g.leads.is_empty() {
+            found.push(entry(), "governance".into(), "governance is enforced but no trust has a governance lead: no change could ever be approved".into());
+        }
     }
 
     fn check_portal_accounts(&self, found: &mut Found) {

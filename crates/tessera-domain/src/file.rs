@@ -69,6 +69,15 @@
 //! secret = "…"                     # optional: a confidential client (else public, PKCE)
 //! scopes = ["launch", "launch/patient", "patient/*.rs", "openid", "fhirUser", "offline_access"]
 //!
+//! [governance]                     # optional: joint governance (docs/governance.md)
+//! enforced = true                  # production: content and configuration change only
+//!                                  # through approved change requests
+//! clinical_safety_officers = ["cso.lewis"]
+//! emergency_approvers = ["cso.lewis", "domain.carter"]
+//! emergency_approvals = 2          # default 2
+//! leads = [{ organisation = "rx1", users = ["gov.north"] }]
+//! freeze = [{ start = "2027-01-04T00:00:00Z", end = "2027-01-18T00:00:00Z", reason = "…" }]
+//!
 //! [[sharing]]
 //! owner = "rx1"                    # a trust
 //! viewer = "*"                     # a trust, or * for every other organisation
@@ -130,6 +139,8 @@ struct FileDomain {
     apps: Vec<Spanned<FileApp>>,
     #[serde(default)]
     patient_index: Option<tessera_empi::Config>,
+    #[serde(default)]
+    governance: Option<crate::model::Governance>,
 }
 
 #[derive(Deserialize)]
@@ -550,6 +561,9 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
 
     if let Some(config) = file.patient_index {
         domain.patient_index = config;
+    }
+    if let Some(g) = file.governance {
+        domain.governance = g;
     }
 
     local.into_result(|e| lines.by_index(e))?;

@@ -44,6 +44,10 @@ impl Domain {
         }
         self.settings = other.settings;
         self.patient_index = other.patient_index;
+        // Governance changes only when the other domain declares it.
+        if other.governance != crate::model::Governance::default() {
+            self.governance = other.governance;
+        }
         upsert(&mut self.roles, other.roles, |r| r.id.clone(), |_, new| new);
         upsert(&mut self.organisations, other.organisations, |o| o.id.clone(), |_, new| new);
         upsert(&mut self.locations, other.locations, |l| l.id.clone(), |_, new| new);
@@ -89,6 +93,7 @@ impl Domain {
             sharing: Vec::new(),
             portal_accounts: Vec::new(),
             apps: Vec::new(),
+            governance: Default::default(),
             patient_index: Default::default(),
         }
     }

@@ -259,6 +259,51 @@ pub struct SmartApp {
     pub scopes: Vec<String>,
 }
 
+/// Joint governance of the domain's content and configuration (the domain file's
+/// `[governance]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Governance {
+    /// Production: layered content and the domain's configuration change only through
+    /// approved change requests; direct edits are refused.
+    #[serde(default)]
+    pub enforced: bool,
+    /// Each trust's governance leads: one of them signs off every change that affects it.
+    #[serde(default)]
+    pub leads: Vec<GovernanceLead>,
+    /// Users who sign off changes to clinical content (one of them for each such change).
+    #[serde(default)]
+    pub clinical_safety_officers: Vec<String>,
+    /// Users who may approve an emergency change during a freeze.
+    #[serde(default)]
+    pub emergency_approvers: Vec<String>,
+    /// How many of them must approve an emergency change (other than its requester).
+    #[serde(default = "two")]
+    pub emergency_approvals: u32,
+    /// Windows during which production changes are refused.
+    #[serde(default)]
+    pub freeze: Vec<FreezeWindow>,
+}
+
+fn two() -> u32 {
+    2
+}
+
+/// A trust's governance leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GovernanceLead {
+    /// A trust.
+    pub organisation: String,
+    pub users: Vec<String>,
+}
+
+/// A change freeze (RFC 3339 instants; `start` inclusive, `end` exclusive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeWindow {
+    pub start: String,
+    pub end: String,
+    pub reason: String,
+}
+
 /// One row of the sharing table: owner → viewer, per data class.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharingAgreement {
@@ -320,6 +365,9 @@ pub struct Domain {
     /// SMART apps registered by the organisations.
     #[serde(default)]
     pub apps: Vec<SmartApp>,
+    /// Joint governance: sign-off, clinical safety, freezes.
+    #[serde(default)]
+    pub governance: Governance,
     /// How the patient index matches registrations: weights, thresholds, nicknames,
     /// blocking keys (the domain file's `[patient_index]`; documented defaults).
     #[serde(default)]

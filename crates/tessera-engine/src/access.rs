@@ -40,6 +40,9 @@ pub struct Access {
     /// The patient in context: a SMART launch's (`launch/patient`), or the portal patient's
     /// own record. Patient-level scopes reach only this patient's compartment.
     pub patient: Option<String>,
+    /// Set only by the engine while it applies an approved change request (its Task id):
+    /// governed content and configuration may then be written.
+    pub governed_change: Option<String>,
 }
 
 impl Access {
@@ -62,6 +65,7 @@ impl Access {
                     locations: Vec::new(),
                     scopes,
                     patient: None,
+                    governed_change: None,
                 })
             }
             TokenKind::Patient => {
@@ -83,6 +87,7 @@ impl Access {
                     locations: Vec::new(),
                     scopes,
                     patient: Some(patient),
+                    governed_change: None,
                 })
             }
             TokenKind::User => {
@@ -111,6 +116,7 @@ impl Access {
                     locations,
                     scopes,
                     patient: claims.patient.clone(),
+                    governed_change: None,
                 })
             }
         }
@@ -128,6 +134,7 @@ impl Access {
             locations: Vec::new(),
             scopes: Scopes::parse("system/*.*").expect("valid scope"),
             patient: None,
+            governed_change: None,
         }
     }
 

@@ -71,6 +71,12 @@ impl Engine {
     /// resources whose content changed.
     pub async fn apply_domain(&self, access: &Access, domain: Domain) -> Result<usize, FhirError> {
         self.require_domain_admin(access)?;
+        if self.governance_enforced() && access.governed_change.is_none() {
+            let mut gate = self.gate(access);
+            gate.record("domain-apply", false, &["Domain".to_string()], Vec::new(), false, None);
+            gate.finish().await?;
+            return Err(crate::governance::direct_change_refused("the domain configuration (organisations, users and their roles, sharing dials)"));
+        }
         let mut gate = self.gate(access);
         gate.record("domain-apply", true, &["Domain".to_string()], Vec::new(), false, None);
         gate.finish().await?;

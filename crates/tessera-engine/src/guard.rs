@@ -356,6 +356,14 @@ impl<'a> Gate<'a> {
         if !self.enforced() || self.access.is_domain_bootstrap() {
             return Ok(Decision::Permit);
         }
+        // Change requests: for those who read configuration and those who sign them off.
+        if crate::governance::is_change_request(s) {
+            let g = &self.domain.governance;
+            let user = &self.access.subject;
+            let signs = g.leads.iter().any(|l| l.users.contains(user)) || g.clinical_safety_officers.contains(user) || g.emergency_approvers.contains(user);
+            let reads_config = self.role.as_ref().and_then(|r| r.permissions.get(&tessera_domain::DataClass::Configuration)).is_some_and(|p| p.read);
+            return Ok(if self.access.kind == AccessKind::User && (signs || reads_config) { Decision::Permit } else { Decision::Deny });
+        }
         // The patient index's own records (worklist, merge records): for those who merge.
         if crate::merge::is_index_record(s) {
             let own = self.domain.trust_of(&self.access.organisation);
@@ -471,7 +479,27 @@ impl<'a> Gate<'a> {
         if self.access.kind == AccessKind::Patient {
             return Err(FhirError::new(403, IssueType::Forbidden, "the patient portal is read-only: ask your care team to correct your record"));
         }
-        // Layered content: who writes which layer, and what a lower layer may localise.
+        // Change requests are written only by the governance operations.
+        let change_request = existing.is_some_and(|c| !c.deleted && crate::governance::is_change_request(c)) || new.is_some_and(crate::governance::is_change_request_content);
+        if change_request && self.access.governed_change.as_deref() != Some(id) {
+            return Err(FhirError::method_not_allowed(
+                "change requests are made and moved by Task/$change-request, Task/[id]/$approve, $apply and $withdraw",
+            ));
+        }
+        if change_request {
+            // The governance operation moving it has decided who may (governance.rs).
+            return Ok(());
+        }
+        // Layered content: who writes which layer, and what a lower layer may localise; in
+        // production, only through an approved change request.
+        let layered = |v: &serde_json::Value| crate::content::layer_of(v).is_some();
+        if crate::content::is_content_type(resource_type)
+            && (new.is_some_and(layered) || existing.and_then(|c| serde_json::from_slice::<serde_json::Value>(&c.json).ok()).is_some_and(|v| layered(&v)))
+            && self.engine.governance_enforced()
+            && self.access.governed_change.is_none()
+        {
+            return Err(crate::governance::direct_change_refused(&format!("{resource_type}/{id} (layered content)")));
+        }
         if let Some(value) = new.filter(|_| crate::content::is_content_type(resource_type)) {
             self.engine.check_content_write(self.access, resource_type, id, value).await?;
         }

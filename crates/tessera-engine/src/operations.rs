@@ -171,6 +171,81 @@ pub const OPERATIONS: &[Operation] = &[
         documentation: "The domain's patient index: Patients that may be the person described (POST Parameters `resource`, `onlyCertainMatches`, `count`), graded certain / probable / possible with a score, only those the user may see.",
     },
     Operation {
+        code: "change-request",
+        resources: &["Task"],
+        system: false,
+        type_level: true,
+        instance: false,
+        affects_state: true,
+        definition: Definition::Server {
+            id: "Task-change-request",
+            title: "Propose a governed change",
+            description: "Proposes a change to layered content (a Bundle of items) or to the domain configuration (a domain file fragment) as a change request (a Task): \
+                its diff, its impact and the approvals it needs (a governance lead of each affected trust; a clinical safety officer for clinical content; \
+                the emergency approvers for an emergency change). Applied by $apply once every approval is given (docs/governance.md).",
+            parameters: &[
+                Param { name: "title", direction: "in", min: 1, max: "1", kind: "string", documentation: "What the change is." },
+                Param { name: "reason", direction: "in", min: 0, max: "1", kind: "string", documentation: "Why." },
+                Param { name: "content", direction: "in", min: 0, max: "1", kind: "Bundle", documentation: "The layered content items to write." },
+                Param { name: "configuration", direction: "in", min: 0, max: "1", kind: "string", documentation: "A domain file fragment (TOML) to merge into the domain." },
+                Param { name: "emergency", direction: "in", min: 0, max: "1", kind: "boolean", documentation: "An emergency change (may apply during a freeze, with the emergency approvals)." },
+                Param { name: "return", direction: "out", min: 1, max: "1", kind: "Task", documentation: "The change request." },
+            ],
+        },
+        documentation: "Proposes a governed change (docs/governance.md).",
+    },
+    Operation {
+        code: "approve",
+        resources: &["Task"],
+        system: false,
+        type_level: false,
+        instance: true,
+        affects_state: true,
+        definition: Definition::Server {
+            id: "Task-approve",
+            title: "Sign off (or reject) a change request",
+            description: "A governance lead of an affected trust, a clinical safety officer or an emergency approver signs off the approvals of a change request they hold \
+                (decision=approve), or rejects it (decision=reject: nothing changes). Audited.",
+            parameters: &[
+                Param { name: "decision", direction: "in", min: 1, max: "1", kind: "code", documentation: "approve | reject" },
+                Param { name: "note", direction: "in", min: 0, max: "1", kind: "string", documentation: "A note for the record." },
+                Param { name: "return", direction: "out", min: 1, max: "1", kind: "Task", documentation: "The change request." },
+            ],
+        },
+        documentation: "Signs off or rejects a change request.",
+    },
+    Operation {
+        code: "apply",
+        resources: &["Task"],
+        system: false,
+        type_level: false,
+        instance: true,
+        affects_state: true,
+        definition: Definition::Server {
+            id: "Task-apply",
+            title: "Apply an approved change request",
+            description: "Applies an accepted change request — content in one transaction with the request's completion, configuration merged into the domain — \
+                unless a freeze is in force (an emergency change with its approvals applies, flagged in the audit).",
+            parameters: &[Param { name: "return", direction: "out", min: 1, max: "1", kind: "Task", documentation: "The completed change request." }],
+        },
+        documentation: "Applies an approved change request.",
+    },
+    Operation {
+        code: "withdraw",
+        resources: &["Task"],
+        system: false,
+        type_level: false,
+        instance: true,
+        affects_state: true,
+        definition: Definition::Server {
+            id: "Task-withdraw",
+            title: "Withdraw a change request",
+            description: "The requester withdraws a change request that is not applied: nothing changes.",
+            parameters: &[Param { name: "return", direction: "out", min: 1, max: "1", kind: "Task", documentation: "The withdrawn change request." }],
+        },
+        documentation: "Withdraws a change request.",
+    },
+    Operation {
         code: "effective",
         resources: &["ActivityDefinition", "PlanDefinition", "Questionnaire", "ValueSet", "CodeSystem", "Library", "Measure"],
         system: false,

@@ -685,6 +685,30 @@ pub(crate) async fn operation(
             json(engine.effective(access, ty, id, get("organization").as_deref(), get("location").as_deref()).await)
         }
         (OpLevel::Type(ty), "$effective") => bundle(engine.effective_all(access, ty, &input.as_query()).await),
+        (OpLevel::Type("Task"), "$change-request") => {
+            if !post {
+                return post_only();
+            }
+            let Some(body) = input.json.clone() else { return error(FhirError::bad_request("$change-request needs a Parameters body")) };
+            match engine.propose_change(access, body).await {
+                Ok(task) => fhir(StatusCode::CREATED, serde_json::to_vec(&task).expect("a Task serialises")),
+                Err(e) => error(e),
+            }
+        }
+        (OpLevel::Instance("Task", id), "$approve" | "$apply" | "$withdraw") => {
+            if !post {
+                return post_only();
+            }
+            let param = |name: &str| input.param(name).and_then(|p| p.get("valueCode").or_else(|| p.get("valueString"))).and_then(Value::as_str).map(str::to_string);
+            match op {
+                "$approve" => {
+                    let Some(decision) = param("decision") else { return error(FhirError::bad_request("$approve needs decision: approve or reject").at("decision")) };
+                    json(engine.decide_change(access, id, &decision, param("note").as_deref()).await)
+                }
+                "$apply" => json(engine.apply_change(access, id).await),
+                _ => json(engine.withdraw_change(access, id).await),
+            }
+        }
         (OpLevel::Instance("Location", id), "$worklist") => {
             let query = input.as_query();
             let kind = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "kind").map(|(_, v)| v.into_owned()).unwrap_or_else(|| "encounter".into());

@@ -73,6 +73,7 @@ fn domain() -> Domain {
         ],
         portal_accounts: Vec::new(),
         apps: Vec::new(),
+        governance: Default::default(),
         patient_index: Default::default(),
     }
 }

@@ -1210,4 +1210,26 @@ async fn content_paths_follow_the_gate(s: &Server) {
     let rx2 = system_token(s, "rx2", "system/*.rs");
     let fbc = s.request_as(&rx2, "GET", "ActivityDefinition/model-lab-fbc/$effective", None).await.json();
     assert_eq!(fbc["title"], "Full blood count (FBC)");
+    // Change requests: read by those who read configuration or sign changes off; nobody else,
+    // on any path; never written directly.
+    let carter = token(s, CARTER);
+    let proposal = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "title", "valueString": "Leak check"},
+        {"name": "configuration", "valueString": "[settings]\nbreak_glass_minutes = 120\n"}
+    ]});
+    let r = s.request_as(&carter, "POST", "Task/$change-request", Some(&serde_json::to_vec(&proposal).unwrap())).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let north = s.token(("gov.north", "domain-admin", "rx1", None));
+    assert_eq!(s.request_as(&north, "GET", &format!("Task/{id}"), None).await.status, 200);
+    for who in [PATEL, MURPHY, ALI, LEE] {
+        let t = token(s, who);
+        assert_eq!(s.request_as(&t, "GET", &format!("Task/{id}"), None).await.status, 404, "{who:?} reads no change request");
+        for path in ["Task?_count=500", "Task?code=https://tessera.health/CodeSystem/governance|change-request", "Task/_history?_count=500"] {
+            let body = String::from_utf8_lossy(&s.request_as(&t, "GET", path, None).await.body).into_owned();
+            assert!(!body.contains(&id), "{who:?} {path} lists no change request");
+        }
+        assert!(matches!(s.request_as(&t, "POST", &format!("Task/{id}/$approve"), Some(b"{\"resourceType\":\"Parameters\",\"parameter\":[{\"name\":\"decision\",\"valueCode\":\"approve\"}]}")).await.status, 403 | 404));
+    }
+    assert!(matches!(s.request_as(&token(s, PATEL), "DELETE", &format!("Task/{id}"), None).await.status, 404 | 405));
 }

@@ -548,6 +548,10 @@ fn operation_call(code: &str, ty: &str, id: Option<&str>, system: bool) -> Optio
         "merge" => ("POST", at, params(json!([{"name": "source-patient", "valueReference": {"reference": "Patient/x"}}, {"name": "target-patient", "valueReference": {"reference": "Patient/x"}}, {"name": "preview", "valueBoolean": true}]))),
         "unmerge" => ("POST", at, params(json!([{"name": "source-patient", "valueReference": {"reference": "Organization/x"}}]))),
         "resolve" => ("POST", at, params(json!([{"name": "decision", "valueCode": "reconsider"}]))),
+        "effective" => ("GET", at, None),
+        "change-request" => ("POST", at, params(json!([{"name": "title", "valueString": "transport test"}]))),
+        "approve" => ("POST", at, params(json!([{"name": "decision", "valueCode": "approve"}]))),
+        "apply" | "withdraw" => ("POST", at, params(json!([]))),
         _ => return None,
     })
 }
