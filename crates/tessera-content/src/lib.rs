@@ -24,6 +24,7 @@
 //! `url`; a package is loaded only if its signature and checksum verify, in one transaction.
 
 pub use tessera_engine::content_diff as diff;
+pub mod env;
 pub mod ops;
 pub mod package;
 

@@ -86,7 +86,7 @@ fn demo_domain_parses_and_validates() {
     assert_eq!(d.organisations.len(), 9);
     assert_eq!(d.organisations.iter().filter(|o| o.parent.is_none()).count(), 3, "three trusts");
     assert_eq!(d.locations.len(), 13);
-    assert_eq!(d.users.len(), 21);
+    assert_eq!(d.users.len(), 25);
     assert_eq!(d.service_accounts.len(), 2);
     assert_eq!(d.sharing.len(), 5);
 
@@ -352,7 +352,7 @@ fn merging_is_idempotent_and_updates_by_id() {
     assert_eq!(once, twice, "re-reading the file changes nothing");
     once.validate().unwrap();
     assert_eq!(once.organisations.len(), 10, "tessera + the demo's");
-    assert_eq!(once.users.len(), 22);
+    assert_eq!(once.users.len(), 26);
     assert_eq!(once.name, file.name);
 
     let mut self_merge = file.clone();

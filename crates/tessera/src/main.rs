@@ -87,6 +87,11 @@ enum Command {
     /// the impact of a change.
     #[command(subcommand)]
     Content(ContentCommand),
+    /// Non-production environments (build, test, train, cert): create one from production
+    /// (configuration and content, no patients), compare two, promote approved change
+    /// requests one step, refresh train (docs/environments.md).
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Rebuild the search index from the current version of every resource.
     ///
     /// Needed after an upgrade that changes the search parameters or how values are
@@ -329,6 +334,75 @@ struct MigrateArgs {
     /// Extract files or folders.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+}
+
+/// Two databases: the source (production, or the environment changes come from) and the
+/// target.
+#[derive(clap::Args)]
+struct TwoStores {
+    /// The source's SQLite directory.
+    #[arg(long)]
+    from_data_dir: Option<PathBuf>,
+    /// The source's PostgreSQL URL.
+    #[arg(long)]
+    from_database_url: Option<String>,
+    /// The target's SQLite directory.
+    #[arg(long)]
+    to_data_dir: Option<PathBuf>,
+    /// The target's PostgreSQL URL (an empty database for `env create`).
+    #[arg(long)]
+    to_database_url: Option<String>,
+}
+
+impl TwoStores {
+    fn from(&self) -> anyhow::Result<StoreArgs> {
+        anyhow::ensure!(self.from_data_dir.is_some() || self.from_database_url.is_some(), "name the source: --from-data-dir or --from-database-url");
+        Ok(StoreArgs { data_dir: self.from_data_dir.clone().unwrap_or_default(), database_url: self.from_database_url.clone() })
+    }
+
+    fn to(&self) -> anyhow::Result<StoreArgs> {
+        anyhow::ensure!(self.to_data_dir.is_some() || self.to_database_url.is_some(), "name the target: --to-data-dir or --to-database-url");
+        Ok(StoreArgs { data_dir: self.to_data_dir.clone().unwrap_or_default(), database_url: self.to_database_url.clone() })
+    }
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// Create a build, test, train or cert environment in a new database from production:
+    /// the domain's configuration (without portal accounts) and every layered content item;
+    /// no patient and nothing of any record. --synthetic loads synthetic patients (Synthea
+    /// bundles) into it.
+    ///
+    /// Example:
+    ///   tessera env create test --from-data-dir /var/lib/tessera --to-data-dir /var/lib/tessera-test --synthetic ../shared/data/synthea
+    #[command(verbatim_doc_comment)]
+    Create {
+        /// build, test, train or cert.
+        kind: String,
+        #[command(flatten)]
+        stores: TwoStores,
+        /// Folders or files of synthetic patients' bundles to load.
+        #[arg(long)]
+        synthetic: Vec<PathBuf>,
+    },
+    /// The configuration and content differences between two environments.
+    Drift {
+        #[command(flatten)]
+        stores: TwoStores,
+    },
+    /// Promote approved change requests one step (build → test → cert → production); each
+    /// becomes a change request there, to be signed off there. --request: only these.
+    Promote {
+        #[command(flatten)]
+        stores: TwoStores,
+        #[arg(long)]
+        request: Vec<String>,
+    },
+    /// Bring an environment's content (train's) back to production's.
+    Refresh {
+        #[command(flatten)]
+        stores: TwoStores,
+    },
 }
 
 #[derive(Subcommand)]
@@ -654,6 +728,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::User(cmd) => user(cmd).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Content(command) => content_command(command).await,
+        Command::Env(command) => env_command(command).await,
         Command::Empi(EmpiCommand::Scan { store }) => {
             init_logging(false);
             let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
@@ -1070,6 +1145,53 @@ async fn content_command(command: ContentCommand) -> anyhow::Result<()> {
         ContentCommand::Key { store } => {
             let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
             println!("{}", ops::domain_key(&engine).await?.public_hex());
+            Ok(())
+        }
+    }
+}
+
+async fn env_command(command: EnvCommand) -> anyhow::Result<()> {
+    use tessera_content::env;
+    init_logging(false);
+    match command {
+        EnvCommand::Create { kind, stores, synthetic } => {
+            let kind = env::EnvKind::parse(&kind).with_context(|| format!("unknown environment '{kind}': build, test, train or cert"))?;
+            let (production, _) = open_engine_shared(&stores.from()?, EngineConfig::default()).await?;
+            let (target, _) = open_engine(&stores.to()?, EngineConfig::default()).await?;
+            let report = env::create(&production, &target, kind).await?;
+            println!("{report}");
+            if !synthetic.is_empty() {
+                let org = target.domain().organisations.iter().find(|o| o.parent.is_none() && o.id != tessera_domain::BOOTSTRAP_ORGANISATION).map(|o| o.id.clone()).unwrap_or_else(|| tessera_domain::BOOTSTRAP_ORGANISATION.to_string());
+                let summary = tessera_import::run(&target, &Access::system(&org), &synthetic, &tessera_import::Options { concurrency: 2 }).await?;
+                println!("synthetic patients: {summary}");
+            }
+            Ok(())
+        }
+        EnvCommand::Drift { stores } => {
+            let (a, _) = open_engine_shared(&stores.from()?, EngineConfig::default()).await?;
+            let (b, _) = open_engine_shared(&stores.to()?, EngineConfig::default()).await?;
+            let lines = env::drift(&a, &b).await?;
+            for l in &lines {
+                println!("{l}");
+            }
+            println!("{} difference(s) from {} to {}", lines.len(), env::kind_of(&a).await?.code(), env::kind_of(&b).await?.code());
+            Ok(())
+        }
+        EnvCommand::Promote { stores, request } => {
+            let (from, _) = open_engine_shared(&stores.from()?, EngineConfig::default()).await?;
+            let (to, _) = open_engine(&stores.to()?, EngineConfig::default()).await?;
+            let moved = env::promote(&from, &to, &request).await?;
+            for (a, b) in &moved {
+                println!("{a} → change request {b} (to be signed off there)");
+            }
+            println!("{} change request(s) promoted", moved.len());
+            Ok(())
+        }
+        EnvCommand::Refresh { stores } => {
+            let (production, _) = open_engine_shared(&stores.from()?, EngineConfig::default()).await?;
+            let (target, _) = open_engine(&stores.to()?, EngineConfig::default()).await?;
+            let (written, deleted) = env::refresh(&production, &target).await?;
+            println!("{written} content items written, {deleted} removed");
             Ok(())
         }
     }
