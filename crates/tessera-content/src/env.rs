@@ -71,6 +71,12 @@ impl EnvKind {
     }
 }
 
+/// Marks a database as production (a domain of its own).
+pub async fn mark_production(engine: &Engine) -> anyhow::Result<()> {
+    engine.set_setting(ENV_KEY, EnvKind::Production.code()).await?;
+    Ok(())
+}
+
 /// The kind of the environment a database holds (unmarked: production).
 pub async fn kind_of(engine: &Engine) -> anyhow::Result<EnvKind> {
     Ok(match engine.setting(ENV_KEY).await? {

@@ -25,7 +25,9 @@
 
 pub use tessera_engine::content_diff as diff;
 pub mod env;
+pub mod onboard;
 pub mod ops;
+pub mod upgrade;
 pub mod package;
 
 /// The model content: a FHIR transaction Bundle (PUT, stable ids `model-…`).

@@ -42,7 +42,7 @@ pub fn event(access: &Access, name: &str, outcome_ok: bool, entities: &[String],
         outcome: if outcome_ok { Outcome::Success } else { Outcome::MinorFailure },
         outcome_desc: if outcome_ok {
             // A write's note: the patient index's decision, a merge's summary.
-            detail.filter(|_| matches!(name, "create" | "update" | "transaction" | "batch" | "$merge" | "$unmerge" | "$resolve" | "$migrate-preview" | "$change-request" | "$approve" | "$apply" | "$withdraw")).map(str::to_string)
+            detail.filter(|_| matches!(name, "create" | "update" | "transaction" | "batch" | "$merge" | "$unmerge" | "$resolve" | "$migrate-preview" | "$change-request" | "$approve" | "$apply" | "$withdraw" | "$onboard" | "$upgrade")).map(str::to_string)
         } else {
             Some("not found or not permitted".to_string())
         },

@@ -87,6 +87,13 @@ fn now_instant() -> String {
 }
 
 impl Engine {
+    /// Records an operator's domain-wide operation (onboarding, upgrade) in the audit trail.
+    pub async fn record_operation(&self, access: &Access, name: &str, note: &str) -> Result<(), FhirError> {
+        let mut gate = self.gate(access);
+        gate.record_noted(name, true, &["Domain".to_string()], Vec::new(), note);
+        gate.finish().await
+    }
+
     /// Whether governance is enforced (production).
     pub fn governance_enforced(&self) -> bool {
         self.domain().governance.enforced

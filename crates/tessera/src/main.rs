@@ -92,6 +92,27 @@ enum Command {
     /// requests one step, refresh train (docs/environments.md).
     #[command(subcommand)]
     Env(EnvCommand),
+    /// The five ways an organisation comes to a shared domain (docs/onboarding.md): a new
+    /// domain from the model content, a new domain from a copy, joining a domain as-is,
+    /// joining a model client domain, joint optimisation. Each is audited and reported.
+    #[command(subcommand)]
+    Onboard(OnboardCommand),
+    /// Upgrade the domain's model content to this build's (or a signed package's): a dry run
+    /// lists every change and who it reaches; the real run refuses during a freeze.
+    ///
+    /// Example:
+    ///   tessera upgrade --dry-run
+    #[command(verbatim_doc_comment)]
+    Upgrade {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Report what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A signed model-layer package instead of this build's model content.
+        #[arg(long)]
+        package: Option<PathBuf>,
+    },
     /// Rebuild the search index from the current version of every resource.
     ///
     /// Needed after an upgrade that changes the search parameters or how values are
@@ -364,6 +385,54 @@ impl TwoStores {
         anyhow::ensure!(self.to_data_dir.is_some() || self.to_database_url.is_some(), "name the target: --to-data-dir or --to-database-url");
         Ok(StoreArgs { data_dir: self.to_data_dir.clone().unwrap_or_default(), database_url: self.to_database_url.clone() })
     }
+}
+
+#[derive(Subcommand)]
+enum OnboardCommand {
+    /// Option 1: a new domain from the model content, in an empty database (with the
+    /// organisations and people of --domain-file).
+    NewDomain {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        domain_file: Option<PathBuf>,
+    },
+    /// Option 2: a new domain from a copy of an existing domain's configuration and content
+    /// (no patients), in an empty database.
+    CopyDomain {
+        #[command(flatten)]
+        stores: TwoStores,
+    },
+    /// Option 3: a new organisation joins the domain as-is, with its domain file (its trust,
+    /// sites, wards, users, sharing dials, interfaces; it may only add). Under enforced
+    /// governance, a change request every trust signs off.
+    Join {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        org_file: PathBuf,
+    },
+    /// Option 4: a new organisation joins a model client domain as-is: a new domain from the
+    /// model content (option 1), then the organisation's file (option 3).
+    JoinModel {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        org_file: PathBuf,
+    },
+    /// Option 5: joint optimisation — configuration (a domain file fragment) and content (a
+    /// signed package) changes that affect the joiner and the existing organisations,
+    /// proposed as change requests each of them signs off.
+    Optimise {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        configuration: Option<PathBuf>,
+        #[arg(long)]
+        content: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -729,6 +798,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate(args).await,
         Command::Content(command) => content_command(command).await,
         Command::Env(command) => env_command(command).await,
+        Command::Onboard(command) => onboard_command(command).await,
+        Command::Upgrade { store, dry_run, package } => {
+            init_logging(false);
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let model: serde_json::Value = match package {
+                Some(p) => {
+                    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                    let pkg = tessera_content::package::Package::parse(&bytes)?;
+                    anyhow::ensure!(pkg.manifest.layer == "model", "an upgrade package is of the model layer, not {}", pkg.manifest.layer);
+                    pkg.verify(&[tessera_content::ops::domain_key(&engine).await?.public_hex()])?
+                }
+                None => serde_json::from_str(tessera_content::MODEL_CONTENT)?,
+            };
+            print!("{}", tessera_content::upgrade::model_content(&engine, &model, dry_run).await?);
+            Ok(())
+        }
         Command::Empi(EmpiCommand::Scan { store }) => {
             init_logging(false);
             let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
@@ -1195,4 +1280,47 @@ async fn env_command(command: EnvCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn onboard_command(command: OnboardCommand) -> anyhow::Result<()> {
+    use tessera_content::onboard;
+    init_logging(false);
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    let report = match command {
+        OnboardCommand::NewDomain { store, domain_file } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let file = domain_file.as_ref().map(read).transpose()?;
+            onboard::new_domain_from_model(&engine, file.as_deref()).await?
+        }
+        OnboardCommand::CopyDomain { stores } => {
+            let (source, _) = open_engine_shared(&stores.from()?, EngineConfig::default()).await?;
+            let (target, _) = open_engine(&stores.to()?, EngineConfig::default()).await?;
+            onboard::new_domain_from_copy(&source, &target).await?
+        }
+        OnboardCommand::Join { store, org_file } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            onboard::join(&engine, &read(&org_file)?, 3).await?
+        }
+        OnboardCommand::JoinModel { store, org_file } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let first = onboard::new_domain_from_model(&engine, None).await?;
+            print!("{first}");
+            onboard::join(&engine, &read(&org_file)?, 4).await?
+        }
+        OnboardCommand::Optimise { store, title, configuration, content } => {
+            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            let configuration = configuration.as_ref().map(read).transpose()?;
+            let content = match content {
+                Some(p) => {
+                    let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+                    let pkg = tessera_content::package::Package::parse(&bytes)?;
+                    Some(pkg.verify(&[tessera_content::ops::domain_key(&engine).await?.public_hex()])?)
+                }
+                None => None,
+            };
+            onboard::optimise(&engine, configuration.as_deref(), content, &title).await?
+        }
+    };
+    print!("{report}");
+    Ok(())
 }
