@@ -240,3 +240,23 @@ fn content_packages_from_the_command_line() {
     let (ok, text) = tessera(&["content", "export", "--data-dir", data, "--layer", "site", "--out", file.to_str().unwrap()]);
     assert!(!ok && text.contains("--org"), "{text}");
 }
+
+#[test]
+fn onboarding_environments_and_upgrades_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let prod = dir.path().join("prod");
+    let test = dir.path().join("test");
+    let (prod, test) = (prod.to_str().unwrap(), test.to_str().unwrap());
+    let (ok, text) = tessera(&["onboard", "new-domain", "--data-dir", prod]);
+    assert!(ok && text.contains("onboarding option 1") && text.contains("model content items loaded"), "{text}");
+    let (ok, text) = tessera(&["upgrade", "--dry-run", "--data-dir", prod]);
+    assert!(ok && text.contains("0 change(s) to the model content: nothing to do"), "{text}");
+    let (ok, text) = tessera(&["env", "create", "test", "--from-data-dir", prod, "--to-data-dir", test]);
+    assert!(ok && text.contains("test environment created") && text.contains("no patients"), "{text}");
+    let (ok, text) = tessera(&["env", "drift", "--from-data-dir", prod, "--to-data-dir", test]);
+    assert!(ok && text.contains("from production to test"), "{text}");
+    let (ok, text) = tessera(&["env", "promote", "--from-data-dir", test, "--to-data-dir", prod]);
+    assert!(!ok && text.contains("one step at a time"), "{text}");
+    let (ok, text) = tessera(&["onboard", "--help"]);
+    assert!(ok && ["new-domain", "copy-domain", "join", "join-model", "optimise"].iter().all(|c| text.contains(c)), "{text}");
+}
