@@ -45,6 +45,7 @@ pub mod anchor;
 pub mod codec;
 mod journal;
 pub mod postgres;
+pub mod schema;
 pub mod search;
 pub mod sqlite;
 

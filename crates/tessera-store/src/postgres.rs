@@ -226,7 +226,7 @@ CREATE TABLE IF NOT EXISTS token_count (
 "#;
 
 /// Every relation [`SCHEMA`] creates.
-const SCHEMA_OBJECTS: [&str; 16] = [
+pub(crate) const SCHEMA_OBJECTS: [&str; 16] = [
     "resource_seq",
     "resource_version",
     "resource_version_seq",

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
-const SCHEMA: &str = r#"
+pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS resource_version (
     seq          INTEGER PRIMARY KEY,
     res_type     TEXT    NOT NULL,

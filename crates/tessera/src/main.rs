@@ -801,7 +801,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Onboard(command) => onboard_command(command).await,
         Command::Upgrade { store, dry_run, package } => {
             init_logging(false);
-            let (engine, _) = open_engine(&store, EngineConfig::default()).await?;
+            // The schema first, found without migrating anything.
+            let pending = tessera_store::schema::pending_migrations(&store.data_dir, store.database_url.as_deref()).await?;
+            if pending.is_empty() {
+                println!("schema: up to date");
+            }
+            for p in &pending {
+                println!("schema: {p}");
+            }
+            if !dry_run {
+                // A freeze stops the schema's migration too: read the domain without migrating.
+                if let Some(json) = tessera_store::schema::read_meta(&store.data_dir, store.database_url.as_deref(), "domain").await? {
+                    let domain: tessera_domain::Domain = serde_json::from_str(&json).context("the stored domain")?;
+                    if let Some(w) = tessera_engine::governance::freeze_at(&domain, time::OffsetDateTime::now_utc()) {
+                        anyhow::bail!("production changes are frozen until {} ({}): the upgrade waits", w.end, w.reason);
+                    }
+                }
+            } else if !pending.is_empty() {
+                println!("the model content is compared once the schema is current (run without --dry-run outside a freeze)");
+                return Ok(());
+            }
+            let (engine, _) = if dry_run { open_engine_shared(&store, EngineConfig::default()).await? } else { open_engine(&store, EngineConfig::default()).await? };
             let model: serde_json::Value = match package {
                 Some(p) => {
                     let bytes = std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;

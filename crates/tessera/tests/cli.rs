@@ -250,7 +250,12 @@ fn onboarding_environments_and_upgrades_from_the_command_line() {
     let (ok, text) = tessera(&["onboard", "new-domain", "--data-dir", prod]);
     assert!(ok && text.contains("onboarding option 1") && text.contains("model content items loaded"), "{text}");
     let (ok, text) = tessera(&["upgrade", "--dry-run", "--data-dir", prod]);
-    assert!(ok && text.contains("0 change(s) to the model content: nothing to do"), "{text}");
+    assert!(ok && text.contains("0 change(s) to the model content: nothing to do") && text.contains("schema: up to date"), "{text}");
+    // A dry run on a database that does not exist yet: what would be created, and nothing is.
+    let new = dir.path().join("new");
+    let (ok, text) = tessera(&["upgrade", "--dry-run", "--data-dir", new.to_str().unwrap()]);
+    assert!(ok && text.contains("schema: a new database"), "{text}");
+    assert!(!new.join("tessera.db").exists(), "a dry run creates nothing");
     let (ok, text) = tessera(&["env", "create", "test", "--from-data-dir", prod, "--to-data-dir", test]);
     assert!(ok && text.contains("test environment created") && text.contains("no patients"), "{text}");
     let (ok, text) = tessera(&["env", "drift", "--from-data-dir", prod, "--to-data-dir", test]);

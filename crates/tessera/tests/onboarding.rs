@@ -123,6 +123,10 @@ async fn the_five_ways_to_join_and_upgrades(s: &Server) {
     assert!(client.engine.domain().organisation("rx4").is_some());
     assert_eq!(audited(&client).await, 2);
 
+    // The schema of a database in use is current: nothing to migrate.
+    if let Some(url) = &s.database_url {
+        assert!(tessera_store::schema::pending_migrations(std::path::Path::new("."), Some(url)).await.unwrap().is_empty());
+    }
     // Upgrades: an older model item in the database; a dry run lists the change, the real
     // run restores the shipped version — but not during a freeze.
     let model: Value = serde_json::from_str(tessera_content::MODEL_CONTENT).unwrap();
