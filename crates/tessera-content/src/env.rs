@@ -183,34 +183,10 @@ pub async fn refresh(production: &Engine, target: &Engine) -> anyhow::Result<(us
     Ok((items.len(), deleted))
 }
 
-fn domain_json(engine: &Engine) -> Value {
-    let mut d = (*engine.domain()).clone();
-    for u in &mut d.users {
-        u.password_hash = None;
-    }
-    for s in &mut d.service_accounts {
-        s.secret_hash = None;
-    }
-    for a in &mut d.portal_accounts {
-        a.password_hash = None;
-    }
-    for a in &mut d.apps {
-        a.secret_hash = None;
-    }
-    serde_json::to_value(d).unwrap_or(Value::Null)
-}
-
 /// Configuration and content differences from `a` to `b`, one line each.
 pub async fn drift(a: &Engine, b: &Engine) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
     // Configuration: the domains as documents (without secrets).
-    let wrap = |v: Value| json!({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Domain", "url": "domain", "domain": v}}]});
-    for c in content_diff::diff(&wrap(domain_json(a)), &wrap(domain_json(b))) {
-        if let content_diff::Change::Changed { path, before, after, .. } = c {
-            let show = |v: &Option<Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "(absent)".into());
-            out.push(format!("configuration {}: {} → {}", path.trim_start_matches("domain."), show(&before), show(&after)));
-        }
-    }
+    let mut out = tessera_engine::governance::configuration_diff(&a.domain(), &b.domain());
     let bundle = |items: Vec<Value>| json!({"resourceType": "Bundle", "entry": items.into_iter().map(|r| json!({"resource": r})).collect::<Vec<_>>()});
     for c in content_diff::diff(&bundle(all_items(a).await?), &bundle(all_items(b).await?)) {
         out.push(format!("content {c}"));

@@ -169,7 +169,7 @@ impl Engine {
                 let mut merged = (*domain).clone();
                 merged.apply_file(toml).map_err(|e| FhirError::bad_request(format!("the configuration is not a valid domain file fragment: {e}")).at("Parameters.parameter[configuration]"))?;
                 affected.extend(trusts(&domain));
-                diff_lines.push(format!("domain configuration: {} line(s) of domain file", toml.lines().count()));
+                diff_lines.extend(configuration_diff(&domain, &merged));
                 inputs.push(json!({"type": {"text": "configuration"}, "valueString": toml}));
             }
             _ => return Err(FhirError::bad_request("give either content (a Bundle) or configuration (a domain file fragment)").at("Parameters")),
@@ -393,6 +393,40 @@ impl Engine {
         }
         Err(FhirError::internal("the change request carries no change"))
     }
+}
+
+/// A domain as a document, without secrets (password and client secret hashes).
+pub fn domain_without_secrets(domain: &Domain) -> Value {
+    let mut d = domain.clone();
+    for u in &mut d.users {
+        u.password_hash = None;
+    }
+    for s in &mut d.service_accounts {
+        s.secret_hash = None;
+    }
+    for a in &mut d.portal_accounts {
+        a.password_hash = None;
+    }
+    for a in &mut d.apps {
+        a.secret_hash = None;
+    }
+    serde_json::to_value(d).unwrap_or(Value::Null)
+}
+
+/// The element-level differences between two domain configurations, one line each
+/// (`configuration sharing[4].classes.clinical: "break-glass" → "shared"`).
+pub fn configuration_diff(before: &Domain, after: &Domain) -> Vec<String> {
+    let wrap = |v: Value| json!({"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Domain", "url": "domain", "domain": v}}]});
+    let show = |v: &Option<Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "(absent)".into());
+    crate::content_diff::diff(&wrap(domain_without_secrets(before)), &wrap(domain_without_secrets(after)))
+        .into_iter()
+        .filter_map(|c| match c {
+            crate::content_diff::Change::Changed { path, before, after, .. } => {
+                Some(format!("configuration {}: {} → {}", path.trim_start_matches("domain."), show(&before), show(&after)))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn trusts(domain: &Domain) -> Vec<String> {

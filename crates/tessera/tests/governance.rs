@@ -120,7 +120,10 @@ async fn changes_need_sign_off_and_respect_freezes(s: &Server) {
     let config = json!({"resourceType": "Parameters", "parameter": [{"name": "title", "valueString": "Riverside shares clinical data"}, {"name": "configuration", "valueString": dial}]});
     let r = post(s, CARTER, "Task/$change-request", &config).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let dial_id = r.json()["id"].as_str().unwrap().to_string();
+    let dial_task = r.json();
+    let dial_id = dial_task["id"].as_str().unwrap().to_string();
+    let dial_diff = dial_task["input"].as_array().unwrap().iter().find(|i| i["type"]["text"] == "diff").unwrap()["valueString"].as_str().unwrap().to_string();
+    assert!(dial_diff.contains("configuration sharing") && dial_diff.contains("\"shared\""), "the dial change, element by element: {dial_diff}");
     assert_eq!(approve(s, NORTH, &dial_id, "approve").await.status, 200);
     assert_eq!(apply(s, CARTER, &dial_id).await.status, 409, "two trusts have not signed off");
     let r = approve(s, RIVER, &dial_id, "reject").await;
