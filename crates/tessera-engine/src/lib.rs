@@ -316,7 +316,7 @@ fn assert_futures_are_send(e: &Engine) {
 
 /// The key spaces of [`Engine::setting`].
 fn check_setting_key(key: &str) -> Result<(), FhirError> {
-    if ["auth.", "demo.", "import.", "content."].iter().any(|p| key.starts_with(p)) {
+    if ["auth.", "demo.", "import.", "content.", "hl7."].iter().any(|p| key.starts_with(p)) {
         Ok(())
     } else {
         Err(FhirError::internal(format!("'{key}' is not a setting the server's tools may read or change")))

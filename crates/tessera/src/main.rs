@@ -97,6 +97,9 @@ enum Command {
     /// joining a model client domain, joint optimisation. Each is audited and reported.
     #[command(subcommand)]
     Onboard(OnboardCommand),
+    /// HL7 v2: send message files over MLLP and print the acknowledgements.
+    #[command(subcommand)]
+    Hl7(Hl7Command),
     /// Upgrade the domain's model content to this build's (or a signed package's): a dry run
     /// lists every change and who it reaches; the real run refuses during a freeze.
     ///
@@ -290,6 +293,13 @@ struct ServeArgs {
     /// by default: browsers then refuse cross-origin calls.
     #[arg(long = "cors-origin", env = "TESSERA_CORS_ORIGINS", value_name = "ORIGIN", value_delimiter = ',')]
     cors_origins: Vec<String>,
+    /// Listen for HL7 v2 over MLLP on this address (with --demo: 127.0.0.1:2575, an
+    /// interface of Northgate, rx1; docs/hl7v2.md).
+    #[arg(long, env = "TESSERA_MLLP_LISTEN")]
+    mllp_listen: Option<std::net::SocketAddr>,
+    /// The organisation whose interface the MLLP listener is (what it brings is owned by it).
+    #[arg(long, env = "TESSERA_MLLP_ORG")]
+    mllp_org: Option<String>,
     /// Refuse PUT on an absent id instead of creating the resource.
     #[arg(long, env = "TESSERA_NO_UPDATE_CREATE")]
     no_update_create: bool,
@@ -385,6 +395,22 @@ impl TwoStores {
         anyhow::ensure!(self.to_data_dir.is_some() || self.to_database_url.is_some(), "name the target: --to-data-dir or --to-database-url");
         Ok(StoreArgs { data_dir: self.to_data_dir.clone().unwrap_or_default(), database_url: self.to_database_url.clone() })
     }
+}
+
+#[derive(Subcommand)]
+enum Hl7Command {
+    /// Send each message of the files (one message or a batch per file) over one MLLP
+    /// connection, printing each acknowledgement.
+    ///
+    /// Example:
+    ///   tessera hl7 send ../shared/data/hl7v2/ADT-A04-01.hl7 --to 127.0.0.1:2575
+    #[command(verbatim_doc_comment)]
+    Send {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:2575")]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -799,6 +825,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Content(command) => content_command(command).await,
         Command::Env(command) => env_command(command).await,
         Command::Onboard(command) => onboard_command(command).await,
+        Command::Hl7(Hl7Command::Send { files, to }) => {
+            let mut messages = Vec::new();
+            for f in &files {
+                let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+                for m in tessera_hl7v2::batch_messages(&text) {
+                    match m {
+                        Ok(m) => messages.push(m.encode()),
+                        Err(e) => anyhow::bail!("{}: {e}", f.display()),
+                    }
+                }
+            }
+            let acks = tessera_mllp::send(&to, &messages, std::time::Duration::from_secs(30)).await.with_context(|| format!("MLLP to {to}"))?;
+            let mut refused = 0;
+            for a in &acks {
+                println!("{}", a.replace('\r', "\n").trim_end());
+                if !a.contains("|AA|") {
+                    refused += 1;
+                }
+            }
+            anyhow::ensure!(refused == 0, "{refused} of {} message(s) not accepted", acks.len());
+            Ok(())
+        }
         Command::Upgrade { store, dry_run, package } => {
             init_logging(false);
             // The schema first, found without migrating anything.
@@ -1126,6 +1174,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if http.cors_origins.iter().any(|o| o == "*") {
         tracing::warn!("CORS allows any origin (--cors-origin '*'): any web page may call this API with a token it holds");
+    }
+    let mllp = match (args.mllp_listen, args.demo) {
+        (Some(addr), _) => Some(addr),
+        (None, true) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 2575))),
+        (None, false) => None,
+    };
+    if let Some(addr) = mllp {
+        let org = match (&args.mllp_org, args.demo) {
+            (Some(o), _) => o.clone(),
+            (None, true) => "rx1".to_string(),
+            (None, false) => anyhow::bail!("--mllp-listen needs --mllp-org: the organisation whose interface it is"),
+        };
+        anyhow::ensure!(engine.domain().organisation(&org).is_some(), "--mllp-org {org} is not an organisation of the domain");
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, organisation = %org, "HL7 v2 over MLLP");
+                tokio::spawn(tessera_mllp::serve(engine.clone(), tessera_mllp::Interface::new(org), listener));
+            }
+            // The demo's default port may be taken (another demo server): serve without it.
+            Err(e) if args.mllp_listen.is_none() => tracing::warn!(error = %e, %addr, "the demo's MLLP port is taken: serving without HL7 v2 (set --mllp-listen)"),
+            Err(e) => return Err(e).with_context(|| format!("cannot listen for MLLP on {addr}")),
+        }
     }
     let router = tessera_web::app(engine.clone(), http, tessera_web::WebConfig::from_env());
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;

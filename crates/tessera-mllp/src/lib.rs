@@ -1,0 +1,114 @@
+//! HL7 v2 over MLLP, the transport beside HTTP: a listener per interface
+//! ([`serve`]), MLLP framing ([`frame`]), acknowledgements ([`ack`]) and the mapping of
+//! messages to engine calls ([`inbound`]). Every message is applied through the engine as
+//! the interface's organisation — the patient index, the `Gate` and the audit apply — and
+//! acknowledged `AA` only after the engine's durable commit; `AE` with an `ERR` segment
+//! naming the segment, field and problem for a message it cannot apply; `AR` for one it
+//! cannot read or does not support. A message resent with the same control id from the same
+//! sender is acknowledged again and applied once.
+//!
+//! Supported now: ADT A01, A04, A05, A08, A28 and A31 (the patient: registered through the
+//! patient index — a known NHS number or a matched person links, the organisation's MRN is
+//! added).
+
+pub mod ack;
+pub mod frame;
+pub mod inbound;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_engine::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One interface: who owns what it brings, and how its identifiers read.
+#[derive(Debug, Clone)]
+pub struct Interface {
+    /// The organisation whose data the messages are (the writer of everything applied).
+    pub organisation: String,
+    /// A connection idle this long is closed.
+    pub read_timeout: Duration,
+    /// The largest message accepted (bytes).
+    pub max_message: usize,
+}
+
+impl Interface {
+    pub fn new(organisation: impl Into<String>) -> Interface {
+        Interface { organisation: organisation.into(), read_timeout: Duration::from_secs(300), max_message: 4 << 20 }
+    }
+}
+
+/// Serves `interface` on `listener` until the task is dropped: each connection in its own
+/// task, messages one after another on it, each acknowledged before the next is read.
+pub async fn serve(engine: Engine, interface: Interface, listener: tokio::net::TcpListener) {
+    let interface = Arc::new(interface);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "MLLP: cannot accept a connection now");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let engine = engine.clone();
+        let interface = interface.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(engine, &interface, stream, peer).await {
+                tracing::debug!(error = %e, %peer, "MLLP connection closed");
+            }
+        });
+    }
+}
+
+async fn connection(engine: Engine, interface: &Interface, mut stream: tokio::net::TcpStream, peer: SocketAddr) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut reader = frame::FrameReader::new(interface.max_message);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(item) = reader.next_frame() {
+            let reply = match item {
+                Ok(bytes) => inbound::handle(&engine, interface, &String::from_utf8_lossy(&bytes)).await,
+                Err(problem) => ack::reject_unreadable(&problem),
+            };
+            stream.write_all(&frame::wrap(reply.as_bytes())).await?;
+        }
+        let n = match tokio::time::timeout(interface.read_timeout, stream.read(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                tracing::debug!(%peer, "MLLP: idle connection closed");
+                return Ok(());
+            }
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        reader.push(&buf[..n]);
+    }
+}
+
+/// Sends each message over one MLLP connection and returns each acknowledgement.
+pub async fn send(addr: &str, messages: &[String], timeout: Duration) -> std::io::Result<Vec<String>> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let mut reader = frame::FrameReader::new(16 << 20);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    for m in messages {
+        stream.write_all(&frame::wrap(m.as_bytes())).await?;
+        loop {
+            if let Some(item) = reader.next_frame() {
+                let bytes = item.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                out.push(String::from_utf8_lossy(&bytes).into_owned());
+                break;
+            }
+            let n = tokio::time::timeout(timeout, stream.read(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no acknowledgement in time"))??;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the peer closed the connection before acknowledging"));
+            }
+            reader.push(&buf[..n]);
+        }
+    }
+    Ok(out)
+}
