@@ -473,18 +473,7 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
         let entry = note(Section::User, &u.get_ref().id, u.span());
         let u = u.into_inner();
         let at = format!("user `{}`", u.id);
-        let password_hash = match (u.password, u.password_hash) {
-            (Some(_), Some(_)) => {
-                local.problems.push((problem(&at, "give either password or password_hash, not both"), Some(entry)));
-                None
-            }
-            (Some(clear), None) if clear.chars().count() < MIN_PASSWORD_LEN => {
-                local.problems.push((problem(&at, &format!("the password is shorter than {MIN_PASSWORD_LEN} characters")), Some(entry)));
-                None
-            }
-            (Some(clear), None) => Some(hash_file_secret("user", &u.id, &clear)?),
-            (None, hash) => hash,
-        };
+        let password_hash = file_secret(&mut local, &at, entry, "user", &u.id, "password", u.password, u.password_hash, MIN_PASSWORD_LEN)?;
         let roles = u.roles.into_iter().map(|a| RoleAssignment { organisation: a.organisation, role: a.role, locations: a.locations }).collect();
         domain.users.push(User { id: u.id, name: u.name, password_hash, roles, active: u.active });
     }
@@ -492,18 +481,7 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
         let entry = note(Section::ServiceAccount, &s.get_ref().id, s.span());
         let s = s.into_inner();
         let at = format!("service account `{}`", s.id);
-        let secret_hash = match (s.secret, s.secret_hash) {
-            (Some(_), Some(_)) => {
-                local.problems.push((problem(&at, "give either secret or secret_hash, not both"), Some(entry)));
-                None
-            }
-            (Some(clear), None) if clear.chars().count() < MIN_SECRET_LEN => {
-                local.problems.push((problem(&at, &format!("the secret is shorter than {MIN_SECRET_LEN} characters")), Some(entry)));
-                None
-            }
-            (Some(clear), None) => Some(hash_file_secret("service-account", &s.id, &clear)?),
-            (None, hash) => hash,
-        };
+        let secret_hash = file_secret(&mut local, &at, entry, "service-account", &s.id, "secret", s.secret, s.secret_hash, MIN_SECRET_LEN)?;
         domain.service_accounts.push(ServiceAccount { id: s.id, name: s.name, secret_hash, organisation: s.organisation, scopes: s.scopes });
     }
     for a in file.sharing {
@@ -517,18 +495,7 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
         let entry = note(Section::PortalAccount, &a.get_ref().id, a.span());
         let a = a.into_inner();
         let at = format!("portal account `{}`", a.id);
-        let password_hash = match (a.password, a.password_hash) {
-            (Some(_), Some(_)) => {
-                local.problems.push((problem(&at, "give either password or password_hash, not both"), Some(entry)));
-                None
-            }
-            (Some(clear), None) if clear.chars().count() < MIN_PASSWORD_LEN => {
-                local.problems.push((problem(&at, &format!("the password is shorter than {MIN_PASSWORD_LEN} characters")), Some(entry)));
-                None
-            }
-            (Some(clear), None) => Some(hash_file_secret("portal-account", &a.id, &clear)?),
-            (None, hash) => hash,
-        };
+        let password_hash = file_secret(&mut local, &at, entry, "portal-account", &a.id, "password", a.password, a.password_hash, MIN_PASSWORD_LEN)?;
         let nhs_number: String = a.nhs_number.chars().filter(|c| !c.is_whitespace()).collect();
         domain.portal_accounts.push(PortalAccount { id: a.id, name: a.name, nhs_number, password_hash, active: a.active });
     }
@@ -536,18 +503,7 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
         let entry = note(Section::App, &a.get_ref().id, a.span());
         let a = a.into_inner();
         let at = format!("app `{}`", a.id);
-        let secret_hash = match (a.secret, a.secret_hash) {
-            (Some(_), Some(_)) => {
-                local.problems.push((problem(&at, "give either secret or secret_hash, not both"), Some(entry)));
-                None
-            }
-            (Some(clear), None) if clear.chars().count() < MIN_SECRET_LEN => {
-                local.problems.push((problem(&at, &format!("the secret is shorter than {MIN_SECRET_LEN} characters")), Some(entry)));
-                None
-            }
-            (Some(clear), None) => Some(hash_file_secret("app", &a.id, &clear)?),
-            (None, hash) => hash,
-        };
+        let secret_hash = file_secret(&mut local, &at, entry, "app", &a.id, "secret", a.secret, a.secret_hash, MIN_SECRET_LEN)?;
         domain.apps.push(SmartApp {
             id: a.id,
             name: a.name,
@@ -568,6 +524,34 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
 
     local.into_result(|e| lines.by_index(e))?;
     Ok((domain, lines))
+}
+
+/// A secret of the file, given in clear (hashed here, if long enough) or as its hash — not
+/// both. A problem is noted (and `None` returned) for a secret given twice or too short.
+#[allow(clippy::too_many_arguments)]
+fn file_secret(
+    local: &mut Found,
+    at: &str,
+    entry: Entry,
+    kind: &str,
+    id: &str,
+    word: &str,
+    clear: Option<String>,
+    hash: Option<String>,
+    min: usize,
+) -> Result<Option<String>, DomainError> {
+    match (clear, hash) {
+        (Some(_), Some(_)) => {
+            local.problems.push((problem(at, &format!("give either {word} or {word}_hash, not both")), Some(entry)));
+            Ok(None)
+        }
+        (Some(clear), None) if clear.chars().count() < min => {
+            local.problems.push((problem(at, &format!("the {word} is shorter than {min} characters")), Some(entry)));
+            Ok(None)
+        }
+        (Some(clear), None) => Ok(Some(hash_file_secret(kind, id, &clear)?)),
+        (None, hash) => Ok(hash),
+    }
 }
 
 fn problem(at: &str, message: &str) -> Problem {

@@ -128,6 +128,8 @@ pub struct Banner<'a> {
     /// No allergy record visible, and none behind the glass: "not recorded".
     pub allergies_recorded: bool,
     pub allergies_behind_glass: bool,
+    /// The allergies could not be loaded: the banner must not read "none".
+    pub allergies_unknown: bool,
     pub alerts: Vec<String>,
 }
 
@@ -158,7 +160,9 @@ pub fn patient_banner(b: &Banner, today: &str) -> Markup {
                     }
                 }
                 @if b.allergies.is_empty() {
-                    @if b.allergies_behind_glass {
+                    @if b.allergies_unknown {
+                        strong class="nhsuk-tag nhsuk-tag--red" data-allergies { "Allergies could not be loaded: check before prescribing" }
+                    } @else if b.allergies_behind_glass {
                         strong class="nhsuk-tag nhsuk-tag--orange" data-allergies { "Allergies: more exists behind the glass" }
                     } @else if b.allergies_recorded {
                         strong class="nhsuk-tag nhsuk-tag--grey" data-allergies { "No known allergies" }

@@ -125,10 +125,11 @@ pub async fn summary(State(state): State<WebState>, PortalPatient(s): PortalPati
         view::search(engine, &s.access, "MedicationRequest", &q2),
         view::search(engine, &s.access, "Encounter", &q3),
     );
-    let (problems, allergies, meds, encounters) = (problems.unwrap_or_default(), allergies.unwrap_or_default(), meds.unwrap_or_default(), encounters.unwrap_or_default());
-    let list = |items: Vec<(String, String)>, empty: &str| -> Markup {
+    let (problems, allergies, meds, encounters) = (view::Found::from(problems), view::Found::from(allergies), view::Found::from(meds), view::Found::from(encounters));
+    let list = |found: &view::Found, items: Vec<(String, String)>, empty: &str| -> Markup {
         html! {
-            @if items.is_empty() { p { (empty) } } @else {
+            @if let Some(e) = &found.error { p data-list-error { "This could not be loaded (" (e) "). Please try again later." } }
+            @else if items.is_empty() { p { (empty) } } @else {
                 ul class="nhsuk-list nhsuk-list--bullet" { @for (what, who) in items { li { (what) span class="nhsuk-body-s" { " — " (who) } } } }
             }
         }
@@ -139,13 +140,14 @@ pub async fn summary(State(state): State<WebState>, PortalPatient(s): PortalPati
             p class="nhsuk-lede-text" data-portal-patient { (view::person_name(p)) " · NHS number " (view::nhs_number(p).unwrap_or_default()) }
         }
         h2 { "Health problems" }
-        (list(problems.resources.iter().map(|c| (view::concept(c.get("code")), view::owner(c, &domain))).collect(), "None recorded."))
+        (list(&problems, problems.resources.iter().map(|c| (view::concept(c.get("code")), view::owner(c, &domain))).collect(), "None recorded."))
         h2 { "Allergies" }
-        (list(allergies.resources.iter().map(|a| (view::concept(a.get("code")), view::owner(a, &domain))).collect(), "None recorded."))
+        (list(&allergies, allergies.resources.iter().map(|a| (view::concept(a.get("code")), view::owner(a, &domain))).collect(), "None recorded."))
         h2 { "Medicines" }
-        (list(meds.resources.iter().map(|m| (view::concept(m.get("medicationCodeableConcept")), view::owner(m, &domain))).collect(), "None recorded."))
+        (list(&meds, meds.resources.iter().map(|m| (view::concept(m.get("medicationCodeableConcept")), view::owner(m, &domain))).collect(), "None recorded."))
         h2 { "Recent appointments and stays" }
         (list(
+            &encounters,
             encounters.resources.iter().map(|e| (format!("{} {}", e.pointer("/period/start").and_then(Value::as_str).map(view::date).unwrap_or_default(), view::concept(e.pointer("/type/0"))), view::owner(e, &domain))).collect(),
             "None recorded."
         ))
@@ -159,7 +161,7 @@ pub async fn results(State(state): State<WebState>, PortalPatient(s): PortalPati
     let engine = state.edge.engine();
     let domain = engine.domain();
     let id = own_id(&s);
-    let found = view::search(engine, &s.access, "Observation", &format!("patient={}&category=laboratory&_count=300&_sort=-date", enc(&id))).await.unwrap_or_default();
+    let found = view::Found::from(view::search(engine, &s.access, "Observation", &format!("patient={}&category=laboratory&_count=300&_sort=-date", enc(&id))).await);
     portal_page("Your test results", &s, html! { h1 { "Your test results" } (crate::record::results_body(&found, &domain, None)) })
 }
 

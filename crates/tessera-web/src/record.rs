@@ -48,8 +48,8 @@ pub async fn load(state: &WebState, s: &Signed, id: &str) -> Result<Record, Resp
         Err(e) => return Err(crate::signin::refused(state, s, StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST), "Cannot open the record", &message(&e))),
     };
     let q = format!("patient={}&_count=50", enc(id));
-    let banner_allergies = view::search(engine, &s.access, "AllergyIntolerance", &q).await.unwrap_or_default();
-    let alerts = view::search(engine, &s.access, "Flag", &format!("patient={}&status=active&_count=20", enc(id))).await.unwrap_or_default();
+    let banner_allergies = Found::from(view::search(engine, &s.access, "AllergyIntolerance", &q).await);
+    let alerts = Found::from(view::search(engine, &s.access, "Flag", &format!("patient={}&status=active&_count=20", enc(id))).await);
     let grant = engine.break_glass_expiry(&s.access.subject, id).await.unwrap_or(0);
     let grant_until = (grant > now_micros()).then(|| instant_words(grant));
     Ok(Record { patient, id: id.to_string(), banner_allergies, alerts, grant_until })
@@ -101,6 +101,7 @@ pub fn record_markup(state: &WebState, s: &Signed, r: &Record, tab: &str, title:
         allergies,
         allergies_recorded: !r.banner_allergies.resources.is_empty(),
         allergies_behind_glass: r.banner_allergies.behind_glass,
+        allergies_unknown: r.banner_allergies.error.is_some(),
         alerts: r.alerts.resources.iter().map(|f| view::concept(f.get("code"))).collect(),
     };
     let apps: Vec<&tessera_domain::SmartApp> = domain
@@ -153,8 +154,18 @@ fn glass(found: &Found, s: &Signed, id: &str, back: &str) -> Markup {
     html! { @if found.behind_glass { (layout::break_glass_form(id, &s.csrf, back)) } }
 }
 
-fn none_recorded(what: &str) -> Markup {
-    html! { p class="nhsuk-body" data-empty { "No " (what) " recorded that you may see." } }
+/// What an empty list says: none recorded — or, when the search failed, that the list could
+/// not be loaded (never "none" for a list that is unknown).
+fn none_recorded(found: &Found, what: &str) -> Markup {
+    html! {
+        @if let Some(e) = &found.error {
+            div class="nhsuk-error-summary" role="alert" data-list-error {
+                p { "The " (what) " could not be loaded: " (e) ". Reload the page; if this persists, contact the service desk. Do not assume there are none." }
+            }
+        } @else {
+            p class="nhsuk-body" data-empty { "No " (what) " recorded that you may see." }
+        }
+    }
 }
 
 /// `GET /patients/{id}`: problems, current medications, allergies, recent encounters (from
@@ -177,7 +188,7 @@ pub async fn summary(State(state): State<WebState>, Clinician(s): Clinician, Pat
         view::search(engine, &s.access, "Encounter", &q2),
         view::search(engine, &s.access, "Observation", &q3),
     );
-    let (problems, meds, encounters, news) = (problems.unwrap_or_default(), meds.unwrap_or_default(), encounters.unwrap_or_default(), news.unwrap_or_default());
+    let (problems, meds, encounters, news) = (Found::from(problems), Found::from(meds), Found::from(encounters), Found::from(news));
     let active_problems: Vec<&Value> = problems
         .resources
         .iter()
@@ -188,7 +199,7 @@ pub async fn summary(State(state): State<WebState>, Clinician(s): Clinician, Pat
         div class="nhsuk-grid-row" {
             div class="nhsuk-grid-column-one-half" {
                 h2 { "Problems" }
-                @if active_problems.is_empty() { (none_recorded("active problems")) } @else {
+                @if active_problems.is_empty() { (none_recorded(&problems, "active problems")) } @else {
                     table class="nhsuk-table" data-section="problems" {
                         caption class="nhsuk-u-visually-hidden" { "Active problems" }
                         thead { tr { th scope="col" { "Problem" } th scope="col" { "Since" } th scope="col" { "Organisation" } } }
@@ -197,7 +208,7 @@ pub async fn summary(State(state): State<WebState>, Clinician(s): Clinician, Pat
                 }
                 (glass(&problems, &s, &id, &back))
                 h2 { "Allergies" }
-                @if r.banner_allergies.resources.is_empty() { (none_recorded("allergies")) } @else {
+                @if r.banner_allergies.resources.is_empty() { (none_recorded(&r.banner_allergies, "allergies")) } @else {
                     table class="nhsuk-table" data-section="allergies" {
                         caption class="nhsuk-u-visually-hidden" { "Allergies" }
                         thead { tr { th scope="col" { "Allergy" } th scope="col" { "Reaction" } th scope="col" { "Organisation" } } }
@@ -208,7 +219,7 @@ pub async fn summary(State(state): State<WebState>, Clinician(s): Clinician, Pat
             }
             div class="nhsuk-grid-column-one-half" {
                 h2 { "Current medications" }
-                @if meds.resources.is_empty() { (none_recorded("current medications")) } @else {
+                @if meds.resources.is_empty() { (none_recorded(&meds, "current medications")) } @else {
                     table class="nhsuk-table" data-section="medications" {
                         caption class="nhsuk-u-visually-hidden" { "Current medications" }
                         thead { tr { th scope="col" { "Medication" } th scope="col" { "Dose" } th scope="col" { "Organisation" } } }
@@ -223,7 +234,7 @@ pub async fn summary(State(state): State<WebState>, Clinician(s): Clinician, Pat
             }
         }
         h2 { "Recent encounters" }
-        (encounter_table(&encounters.resources, &domain))
+        (encounter_table(&encounters, &domain))
         (glass(&encounters, &s, &id, &back))
     };
     record_page(&state, &s, &r, "summary", "Summary", body)
@@ -238,14 +249,14 @@ fn medication_name(m: &Value) -> String {
     }
 }
 
-fn encounter_table(encounters: &[Value], domain: &Domain) -> Markup {
+fn encounter_table(encounters: &Found, domain: &Domain) -> Markup {
     html! {
-        @if encounters.is_empty() { (none_recorded("encounters")) } @else {
+        @if encounters.resources.is_empty() { (none_recorded(encounters, "encounters")) } @else {
             table class="nhsuk-table" data-section="encounters" {
                 caption class="nhsuk-u-visually-hidden" { "Encounters" }
                 thead { tr { th scope="col" { "When" } th scope="col" { "Type" } th scope="col" { "Where" } th scope="col" { "Status" } th scope="col" { "Organisation" } } }
                 tbody {
-                    @for e in encounters {
+                    @for e in &encounters.resources {
                         tr data-id=(rid(e)) {
                             td { (e.pointer("/period/start").and_then(Value::as_str).map(view::date).unwrap_or_default())
                                  @if let Some(end) = e.pointer("/period/end").and_then(Value::as_str) { " – " (view::date(end)) } }
@@ -271,11 +282,11 @@ pub async fn encounters(State(state): State<WebState>, Clinician(s): Clinician, 
         Err(page) => return page,
     };
     let engine = state.edge.engine();
-    let found = view::search(engine, &s.access, "Encounter", &format!("patient={}&_count=200&_sort=-date", enc(&id))).await.unwrap_or_default();
+    let found = Found::from(view::search(engine, &s.access, "Encounter", &format!("patient={}&_count=200&_sort=-date", enc(&id))).await);
     let domain = engine.domain();
     let body = html! {
         h2 { "Encounters" }
-        (encounter_table(&found.resources, &domain))
+        (encounter_table(&found, &domain))
         (glass(&found, &s, &id, &format!("/patients/{id}/encounters")))
     };
     record_page(&state, &s, &r, "encounters", "Encounters", body)
@@ -290,7 +301,7 @@ pub async fn results(State(state): State<WebState>, Clinician(s): Clinician, Pat
     };
     let engine = state.edge.engine();
     let domain = engine.domain();
-    let found = view::search(engine, &s.access, "Observation", &format!("patient={}&_count=500&_sort=-date", enc(&id))).await.unwrap_or_default();
+    let found = Found::from(view::search(engine, &s.access, "Observation", &format!("patient={}&_count=500&_sort=-date", enc(&id))).await);
     let body = results_body(&found, &domain, Some(&id));
     let body = html! { (body) (glass(&found, &s, &id, &format!("/patients/{id}/results"))) };
     record_page(&state, &s, &r, "results", "Results", body)
@@ -322,7 +333,7 @@ pub fn results_body(found: &Found, domain: &Domain, trend_base: Option<&str>) ->
         .collect();
     html! {
         h2 { "Results" }
-        @if found.resources.is_empty() { (none_recorded("results")) }
+        @if found.resources.is_empty() { (none_recorded(found, "results")) }
         @for (title, rows) in &groups {
             h3 { (title) }
             table class="nhsuk-table tessera-results" data-section="results" {
@@ -370,7 +381,7 @@ pub async fn trend(State(state): State<WebState>, Clinician(s): Clinician, Path(
     };
     let engine = state.edge.engine();
     let domain = engine.domain();
-    let found = view::search(engine, &s.access, "Observation", &format!("patient={}&code={}&_count=500&_sort=date", enc(&id), enc(code))).await.unwrap_or_default();
+    let found = Found::from(view::search(engine, &s.access, "Observation", &format!("patient={}&code={}&_count=500&_sort=date", enc(&id), enc(code))).await);
     let title = found.resources.first().map(|o| view::concept(o.get("code"))).unwrap_or_else(|| code.clone());
     let unit = found.resources.iter().find_map(|o| o.pointer("/valueQuantity/unit").and_then(Value::as_str)).unwrap_or("").to_string();
     let (low, high, _) = found.resources.last().map(view::reference_range).unwrap_or((None, None, String::new()));
@@ -411,10 +422,10 @@ pub async fn medications(State(state): State<WebState>, Clinician(s): Clinician,
     };
     let engine = state.edge.engine();
     let domain = engine.domain();
-    let found = view::search(engine, &s.access, "MedicationRequest", &format!("patient={}&_count=200&_sort=-authoredon", enc(&id))).await.unwrap_or_default();
+    let found = Found::from(view::search(engine, &s.access, "MedicationRequest", &format!("patient={}&_count=200&_sort=-authoredon", enc(&id))).await);
     let body = html! {
         h2 { "Medications" }
-        @if found.resources.is_empty() { (none_recorded("medications")) } @else {
+        @if found.resources.is_empty() { (none_recorded(&found, "medications")) } @else {
             table class="nhsuk-table" data-section="medications" {
                 caption class="nhsuk-u-visually-hidden" { "Medications" }
                 thead { tr { th scope="col" { "Medication" } th scope="col" { "Dose" } th scope="col" { "Status" } th scope="col" { "Prescribed" } th scope="col" { "Organisation" } } }
@@ -463,10 +474,10 @@ pub async fn documents(State(state): State<WebState>, Clinician(s): Clinician, P
         view::search(engine, &s.access, "DocumentReference", &q0),
         view::search(engine, &s.access, "Composition", &q1),
     );
-    let (docs, comps) = (docs.unwrap_or_default(), comps.unwrap_or_default());
+    let (docs, comps) = (Found::from(docs), Found::from(comps));
     let body = html! {
         h2 { "Documents and notes" }
-        @if docs.resources.is_empty() && comps.resources.is_empty() { (none_recorded("documents or notes")) }
+        @if docs.resources.is_empty() && comps.resources.is_empty() { (none_recorded(if docs.error.is_some() { &docs } else { &comps }, "documents or notes")) }
         @for d in &docs.resources {
             article class="nhsuk-card tessera-note" data-document=(d.get("id").and_then(Value::as_str).unwrap_or("")) data-id=(rid(d)) {
                 div class="nhsuk-card__content" {
@@ -501,10 +512,10 @@ pub async fn immunisations(State(state): State<WebState>, Clinician(s): Clinicia
     };
     let engine = state.edge.engine();
     let domain = engine.domain();
-    let found = view::search(engine, &s.access, "Immunization", &format!("patient={}&_count=200&_sort=-date", enc(&id))).await.unwrap_or_default();
+    let found = Found::from(view::search(engine, &s.access, "Immunization", &format!("patient={}&_count=200&_sort=-date", enc(&id))).await);
     let body = html! {
         h2 { "Immunisations" }
-        @if found.resources.is_empty() { (none_recorded("immunisations")) } @else {
+        @if found.resources.is_empty() { (none_recorded(&found, "immunisations")) } @else {
             table class="nhsuk-table" data-section="immunisations" {
                 caption class="nhsuk-u-visually-hidden" { "Immunisations" }
                 thead { tr { th scope="col" { "Vaccine" } th scope="col" { "Given" } th scope="col" { "Status" } th scope="col" { "Organisation" } } }
@@ -580,5 +591,20 @@ pub async fn launch(State(state): State<WebState>, parts: Parts, Clinician(s): C
             see_other(&tessera_auth::authorize::with_query(&url, &query))
         }
         Err(e) => crate::signin::refused(&state, &s, StatusCode::SERVICE_UNAVAILABLE, "Launch an app", &message(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_that_failed_never_reads_as_none() {
+        let failed = Found::from(Err::<Found, _>(tessera_engine::FhirError::new(503, tessera_fhir::IssueType::Exception, "the database is not answering")));
+        let html = none_recorded(&failed, "allergies").into_string();
+        assert!(html.contains("could not be loaded") && html.contains("the database is not answering"), "{html}");
+        assert!(!html.contains("No allergies recorded"), "{html}");
+        let empty = none_recorded(&Found::default(), "allergies").into_string();
+        assert!(empty.contains("No allergies recorded"));
     }
 }

@@ -14,6 +14,19 @@ pub struct Found {
     pub behind_glass: bool,
     /// Included resources (`_include`), by `Type/id`.
     pub included: Vec<Value>,
+    /// The search failed: the list is unknown, never "none recorded".
+    pub error: Option<String>,
+}
+
+impl From<Result<Found, FhirError>> for Found {
+    /// A page's list: what the search found, or why it could not be loaded.
+    fn from(r: Result<Found, FhirError>) -> Found {
+        r.unwrap_or_else(|e| {
+            tracing::warn!(status = e.status, "a list of the record could not be loaded: {e}");
+            let why = e.issues.first().map(|i| i.diagnostics.clone()).unwrap_or_else(|| format!("error {}", e.status));
+            Found { error: Some(why), ..Found::default() }
+        })
+    }
 }
 
 /// A search of `resource_type` as `access` (through the engine's `Gate`, audited).

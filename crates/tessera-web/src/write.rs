@@ -179,7 +179,7 @@ fn vitals_form_markup(s: &Signed, id: &str, f: &VitalsForm, problems: &[(String,
 async fn recent_news(state: &WebState, s: &Signed, id: &str) -> Markup {
     let engine = state.edge.engine();
     let domain = engine.domain();
-    let found = view::search(engine, &s.access, "Observation", &format!("patient={}&code={SNOMED}|{NEWS2_CODE}&_count=10&_sort=-date", enc(id))).await.unwrap_or_default();
+    let found = view::Found::from(view::search(engine, &s.access, "Observation", &format!("patient={}&code={SNOMED}|{NEWS2_CODE}&_count=10&_sort=-date", enc(id))).await);
     html! {
         @if !found.resources.is_empty() {
             h2 { "Recent NEWS2 scores" }
