@@ -35,6 +35,7 @@ pub mod datetime;
 pub mod delimiters;
 pub mod message;
 pub mod patient;
+pub mod map;
 pub mod visit;
 
 pub use batch::{batch_messages, split_batch};
