@@ -23,6 +23,7 @@ pub(crate) enum Section {
     Sharing,
     PortalAccount,
     App,
+    Interface,
 }
 
 /// An entry a problem is about: its section, its index there and its key (id, or
@@ -111,6 +112,7 @@ impl Domain {
         self.check_sharing(&mut found);
         self.check_portal_accounts(&mut found);
         self.check_apps(&mut found);
+        self.check_interfaces(&mut found);
         self.check_governance(&mut found);
         found
     }
@@ -180,6 +182,52 @@ impl Domain {
             }
             if account.password_hash.as_deref().is_some_and(|h| !is_argon2_phc(h)) {
                 found.push(entry.clone(), at.clone(), "password_hash is not an argon2 PHC string (`$argon2id$v=19$…`)".into());
+            }
+        }
+    }
+
+    fn check_interfaces(&self, found: &mut Found) {
+        let mut seen = BTreeMap::new();
+        let mut addresses = BTreeMap::new();
+        for (i, interface) in self.interfaces.iter().enumerate() {
+            let entry = Some(Entry { section: Section::Interface, index: i, key: interface.id.clone() });
+            let at = format!("interface `{}`", interface.id);
+            let mut problem = |message: String| found.push(entry.clone(), at.clone(), message);
+            if let Some(first) = seen.insert(interface.id.as_str(), i) {
+                problem(format!("duplicate interface id (also interfaces[{first}])"));
+            }
+            if !is_valid_fhir_id(&interface.id) {
+                problem("the id must be letters, digits, '-' and '.', at most 64".into());
+            }
+            if self.organisation(&interface.organisation).is_none() {
+                problem(format!("organisation `{}` is not an organisation of the domain", interface.organisation));
+            }
+            if let Some(listen) = &interface.listen {
+                if listen.parse::<std::net::SocketAddr>().is_err() {
+                    problem(format!("listen `{listen}` is not an address and port (`0.0.0.0:2575`)"));
+                } else if let Some(first) = addresses.insert(listen.as_str(), i) {
+                    problem(format!("listens on the address of interfaces[{first}]"));
+                }
+            }
+            for (ward, location) in &interface.wards {
+                match self.location(location) {
+                    None => problem(format!("ward `{ward}` maps to `{location}`, which is not a location of the domain")),
+                    Some(l) if self.trust_of(&l.organisation) != self.trust_of(&interface.organisation) => {
+                        problem(format!("ward `{ward}` maps to `{location}`, a location of another organisation"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (authority, system) in &interface.identifier_systems {
+                if !(system.starts_with("http://") || system.starts_with("https://") || system.starts_with("urn:")) {
+                    problem(format!("identifier system of `{authority}` is not a URI: `{system}`"));
+                }
+            }
+            if interface.tls_cert.is_some() != interface.tls_key.is_some() {
+                problem("TLS needs both tls_cert and tls_key".into());
+            }
+            if interface.read_timeout_seconds == 0 || interface.max_message_bytes < 1024 {
+                problem("read_timeout_seconds must be at least 1 and max_message_bytes at least 1024".into());
             }
         }
     }

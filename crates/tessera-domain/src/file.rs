@@ -69,6 +69,18 @@
 //! secret = "…"                     # optional: a confidential client (else public, PKCE)
 //! scopes = ["launch", "launch/patient", "patient/*.rs", "openid", "fhirUser", "offline_access"]
 //!
+//! [[interfaces]]                   # an HL7 v2 interface (docs/hl7v2.md)
+//! id = "rx1-pas"
+//! name = "Northgate PAS"
+//! organisation = "rx1"             # whose data its messages are
+//! listen = "0.0.0.0:2575"          # optional: opened by `tessera serve`
+//! sending_facility = "RX1"         # optional: MSH-4 must be this
+//! identifier_systems = { RX1 = "https://northgate.example/Id/mrn" }   # CX.4 → system
+//! wards = { "7A" = "ward-7a" }     # PL.1 → location id
+//! require_order = false            # results must name their order
+//! tls_cert = "/etc/tessera/mllp.crt"   # optional, with tls_key
+//! tls_key = "/etc/tessera/mllp.key"
+//!
 //! [governance]                     # optional: joint governance (docs/governance.md)
 //! enforced = true                  # production: content and configuration change only
 //!                                  # through approved change requests
@@ -141,6 +153,8 @@ struct FileDomain {
     patient_index: Option<tessera_empi::Config>,
     #[serde(default)]
     governance: Option<crate::model::Governance>,
+    #[serde(default)]
+    interfaces: Vec<Spanned<crate::model::Hl7Interface>>,
 }
 
 #[derive(Deserialize)]
@@ -520,6 +534,10 @@ pub(crate) fn read(text: &str) -> Result<(Domain, Lines), DomainError> {
     }
     if let Some(g) = file.governance {
         domain.governance = g;
+    }
+    for i in file.interfaces {
+        note(Section::Interface, &i.get_ref().id, i.span());
+        domain.interfaces.push(i.into_inner());
     }
 
     local.into_result(|e| lines.by_index(e))?;

@@ -62,6 +62,7 @@ impl Domain {
             ..new
         });
         upsert(&mut self.apps, other.apps, |a| a.id.clone(), |old, new| SmartApp { secret_hash: new.secret_hash.or(old.secret_hash), ..new });
+        upsert(&mut self.interfaces, other.interfaces, |i| i.id.clone(), |_, new| new);
     }
 
     /// What a fresh data directory starts with: the organisation `tessera` ("Tessera
@@ -95,6 +96,7 @@ impl Domain {
             apps: Vec::new(),
             governance: Default::default(),
             patient_index: Default::default(),
+            interfaces: Vec::new(),
         }
     }
 

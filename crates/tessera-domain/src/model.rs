@@ -259,6 +259,54 @@ pub struct SmartApp {
     pub scopes: Vec<String>,
 }
 
+/// An HL7 v2 interface (the domain file's `[[interfaces]]`): an MLLP listener owned by an
+/// organisation, whose messages are applied as that organisation's system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7Interface {
+    pub id: String,
+    pub name: String,
+    /// The organisation whose data the messages are.
+    pub organisation: String,
+    /// Where it listens (`0.0.0.0:2575`); none: declared but not opened by `serve`.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// MSH-4 the sender must give (its facility); none: any.
+    #[serde(default)]
+    pub sending_facility: Option<String>,
+    /// Assigning authority (CX.4) → identifier system, for PID-3 identifiers other than the
+    /// NHS number; an identifier with no or another authority is the organisation's MRN.
+    #[serde(default)]
+    pub identifier_systems: BTreeMap<String, String>,
+    /// Point of care (PL.1 of PV1-3, AIL-3, …) → location id of the domain. A message naming
+    /// a place not in the table is refused (`AE`); an empty table accepts places whose PL.1
+    /// is itself a location id of the organisation.
+    #[serde(default)]
+    pub wards: BTreeMap<String, String>,
+    /// Results (ORU) must name their order (OBR-2/OBR-3).
+    #[serde(default)]
+    pub require_order: bool,
+    /// TLS: PEM certificate chain and private key files (both, or neither).
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    /// A connection idle this long is closed (default 300).
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_seconds: u64,
+    /// The largest message accepted, in bytes (default 4 MiB).
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+}
+
+fn default_read_timeout() -> u64 {
+    300
+}
+
+fn default_max_message() -> usize {
+    4 << 20
+}
+
 /// Joint governance of the domain's content and configuration (the domain file's
 /// `[governance]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,6 +416,9 @@ pub struct Domain {
     /// Joint governance: sign-off, clinical safety, freezes.
     #[serde(default)]
     pub governance: Governance,
+    /// HL7 v2 interfaces (MLLP listeners) and who owns them.
+    #[serde(default)]
+    pub interfaces: Vec<Hl7Interface>,
     /// How the patient index matches registrations: weights, thresholds, nicknames,
     /// blocking keys (the domain file's `[patient_index]`; documented defaults).
     #[serde(default)]
@@ -393,6 +444,10 @@ impl Domain {
 
     pub fn portal_account(&self, id: &str) -> Option<&PortalAccount> {
         self.portal_accounts.iter().find(|a| a.id == id)
+    }
+
+    pub fn interface(&self, id: &str) -> Option<&Hl7Interface> {
+        self.interfaces.iter().find(|i| i.id == id)
     }
 
     pub fn app(&self, id: &str) -> Option<&SmartApp> {

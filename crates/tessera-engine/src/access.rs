@@ -20,6 +20,8 @@ pub enum AccessKind {
     Patient,
 }
 
+const INTERFACE_PREFIX: &str = "hl7v2:";
+
 /// The access context of one request.
 #[derive(Debug, Clone)]
 pub struct Access {
@@ -136,6 +138,22 @@ impl Access {
             patient: None,
             governed_change: None,
         }
+    }
+
+    /// An HL7 v2 interface of `organisation` (the domain file's `[[interfaces]]`): the
+    /// organisation's system access, named `hl7v2:{id}` in the audit. It may merge the
+    /// records of its own trust (ADT^A40), as a patient administration system does.
+    pub fn interface(organisation: &str, id: &str) -> Access {
+        let mut access = Access::system(organisation);
+        access.subject = format!("{INTERFACE_PREFIX}{id}");
+        access.name = format!("HL7 v2 interface {id}");
+        access
+    }
+
+    /// Whether this is an HL7 v2 interface's access ([`Access::interface`]); no token can
+    /// carry it (`:` is not allowed in the ids of service accounts).
+    pub fn is_interface(&self) -> bool {
+        self.kind == AccessKind::System && self.subject.starts_with(INTERFACE_PREFIX)
     }
 
     /// The domain's bootstrap account: the built-in system account acting for the domain

@@ -168,6 +168,9 @@ struct EntryRequest {
     query: Option<String>,
     if_none_exist: Option<String>,
     if_match: Option<u64>,
+    /// `ifNoneMatch: *` on a PUT: only if the resource does not exist (a create with the
+    /// client's id, once).
+    if_none_match: bool,
 }
 
 /// Parses `[base/]Type[/id[/_history/vid]][?query]`.
@@ -209,8 +212,16 @@ fn entry_request(base: &str, request: Option<&Value>, at: &str) -> Result<EntryR
         Some(s) => Some(parse_etag(s).ok_or_else(|| FhirError::bad_request(format!("bad ifMatch '{s}'")).at(format!("{at}.request.ifMatch")))?),
         None => None,
     };
+    let if_none_match = match request.get("ifNoneMatch").and_then(Value::as_str) {
+        None => false,
+        Some("*") if method == "PUT" => true,
+        Some(other) => {
+            return Err(FhirError::bad_request(format!("ifNoneMatch '{other}' is not supported: only '*' on a PUT (create once)")).at(format!("{at}.request.ifNoneMatch")))
+        }
+    };
     Ok(EntryRequest {
         method: method.to_string(),
+        if_none_match,
         resource_type,
         id,
         version,
@@ -576,6 +587,9 @@ impl Engine {
                     .at(format!("{at}.request.ifMatch")));
                 }
             }
+            if req.if_none_match && current.as_ref().is_some_and(|c| !c.deleted) {
+                return Err(FhirError::precondition_failed(format!("{}/{id} exists (ifNoneMatch: *)", req.resource_type)).at(format!("{at}.request.ifNoneMatch")));
+            }
             let (version, precondition, status) = match &current {
                 Some(c) => (c.version + 1, Precondition::Version(c.version), if c.deleted { 201 } else { 200 }),
                 None => {
@@ -596,7 +610,7 @@ impl Engine {
                 }
                 continue;
             }
-            if req.method == "PUT" && current.is_none() && !self.config().update_create {
+            if req.method == "PUT" && current.is_none() && !self.config().update_create && !req.if_none_match {
                 return Err(FhirError::method_not_allowed(format!("{}/{id} does not exist and this server does not create resources by update", req.resource_type))
                     .at(format!("{at}.request")));
             }

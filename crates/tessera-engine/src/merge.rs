@@ -58,6 +58,9 @@ pub(crate) fn merge_scope(gate: &Gate<'_>) -> MergeScope {
     if access.is_domain_bootstrap() {
         return MergeScope::Domain;
     }
+    if access.is_interface() {
+        return MergeScope::Trust;
+    }
     access.role.as_deref().and_then(|r| gate.domain().role(r)).map_or(MergeScope::None, |r| r.merges_patients)
 }
 
