@@ -653,3 +653,345 @@ pub fn oru_r01(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
     }
     Ok(entries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::Systems;
+    use proptest::prelude::*;
+
+    fn with_ctx<T>(require_order: bool, f: impl FnOnce(&Context) -> T) -> T {
+        let systems = Systems::for_organisation("rx1");
+        let ctx = Context { systems: &systems, patient: "urn:uuid:p", encounter: Some("urn:uuid:e"), organisation: "Organization/rx1", location: &|_| Some("Location/w".into()), require_order };
+        f(&ctx)
+    }
+
+    fn map(text: &str) -> Result<Vec<Entry>, FieldError> {
+        let msg = Message::parse(text).expect("parses");
+        with_ctx(false, |ctx| oru_r01(&msg, ctx))
+    }
+
+    fn sample(name: &str) -> Option<String> {
+        let path = format!("{}/../../../shared/data/hl7v2/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(path).ok()
+    }
+
+    /// No empty string, array or object anywhere; no `id`.
+    fn assert_clean(v: &Value, at: &str) {
+        match v {
+            Value::String(s) => assert!(!s.trim().is_empty(), "empty string at {at}"),
+            Value::Array(a) => {
+                assert!(!a.is_empty(), "empty array at {at}");
+                for (i, x) in a.iter().enumerate() {
+                    assert_clean(x, &format!("{at}[{i}]"));
+                }
+            }
+            Value::Object(o) => {
+                assert!(!o.is_empty(), "empty object at {at}");
+                for (k, x) in o {
+                    assert_clean(x, &format!("{at}.{k}"));
+                }
+            }
+            Value::Null => panic!("null at {at}"),
+            _ => {}
+        }
+    }
+
+    fn assert_entries_clean(entries: &[Entry]) {
+        let mut urls: Vec<&str> = entries.iter().map(|e| e.full_url.as_str()).collect();
+        urls.sort();
+        urls.dedup();
+        assert_eq!(urls.len(), entries.len(), "full URLs are unique");
+        let mut queries: Vec<String> = entries.iter().filter_map(|e| if let Method::Upsert(q) = &e.method { Some(format!("{}?{q}", e.resource["resourceType"])) } else { None }).collect();
+        let n = queries.len();
+        queries.sort();
+        queries.dedup();
+        assert_eq!(queries.len(), n, "conditional writes are unique");
+        for e in entries {
+            assert!(e.resource.get("id").is_none());
+            assert_clean(&e.resource, e.resource["resourceType"].as_str().unwrap());
+            let rt = e.resource["resourceType"].as_str().unwrap();
+            assert!(e.resource.get("status").is_some() && e.resource.get("code").is_some(), "{rt} has status and code");
+        }
+    }
+
+    fn count(entries: &[Entry], rt: &str) -> usize {
+        entries.iter().filter(|e| e.resource["resourceType"] == rt).count()
+    }
+
+    #[test]
+    fn every_sample_maps() {
+        let expected = [("ORU-R01-01.hl7", 1, 3), ("ORU-R01-RMGEAD.hl7", 1, 1), ("LAB-ORU-1.hl7", 2, 10), ("LAB-ORU-2.hl7", 2, 10), ("LRI_2.0-NG_CBC_Typ_Message.hl7", 1, 28)];
+        for (name, reports, observations) in expected {
+            let Some(text) = sample(name) else {
+                eprintln!("{name} is not there: skipped");
+                continue;
+            };
+            let entries = map(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_entries_clean(&entries);
+            assert_eq!((count(&entries, "DiagnosticReport"), count(&entries, "Observation")), (reports, observations), "{name}");
+            for e in entries.iter().filter(|e| e.resource["resourceType"] == "DiagnosticReport") {
+                let results = e.resource["result"].as_array().map_or(0, Vec::len);
+                for r in e.resource["result"].as_array().into_iter().flatten() {
+                    assert!(entries.iter().any(|o| o.full_url == r["reference"]), "{name}: result resolves");
+                }
+                assert!(results > 0, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn cbc_report_field_by_field() {
+        let Some(text) = sample("LRI_2.0-NG_CBC_Typ_Message.hl7") else { return };
+        let entries = map(&text).unwrap();
+        let report = &entries[0];
+        let filler = "https://tessera.health/Id/rx1/filler-order";
+        assert_eq!(report.method, Method::Upsert(format!("identifier={filler}|R-991133")));
+        let r = &report.resource;
+        assert_eq!(r["resourceType"], "DiagnosticReport");
+        assert_eq!(r["status"], "final");
+        assert_eq!(r["identifier"][0]["value"], "R-991133");
+        assert_eq!(r["identifier"][0]["system"], filler);
+        assert_eq!(r["identifier"][0]["type"]["coding"][0]["code"], "FILL");
+        assert_eq!(r["identifier"][1]["value"], "ORD666555");
+        assert_eq!(r["basedOn"][0], json!({"type": "ServiceRequest", "identifier": {"system": "https://tessera.health/Id/rx1/placer-order", "value": "ORD666555"}}));
+        assert_eq!(r["code"]["coding"][0], json!({"system": "http://loinc.org", "code": "57021-8", "display": "CBC W Auto Differential panel in Blood"}));
+        assert_eq!(r["code"]["coding"][1]["system"], "urn:hl7v2:coding-system:99USI");
+        assert_eq!(r["category"][0]["coding"][0]["code"], "LAB");
+        assert_eq!(r["subject"]["reference"], "urn:uuid:p");
+        assert_eq!(r["encounter"]["reference"], "urn:uuid:e");
+        assert_eq!(r["performer"][0]["reference"], "Organization/rx1");
+        assert_eq!(r["effectiveDateTime"], "2011-01-03T14:34:28-08:00");
+        assert_eq!(r["issued"], "2011-01-04T17:00:28-08:00");
+        assert_eq!(r["result"].as_array().unwrap().len(), 28);
+        assert_eq!(r["result"][0]["reference"], json!(entries[1].full_url));
+
+        let hb = &entries[2];
+        assert_eq!(hb.method, Method::Upsert(format!("identifier={filler}/observation|R-991133/718-7")));
+        let o = &hb.resource;
+        assert_eq!(o["identifier"][0], json!({"system": format!("{filler}/observation"), "value": "R-991133/718-7"}));
+        assert_eq!(o["status"], "final");
+        assert_eq!(o["code"]["coding"][0]["code"], "718-7");
+        assert_eq!(o["category"][0]["coding"][0]["code"], "laboratory");
+        assert_eq!(o["valueQuantity"], json!({"value": 12.5, "unit": "g/mL", "system": UCUM, "code": "g/mL"}));
+        assert_eq!(o["referenceRange"][0]["low"]["value"], json!(13));
+        assert_eq!(o["referenceRange"][0]["high"], json!({"value": 18, "unit": "g/mL", "system": UCUM, "code": "g/mL"}));
+        assert_eq!(o["interpretation"][0]["coding"][0], json!({"system": INTERPRETATION_SYSTEM, "code": "L", "display": "Low"}));
+        assert_eq!(o["effectiveDateTime"], "2011-01-03T14:34:28-08:00");
+        assert_eq!(o["subject"]["reference"], "urn:uuid:p");
+        assert_eq!(o["performer"][0]["reference"], "Organization/rx1");
+        assert_eq!(entries[4].resource["interpretation"][0]["coding"][0]["display"], "Critical high");
+        assert_eq!(entries[20].resource["valueCodeableConcept"]["coding"][0]["code"], "260348001");
+        assert_eq!(entries[26].resource["valueString"], "Many spherocytes present.");
+    }
+
+    #[test]
+    fn other_samples_in_detail() {
+        if let Some(text) = sample("ORU-R01-RMGEAD.hl7") {
+            let e = map(&text).unwrap();
+            let o = &e[1].resource;
+            assert_eq!(o["valueQuantity"], json!({"value": 182, "unit": "mg/dl", "system": UCUM, "code": "mg/dL"}));
+            assert_eq!(o["referenceRange"][0], json!({"text": "70_105"}));
+            assert_eq!(o["interpretation"][0]["coding"][0]["code"], "H");
+        }
+        if let Some(text) = sample("ORU-R01-01.hl7") {
+            let e = map(&text).unwrap();
+            let r = &e[0].resource;
+            assert_eq!(r["category"][0]["coding"][0]["code"], "BLB");
+            assert_eq!(r["resultsInterpreter"][0]["display"], "Dr. Geny Raud");
+            assert!(r["conclusion"].as_str().unwrap().starts_with("Enteric culture includes testing for Salmonella, Shigella, Campylobacter, Yersinia, E.coli O157:H7 & other"));
+            assert_eq!(e[1].resource["note"].as_array().unwrap().len(), 2);
+            assert_eq!(e[1].resource["status"], "preliminary");
+            assert_eq!(e[2].resource["valueString"], "https://testurl.com");
+            assert_eq!(e[2].resource["status"], "registered");
+            assert_eq!(e[3].resource["valueString"], "27\n25");
+        }
+        if let Some(text) = sample("LAB-ORU-1.hl7") {
+            let e = map(&text).unwrap();
+            assert_eq!(e[1].resource.get("valueQuantity"), None);
+            assert_eq!(e[1].resource["status"], "registered");
+            assert_eq!(e[2].resource["valueQuantity"], json!({"value": 4.06, "unit": "tera.l-1", "system": UCUM, "code": "10*12/L"}));
+            assert_eq!(e[6].resource["status"], "unknown");
+            assert_eq!(e[7].resource["status"], "preliminary");
+        }
+    }
+
+    const ORU: &str = "MSH|^~\\&|LAB|RX1|EPR|RX1|202401021030||ORU^R01^ORU_R01|1|P|2.5.1\r\
+PID|1||K123^^^RX1^MR\r\
+OBR|1|PL1^EPR|FI1^LAB|U&E^Urea and electrolytes^L|||202401020900|||||||||||||||202401021015||CH|F\r\
+OBX|1|NM|2823-3^Potassium^LN||4.50|mmol/L^^UCUM|3.5-5.0|N|||F\r\
+NTE|1||Haemolysed sample\r\
+OBX|2|NM|2951-2^Sodium^LN||150|mmol/L|133 - 146|H|||F|||202401020905\r";
+
+    #[test]
+    fn a_small_report() {
+        let e = map(ORU).unwrap();
+        assert_eq!(e.len(), 3);
+        let r = &e[0].resource;
+        assert_eq!(r["category"][0]["coding"][0]["code"], "CH");
+        assert_eq!(r["effectiveDateTime"], "2024-01-02T09:00:00+00:00");
+        assert_eq!(r["issued"], "2024-01-02T10:15:00+00:00");
+        let k = &e[1].resource;
+        assert_eq!(serde_json::to_string(&k["valueQuantity"]).unwrap(), r#"{"value":4.50,"unit":"mmol/L","system":"http://unitsofmeasure.org","code":"mmol/L"}"#);
+        assert_eq!(k["note"], json!([{"text": "Haemolysed sample"}]));
+        assert_eq!(k["effectiveDateTime"], "2024-01-02T09:00:00+00:00");
+        assert_eq!(e[2].resource["effectiveDateTime"], "2024-01-02T09:05:00+00:00");
+        assert_eq!(e[2].resource["referenceRange"][0]["low"]["value"], json!(133));
+        assert_eq!(e[2].resource["referenceRange"][0]["high"]["code"], "mmol/L");
+        // The date alone is not an instant: no issued.
+        let e = map(&ORU.replace("202401021015", "20240102")).unwrap();
+        assert!(e[0].resource.get("issued").is_none());
+    }
+
+    #[test]
+    fn corrections_update_what_the_first_report_wrote() {
+        let first = map(ORU).unwrap();
+        let corrected = map(&ORU.replace("|CH|F", "|CH|C").replace("|F\r", "|C\r").replace("4.50", "4.70")).unwrap();
+        assert_eq!(corrected[0].resource["status"], "corrected");
+        assert_eq!(corrected[1].resource["status"], "corrected");
+        assert_eq!(corrected[1].resource["valueQuantity"]["value"].to_string(), "4.70");
+        let methods = |e: &[Entry]| e.iter().map(|x| x.method.clone()).collect::<Vec<_>>();
+        assert_eq!(methods(&first), methods(&corrected));
+        let ids = |e: &[Entry]| e.iter().map(|x| x.resource["identifier"].clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&first), ids(&corrected));
+        assert!(matches!(&first[1].method, Method::Upsert(q) if q == "identifier=https://tessera.health/Id/rx1/filler-order/observation|FI1/2823-3"));
+        // The placer number is the key when there is no filler number.
+        let placer_only = map(&ORU.replace("FI1^LAB", "")).unwrap();
+        assert_eq!(placer_only[0].method, Method::Upsert("identifier=https://tessera.health/Id/rx1/placer-order|PL1".into()));
+        assert_eq!(placer_only[1].method, Method::Upsert("identifier=https://tessera.health/Id/rx1/placer-order/observation|PL1/2823-3".into()));
+        // The same test twice in a report: a second identifier.
+        let twice = map(&ORU.replace("2951-2^Sodium", "2823-3^Potassium")).unwrap();
+        assert_eq!(twice[2].resource["identifier"][0]["value"], "FI1/2823-3/2");
+        // Deleted results.
+        let deleted = map(&ORU.replace("|N|||F", "|N|||D")).unwrap();
+        assert_eq!(deleted[1].resource["status"], "entered-in-error");
+    }
+
+    #[test]
+    fn results_need_an_order_when_the_interface_says_so() {
+        let text = ORU.replace("PL1^EPR|FI1^LAB", "|");
+        let msg = Message::parse(&text).unwrap();
+        let err = with_ctx(true, |ctx| oru_r01(&msg, ctx)).unwrap_err();
+        assert_eq!(err.field, "OBR-3");
+        assert_eq!(err.problem, "the result names no order (OBR-2/OBR-3 are empty) and this interface requires one");
+        let entries = with_ctx(false, |ctx| oru_r01(&msg, ctx)).unwrap();
+        assert!(entries.iter().all(|e| e.method == Method::Create));
+        assert!(entries.iter().all(|e| e.resource.get("identifier").is_none() && e.resource.get("basedOn").is_none()));
+        assert_entries_clean(&entries);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = map(&ORU.replace("|150|", "|abc|")).unwrap_err();
+        assert_eq!((err.field.as_str(), err.problem.as_str()), ("OBX[2]-5", "'abc' is not a number (OBX-2 is NM)"));
+        let one = "MSH|^~\\&|L\rPID|1\rOBR|1||F1|X^Y\rOBX|1|NM|A^B||1,5\r";
+        assert_eq!(map(one).unwrap_err().field, "OBX-5");
+        assert_eq!(map(&ORU.replace("2823-3^Potassium^LN", "")).unwrap_err().field, "OBX[1]-3");
+        assert_eq!(map(&ORU.replace("U&E^Urea and electrolytes^L", "")).unwrap_err().field, "OBR-4");
+        assert_eq!(map(&ORU.replace("202401020900", "2024x")).unwrap_err().field, "OBR-7");
+        assert_eq!(map(&ORU.replace("|CH|F", "|CH|Q")).unwrap_err().field, "OBR-25");
+        assert_eq!(map(&ORU.replace("|N|||F", "|N|||Q")).unwrap_err().field, "OBX[1]-11");
+        assert_eq!(map(&format!("{ORU}PID|2\r")).unwrap_err().field, "PID[2]-3");
+        let two = format!("{ORU}OBR|2||FI1|X^Y\r");
+        assert_eq!(map(&two).unwrap_err().field, "OBR[2]-3");
+    }
+
+    fn value_of(value_type: &str, value: &str, units: &str) -> Value {
+        let text = format!("MSH|^~\\&|L\rPID|1\rOBR|1||F1|X^Y|||20240102\rOBX|1|{value_type}|A^B||{value}|{units}\r");
+        let e = map(&text).unwrap();
+        let o = e[1].resource.as_object().unwrap();
+        let key = o.keys().find(|k| k.starts_with("value")).cloned();
+        key.map_or(Value::Null, |k| json!({k.clone(): o[&k]}))
+    }
+
+    #[test]
+    fn structured_numbers() {
+        assert_eq!(value_of("SN", "<^5", "mmol/L"), json!({"valueQuantity": {"value": 5, "comparator": "<", "unit": "mmol/L", "system": UCUM, "code": "mmol/L"}}));
+        assert_eq!(value_of("SN", ">=^10.0", ""), json!({"valueQuantity": {"value": 10.0, "comparator": ">="}}));
+        assert_eq!(value_of("SN", "=^7", ""), json!({"valueQuantity": {"value": 7}}));
+        assert_eq!(value_of("SN", "^2^-^4", "g/L"), json!({"valueRange": {"low": {"value": 2, "unit": "g/L", "system": UCUM, "code": "g/L"}, "high": {"value": 4, "unit": "g/L", "system": UCUM, "code": "g/L"}}}));
+        assert_eq!(value_of("SN", "^1^:^128", ""), json!({"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 128}}}));
+        assert_eq!(value_of("SN", "^1^/^2", ""), json!({"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 2}}}));
+        assert_eq!(value_of("SN", "^2^+", ""), json!({"valueString": "^2^+"}));
+        assert_eq!(value_of("SN", "<>^3", ""), json!({"valueString": "<>^3"}));
+        let err = map("MSH|^~\\&|L\rPID|1\rOBR|1||F1|X^Y\rOBX|1|SN|A^B||<^x\r").unwrap_err();
+        assert_eq!((err.field.as_str(), err.problem.as_str()), ("OBX-5", "'x' is not a number (OBX-2 is SN)"));
+    }
+
+    #[test]
+    fn values_by_type() {
+        assert_eq!(value_of("NM", "+.5", "x10\\S\\9/L"), json!({"valueQuantity": {"value": 0.5, "unit": "x10^9/L", "system": UCUM, "code": "10*9/L"}}));
+        assert_eq!(value_of("NM", "-007.10", "furlongs").to_string(), r#"{"valueQuantity":{"value":-7.10,"unit":"furlongs"}}"#);
+        assert_eq!(value_of("NM", "12", "beats/min^^ISO+"), json!({"valueQuantity": {"value": 12, "unit": "beats/min", "system": UCUM, "code": "/min"}}));
+        assert_eq!(value_of("NM", "3", "kat/kg^^UCUM"), json!({"valueQuantity": {"value": 3, "unit": "kat/kg", "system": UCUM, "code": "kat/kg"}}));
+        assert_eq!(value_of("NM", "3", "^per minute^L"), json!({"valueQuantity": {"value": 3, "unit": "per minute"}}));
+        assert_eq!(value_of("NM", "", ""), Value::Null);
+        assert_eq!(value_of("NM", "\"\"", ""), Value::Null);
+        assert_eq!(value_of("ST", "Positive", ""), json!({"valueString": "Positive"}));
+        assert_eq!(value_of("TX", "line one~line two", ""), json!({"valueString": "line one\nline two"}));
+        assert_eq!(value_of("FT", "a\\.br\\b", ""), json!({"valueString": "a\nb"}));
+        assert_eq!(value_of("CWE", "260373001^Detected^SCT", ""), json!({"valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260373001", "display": "Detected"}], "text": "Detected"}}));
+        assert_eq!(value_of("DT", "20240102", ""), json!({"valueDateTime": "2024-01-02"}));
+        assert_eq!(value_of("TS", "202407011030", ""), json!({"valueDateTime": "2024-07-01T10:30:00+01:00"}));
+        assert_eq!(value_of("TM", "1030", ""), json!({"valueTime": "10:30:00"}));
+        assert_eq!(value_of("TM", "2575", ""), json!({"valueString": "2575"}));
+        assert_eq!(value_of("XYZ", "odd^value", ""), json!({"valueString": "odd^value"}));
+        assert_eq!(value_of("", "untyped", ""), json!({"valueString": "untyped"}));
+        let err = map("MSH|^~\\&|L\rPID|1\rOBR|1||F1|X^Y\rOBX|1|DT|A^B||2024133\r").unwrap_err();
+        assert_eq!(err.field, "OBX-5");
+    }
+
+    #[test]
+    fn numbers_keep_their_digits() {
+        for (text, json) in [("4.50", "4.50"), ("+1", "1"), (".5", "0.5"), ("-.25", "-0.25"), ("007", "7"), ("10.", "10"), ("0", "0"), ("-0.0", "-0.0")] {
+            assert_eq!(serde_json::to_string(&decimal(text).unwrap()).unwrap(), json, "{text}");
+        }
+        for bad in ["", "-", ".", "1e5", "1.2.3", "abc", "1,5", "--1", "1-"] {
+            assert!(decimal(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reference_ranges() {
+        let unit = Unit { text: "mmol/L".into(), ucum: Some("mmol/L".into()) };
+        let q = |v: f64| json!({"value": v, "unit": "mmol/L", "system": UCUM, "code": "mmol/L"});
+        assert_eq!(reference_range("3.5-5.0", Some(&unit)), json!({"low": q(3.5), "high": q(5.0)}));
+        assert_eq!(reference_range("13 to 18", None), json!({"low": {"value": 13}, "high": {"value": 18}}));
+        assert_eq!(reference_range("-2 - 2", None), json!({"low": {"value": -2}, "high": {"value": 2}}));
+        assert_eq!(reference_range("<5", None), json!({"high": {"value": 5}, "text": "<5"}));
+        assert_eq!(reference_range("<= 5", None), json!({"high": {"value": 5}, "text": "<= 5"}));
+        assert_eq!(reference_range(">2", None), json!({"low": {"value": 2}, "text": ">2"}));
+        assert_eq!(reference_range("negative", None), json!({"text": "negative"}));
+        assert_eq!(reference_range("3.5-", None), json!({"text": "3.5-"}));
+        assert_eq!(reference_range("a-b", None), json!({"text": "a-b"}));
+    }
+
+    #[test]
+    fn interpretations_and_units_from_tables() {
+        let seg = |s: &str| Message::parse(&format!("MSH|^~\\&\r{s}")).unwrap().segments()[1].clone();
+        let i = interpretations(&seg("OBX|1|NM|A||1||| hh ~A^Abnormal^HL70078~ZZ"));
+        assert_eq!(i[0]["coding"][0]["code"], "HH");
+        assert_eq!(i[1]["coding"][0]["display"], "Abnormal");
+        assert_eq!(i[2], json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": "ZZ"}], "text": "ZZ"}));
+        assert_eq!(unit_of(&seg("OBX|1|NM|A||1|MG/DL")).unwrap().ucum.as_deref(), Some("mg/dL"));
+        assert_eq!(unit_of(&seg("OBX|1|NM|A||1|^mL/min/1.73m2")).unwrap(), Unit { text: "mL/min/1.73m2".into(), ucum: Some("mL/min/{1.73_m2}".into()) });
+        assert_eq!(unit_of(&seg("OBX|1|NM|A||1|\"\"")), None);
+        for (code, _) in REPORT_STATUS.iter().chain(RESULT_STATUS) {
+            assert!(code.len() == 1);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_value_maps_or_says_why(value_type in prop_oneof![Just("NM".to_string()), Just("SN".to_string()), Just("CWE".to_string()), Just("ST".to_string()), Just("TS".to_string()), Just("TM".to_string()), Just("RP".to_string()), "[A-Z]{0,3}"],
+                                     value in "[^\r\n]{0,40}", range in "[^\r\n]{0,20}", units in "[^\r\n]{0,12}", flags in "[^\r\n]{0,8}") {
+            let text = format!("MSH|^~\\&|L\rPID|1\rOBR|1|P1|F1|X^Y|||20240102\rOBX|1|{value_type}|A^B||{value}|{units}|{range}|{flags}|||F\rOBX|2|{value_type}|C^D||{range}|{units}|{value}\r");
+            if let Ok(msg) = Message::parse(&text) {
+                match with_ctx(false, |ctx| oru_r01(&msg, ctx)) {
+                    Ok(entries) => assert_entries_clean(&entries),
+                    Err(e) => prop_assert!(e.field.starts_with("OBX") && !e.problem.is_empty(), "{e}"),
+                }
+            }
+        }
+    }
+}
