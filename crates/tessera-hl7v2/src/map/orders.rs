@@ -267,3 +267,201 @@ pub fn orm_o01(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
 pub fn oml_o21(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
     service_requests(msg, ctx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::Systems;
+
+    fn with_ctx<T>(f: impl FnOnce(&Context) -> T) -> T {
+        let systems = Systems::for_organisation("rx1");
+        let ctx = Context { systems: &systems, patient: "urn:uuid:p", encounter: Some("urn:uuid:e"), organisation: "Organization/rx1", location: &|_| Some("Location/w".into()), require_order: false };
+        f(&ctx)
+    }
+
+    fn map(text: &str) -> Result<Vec<Entry>, FieldError> {
+        let msg = Message::parse(text).expect("parses");
+        let oml = msg.message_type().is_some_and(|t| t.code == "OML");
+        with_ctx(|ctx| if oml { oml_o21(&msg, ctx) } else { orm_o01(&msg, ctx) })
+    }
+
+    fn sample(name: &str) -> Option<String> {
+        let path = format!("{}/../../../shared/data/hl7v2/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(path).ok()
+    }
+
+    /// No empty string, array or object anywhere; no `id`; the required elements.
+    fn assert_clean(v: &Value, at: &str) {
+        match v {
+            Value::String(s) => assert!(!s.trim().is_empty(), "empty string at {at}"),
+            Value::Array(a) => {
+                assert!(!a.is_empty(), "empty array at {at}");
+                for (i, x) in a.iter().enumerate() {
+                    assert_clean(x, &format!("{at}[{i}]"));
+                }
+            }
+            Value::Object(o) => {
+                assert!(!o.is_empty(), "empty object at {at}");
+                for (k, x) in o {
+                    assert_clean(x, &format!("{at}.{k}"));
+                }
+            }
+            Value::Null => panic!("null at {at}"),
+            _ => {}
+        }
+    }
+
+    fn assert_entries_clean(entries: &[Entry]) {
+        let mut queries: Vec<String> = entries.iter().map(|e| format!("{:?}", e.method)).collect();
+        queries.sort();
+        queries.dedup();
+        assert_eq!(queries.len(), entries.len(), "conditional writes are unique");
+        for e in entries {
+            let r = &e.resource;
+            assert_eq!(r["resourceType"], "ServiceRequest");
+            assert!(r.get("id").is_none());
+            assert!(r.get("status").is_some() && r.get("code").is_some() && r.get("subject").is_some());
+            assert_eq!(r["intent"], "order");
+            assert_clean(r, "ServiceRequest");
+        }
+    }
+
+    #[test]
+    fn every_sample_maps() {
+        let expected = [("ORM-O01-01.hl7", 1), ("ORM-O01-04.hl7", 1), ("ORM-O01-06.hl7", 1), ("LAB-ORM-1.hl7", 1), ("OML-O21-01.hl7", 1), ("MDHHS-OML-O21-1.hl7", 1), ("MDHHS-OML-O21-2.hl7", 2)];
+        for (name, n) in expected {
+            let Some(text) = sample(name) else {
+                eprintln!("{name} is not there: skipped");
+                continue;
+            };
+            let entries = map(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_entries_clean(&entries);
+            assert_eq!(entries.len(), n, "{name}");
+        }
+    }
+
+    #[test]
+    fn orm_field_by_field() {
+        let Some(text) = sample("ORM-O01-01.hl7") else { return };
+        let e = map(&text).unwrap();
+        assert_eq!(e[0].method, Method::Upsert("identifier=https://tessera.health/Id/rx1/placer-order|1101".into()));
+        let r = &e[0].resource;
+        assert_eq!(r["identifier"][0]["type"]["coding"][0]["code"], "PLAC");
+        assert_eq!(r["identifier"][0]["value"], "1101");
+        assert_eq!(r["identifier"][1], json!({"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "FILL", "display": "Filler Identifier"}]}, "system": "https://tessera.health/Id/rx1/filler-order", "value": "1201"}));
+        assert_eq!(r["status"], "active");
+        assert_eq!(r["intent"], "order");
+        assert_eq!(r["code"]["coding"][0], json!({"system": "http://loinc.org", "code": "24725-4", "display": "CT Head"}));
+        assert_eq!(r["subject"]["reference"], "urn:uuid:p");
+        assert_eq!(r["encounter"]["reference"], "urn:uuid:e");
+        assert_eq!(r["authoredOn"], "2021-10-20T11:26:00+02:15");
+        assert_eq!(r["occurrenceDateTime"], "2021-10-20T12:00:00+02:15");
+        assert_eq!(r["requester"], json!({"type": "Practitioner", "identifier": {"system": "https://tessera.health/Id/rx1/practitioner", "value": "3850"}, "display": "JONES ORDPROVIDER"}));
+        assert!(r.get("priority").is_none());
+        assert!(r.get("note").is_none());
+
+        if let Some(text) = sample("OML-O21-01.hl7") {
+            let r = &map(&text).unwrap()[0].resource;
+            assert_eq!(r["priority"], "routine");
+            assert_eq!(r["note"], json!([{"text": "Urgent"}]));
+            assert_eq!(r["code"]["coding"][0]["code"], "57698-3");
+        }
+        if let Some(text) = sample("ORM-O01-04.hl7") {
+            let r = &map(&text).unwrap()[0].resource;
+            assert_eq!(r["code"]["coding"][0]["code"], "P-1");
+            assert_eq!(r["orderDetail"][0]["coding"][0]["code"], "P-2");
+            assert_eq!(r["note"], json!([{"text": "CT Scan to be done urgent"}]));
+        }
+        if let Some(text) = sample("ORM-O01-06.hl7") {
+            let r = &map(&text).unwrap()[0].resource;
+            assert_eq!(r["code"]["coding"][0]["system"], "http://hl7.org/fhir/sid/ndc");
+            assert_eq!(r["occurrenceDateTime"], "1924-03-15");
+        }
+        if let Some(text) = sample("LAB-ORM-1.hl7") {
+            let r = &map(&text).unwrap()[0].resource;
+            assert_eq!(r["status"], "active");
+            assert_eq!(r["authoredOn"], "2014-10-06T09:29:00+01:00");
+            assert_eq!(r["requester"]["display"], "DR URO");
+        }
+        if let Some(text) = sample("MDHHS-OML-O21-2.hl7") {
+            let e = map(&text).unwrap();
+            assert_eq!(e[0].resource["identifier"][0]["value"], "ORD723222");
+            assert_eq!(e[1].resource["identifier"][0]["value"], "ORD723222-2");
+            assert_eq!(e[1].resource["requisition"]["value"], "GORD874211");
+            assert_eq!(e[1].resource["reasonCode"][0]["coding"][0]["code"], "RFS01");
+            assert_eq!(e[1].resource["note"], json!([{"text": "the sky is blue"}]));
+            assert_eq!(e[1].resource["authoredOn"], e[0].resource["authoredOn"]);
+        }
+    }
+
+    const ORM: &str = "MSH|^~\\&|EPR|RX1|LAB|RX1|202401021030||ORM^O01^ORM_O01|1|P|2.4\r\
+PID|1||K123^^^RX1^MR\r\
+ORC|NW|PL1^EPR|||IP||^^^202401030900^^S|||||C1^SMITH^ANN^^^DR\r\
+OBR|1|PL1^EPR||FBC^Full blood count^L|||||||||||||||||||||||||||R69^Illness^I10\r\
+NTE|1||Fasting\r";
+
+    #[test]
+    fn a_small_order() {
+        let e = map(ORM).unwrap();
+        let r = &e[0].resource;
+        assert_eq!(r["status"], "active");
+        assert_eq!(r["priority"], "stat");
+        assert_eq!(r["occurrenceDateTime"], "2024-01-03T09:00:00+00:00");
+        assert_eq!(r["requester"]["display"], "DR ANN SMITH");
+        assert_eq!(r["reasonCode"][0]["coding"][0]["system"], "http://hl7.org/fhir/sid/icd-10");
+        assert_eq!(r["note"], json!([{"text": "Fasting"}]));
+        assert_eq!(r["identifier"].as_array().unwrap().len(), 1);
+        assert_entries_clean(&e);
+    }
+
+    #[test]
+    fn statuses_from_order_control_and_status() {
+        let status = |control: &str, st: &str| map(&ORM.replace("ORC|NW|PL1^EPR|||IP|", &format!("ORC|{control}|PL1^EPR|||{st}|"))).map(|e| e[0].resource["status"].as_str().unwrap().to_string());
+        assert_eq!(status("NW", "").unwrap(), "active");
+        assert_eq!(status("NW", "NW").unwrap(), "active");
+        assert_eq!(status("SC", "CM").unwrap(), "completed");
+        assert_eq!(status("SC", "HD").unwrap(), "on-hold");
+        assert_eq!(status("SC", "").unwrap(), "active");
+        assert_eq!(status("CA", "IP").unwrap(), "revoked");
+        assert_eq!(status("OC", "CA").unwrap(), "revoked");
+        assert_eq!(status("DC", "").unwrap(), "revoked");
+        assert_eq!(status("HD", "").unwrap(), "on-hold");
+        assert_eq!(status("", "CM").unwrap(), "completed");
+        assert_eq!(status("", "").unwrap(), "active");
+        let err = status("ZZ", "").unwrap_err();
+        assert_eq!((err.field.as_str(), err.problem.as_str()), ("ORC-1", "'ZZ' is not an order control code (table 0119)"));
+        // A change of status updates the same order.
+        let first = map(ORM).unwrap();
+        let cancelled = map(&ORM.replace("ORC|NW", "ORC|CA")).unwrap();
+        assert_eq!(first[0].method, cancelled[0].method);
+    }
+
+    #[test]
+    fn orders_need_a_number_and_a_service() {
+        let err = map(&ORM.replace("PL1^EPR", "")).unwrap_err();
+        assert_eq!((err.field.as_str(), err.problem.as_str()), ("ORC-2", "the order has no placer or filler order number"));
+        let filler = map(&ORM.replace("|PL1^EPR||", "||F9|").replace("|PL1^EPR|", "||")).unwrap();
+        assert_eq!(filler[0].method, Method::Upsert("identifier=https://tessera.health/Id/rx1/filler-order|F9".into()));
+        let err = map(&ORM.replace("FBC^Full blood count^L", "")).unwrap_err();
+        assert_eq!(err.field, "OBR-4");
+        let err = map("MSH|^~\\&|A||||||ORM^O01\rPID|1\rORC|CA|PL9\r").unwrap_err();
+        assert_eq!(err.field, "OBR-4");
+        let err = map(&ORM.replace("|||||C1^SMITH", "||x|||C1^SMITH")).unwrap_err();
+        assert_eq!(err.field, "ORC-9");
+        assert_eq!(map(&format!("{ORM}PID|2\r")).unwrap_err().field, "PID[2]-3");
+    }
+
+    #[test]
+    fn several_orders() {
+        let text = format!("{ORM}ORC|NW|PL2\rTQ1|1||||||202401040800||A\rOBR|1|PL2||U&E^Urea^L\rOBR|2|PL2||LFT^Liver^L\r");
+        let e = map(&text).unwrap();
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[1].resource["priority"], "asap");
+        assert_eq!(e[1].resource["occurrenceDateTime"], "2024-01-04T08:00:00+00:00");
+        assert_eq!(e[2].resource["priority"], "asap");
+        assert_eq!(e[2].resource["identifier"][0]["value"], "PL2-2");
+        assert_entries_clean(&e);
+        let err = map(&format!("{ORM}ORC|NW|PL3\rOBR|1|PL3\r")).unwrap_err();
+        assert_eq!(err.field, "OBR[2]-4");
+    }
+}
