@@ -9,7 +9,7 @@
 //! | ORC-2.1 (else OBR-2.1) placer order number | ServiceRequest `identifier` (type PLAC, system `placer_order`); the key |
 //! | ORC-3.1 (else OBR-3.1) filler order number | ServiceRequest `identifier` (type FILL, system `filler_order`); the key when there is no placer number |
 //! | neither | refused (`ORC-2`) |
-//! | ORC-4.1 placer group number | ServiceRequest `requisition` (type PGN, system `placer_order`) |
+//! | ORC-4.1 placer group number | ServiceRequest `requisition` (system `placer_order`) |
 //! | ORC-1 order control, ORC-5 order status | ServiceRequest `status` ([`ORDER_CONTROL`], [`ORDER_STATUS`]): a control that cancels, discontinues or holds the order decides; otherwise ORC-5 when it is a status of table 0038; otherwise ORC-1; `active` when there is no ORC-1 |
 //! | (always) | ServiceRequest `intent` `order` |
 //! | OBR-4 (RXO-1, ODS-3, ODT-1, RQD-2 for the other detail segments, [`DETAIL_CODE`]) | ServiceRequest `code` (required: refused when empty); further repetitions of the field in `orderDetail` |
@@ -31,8 +31,8 @@
 //! (specimens), DG1, AL1, IN1, GT1, CTD, FT1, BLG, PRT, the rest of TQ1 and ORC-7, and the
 //! fields not listed. A message with a second PID is refused.
 
-use super::results::{nte_text, put, put_list, reference, typed_identifier, when};
-use super::{codeable_concept, field_error, full_url, identifier_query, practitioner_reference, segment_label, value, Context, Entry, FieldError, Method};
+use super::results::{concept, nte_text, put, put_list, reference, typed_identifier, when};
+use super::{field_error, full_url, identifier_query, practitioner_reference, segment_label, value, Context, Entry, FieldError, Method};
 use crate::message::{Message, Segment};
 use serde_json::{json, Map, Value};
 
@@ -210,7 +210,7 @@ fn service_requests(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldErr
             }
             None => (None, "OBR-4".to_string()),
         };
-        let mut concepts = code_field.map(|f| f.repetitions()).unwrap_or_default().iter().filter_map(codeable_concept);
+        let mut concepts = code_field.map(|f| f.repetitions()).unwrap_or_default().iter().filter_map(concept);
         let code = concepts.next().ok_or_else(|| field_error(&code_label, "the order names no service (the field is empty)"))?;
         let details: Vec<Value> = concepts.collect();
 
@@ -224,7 +224,7 @@ fn service_requests(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldErr
             identifiers.push(typed_identifier("FILL", &sys.filler_order, if key_type == "FILL" { &number } else { f }));
         }
         o.insert("identifier".into(), Value::Array(identifiers));
-        put(&mut o, "requisition", orc.and_then(|c| value(c, 4, 1)).map(|g| typed_identifier("PGN", &sys.placer_order, &g)));
+        put(&mut o, "requisition", orc.and_then(|c| value(c, 4, 1)).map(|g| json!({"system": sys.placer_order, "value": g})));
         o.insert("status".into(), json!(order_status(msg, order.orc)?));
         o.insert("intent".into(), json!("order"));
         put(&mut o, "priority", priority(&order, obr).map(Value::from));
@@ -248,7 +248,7 @@ fn service_requests(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldErr
         }
         let requester = orc.and_then(|c| c.field(12)?.repetition(1).and_then(|r| practitioner_reference(r, sys))).or_else(|| obr.and_then(|b| b.field(16)?.repetition(1).and_then(|r| practitioner_reference(r, sys))));
         put(&mut o, "requester", requester);
-        let reasons: Vec<Value> = obr.and_then(|b| b.field(31)).map(|f| f.repetitions()).unwrap_or_default().iter().filter_map(codeable_concept).collect();
+        let reasons: Vec<Value> = obr.and_then(|b| b.field(31)).map(|f| f.repetitions()).unwrap_or_default().iter().filter_map(concept).collect();
         put_list(&mut o, "reasonCode", reasons);
         let notes: Vec<Value> = order.ntes.iter().filter_map(|n| nte_text(n)).map(|t| json!({"text": t})).collect();
         put_list(&mut o, "note", notes);
@@ -303,6 +303,12 @@ mod tests {
             Value::Object(o) => {
                 assert!(!o.is_empty(), "empty object at {at}");
                 for (k, x) in o {
+                    if let (Some(s), "system" | "reference") = (x.as_str(), k.as_str()) {
+                        assert!(!s.contains(char::is_whitespace), "a uri with spaces at {at}.{k}");
+                    }
+                    if let (Some(s), "code") = (x.as_str(), k.as_str()) {
+                        assert_eq!(s.split_whitespace().collect::<Vec<_>>().join(" "), s, "a code with odd spaces at {at}.{k}");
+                    }
                     assert_clean(x, &format!("{at}.{k}"));
                 }
             }

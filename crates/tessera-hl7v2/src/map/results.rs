@@ -226,12 +226,34 @@ pub const OBSERVATION_CATEGORY_SYSTEM: &str = "http://terminology.hl7.org/CodeSy
 pub(crate) const IDENTIFIER_TYPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
 
 /// Identifier types (table 0203) of order numbers.
-pub(crate) const ORDER_IDENTIFIER_TYPES: &[(&str, &str)] = &[("PLAC", "Placer Identifier"), ("FILL", "Filler Identifier"), ("PGN", "Placer Group Number")];
+pub(crate) const ORDER_IDENTIFIER_TYPES: &[(&str, &str)] = &[("PLAC", "Placer Identifier"), ("FILL", "Filler Identifier")];
 
-/// An identifier of type `PLAC`, `FILL` or `PGN` (table 0203).
+/// An identifier of type `PLAC` or `FILL` (table 0203).
 pub(crate) fn typed_identifier(type_code: &str, system: &str, value: &str) -> Value {
     let display = ORDER_IDENTIFIER_TYPES.iter().find(|(c, _)| *c == type_code).map_or(type_code, |(_, d)| d);
     json!({"type": {"coding": [{"system": IDENTIFIER_TYPE_SYSTEM, "code": type_code, "display": display}]}, "system": system, "value": value})
+}
+
+/// Text as a FHIR `code`: runs of whitespace become one space.
+pub(crate) fn code(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A CE/CWE as a CodeableConcept ([`codeable_concept`]) whose codes and systems are valid
+/// FHIR `code` and `uri` values: runs of spaces in a code become one, and spaces in a
+/// coding system's name (free text sent where a table 0396 name belongs) are
+/// percent-encoded.
+pub(crate) fn concept(rep: &Repetition) -> Option<Value> {
+    let mut c = codeable_concept(rep)?;
+    for coding in c.get_mut("coding").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(code) = coding.get("code").and_then(Value::as_str) {
+            coding["code"] = json!(self::code(code));
+        }
+        if let Some(system) = coding.get("system").and_then(Value::as_str).filter(|s| s.contains(char::is_whitespace)) {
+            coding["system"] = json!(system.split_whitespace().collect::<Vec<_>>().join("%20"));
+        }
+    }
+    Some(c)
 }
 
 /// A repetition as written: subcomponents joined by `&`, components by `^`, empty trailing
@@ -295,7 +317,7 @@ fn unit_of(obx: &Segment) -> Option<Unit> {
     let (code, text, system) = (part(rep, 1, 1), part(rep, 2, 1), part(rep, 3, 1));
     let shown = code.clone().or_else(|| text.clone())?;
     let known = code.as_deref().and_then(ucum_code).or_else(|| text.as_deref().and_then(ucum_code)).map(String::from);
-    let declared = system.filter(|s| UCUM_SYSTEMS.iter().any(|u| u.eq_ignore_ascii_case(s))).and(code);
+    let declared = system.filter(|s| UCUM_SYSTEMS.iter().any(|u| u.eq_ignore_ascii_case(s))).and(code).map(|c| self::code(&c));
     Some(Unit { text: shown, ucum: known.or(declared) })
 }
 
@@ -342,7 +364,7 @@ fn interpretations(obx: &Segment) -> Vec<Value> {
         .filter_map(|rep| part(rep, 1, 1))
         .map(|flag| match ABNORMAL_FLAGS.iter().find(|(f, _, _)| f.eq_ignore_ascii_case(&flag)) {
             Some((_, code, display)) => json!({"coding": [{"system": INTERPRETATION_SYSTEM, "code": code, "display": display}]}),
-            None => json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": flag}], "text": flag}),
+            None => json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": code(&flag)}], "text": flag}),
         })
         .collect()
 }
@@ -397,7 +419,7 @@ fn observation_value(obx: &Segment, label: &str) -> Result<Option<(&'static str,
                 _ => lines(&rep_text),
             }
         }
-        "CE" | "CWE" | "CNE" | "CF" => codeable_concept(first).map(|c| ("valueCodeableConcept", c)),
+        "CE" | "CWE" | "CNE" | "CF" => concept(first).map(|c| ("valueCodeableConcept", c)),
         "DT" | "DTM" | "TS" => {
             let text = part(first, 1, 1).unwrap_or_default();
             Some(("valueDateTime", json!(date_time(&text, &field)?)))
@@ -561,7 +583,7 @@ pub fn oru_r01(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
             }
             None => Method::Create,
         };
-        let code = g.obr.field(4).and_then(|f| f.repetition(1)).and_then(codeable_concept).ok_or_else(|| field_error(format!("{label}-4"), "the report names no test (OBR-4 is empty)"))?;
+        let code = g.obr.field(4).and_then(|f| f.repetition(1)).and_then(concept).ok_or_else(|| field_error(format!("{label}-4"), "the report names no test (OBR-4 is empty)"))?;
         let report_status = status(REPORT_STATUS, value(g.obr, 25, 1), &format!("{label}-25"), "result status (table 0123)")?.unwrap_or("unknown");
         let effective = when(g.obr, 7, &label)?;
         let issued = issued(g.obr, &label)?;
@@ -582,7 +604,7 @@ pub fn oru_r01(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
         let mut obs_keys: Vec<String> = Vec::new();
         for obx in &g.obxs {
             let ol = segment_label(msg, "OBX", obx.n);
-            let obs_code = obx.seg.field(3).and_then(|f| f.repetition(1)).and_then(codeable_concept).ok_or_else(|| field_error(format!("{ol}-3"), "the observation names no test (OBX-3 is empty)"))?;
+            let obs_code = obx.seg.field(3).and_then(|f| f.repetition(1)).and_then(concept).ok_or_else(|| field_error(format!("{ol}-3"), "the observation names no test (OBX-3 is empty)"))?;
             let obs_status = match status(RESULT_STATUS, value(obx.seg, 11, 1), &format!("{ol}-11"), "result status (table 0085)")? {
                 Some(s) => s,
                 None => INHERITED_STATUS.iter().find(|(r, _)| *r == report_status).map_or("unknown", |(_, o)| o),
@@ -633,7 +655,7 @@ pub fn oru_r01(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
         put_list(&mut r, "identifier", identifiers);
         put(&mut r, "basedOn", based_on);
         r.insert("status".into(), json!(report_status));
-        let section = value(g.obr, 24, 1).unwrap_or_else(|| "LAB".into());
+        let section = value(g.obr, 24, 1).map_or_else(|| "LAB".into(), |s| self::code(&s));
         let mut coding = json!({"system": SERVICE_SECTION_SYSTEM, "code": section});
         if section == "LAB" {
             coding["display"] = json!("Laboratory");
@@ -689,6 +711,12 @@ mod tests {
             Value::Object(o) => {
                 assert!(!o.is_empty(), "empty object at {at}");
                 for (k, x) in o {
+                    if let (Some(s), "system" | "reference") = (x.as_str(), k.as_str()) {
+                        assert!(!s.contains(char::is_whitespace), "a uri with spaces at {at}.{k}");
+                    }
+                    if let (Some(s), "code") = (x.as_str(), k.as_str()) {
+                        assert_eq!(s.split_whitespace().collect::<Vec<_>>().join(" "), s, "a code with odd spaces at {at}.{k}");
+                    }
                     assert_clean(x, &format!("{at}.{k}"));
                 }
             }
@@ -793,6 +821,8 @@ mod tests {
             assert_eq!(o["valueQuantity"], json!({"value": 182, "unit": "mg/dl", "system": UCUM, "code": "mg/dL"}));
             assert_eq!(o["referenceRange"][0], json!({"text": "70_105"}));
             assert_eq!(o["interpretation"][0]["coding"][0]["code"], "H");
+            // Free text where the coding system belongs is kept, as a valid uri.
+            assert_eq!(o["code"]["coding"][0]["system"], "urn:hl7v2:coding-system:POST%2012H%20CFST:MCNC:PT:SER/PLAS:QN");
         }
         if let Some(text) = sample("ORU-R01-01.hl7") {
             let e = map(&text).unwrap();
@@ -969,10 +999,10 @@ OBX|2|NM|2951-2^Sodium^LN||150|mmol/L|133 - 146|H|||F|||202401020905\r";
     #[test]
     fn interpretations_and_units_from_tables() {
         let seg = |s: &str| Message::parse(&format!("MSH|^~\\&\r{s}")).unwrap().segments()[1].clone();
-        let i = interpretations(&seg("OBX|1|NM|A||1||| hh ~A^Abnormal^HL70078~ZZ"));
+        let i = interpretations(&seg("OBX|1|NM|A||1||| hh ~A^Abnormal^HL70078~Z  Z"));
         assert_eq!(i[0]["coding"][0]["code"], "HH");
         assert_eq!(i[1]["coding"][0]["display"], "Abnormal");
-        assert_eq!(i[2], json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": "ZZ"}], "text": "ZZ"}));
+        assert_eq!(i[2], json!({"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0078", "code": "Z Z"}], "text": "Z  Z"}));
         assert_eq!(unit_of(&seg("OBX|1|NM|A||1|MG/DL")).unwrap().ucum.as_deref(), Some("mg/dL"));
         assert_eq!(unit_of(&seg("OBX|1|NM|A||1|^mL/min/1.73m2")).unwrap(), Unit { text: "mL/min/1.73m2".into(), ucum: Some("mL/min/{1.73_m2}".into()) });
         assert_eq!(unit_of(&seg("OBX|1|NM|A||1|\"\"")), None);
