@@ -19,7 +19,7 @@
 //! | the interface's organisation | DiagnosticReport and Observation `performer` |
 //! | the message's patient and visit | `subject`, `encounter` |
 //! | OBX-3 observation identifier | Observation `code` (required) |
-//! | OBX-2 value type and OBX-5 value | Observation `value[x]`: NM `valueQuantity`; SN `valueQuantity` with comparator, `valueRange` (`1^-^3`) or `valueRatio` (`1^:^128`); CE/CWE/CNE `valueCodeableConcept`; DT/DTM/TS `valueDateTime`; TM `valueTime`; ST/TX/FT and any other type `valueString` (repetitions one per line; RP its pointer) |
+//! | OBX-2 value type and OBX-5 value | Observation `value[x]`: NM `valueQuantity` (`<0.5` with its comparator); SN `valueQuantity` with comparator, `valueRange` (`1^-^3`) or `valueRatio` (`1^:^128`), other forms their text (`2+`); CE/CWE/CNE `valueCodeableConcept`; DT/DTM/TS `valueDateTime`; TM `valueTime`; ST/TX/FT and any other type `valueString` (repetitions one per line; RP its pointer) |
 //! | OBX-6 units | the Quantity's `unit`, with UCUM `system` and `code` when the unit is one of [`UCUM_UNITS`] or OBX-6.3 is UCUM, ANS+ or ISO+ |
 //! | OBX-7 reference range | Observation `referenceRange`: `3.5-5.0` or `3.5 to 5.0` low and high, `<5` high, `>2` low (in OBX-6's unit), anything else its text |
 //! | OBX-8 abnormal flags | Observation `interpretation` ([`ABNORMAL_FLAGS`], v3 ObservationInterpretation; other flags in table 0078's system) |
@@ -379,6 +379,9 @@ fn fhir_time(text: &str) -> Option<String> {
     (h < "24" && m < "60" && s < "60").then(|| format!("{h}:{m}:{s}"))
 }
 
+/// The comparators of a Quantity (longest first), as SN-1 and OBX-7 write them.
+const COMPARATORS: &[&str] = &["<=", ">=", "<", ">"];
+
 /// OBX-5 as the Observation's `value[x]`, by OBX-2; `None` when OBX-5 is empty. `label` is
 /// the OBX's name for errors (`OBX[3]`).
 fn observation_value(obx: &Segment, label: &str) -> Result<Option<(&'static str, Value)>, FieldError> {
@@ -404,19 +407,22 @@ fn observation_value(obx: &Segment, label: &str) -> Result<Option<(&'static str,
     }
     let v = match value_type.as_str() {
         "NM" => {
+            // Laboratories often send a bound as NM (`<0.5`): it is read as SN would be.
             let text = rep_text(first).unwrap_or_default();
-            let n = decimal(&text).ok_or_else(|| not_a_number(&text))?;
-            Some(("valueQuantity", quantity(n, unit.as_ref(), None)))
+            let (comparator, digits) = COMPARATORS.iter().find_map(|c| text.strip_prefix(c).map(|rest| (Some(*c), rest))).unwrap_or((None, text.as_str()));
+            let n = decimal(digits).ok_or_else(|| not_a_number(&text))?;
+            Some(("valueQuantity", quantity(n, unit.as_ref(), comparator)))
         }
         "SN" => {
             let comparator = part(first, 1, 1);
             let (n1, separator, n2) = (number(part(first, 2, 1))?, part(first, 3, 1), number(part(first, 4, 1))?);
             match (comparator.as_deref(), n1, separator.as_deref(), n2) {
                 (None | Some("="), Some(n), None, None) => Some(("valueQuantity", quantity(n, unit.as_ref(), None))),
-                (Some(c @ ("<" | ">" | "<=" | ">=")), Some(n), None, None) => Some(("valueQuantity", quantity(n, unit.as_ref(), Some(c)))),
+                (Some(c), Some(n), None, None) if COMPARATORS.contains(&c) => Some(("valueQuantity", quantity(n, unit.as_ref(), Some(c)))),
                 (None, Some(l), Some("-"), Some(h)) => Some(("valueRange", json!({"low": quantity(l, unit.as_ref(), None), "high": quantity(h, unit.as_ref(), None)}))),
                 (None, Some(a), Some(":" | "/"), Some(b)) => Some(("valueRatio", json!({"numerator": {"value": a}, "denominator": {"value": b}}))),
-                _ => lines(&rep_text),
+                // `2+`, `<>3`, `>1:128`: as text.
+                _ => lines(&|r: &Repetition| clean(Some(&(1..=4).filter_map(|c| part(r, c, 1)).collect::<String>()))),
             }
         }
         "CE" | "CWE" | "CNE" | "CF" => concept(first).map(|c| ("valueCodeableConcept", c)),
@@ -942,8 +948,9 @@ OBX|2|NM|2951-2^Sodium^LN||150|mmol/L|133 - 146|H|||F|||202401020905\r";
         assert_eq!(value_of("SN", "^2^-^4", "g/L"), json!({"valueRange": {"low": {"value": 2, "unit": "g/L", "system": UCUM, "code": "g/L"}, "high": {"value": 4, "unit": "g/L", "system": UCUM, "code": "g/L"}}}));
         assert_eq!(value_of("SN", "^1^:^128", ""), json!({"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 128}}}));
         assert_eq!(value_of("SN", "^1^/^2", ""), json!({"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 2}}}));
-        assert_eq!(value_of("SN", "^2^+", ""), json!({"valueString": "^2^+"}));
-        assert_eq!(value_of("SN", "<>^3", ""), json!({"valueString": "<>^3"}));
+        assert_eq!(value_of("SN", "^2^+", ""), json!({"valueString": "2+"}));
+        assert_eq!(value_of("SN", "<>^3", ""), json!({"valueString": "<>3"}));
+        assert_eq!(value_of("SN", ">^1^:^128", ""), json!({"valueString": ">1:128"}));
         let err = map("MSH|^~\\&|L\rPID|1\rOBR|1||F1|X^Y\rOBX|1|SN|A^B||<^x\r").unwrap_err();
         assert_eq!((err.field.as_str(), err.problem.as_str()), ("OBX-5", "'x' is not a number (OBX-2 is SN)"));
     }
@@ -955,6 +962,8 @@ OBX|2|NM|2951-2^Sodium^LN||150|mmol/L|133 - 146|H|||F|||202401020905\r";
         assert_eq!(value_of("NM", "12", "beats/min^^ISO+"), json!({"valueQuantity": {"value": 12, "unit": "beats/min", "system": UCUM, "code": "/min"}}));
         assert_eq!(value_of("NM", "3", "kat/kg^^UCUM"), json!({"valueQuantity": {"value": 3, "unit": "kat/kg", "system": UCUM, "code": "kat/kg"}}));
         assert_eq!(value_of("NM", "3", "^per minute^L"), json!({"valueQuantity": {"value": 3, "unit": "per minute"}}));
+        assert_eq!(value_of("NM", "<0.5", "mg/L"), json!({"valueQuantity": {"value": 0.5, "comparator": "<", "unit": "mg/L", "system": UCUM, "code": "mg/L"}}));
+        assert_eq!(value_of("NM", ">=90", ""), json!({"valueQuantity": {"value": 90, "comparator": ">="}}));
         assert_eq!(value_of("NM", "", ""), Value::Null);
         assert_eq!(value_of("NM", "\"\"", ""), Value::Null);
         assert_eq!(value_of("ST", "Positive", ""), json!({"valueString": "Positive"}));
