@@ -342,7 +342,8 @@ fn quantity(n: Number, unit: Option<&Unit>, comparator: Option<&str>) -> Value {
 fn reference_range(text: &str, unit: Option<&Unit>) -> Value {
     let t = text.trim();
     let num = |s: &str| decimal(s.trim());
-    for (prefix, bound) in [("<=", "high"), (">=", "low"), ("<", "high"), (">", "low")] {
+    for prefix in COMPARATORS {
+        let bound = if prefix.starts_with('<') { "high" } else { "low" };
         if let Some(n) = t.strip_prefix(prefix).and_then(num) {
             return json!({bound: quantity(n, unit, None), "text": t});
         }
