@@ -28,7 +28,7 @@
 //! storage status, TXA-21 change reason, ORC/OBR, CON, NTE.
 
 use super::{
-    codeable_concept, date_time, field_error, full_url, identifier_query, lookup, part, practitioner_reference, put, repetitions, segment_label, value, Context, Entry, FieldError, Method,
+    codeable_concept_in, date_time, field_error, full_url, identifier_query, lookup, part, practitioner_reference, put, repetitions, segment_label, value, Context, Entry, FieldError, Method,
 };
 use crate::message::{Message, Repetition};
 use serde_json::{json, Map, Value};
@@ -43,22 +43,7 @@ pub const COMPLETION: &[(&str, &str)] = &[("AU", "final"), ("LA", "final"), ("DI
 pub const CONFIDENTIALITY: &[(&str, &str)] = &[("V", "V"), ("R", "R"), ("U", "N")];
 
 /// The document types of table 0270 (TXA-2).
-pub const DOCUMENT_TYPES: &[(&str, &str)] = &[
-    ("AR", "AR"),
-    ("CD", "CD"),
-    ("CN", "CN"),
-    ("DI", "DI"),
-    ("DS", "DS"),
-    ("ED", "ED"),
-    ("HP", "HP"),
-    ("OP", "OP"),
-    ("PC", "PC"),
-    ("PH", "PH"),
-    ("PN", "PN"),
-    ("PR", "PR"),
-    ("SP", "SP"),
-    ("TS", "TS"),
-];
+pub const DOCUMENT_TYPES: &[&str] = &["AR", "CD", "CN", "DI", "DS", "ED", "HP", "OP", "PC", "PH", "PN", "PR", "SP", "TS"];
 
 /// ED type of data (table 0191, or a MIME type) to the MIME top-level type.
 pub const MIME_TYPES: &[(&str, &str)] = &[
@@ -102,7 +87,7 @@ pub fn mdm_t02(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
     d.insert("status".into(), json!(status));
     put(&mut d, "docStatus", doc_status.map(Value::from));
     let doc_type = repetitions(txa, 2).first();
-    put(&mut d, "type", doc_type.and_then(document_type));
+    put(&mut d, "type", doc_type.and_then(|r| codeable_concept_in(r, DOCUMENT_TYPE_SYSTEM, DOCUMENT_TYPES)));
     d.insert("subject".into(), json!({"reference": ctx.patient}));
     let activity = value(txa, 4, 1).map(|t| date_time(&t, "TXA-4")).transpose()?;
     put(&mut d, "date", activity.clone().filter(|t| t.contains('T')).map(Value::from));
@@ -183,19 +168,6 @@ pub fn mdm_t02(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
     }
 
     Ok(vec![Entry { full_url: full_url("DocumentReference", 1), method: Method::Upsert(identifier_query(&s.document, &number)), resource: Value::Object(d) }])
-}
-
-/// TXA-2 as a CodeableConcept; a bare code of table 0270 gets that table's system.
-fn document_type(rep: &Repetition) -> Option<Value> {
-    let mut cc = codeable_concept(rep)?;
-    let bare = part(rep, 3, 1).is_none_or(|s| s.eq_ignore_ascii_case("HL70270"));
-    if let (true, Some(code)) = (bare, part(rep, 1, 1).and_then(|c| lookup(DOCUMENT_TYPES, &c))) {
-        if let Some(first) = cc.get_mut("coding").and_then(|c| c.get_mut(0)).and_then(Value::as_object_mut) {
-            first.insert("system".into(), json!(DOCUMENT_TYPE_SYSTEM));
-            first.insert("code".into(), json!(code));
-        }
-    }
-    Some(cc)
 }
 
 /// An ED (source ^ type of data ^ subtype ^ encoding ^ data) as an attachment without title.

@@ -361,14 +361,20 @@ mod tests {
     }
 }
 
-/// A CE/CWE as a CodeableConcept (see [`codeable_concept`]) whose code, when sent bare (no
-/// coding system, CE.3), is taken to be of `default_system`: an HL7 table the field is
-/// bound to (`http://terminology.hl7.org/CodeSystem/v2-0162` for RXR-1).
-pub fn codeable_concept_in(rep: &Repetition, default_system: &str) -> Option<Value> {
+/// A CE/CWE as a CodeableConcept (see [`codeable_concept`]) whose code, when it is one of
+/// the HL7 table `codes` (compared without regard to case) and sent bare (no coding system,
+/// CE.3) or with the table's name (`HL70162`), is given the table's `system`
+/// (`http://terminology.hl7.org/CodeSystem/v2-0162` for RXR-1). Other codes keep no system:
+/// a code the table does not have is not claimed to be of it.
+pub fn codeable_concept_in(rep: &Repetition, system: &str, codes: &[&str]) -> Option<Value> {
     let mut cc = codeable_concept(rep)?;
-    if part(rep, 3, 1).is_none() {
+    let table = system.rsplit('-').next().unwrap_or_default();
+    let bare = part(rep, 3, 1).is_none_or(|s| s.eq_ignore_ascii_case(&format!("HL7{table}")));
+    let code = part(rep, 1, 1).and_then(|c| codes.iter().find(|t| t.eq_ignore_ascii_case(&c)));
+    if let (true, Some(code)) = (bare, code) {
         if let Some(first) = cc.get_mut("coding").and_then(|c| c.get_mut(0)).and_then(Value::as_object_mut) {
-            first.insert("system".into(), json!(default_system));
+            first.insert("system".into(), json!(system));
+            first.insert("code".into(), json!(code));
         }
     }
     Some(cc)

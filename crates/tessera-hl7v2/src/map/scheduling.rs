@@ -29,7 +29,7 @@
 //! SCH-1 and SCH-2 are sent. The triggers other than S12–S15 are refused (`MSH-9`).
 
 use super::{
-    codeable_concept, date_time, field_error, full_url, identifier_query, location_of, lookup, notes_after, part, practitioner_reference, put, repetitions, segment_label, value, Context, Entry, FieldError, Method,
+    codeable_concept, codeable_concept_in, date_time, field_error, full_url, identifier_query, location_of, lookup, notes_after, part, practitioner_reference, put, repetitions, segment_label, value, Context, Entry, FieldError, Method,
 };
 use crate::message::{Message, Segment};
 use crate::visit::Location;
@@ -68,7 +68,7 @@ pub const PARTICIPATION: &[(&str, &str)] = &[
 ];
 
 /// SCH-7 codes that are `appointmentType`s (table 0276, the FHIR binding).
-pub const APPOINTMENT_REASONS: &[(&str, &str)] = &[("CHECKUP", "CHECKUP"), ("EMERGENCY", "EMERGENCY"), ("FOLLOWUP", "FOLLOWUP"), ("ROUTINE", "ROUTINE"), ("WALKIN", "WALKIN")];
+pub const APPOINTMENT_REASONS: &[&str] = &["CHECKUP", "EMERGENCY", "FOLLOWUP", "ROUTINE", "WALKIN"];
 
 /// Units of a duration (SCH-10, AIS-8) and their seconds.
 pub const TIME_UNITS: &[(&str, i64)] = &[
@@ -128,21 +128,11 @@ pub fn siu(msg: &Message, ctx: &Context, trigger: &str) -> Result<Vec<Entry>, Fi
     }
     put(&mut a, "serviceType", Some(Value::Array(service_types)));
     if let Some(reason) = repetitions(sch, 7).first() {
-        let code = part(reason, 1, 1);
-        let system = part(reason, 3, 1);
-        let in_table = system.as_deref().is_none_or(|s| s.eq_ignore_ascii_case("HL70276"));
-        match code.as_deref().filter(|_| in_table).and_then(|c| lookup(APPOINTMENT_REASONS, c)) {
-            Some(code) => {
-                let mut coding = json!({"system": APPOINTMENT_REASON_SYSTEM, "code": code});
-                let mut cc = Map::new();
-                if let Some(text) = part(reason, 2, 1) {
-                    coding["display"] = json!(text);
-                    cc.insert("text".into(), json!(text));
-                }
-                cc.insert("coding".into(), json!([coding]));
-                a.insert("appointmentType".into(), Value::Object(cc));
-            }
-            None => put(&mut a, "reasonCode", codeable_concept(reason).map(|cc| json!([cc]))),
+        let code = part(reason, 1, 1).unwrap_or_default();
+        if APPOINTMENT_REASONS.iter().any(|c| c.eq_ignore_ascii_case(&code)) {
+            put(&mut a, "appointmentType", codeable_concept_in(reason, APPOINTMENT_REASON_SYSTEM, APPOINTMENT_REASONS));
+        } else {
+            put(&mut a, "reasonCode", codeable_concept(reason).map(|cc| json!([cc])));
         }
     }
     let description = services.iter().find_map(|ais| repetitions(ais, 3).first().and_then(|r| part(r, 2, 1)));
