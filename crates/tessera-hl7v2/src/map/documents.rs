@@ -187,7 +187,7 @@ fn encapsulated(rep: &Repetition, field: &str) -> Result<Map<String, Value>, Fie
             Some(match encoding.to_ascii_uppercase().as_str() {
                 "BASE64" => {
                     let b: String = raw.chars().filter(|c| !c.is_whitespace()).collect();
-                    let ok = !b.is_empty() && b.len() % 4 == 0 && b.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=');
+                    let ok = !b.is_empty() && b.len().is_multiple_of(4) && b.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'=');
                     if !ok {
                         return Err(field_error(field, "the data is not base64"));
                     }
@@ -215,7 +215,7 @@ fn encapsulated(rep: &Repetition, field: &str) -> Result<Map<String, Value>, Fie
 /// Bytes of hexadecimal text (spaces ignored).
 fn hex(text: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits.chunks(2).map(|p| std::str::from_utf8(p).ok().and_then(|s| u8::from_str_radix(s, 16).ok())).collect()

@@ -234,7 +234,7 @@ fn times(msg: &Message, sch: &Segment) -> Result<Option<(String, String, i64)>, 
                 Some(u) => TIME_UNITS.iter().find(|(name, _)| name.eq_ignore_ascii_case(&u)).map(|(_, s)| *s).ok_or_else(|| field_error(units_field, format!("'{u}' is not a unit of time (s, min, h, d)")))?,
                 None => 60,
             };
-            from.plus((n * unit as f64).round() as i64)
+            from.plus((n * unit as f64).round() as i64).ok_or_else(|| field_error(amount_field, format!("a duration of {amount} ends after the year 9999")))?
         }
         (None, None) => return Ok(None),
     };
@@ -287,12 +287,15 @@ impl Instant {
         self.local - self.offset_seconds
     }
 
-    /// This instant `seconds` later, written with the same offset.
-    fn plus(&self, seconds: i64) -> String {
-        let t = self.local + seconds;
+    /// This instant `seconds` later, written with the same offset; `None` after 9999.
+    fn plus(&self, seconds: i64) -> Option<String> {
+        let t = self.local.checked_add(seconds)?;
         let (days, secs) = (t.div_euclid(86400), t.rem_euclid(86400));
         let (y, m, d) = civil_from_days(days);
-        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{}{}", secs / 3600, secs % 3600 / 60, secs % 60, self.fraction, self.offset)
+        if !(1..=9999).contains(&y) {
+            return None;
+        }
+        Some(format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{}{}", secs / 3600, secs % 3600 / 60, secs % 60, self.fraction, self.offset))
     }
 }
 
@@ -434,6 +437,7 @@ mod tests {
         assert_eq!(map(MINIMAL, "S16").unwrap_err().field, "MSH-9");
         assert_eq!(map(&MINIMAL.replace("|Pending\rNTE", "|Blocked\rNTE"), "S12").unwrap_err().field, "SCH-25");
         assert_eq!(map(&MINIMAL.replace("30|min", "30|fortnights"), "S12").unwrap_err().field, "SCH-10");
+        assert_eq!(map(&MINIMAL.replace("30|min", "99999999|d"), "S12").unwrap_err().field, "SCH-9");
         assert_eq!(map(&MINIMAL.replace("^^^202401151000", "^^^2024011510xx"), "S12").unwrap_err().field, "SCH-11");
         let msg = Message::parse(MINIMAL).unwrap();
         let e = with_locations(&|_| None, |ctx| siu(&msg, ctx, "S12")).unwrap_err();
@@ -445,8 +449,9 @@ mod tests {
     #[test]
     fn instants() {
         let i = Instant::parse("2024-03-31T00:30:00.5-05:00").unwrap();
-        assert_eq!(i.plus(90 * 60), "2024-03-31T02:00:00.5-05:00");
-        assert_eq!(Instant::parse("2000-02-28T23:00:00+00:00").unwrap().plus(3600), "2000-02-29T00:00:00+00:00");
+        assert_eq!(i.plus(90 * 60).unwrap(), "2024-03-31T02:00:00.5-05:00");
+        assert_eq!(Instant::parse("2000-02-28T23:00:00+00:00").unwrap().plus(3600).unwrap(), "2000-02-29T00:00:00+00:00");
+        assert_eq!(Instant::parse("9999-12-31T23:00:00+00:00").unwrap().plus(3600), None);
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(civil_from_days(days_from_civil(2100, 3, 1)), (2100, 3, 1));
         assert!(Instant::parse("2024-03-31").is_none());
