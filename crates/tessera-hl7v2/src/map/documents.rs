@@ -1,7 +1,7 @@
 //! MDM^T02 (original document notification and content) to a FHIR R4 DocumentReference,
 //! written as a conditional update on the document's unique number.
 //!
-//! | HL7 | FHIR DocumentReference |
+//! | HL7 | FHIR |
 //! | --- | --- |
 //! | TXA-12.1 unique document number | `identifier` (document system), and the conditional update `identifier=document\|number`; none is error `TXA-12` |
 //! | TXA-19 document availability status (table 0273) | `status`: AV current, CA entered-in-error, OB superseded, UN current; none: current |

@@ -2,7 +2,7 @@
 //! RXA, with the ORC before it and the RXR and OBX after it, written as a conditional
 //! update on the order number when there is one.
 //!
-//! | HL7 | FHIR Immunization |
+//! | HL7 | FHIR |
 //! | --- | --- |
 //! | ORC-3.1 filler, ORC-2.1 placer order number | `identifier` (filler/placer order systems); the conditional update is on the filler number, else the placer's; neither (or no ORC): created |
 //! | RXA-21 action code D (table 0323) | `status` `entered-in-error` |

@@ -2,7 +2,7 @@
 //! order (ORC with its RXE, RXR, TQ1 and NTE), written as a conditional update on its order
 //! number.
 //!
-//! | HL7 | FHIR MedicationRequest |
+//! | HL7 | FHIR |
 //! | --- | --- |
 //! | ORC-2.1 placer, ORC-3.1 filler order number | `identifier` (placer/filler order systems); the conditional update is on the placer number, else the filler's; neither is error `ORC-2` |
 //! | ORC-5 order status (table 0038), else ORC-1 order control (table 0119) | `status`: see `ORDER_STATUS` and `ORDER_CONTROL` (NW, XO, RP active; HD on-hold; CA, OC cancelled; DC, OD stopped; CM completed, …); neither: `unknown` |

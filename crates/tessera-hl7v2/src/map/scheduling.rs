@@ -1,7 +1,7 @@
 //! SIU^S12 (new), S13 (rescheduled), S14 (modified) and S15 (cancelled) booking
 //! notifications to a FHIR R4 Appointment, written as a conditional update on its id.
 //!
-//! | HL7 | FHIR Appointment |
+//! | HL7 | FHIR |
 //! | --- | --- |
 //! | SCH-2.1 filler appointment id, else SCH-1.1 placer appointment id | `identifier` (appointment system, type `FILL`/`PLAC`), and the conditional update `identifier=appointment\|id` |
 //! | SCH-27.1 filler, else SCH-26.1 placer order number (v2.6+), when there is no appointment id | `identifier` (filler/placer order system), and the conditional update on it |
