@@ -360,3 +360,156 @@ mod tests {
         assert_eq!(identifier_query("https://a/b", "X&1|2"), "identifier=https://a/b|X%261%7C2");
     }
 }
+
+/// A CE/CWE as a CodeableConcept (see [`codeable_concept`]) whose code, when it is one of
+/// the HL7 table `codes` (compared without regard to case) and sent bare (no coding system,
+/// CE.3) or with the table's name (`HL70162`), is given the table's `system`
+/// (`http://terminology.hl7.org/CodeSystem/v2-0162` for RXR-1). Other codes keep no system:
+/// a code the table does not have is not claimed to be of it.
+pub fn codeable_concept_in(rep: &Repetition, system: &str, codes: &[&str]) -> Option<Value> {
+    let mut cc = codeable_concept(rep)?;
+    let table = system.rsplit('-').next().unwrap_or_default();
+    let bare = part(rep, 3, 1).is_none_or(|s| s.eq_ignore_ascii_case(&format!("HL7{table}")));
+    let code = part(rep, 1, 1).and_then(|c| codes.iter().find(|t| t.eq_ignore_ascii_case(&c)));
+    if let (true, Some(code)) = (bare, code) {
+        if let Some(first) = cc.get_mut("coding").and_then(|c| c.get_mut(0)).and_then(Value::as_object_mut) {
+            first.insert("system".into(), json!(system));
+            first.insert("code".into(), json!(code));
+        }
+    }
+    Some(cc)
+}
+
+/// A decimal from an NM field, as a JSON number; a [`FieldError`] for `field` when it is
+/// not one.
+pub fn decimal(text: &str, field: &str) -> Result<Value, FieldError> {
+    let t = text.trim();
+    let unsigned = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let is_nm = !(whole.is_empty() && fraction.is_empty()) && whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit());
+    let bad = || field_error(field, format!("'{t}' is not a number"));
+    if !is_nm {
+        return Err(bad());
+    }
+    // Integers stay integers (`3`, not `3.0`).
+    if let Ok(i) = t.trim_start_matches('+').parse::<i64>() {
+        return Ok(json!(i));
+    }
+    t.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number).ok_or_else(bad)
+}
+
+/// A Quantity of `value` (an NM, see [`decimal`]) in the units of a CE (code ^ text ^
+/// system): `unit` is the text, else the code; `system` and `code` only when the units
+/// name their coding system (FHIR wants both or neither).
+pub fn quantity(value: &str, units: Option<&Repetition>, field: &str) -> Result<Value, FieldError> {
+    let mut o = Map::new();
+    o.insert("value".into(), decimal(value, field)?);
+    if let Some(u) = units {
+        let (code, text) = (part(u, 1, 1), part(u, 2, 1));
+        if let Some(unit) = text.clone().or_else(|| code.clone()) {
+            o.insert("unit".into(), json!(unit));
+        }
+        if let (Some(code), Some(system)) = (code, part(u, 3, 1).and_then(|s| coding_system(&s))) {
+            o.insert("system".into(), json!(system));
+            o.insert("code".into(), json!(code));
+        }
+    }
+    Ok(Value::Object(o))
+}
+
+/// Inserts `value` under `key` unless it is absent (`None`) or an empty array.
+pub fn put(o: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+    match value {
+        None => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(v) => {
+            o.insert(key.into(), v);
+        }
+    }
+}
+
+/// The repetitions of field `f` of a segment (none when empty or absent).
+pub fn repetitions(seg: &Segment, f: usize) -> &[Repetition] {
+    seg.field(f).map(|x| x.repetitions()).unwrap_or_default()
+}
+
+/// The FHIR code of an HL7 code in a table of (HL7 code, FHIR code) pairs, compared
+/// without regard to case.
+pub fn lookup(table: &[(&str, &'static str)], code: &str) -> Option<&'static str> {
+    table.iter().find(|(h, _)| h.eq_ignore_ascii_case(code.trim())).map(|(_, f)| *f)
+}
+
+/// The text of NTE-3 (each repetition) of the NTE segments that follow the segment at
+/// `index` in the message (stopping at the first other segment), one per line.
+pub fn notes_after(msg: &Message, index: usize) -> Option<String> {
+    let lines: Vec<String> = msg.segments().iter().skip(index + 1).take_while(|s| s.name() == "NTE").flat_map(|s| repetitions(s, 3).iter().filter_map(|r| part(r, 1, 1))).collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+/// What the mapping tests share: the test context, the sample messages and the check that
+/// a resource holds no empty string, array or object.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::visit::Location;
+
+    /// Runs `f` with the usual test context (organisation `rx1`, patient `urn:uuid:p`,
+    /// encounter `urn:uuid:e`, every location known as `Location/w`).
+    pub fn with_context<R>(f: impl FnOnce(&Context) -> R) -> R {
+        with_locations(&|_| Some("Location/w".into()), f)
+    }
+
+    /// As [`with_context`], with this ward table.
+    pub fn with_locations<R>(location: &dyn Fn(&Location) -> Option<String>, f: impl FnOnce(&Context) -> R) -> R {
+        let systems = Systems::for_organisation("rx1");
+        let ctx = Context { systems: &systems, patient: "urn:uuid:p", encounter: Some("urn:uuid:e"), organisation: "Organization/rx1", location, require_order: false };
+        f(&ctx)
+    }
+
+    /// A sample message of the shared data, as sent and with its segments ended by CR, LF
+    /// and CRLF; `None` (and a note) when the data is not there.
+    pub fn sample(name: &str) -> Option<Vec<Message>> {
+        let path = format!("{}/../../../shared/data/hl7v2/{name}", env!("CARGO_MANIFEST_DIR"));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!("skipped: {path} is not there");
+            return None;
+        };
+        let mut out = vec![Message::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"))];
+        let one: String = text.replace("\r\n", "\r").replace('\n', "\r");
+        for sep in ["\r", "\n", "\r\n"] {
+            out.push(Message::parse(&one.replace('\r', sep)).unwrap_or_else(|e| panic!("{name}: {e}")));
+        }
+        Some(out)
+    }
+
+    /// The paths of the empty strings, arrays and objects in `v`, and of `id`s.
+    pub fn empties(v: &Value, path: &str, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) if s.trim().is_empty() => out.push(path.to_string()),
+            Value::Array(a) if a.is_empty() => out.push(path.to_string()),
+            Value::Object(o) if o.is_empty() => out.push(path.to_string()),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| empties(x, &format!("{path}[{i}]"), out)),
+            Value::Object(o) => {
+                if path.matches('.').count() == 0 && o.contains_key("id") {
+                    out.push(format!("{path}.id"));
+                }
+                o.iter().for_each(|(k, x)| empties(x, &format!("{path}.{k}"), out))
+            }
+            _ => {}
+        }
+    }
+
+    /// Panics when an entry's resource has an `id` or anything empty, or two entries share
+    /// a full URL.
+    pub fn assert_clean(entries: &[Entry]) {
+        for e in entries {
+            let mut bad = Vec::new();
+            empties(&e.resource, "", &mut bad);
+            assert!(bad.is_empty(), "empty or forbidden elements {bad:?} in {}", serde_json::to_string_pretty(&e.resource).unwrap_or_default());
+            assert!(e.full_url.starts_with("urn:uuid:"));
+        }
+        for (i, a) in entries.iter().enumerate() {
+            assert!(entries[i + 1..].iter().all(|b| b.full_url != a.full_url), "two entries share {}", a.full_url);
+        }
+    }
+}
