@@ -33,6 +33,7 @@
 pub mod batch;
 pub mod datetime;
 pub mod delimiters;
+pub mod encode;
 pub mod message;
 pub mod patient;
 pub mod map;
