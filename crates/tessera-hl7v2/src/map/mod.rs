@@ -216,7 +216,11 @@ pub fn coding_system(name: &str) -> Option<String> {
     if let Some(table) = name.get(..3).filter(|p| p.eq_ignore_ascii_case("HL7")).and_then(|_| name.get(3..)).filter(|t| t.len() == 4 && t.bytes().all(|b| b.is_ascii_digit())) {
         return Some(format!("http://terminology.hl7.org/CodeSystem/v2-{table}"));
     }
-    Some(format!("urn:hl7v2:coding-system:{name}"))
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-._~:/".contains(c) { c.to_string() } else { c.to_string().bytes().map(|b| format!("%{b:02X}")).collect() })
+        .collect();
+    Some(format!("urn:hl7v2:coding-system:{safe}"))
 }
 
 /// A CE/CWE (code ^ text ^ system ^ alternate code ^ alternate text ^ alternate system) as a
@@ -333,6 +337,7 @@ mod tests {
         assert_eq!(coding_system("hl70078").as_deref(), Some("http://terminology.hl7.org/CodeSystem/v2-0078"));
         assert_eq!(coding_system("L").as_deref(), Some("urn:hl7v2:coding-system:L"));
         assert_eq!(coding_system(" "), None);
+        assert_eq!(coding_system("POST 12H").as_deref(), Some("urn:hl7v2:coding-system:POST%2012H"));
     }
 
     #[test]
