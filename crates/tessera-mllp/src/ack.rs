@@ -23,6 +23,46 @@ impl Code {
             Code::Reject => "AR",
         }
     }
+
+    /// The commit acknowledgement of enhanced mode: CA (committed), CE, CR.
+    pub fn commit_str(self) -> &'static str {
+        match self {
+            Code::Accept => "CA",
+            Code::Error => "CE",
+            Code::Reject => "CR",
+        }
+    }
+}
+
+/// Whether an acknowledgement of the condition `wanted` (MSH-15/16: AL always, NE never,
+/// ER on error only, SU on success only) is sent for an outcome.
+fn wanted(condition: &str, code: Code) -> bool {
+    match condition.trim().to_ascii_uppercase().as_str() {
+        "NE" => false,
+        "ER" => code != Code::Accept,
+        "SU" => code == Code::Accept,
+        _ => true,
+    }
+}
+
+/// The replies to a message that was read: in original mode (MSH-15 and MSH-16 empty) the
+/// application acknowledgement; in enhanced mode, the commit acknowledgement (CA/CE/CR) if
+/// MSH-15 asks for it, then the application acknowledgement (AA/AE/AR) if MSH-16 does —
+/// both on the connection, in that order. Either is sent only once the outcome is durable.
+pub fn replies(msg: &Message, code: Code, text: &str, problem: Option<&Problem>) -> Vec<String> {
+    let accept = msg.msh().value(15).unwrap_or("").trim().to_string();
+    let application = msg.msh().value(16).unwrap_or("").trim().to_string();
+    if accept.is_empty() && application.is_empty() {
+        return vec![acknowledge(Some(msg), code, text, problem)];
+    }
+    let mut out = Vec::new();
+    if wanted(&accept, code) {
+        out.push(acknowledge_as(Some(msg), code.commit_str(), text, problem));
+    }
+    if wanted(&application, code) && !application.is_empty() {
+        out.push(acknowledge(Some(msg), code, text, problem));
+    }
+    out
 }
 
 /// What an error acknowledgement says.
@@ -49,6 +89,10 @@ fn control_id() -> String {
 
 /// The acknowledgement of `msg` (`None`: a message that could not be read).
 pub fn acknowledge(msg: Option<&Message>, code: Code, text: &str, problem: Option<&Problem>) -> String {
+    acknowledge_as(msg, code.as_str(), text, problem)
+}
+
+fn acknowledge_as(msg: Option<&Message>, code: &str, text: &str, problem: Option<&Problem>) -> String {
     let d = msg.map(|m| m.delimiters().clone()).unwrap_or_default();
     let esc = |s: &str| d.escape(s);
     let f = |n: usize| msg.and_then(|m| m.msh().value(n)).unwrap_or("").to_string();
@@ -71,7 +115,7 @@ pub fn acknowledge(msg: Option<&Message>, code: Code, text: &str, problem: Optio
         proc = if f(11).is_empty() { "P".to_string() } else { esc(&f(11)) },
     );
     let original = msg.and_then(|m| m.control_id()).unwrap_or("");
-    out.push_str(&format!("MSA{sep}{}{sep}{}{sep}{}\r", code.as_str(), esc(original), esc(text)));
+    out.push_str(&format!("MSA{sep}{}{sep}{}{sep}{}\r", code, esc(original), esc(text)));
     if let Some(p) = problem {
         let c = d.component;
         out.push_str(&format!(

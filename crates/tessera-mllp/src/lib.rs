@@ -18,14 +18,27 @@ pub mod inbound;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tessera_engine::Engine;
+use std::collections::BTreeMap;
+use tessera_domain::{Domain, Hl7Interface};
+use tessera_engine::{Access, Engine};
+use tessera_hl7v2::IdentifierMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// One interface: who owns what it brings, and how its identifiers read.
+/// One interface: who owns what it brings, and how its identifiers and places read.
 #[derive(Debug, Clone)]
 pub struct Interface {
+    /// Its id (`[[interfaces]]` of the domain file): the audit names it `hl7v2:{id}`.
+    pub id: String,
     /// The organisation whose data the messages are (the writer of everything applied).
     pub organisation: String,
+    /// MSH-4 the sender must give; none: any.
+    pub sending_facility: Option<String>,
+    /// How PID-3 (and MRG-1) identifiers become identifier systems.
+    pub identifiers: IdentifierMap,
+    /// Point of care (PL.1) → location id.
+    pub wards: BTreeMap<String, String>,
+    /// Results must name an order the record has.
+    pub require_order: bool,
     /// A connection idle this long is closed.
     pub read_timeout: Duration,
     /// The largest message accepted (bytes).
@@ -33,8 +46,59 @@ pub struct Interface {
 }
 
 impl Interface {
-    pub fn new(organisation: impl Into<String>) -> Interface {
-        Interface { organisation: organisation.into(), read_timeout: Duration::from_secs(300), max_message: 4 << 20 }
+    /// An interface of `organisation` with the defaults: its MRN system for local
+    /// identifiers, places named by their location ids.
+    pub fn new(domain: &Domain, organisation: impl Into<String>) -> Interface {
+        let organisation = organisation.into();
+        Interface {
+            id: organisation.clone(),
+            identifiers: IdentifierMap::new(domain.mrn_system(&organisation)),
+            organisation,
+            sending_facility: None,
+            wards: BTreeMap::new(),
+            require_order: false,
+            read_timeout: Duration::from_secs(300),
+            max_message: 4 << 20,
+        }
+    }
+
+    /// The interface the domain file declares.
+    pub fn from_domain(domain: &Domain, declared: &Hl7Interface) -> Interface {
+        let mut identifiers = IdentifierMap::new(domain.mrn_system(&declared.organisation));
+        identifiers.by_authority = declared.identifier_systems.clone();
+        Interface {
+            id: declared.id.clone(),
+            organisation: declared.organisation.clone(),
+            sending_facility: declared.sending_facility.clone(),
+            identifiers,
+            wards: declared.wards.clone(),
+            require_order: declared.require_order,
+            read_timeout: Duration::from_secs(declared.read_timeout_seconds),
+            max_message: declared.max_message_bytes,
+        }
+    }
+
+    /// The engine access messages are applied with.
+    pub fn access(&self) -> Access {
+        Access::interface(&self.organisation, &self.id)
+    }
+
+    /// `Organization/{organisation}`.
+    pub fn organisation_ref(&self) -> String {
+        format!("Organization/{}", self.organisation)
+    }
+
+    /// The `Location/{id}` of a place a message names: through the ward table; with no
+    /// table, a point of care that is itself a location id of the organisation's trust.
+    pub fn location(&self, domain: &Domain, place: &tessera_hl7v2::visit::Location) -> Option<String> {
+        let poc = place.point_of_care.as_deref()?;
+        let id = if self.wards.is_empty() {
+            let l = domain.location(poc)?;
+            (domain.trust_of(&l.organisation) == domain.trust_of(&self.organisation)).then_some(poc)?
+        } else {
+            self.wards.get(poc).or_else(|| self.wards.iter().find(|(k, _)| k.eq_ignore_ascii_case(poc)).map(|(_, v)| v))?.as_str()
+        };
+        Some(format!("Location/{id}"))
     }
 }
 
@@ -67,11 +131,13 @@ async fn connection(engine: Engine, interface: &Interface, mut stream: tokio::ne
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         while let Some(item) = reader.next_frame() {
-            let reply = match item {
+            let replies = match item {
                 Ok(bytes) => inbound::handle(&engine, interface, &String::from_utf8_lossy(&bytes)).await,
-                Err(problem) => ack::reject_unreadable(&problem),
+                Err(problem) => vec![ack::reject_unreadable(&problem)],
             };
-            stream.write_all(&frame::wrap(reply.as_bytes())).await?;
+            for reply in replies {
+                stream.write_all(&frame::wrap(reply.as_bytes())).await?;
+            }
         }
         let n = match tokio::time::timeout(interface.read_timeout, stream.read(&mut buf)).await {
             Ok(r) => r?,

@@ -293,11 +293,14 @@ struct ServeArgs {
     /// by default: browsers then refuse cross-origin calls.
     #[arg(long = "cors-origin", env = "TESSERA_CORS_ORIGINS", value_name = "ORIGIN", value_delimiter = ',')]
     cors_origins: Vec<String>,
-    /// Listen for HL7 v2 over MLLP on this address (with --demo: 127.0.0.1:2575, an
-    /// interface of Northgate, rx1; docs/hl7v2.md).
+    /// Listen for HL7 v2 over MLLP on this address: the address of the domain file's first
+    /// `[[interfaces]]` entry (with --demo: Northgate's `rx1-pas`, normally
+    /// 127.0.0.1:2575), or, with --mllp-org, of an interface of that organisation.
+    /// Every other declared interface with a `listen` address opens too (docs/hl7v2.md).
     #[arg(long, env = "TESSERA_MLLP_LISTEN")]
     mllp_listen: Option<std::net::SocketAddr>,
-    /// The organisation whose interface the MLLP listener is (what it brings is owned by it).
+    /// With --mllp-listen: an interface of this organisation (what it brings is owned by
+    /// it) instead of the first declared one.
     #[arg(long, env = "TESSERA_MLLP_ORG")]
     mllp_org: Option<String>,
     /// Refuse PUT on an absent id instead of creating the resource.
@@ -1175,28 +1178,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if http.cors_origins.iter().any(|o| o == "*") {
         tracing::warn!("CORS allows any origin (--cors-origin '*'): any web page may call this API with a token it holds");
     }
-    let mllp = match (args.mllp_listen, args.demo) {
-        (Some(addr), _) => Some(addr),
-        (None, true) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 2575))),
-        (None, false) => None,
-    };
-    if let Some(addr) = mllp {
-        let org = match (&args.mllp_org, args.demo) {
-            (Some(o), _) => o.clone(),
-            (None, true) => "rx1".to_string(),
-            (None, false) => anyhow::bail!("--mllp-listen needs --mllp-org: the organisation whose interface it is"),
-        };
-        anyhow::ensure!(engine.domain().organisation(&org).is_some(), "--mllp-org {org} is not an organisation of the domain");
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                tracing::info!(%addr, organisation = %org, "HL7 v2 over MLLP");
-                tokio::spawn(tessera_mllp::serve(engine.clone(), tessera_mllp::Interface::new(org), listener));
-            }
-            // The demo's default port may be taken (another demo server): serve without it.
-            Err(e) if args.mllp_listen.is_none() => tracing::warn!(error = %e, %addr, "the demo's MLLP port is taken: serving without HL7 v2 (set --mllp-listen)"),
-            Err(e) => return Err(e).with_context(|| format!("cannot listen for MLLP on {addr}")),
-        }
-    }
+    open_interfaces(&engine, &args).await?;
     let router = tessera_web::app(engine.clone(), http, tessera_web::WebConfig::from_env());
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(backend = engine.backend(), %base_url, "Tessera is serving FHIR R4");
@@ -1204,6 +1186,46 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let options = tessera_http::ServeOptions { idle_timeout: std::time::Duration::from_secs(args.idle_timeout_seconds.max(1)) };
     tessera_http::serve_with(listener, router, shutdown_signal(), options).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens the HL7 v2 interfaces: those the domain file declares with an address, and the
+/// one `--mllp-listen`/`--mllp-org` name.
+async fn open_interfaces(engine: &tessera_engine::Engine, args: &ServeArgs) -> anyhow::Result<()> {
+    let domain = engine.domain();
+    let mut interfaces: Vec<(tessera_mllp::Interface, String, bool)> = Vec::new();
+    for declared in &domain.interfaces {
+        if let Some(listen) = &declared.listen {
+            interfaces.push((tessera_mllp::Interface::from_domain(&domain, declared), listen.clone(), false));
+        }
+    }
+    if let Some(addr) = args.mllp_listen {
+        match (&args.mllp_org, domain.interfaces.first()) {
+            (Some(org), _) => {
+                anyhow::ensure!(domain.organisation(org).is_some(), "--mllp-org {org} is not an organisation of the domain");
+                interfaces.push((tessera_mllp::Interface::new(&domain, org.clone()), addr.to_string(), true));
+            }
+            (None, Some(first)) => {
+                interfaces.retain(|(i, _, _)| i.id != first.id);
+                interfaces.insert(0, (tessera_mllp::Interface::from_domain(&domain, first), addr.to_string(), true));
+            }
+            (None, None) => anyhow::bail!("--mllp-listen needs --mllp-org (the organisation whose interface it is): the domain file declares no [[interfaces]]"),
+        }
+    } else if args.demo && interfaces.is_empty() {
+        // A data directory that loaded the demo before interfaces were declared.
+        interfaces.push((tessera_mllp::Interface::new(&domain, "rx1"), "127.0.0.1:2575".into(), false));
+    }
+    for (interface, addr, explicit) in interfaces {
+        match tokio::net::TcpListener::bind(&addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, interface = %interface.id, organisation = %interface.organisation, "HL7 v2 over MLLP");
+                tokio::spawn(tessera_mllp::serve(engine.clone(), interface, listener));
+            }
+            // The demo's port may be taken (another demo server): serve without it.
+            Err(e) if args.demo && !explicit => tracing::warn!(error = %e, %addr, "the demo's MLLP port is taken: serving without HL7 v2 (set --mllp-listen)"),
+            Err(e) => return Err(e).with_context(|| format!("cannot listen for MLLP on {addr} (interface {})", interface.id)),
+        }
+    }
     Ok(())
 }
 

@@ -322,7 +322,7 @@ mod tests {
     use super::*;
     use crate::map::Systems;
 
-    fn ctx<'a>(systems: &'a Systems, loc: &'a dyn Fn(&Location) -> Option<String>) -> Context<'a> {
+    fn ctx<'a>(systems: &'a Systems, loc: &'a (dyn Fn(&Location) -> Option<String> + Sync)) -> Context<'a> {
         Context { systems, patient: "urn:uuid:p", encounter: None, organisation: "Organization/rx1", location: loc, require_order: false }
     }
 

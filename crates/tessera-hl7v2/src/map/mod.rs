@@ -90,7 +90,7 @@ pub struct Context<'a> {
     /// The interface's ward table: a PL (PV1-3, AIL-3, …) to `Location/{id}`, or `None`
     /// when the table does not know it (an error: the message names a place the domain
     /// does not have).
-    pub location: &'a dyn Fn(&Location) -> Option<String>,
+    pub location: &'a (dyn Fn(&Location) -> Option<String> + Sync),
     /// Results must be for an order the record has (ORU with no placer/filler order
     /// number is refused).
     pub require_order: bool,
@@ -465,7 +465,7 @@ pub(crate) mod test_support {
     }
 
     /// As [`with_context`], with this ward table.
-    pub fn with_locations<R>(location: &dyn Fn(&Location) -> Option<String>, f: impl FnOnce(&Context) -> R) -> R {
+    pub fn with_locations<R>(location: &(dyn Fn(&Location) -> Option<String> + Sync), f: impl FnOnce(&Context) -> R) -> R {
         let systems = Systems::for_organisation("rx1");
         let ctx = Context { systems: &systems, patient: "urn:uuid:p", encounter: Some("urn:uuid:e"), organisation: "Organization/rx1", location, require_order: false };
         f(&ctx)
