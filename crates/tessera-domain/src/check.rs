@@ -107,6 +107,9 @@ impl Domain {
                     format!("duplicate service account id (also service_accounts[{first}])"),
                 );
             }
+            if account.id.starts_with("hl7v2-interface.") {
+                found.push(Some(entry.clone()), format!("service account `{}`", account.id), "ids beginning `hl7v2-interface.` name the HL7 v2 interfaces' own access".into());
+            }
             self.check_service_account(account, &entry, &mut found);
         }
         self.check_sharing(&mut found);

@@ -20,7 +20,8 @@ pub enum AccessKind {
     Patient,
 }
 
-const INTERFACE_PREFIX: &str = "hl7v2:";
+/// The subject of an interface's access: `hl7v2-interface.{id}` (no service account may have such an id).
+pub const INTERFACE_PREFIX: &str = "hl7v2-interface.";
 
 /// The access context of one request.
 #[derive(Debug, Clone)]
@@ -141,7 +142,7 @@ impl Access {
     }
 
     /// An HL7 v2 interface of `organisation` (the domain file's `[[interfaces]]`): the
-    /// organisation's system access, named `hl7v2:{id}` in the audit. It may merge the
+    /// organisation's system access, named `hl7v2-interface.{id}` in the audit. It may merge the
     /// records of its own trust (ADT^A40), as a patient administration system does.
     pub fn interface(organisation: &str, id: &str) -> Access {
         let mut access = Access::system(organisation);
@@ -151,7 +152,7 @@ impl Access {
     }
 
     /// Whether this is an HL7 v2 interface's access ([`Access::interface`]); no token can
-    /// carry it (`:` is not allowed in the ids of service accounts).
+    /// carry it (the domain refuses service accounts with such ids).
     pub fn is_interface(&self) -> bool {
         self.kind == AccessKind::System && self.subject.starts_with(INTERFACE_PREFIX)
     }

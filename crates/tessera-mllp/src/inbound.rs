@@ -135,11 +135,17 @@ fn words(e: &FhirError) -> String {
     }
 }
 
-/// The id of the Provenance that records a message of a sender: the same message (same
-/// sending application, facility and control id) always gives the same id.
+/// The id of the Provenance that records a message of a sender: the same message — same
+/// sending application, facility, control id, type and segments after MSH — always gives
+/// the same id, so a resend (even one whose MSH-7 was stamped again) applies once. A
+/// different message that reuses a control id is not taken for a resend: it is applied,
+/// never dropped.
 pub fn record_id(msg: &Message) -> String {
-    let sender = format!("{}|{}|{}", msg.sending_application().unwrap_or(""), msg.sending_facility().unwrap_or(""), msg.control_id().unwrap_or(""));
-    sha2::Sha256::digest(sender.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    let encoded = msg.encode();
+    let body = encoded.split_once('\r').map(|(_, rest)| rest).unwrap_or("");
+    let kind = msg.message_type().map(|t| t.to_string()).unwrap_or_default();
+    let key = format!("{}|{}|{}|{kind}\r{body}", msg.sending_application().unwrap_or(""), msg.sending_facility().unwrap_or(""), msg.control_id().unwrap_or(""));
+    sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads, applies and acknowledges one message (original or enhanced mode, as MSH-15/16

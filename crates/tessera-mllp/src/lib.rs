@@ -153,28 +153,74 @@ async fn connection(engine: Engine, interface: &Interface, mut stream: tokio::ne
     }
 }
 
-/// Sends each message over one MLLP connection and returns each acknowledgement.
-pub async fn send(addr: &str, messages: &[String], timeout: Duration) -> std::io::Result<Vec<String>> {
+/// Sends each message over one MLLP connection and returns, for each, the
+/// acknowledgements it drew: one in original mode; in enhanced mode (MSH-15/16 given) the
+/// commit acknowledgement and/or the application acknowledgement the message asked for —
+/// none when it asked for none (`NE`). When whether a reply comes depends on the outcome
+/// (`ER`, `SU`) and none has come, the wait after the last possible reply is `grace`.
+pub async fn send(addr: &str, messages: &[String], timeout: Duration) -> std::io::Result<Vec<Vec<String>>> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
     let mut reader = frame::FrameReader::new(16 << 20);
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let grace = Duration::from_secs(2).min(timeout);
     for m in messages {
         stream.write_all(&frame::wrap(m.as_bytes())).await?;
+        let (accept, application) = ack_conditions(m);
+        let mut replies: Vec<String> = Vec::new();
         loop {
+            // What may still come, given what has.
+            let code = replies.last().map(|r| msa_code(r));
+            let expect = match (accept.as_str(), application.as_str(), code.as_deref()) {
+                ("", "", None) => Some(timeout),
+                ("", "", Some(_)) => None,
+                (_, _, Some("AA" | "AE" | "AR")) => None,
+                (_, app, Some(commit)) => match app {
+                    "AL" => Some(timeout),
+                    "ER" if commit != "CA" => Some(timeout),
+                    "SU" if commit == "CA" => Some(timeout),
+                    _ => None,
+                },
+                (acc, app, None) => match (acc, app) {
+                    ("NE", "NE" | "") => None,
+                    ("AL" | "", _) | (_, "AL") => Some(timeout),
+                    _ => Some(grace),
+                },
+            };
+            let Some(wait) = expect else { break };
             if let Some(item) = reader.next_frame() {
                 let bytes = item.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                out.push(String::from_utf8_lossy(&bytes).into_owned());
-                break;
+                replies.push(String::from_utf8_lossy(&bytes).into_owned());
+                continue;
             }
-            let n = tokio::time::timeout(timeout, stream.read(&mut buf))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no acknowledgement in time"))??;
+            let n = match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+                Ok(r) => r?,
+                Err(_) if wait == grace && wait != timeout => break,
+                Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no acknowledgement in time")),
+            };
             if n == 0 {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the peer closed the connection before acknowledging"));
             }
             reader.push(&buf[..n]);
         }
+        out.push(replies);
     }
     Ok(out)
+}
+
+/// MSH-15 and MSH-16 of a message (upper case; empty when absent or unreadable).
+fn ack_conditions(message: &str) -> (String, String) {
+    match tessera_hl7v2::Message::parse(message) {
+        Ok(m) => (
+            m.msh().value(15).unwrap_or("").trim().to_ascii_uppercase(),
+            m.msh().value(16).unwrap_or("").trim().to_ascii_uppercase(),
+        ),
+        Err(_) => (String::new(), String::new()),
+    }
+}
+
+/// MSA-1 of an acknowledgement.
+pub fn msa_code(ack: &str) -> String {
+    ack.split(['\r', '\n']).find(|l| l.starts_with("MSA")).and_then(|l| l.get(4..)).and_then(|l| l.split(|c: char| !c.is_ascii_alphabetic()).next()).unwrap_or("").to_string()
 }

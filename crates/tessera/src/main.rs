@@ -841,9 +841,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let acks = tessera_mllp::send(&to, &messages, std::time::Duration::from_secs(30)).await.with_context(|| format!("MLLP to {to}"))?;
             let mut refused = 0;
-            for a in &acks {
-                println!("{}", a.replace('\r', "\n").trim_end());
-                if !a.contains("|AA|") {
+            for replies in &acks {
+                if replies.is_empty() {
+                    println!("(no acknowledgement: the message asked for none)");
+                }
+                for a in replies {
+                    println!("{}", a.replace('\r', "\n").trim_end());
+                }
+                if replies.iter().any(|a| !matches!(tessera_mllp::msa_code(a).as_str(), "AA" | "CA")) {
                     refused += 1;
                 }
             }

@@ -6,9 +6,11 @@
 
 mod common;
 use common::Server;
+use serde_json::Value;
 use std::time::Duration;
+use tessera_hl7v2::map::{self, Context, Method};
 
-on_both_backends!(adt_over_mllp);
+on_both_backends!(adt_over_mllp, every_shared_sample_over_mllp);
 
 fn a04(control: &str, nhs: &str, mrn: &str, family: &str, birth: &str) -> String {
     format!(
@@ -32,7 +34,7 @@ async fn adt_over_mllp(s: &Server) {
     tokio::spawn(tessera_mllp::serve(s.engine.clone(), tessera_mllp::Interface::new(&s.engine.domain(), "rx1"), listener));
     let send = |messages: Vec<String>| {
         let addr = addr.clone();
-        async move { tessera_mllp::send(&addr, &messages, Duration::from_secs(30)).await.unwrap() }
+        async move { tessera_mllp::send(&addr, &messages, Duration::from_secs(30)).await.unwrap().into_iter().map(|r| r.join("")).collect::<Vec<String>>() }
     };
     // A new patient, and a second message on the same connection: an update of Jane Smith
     // (her NHS number) from Northgate's PAS.
@@ -83,7 +85,7 @@ async fn adt_over_mllp(s: &Server) {
     let rx2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rx2_addr = rx2.local_addr().unwrap().to_string();
     tokio::spawn(tessera_mllp::serve(s.engine.clone(), tessera_mllp::Interface::new(&s.engine.domain(), "rx2"), rx2));
-    let ack = tessera_mllp::send(&rx2_addr, &[a04("S1", "9449307342", "SB1", "Different", "20010625")], Duration::from_secs(30)).await.unwrap();
+    let ack: Vec<String> = tessera_mllp::send(&rx2_addr, &[a04("S1", "9449307342", "SB1", "Different", "20010625")], Duration::from_secs(30)).await.unwrap().into_iter().map(|r| r.join("")).collect();
     assert_eq!(msa(&ack[0]).0, "AA", "{}", ack[0]);
     assert!(!ack[0].contains("Nowak") && !ack[0].contains("Maria"), "the ACK reveals nothing of the record: {}", ack[0]);
 
@@ -99,5 +101,208 @@ async fn adt_over_mllp(s: &Server) {
         if code == "AE" {
             assert!(ack[0].contains("\rERR|"), "{name}: an AE names the problem: {}", ack[0]);
         }
+    }
+}
+
+/// An interface of Northgate whose ward table knows every place the shared samples name
+/// (each one mapped to Ward 7A).
+fn sample_interface(s: &Server) -> tessera_mllp::Interface {
+    let mut interface = tessera_mllp::Interface::new(&s.engine.domain(), "rx1");
+    interface.id = "samples".into();
+    for (_, text) in samples() {
+        let Ok(msg) = tessera_hl7v2::Message::parse(&text) else { continue };
+        for (segment, field) in [("PV1", 3), ("AIL", 3)] {
+            for seg in msg.segments_named(segment) {
+                if let Some(poc) = seg.get(field, 1, 1, 1).filter(|p| !p.trim().is_empty()) {
+                    interface.wards.insert(poc.trim().to_string(), "ward-7a".into());
+                }
+            }
+        }
+    }
+    interface
+}
+
+/// Every file of the shared HL7 v2 samples, by name.
+fn samples() -> Vec<(String, String)> {
+    let dir = common::shared_data().join("hl7v2");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+async fn listen(s: &Server, interface: tessera_mllp::Interface) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(tessera_mllp::serve(s.engine.clone(), interface, listener));
+    addr
+}
+
+fn err_segment(ack: &str) -> String {
+    ack.split('\r').find(|l| l.starts_with("ERR|")).unwrap_or("").to_string()
+}
+
+async fn every_shared_sample_over_mllp(s: &Server) {
+    s.load_demo().await;
+    let addr = listen(s, sample_interface(s)).await;
+    let all = samples();
+    assert!(all.len() >= 79, "the shared samples: {}", all.len());
+    // The record ADT-A40-01 merges away (MRG-1 56789), registered first.
+    let prior = "MSH|^~\\&|Ntierprise|Ntierprise Clinic|Healthmatics EHR|Healthmatics Clinic|20190423150000||ADT^A28^ADT_A05|8919-28|P|2.8\rEVN|A28|20190423150000\rPID|1||56789^^^BCBS^MR||Tester^Toby||20171111|M\r";
+    let kept = "MSH|^~\\&|Ntierprise|Ntierprise Clinic|Healthmatics EHR|Healthmatics Clinic|20190423150000||ADT^A28^ADT_A05|8919-27|P|2.8\rEVN|A28|20190423150000\rPID|1||12345^^^BCBS^MR||Test^Test^A||20180205|F\r";
+    let r = tessera_mllp::send(&addr, &[prior.to_string(), kept.to_string()], Duration::from_secs(60)).await.unwrap();
+    assert_eq!(tessera_mllp::msa_code(&r[0][0]), "AA", "{}", r[0][0]);
+    assert_eq!(tessera_mllp::msa_code(&r[1][0]), "AA", "{}", r[1][0]);
+    let mut report = Vec::new();
+    for (name, text) in &all {
+        // Each file as it is (CR, LF or CRLF segment ends), on its own connection.
+        let mut replies = tessera_mllp::send(&addr, std::slice::from_ref(text), Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{name}: {e}")).remove(0);
+        let msg = tessera_hl7v2::Message::parse(text).unwrap();
+        let kind = msg.message_type().unwrap();
+        let supported = tessera_mllp::inbound::supported().any(|(c, t)| c == kind.code && Some(t) == kind.trigger.as_deref());
+        if replies.is_empty() {
+            // It asked for no acknowledgement (MSH-15 and MSH-16 NE): the record shows it.
+            assert_eq!(msg.msh().value(15), Some("NE"), "{name}: no acknowledgement");
+            let record = tessera_mllp::inbound::record_id(&msg);
+
+
+            // Nothing comes back: wait for the record to show it.
+            let mut applied = false;
+            for _ in 0..50 {
+                applied = s.engine.read(&tessera_engine::Access::system("rx1"), "Provenance", &record).await.is_ok();
+                if applied {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert_eq!(applied, supported, "{name}: applied exactly when supported");
+            report.push(format!("{name}: {kind} (no ack asked)"));
+            continue;
+        }
+        // Enhanced mode: the commit acknowledgement first (CA/CR), then the application's.
+        if replies.len() == 2 {
+            assert!(matches!(tessera_mllp::msa_code(&replies[0]).as_str(), "CA" | "CR"), "{name}: {}", replies[0]);
+        }
+        let ack = vec![replies.pop().unwrap()];
+        let expected = if supported { ["AA", "CA"] } else { ["AR", "CR"] };
+        assert!(expected.contains(&tessera_mllp::msa_code(&ack[0]).as_str()), "{name} ({kind}): {}", ack[0]);
+        let (_, control) = msa(&ack[0]);
+        let code = if supported { "AA" } else { "AR" };
+        assert_eq!(control, msg.control_id().unwrap_or(""), "{name}: MSA-2 names the message");
+        if !supported {
+            let err = err_segment(&ack[0]);
+            assert!(err.contains("|200^") || err.contains("|201^"), "{name}: {err}");
+        }
+        if supported {
+            check_stored(s, name, &msg).await;
+        }
+        report.push(format!("{name}: {kind} {code}"));
+    }
+    // A40: the prior record merged into the kept one.
+    let prior = s.get("Patient?identifier=https://fhir.rx1.nhs.example/Id/mrn|56789").await.json();
+    let kept = s.get("Patient?identifier=https://fhir.rx1.nhs.example/Id/mrn|12345").await.json();
+    let kept_id = kept["entry"][0]["resource"]["id"].as_str().unwrap().to_string();
+    let links: Vec<Value> = prior["entry"].as_array().unwrap().iter().map(|e| e["resource"].clone()).filter(|p| p["id"] != kept_id.as_str()).collect();
+    for p in &links {
+        assert_eq!(p["active"], false, "the record merged away is inactive: {p}");
+        assert_eq!(p["link"][0]["type"], "replaced-by");
+        assert_eq!(p["link"][0]["other"]["reference"], format!("Patient/{kept_id}"));
+    }
+    eprintln!("{}", report.join("\n"));
+    // Sent again: every applied one is acknowledged and applied once.
+    let versions = s.engine.stats().await.unwrap().versions;
+    for (name, text) in &all {
+        let replies = tessera_mllp::send(&addr, std::slice::from_ref(text), Duration::from_secs(60)).await.unwrap().remove(0);
+        for r in &replies {
+            assert!(matches!(tessera_mllp::msa_code(r).as_str(), "AA" | "AR" | "CA" | "CR"), "{name}: {r}");
+        }
+    }
+    assert_eq!(s.engine.stats().await.unwrap().versions, versions, "a resent sample changes nothing");
+}
+
+/// What a supported sample left in the record agrees, element by element, with what its
+/// mapping says (references aside, which the engine resolves); for ADT, the encounter of
+/// the visit is there, at the mapped ward, for the right patient.
+async fn check_stored(s: &Server, name: &str, msg: &tessera_hl7v2::Message) {
+    let kind = msg.message_type().unwrap();
+    let systems = map::Systems::for_organisation("rx1");
+    let ward = |_: &tessera_hl7v2::visit::Location| Some("Location/ward-7a".to_string());
+    let ctx = Context {
+        systems: &systems,
+        patient: "urn:uuid:00000000-0000-4000-8000-000000000001",
+        encounter: None,
+        organisation: "Organization/rx1",
+        location: &ward,
+        require_order: false,
+    };
+    let trigger = kind.trigger.clone().unwrap_or_default();
+    let entries = match kind.code.as_str() {
+        "ORU" => map::results::oru_r01(msg, &ctx),
+        "ORM" => map::orders::orm_o01(msg, &ctx),
+        "OML" => map::orders::oml_o21(msg, &ctx),
+        "SIU" => map::scheduling::siu(msg, &ctx, &trigger),
+        "MDM" => map::documents::mdm_t02(msg, &ctx),
+        "RDE" => map::pharmacy::rde_o11(msg, &ctx),
+        "VXU" => map::immunisation::vxu_v04(msg, &ctx),
+        _ => {
+            if let (Some(visit), Some(event)) = (map::adt::visit_number(msg), map::adt::event(&trigger)) {
+                let q = map::identifier_query(&systems.visit, &visit);
+                let found = s.get(&format!("Encounter?{q}")).await.json();
+                assert_eq!(found["total"], 1, "{name}: the encounter of visit {visit}");
+                let e = &found["entry"][0]["resource"];
+                let status = e["status"].as_str().unwrap();
+                let expected: &[&str] = match event {
+                    map::adt::Event::Discharge => &["finished"],
+                    map::adt::Event::PreAdmit => &["planned"],
+                    map::adt::Event::CancelAdmit => &["cancelled"],
+                    map::adt::Event::Update => &["in-progress", "finished", "planned", "cancelled"],
+                    _ => &["in-progress"],
+                };
+                assert!(expected.contains(&status), "{name}: status {status}");
+                assert!(e["subject"]["reference"].as_str().unwrap().starts_with("Patient/"), "{name}");
+                if msg.segment("PV1").and_then(|p| p.get(3, 1, 1, 1)).is_some_and(|p| !p.trim().is_empty()) {
+                    let locs = e["location"].as_array().unwrap_or_else(|| panic!("{name}: {e}"));
+                    assert!(locs.iter().any(|l| l["location"]["reference"] == "Location/ward-7a"), "{name}: {e}");
+                }
+                assert_eq!(e["serviceProvider"]["reference"], "Organization/rx1-general", "{name}: the ward's hospital provides the care");
+            }
+            return;
+        }
+    }
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert!(!entries.is_empty(), "{name}");
+    for entry in &entries {
+        let ty = entry.resource["resourceType"].as_str().unwrap();
+        let Method::Upsert(q) = &entry.method else { continue };
+        let found = s.get(&format!("{ty}?{q}")).await.json();
+        assert_eq!(found["total"], 1, "{name}: {ty}?{q}");
+        let stored = &found["entry"][0]["resource"];
+        agree(&entry.resource, stored, &format!("{name}: {ty}"));
+    }
+}
+
+fn agree(mapped: &Value, stored: &Value, at: &str) {
+    match (mapped, stored) {
+        (Value::Object(m), Value::Object(st)) => {
+            for (k, v) in m {
+                if k == "reference" && v.as_str().is_some_and(|r| r.starts_with("urn:uuid:")) {
+                    assert!(st.get(k).and_then(Value::as_str).is_some_and(|r| !r.starts_with("urn:")), "{at}.{k}: resolved");
+                    continue;
+                }
+                agree(v, st.get(k).unwrap_or(&Value::Null), &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(m), Value::Array(st)) => {
+            assert_eq!(m.len(), st.len(), "{at}: {mapped} / {stored}");
+            for (i, (a, b)) in m.iter().zip(st).enumerate() {
+                agree(a, b, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Number(a), Value::Number(b)) => assert_eq!(a.to_string().parse::<f64>().ok(), b.to_string().parse::<f64>().ok(), "{at}"),
+        (a, b) => assert_eq!(a, b, "{at}"),
     }
 }
