@@ -31,11 +31,13 @@ mod empi;
 mod files;
 mod http;
 mod ingest;
+mod mllp;
 mod read;
 mod soak;
 mod web;
 
 pub use empi::{run as empi, EmpiOptions, EmpiReport};
+pub use mllp::{message as mllp_message, run as mllp, MllpKind, MllpOptions, MllpReport};
 pub use web::{run as web, PageTiming, WebOptions, WebReport};
 pub use soak::{header as soak_header, rss_kib, IntervalRow, KindInterval, KindSummary, Op as SoakOp, SoakOptions, SoakReport};
 

@@ -187,12 +187,16 @@ async fn apply(engine: &Engine, interface: &Interface, msg: &Message) -> (Code, 
         return reject("MSH^1^9", hl7, text);
     };
     let access = interface.access();
-    // A message resent by its sender is acknowledged again and applied once.
+    // A message resent by its sender is acknowledged again and applied once: the
+    // transaction writes the message's record (`ifNoneMatch: *`) with everything else, so a
+    // resend fails as a whole on it. A merge is not one transaction: it checks first.
     let record = record_id(msg);
-    match already_applied(engine, &access, &record).await {
-        Ok(true) => return (Code::Accept, "already applied".into(), None),
-        Ok(false) => {}
-        Err(e) => return (Code::Error, "the server cannot apply messages now; resend later".into(), Some(problem(None, "207", words(&e)))),
+    if *action == Action::Merge {
+        match already_applied(engine, &access, &record).await {
+            Ok(true) => return (Code::Accept, "already applied".into(), None),
+            Ok(false) => {}
+            Err(e) => return (Code::Error, "the server cannot apply messages now; resend later".into(), Some(problem(None, "207", words(&e)))),
+        }
     }
     let outcome = match action {
         Action::Merge => merge(engine, interface, &access, msg, &record).await,
@@ -287,7 +291,20 @@ async fn transaction(engine: &Engine, interface: &Interface, access: &Access, ms
     let mut bundle_entries: Vec<Value> = entries.iter().map(Entry::to_bundle_entry).collect();
     bundle_entries.push(provenance_entry(msg, interface, record, entries.iter().map(|e| json!({"reference": e.full_url})).collect()));
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": bundle_entries});
-    match engine.bundle(access, bundle, None).await {
+    // Registrations of similar people at the same moment can conflict in the patient
+    // index; the engine retries, and so does the interface before it answers AE.
+    let mut attempt = 0u64;
+    let result = loop {
+        match engine.bundle(access, bundle.clone(), None).await {
+            Err(e) if e.status == 409 && attempt < 6 => {
+                attempt += 1;
+                let jitter = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 20) as u64;
+                tokio::time::sleep(std::time::Duration::from_millis(10 * attempt * attempt + jitter)).await;
+            }
+            other => break other,
+        }
+    };
+    match result {
         Ok(response) => Ok(summary(response.as_bytes())),
         Err(e) => {
             let types: Vec<&str> = entries.iter().map(|e| e.resource["resourceType"].as_str().unwrap_or("")).collect();
@@ -300,7 +317,8 @@ async fn transaction(engine: &Engine, interface: &Interface, access: &Access, ms
 /// A refusal of the transaction: a resend that raced the first copy is "already applied";
 /// a server fault asks for a resend; the rest is the message's problem.
 async fn refused(engine: &Engine, access: &Access, record: &str, e: FhirError, location: Option<String>) -> Result<String, Problem> {
-    if matches!(e.status, 409 | 412) && already_applied(engine, access, record).await.unwrap_or(false) {
+    let on_record = e.issues.iter().any(|i| i.expression.iter().any(|x| x.ends_with(".request.ifNoneMatch")));
+    if (e.status == 412 && on_record) || (e.status == 409 && already_applied(engine, access, record).await.unwrap_or(false)) {
         return Ok("already applied".into());
     }
     if e.status >= 500 || e.status == 409 {

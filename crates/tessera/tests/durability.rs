@@ -240,3 +240,112 @@ async fn on_postgres_schema(prefix: &str, f: impl AsyncFnOnce(&str)) {
     f(&format!("{url}{sep}options=-csearch_path%3D{schema}")).await;
     client.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).await.unwrap();
 }
+
+/// An admission (ADT^A01) of person `n`: a registration and an encounter.
+fn admission(tag: &str, n: usize) -> String {
+    let letters: String = [n % 26, n / 26 % 26, n / 676 % 26].iter().map(|i| (b'a' + *i as u8) as char).collect();
+    let (year, month, day) = (1930 + n % 80, 1 + n % 12, 1 + n % 28);
+    format!(
+        "MSH|^~\\&|PAS|KILLTEST|TESSERA|DOMAIN|20261207120000||ADT^A01^ADT_A01|{tag}-{n}|P|2.5\r\
+         EVN|A01|20261207120000\r\
+         PID|1||K{tag}{n}^^^KT^MR||Crash{letters}^Test^^^||{year}{month:02}{day:02}|F\r\
+         PV1|1|I|||||||||||||||||V{tag}{n}|||||||||||||||||||||||||20261207110000\r"
+    )
+}
+
+/// Messages streamed over MLLP while the server is killed with SIGKILL: after a restart,
+/// every message acknowledged `AA` is in the record; the sender then resends every message
+/// (as a sender does after losing its connection) and each is in the record exactly once —
+/// one patient and one encounter each, none applied twice.
+async fn kill_during_mllp(database_url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, mllp) = (free_port(), free_port());
+    let start_mllp = |dir: &std::path::Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        cmd.args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}"), "--mllp-listen", &format!("127.0.0.1:{mllp}")]).arg("--data-dir").arg(dir);
+        if let Some(url) = database_url {
+            cmd.args(["--database-url", url]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start tessera")
+    };
+    let mut server = start_mllp(dir.path());
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let base = format!("http://127.0.0.1:{port}/fhir");
+    wait_ready(&client, &base).await;
+    let token = system_token(dir.path(), database_url);
+    let addr = format!("127.0.0.1:{mllp}");
+    let tag = format!("k{}", std::process::id());
+    const SENDERS: usize = 4;
+    const EACH: usize = 120;
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for s in 0..SENDERS {
+        let (addr, tag, acked) = (addr.clone(), tag.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                let n = s * EACH + i;
+                match tessera_mllp::send(&addr, &[admission(&tag, n)], Duration::from_secs(10)).await {
+                    Ok(r) if r[0].first().is_some_and(|a| tessera_mllp::msa_code(a) == "AA") => acked.lock().unwrap().push(n),
+                    Ok(r) => panic!("message {n} refused: {r:?}"),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Kill once a good number are acknowledged, mid-stream.
+    for _ in 0..600 {
+        if acked.lock().unwrap().len() >= 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 40 && acked.len() < SENDERS * EACH, "killed mid-stream ({} acknowledged)", acked.len());
+
+    let mut server = start_mllp(dir.path());
+    wait_ready(&client, &base).await;
+    let count = |ty: &'static str, system: &'static str, value: String| {
+        let (client, token, base) = (&client, &token, &base);
+        async move {
+            let url = format!("{base}/{ty}?identifier={system}|{value}&_summary=count");
+            send(client, token, "GET", url, None).await.unwrap().1["total"].as_u64().unwrap()
+        }
+    };
+    let mrn = "https://fhir.rx1.nhs.example/Id/mrn";
+    for &n in &acked {
+        assert_eq!(count("Patient", mrn, format!("K{tag}{n}")).await, 1, "acknowledged message {n} is in the record");
+    }
+    // The sender resends everything it sent (acknowledged or not).
+    let all: Vec<String> = (0..SENDERS * EACH).map(|n| admission(&tag, n)).collect();
+    for chunk in all.chunks(200) {
+        let replies = tessera_mllp::send(&addr, chunk, Duration::from_secs(30)).await.unwrap();
+        for r in replies {
+            assert_eq!(tessera_mllp::msa_code(&r[0]), "AA", "{}", r[0]);
+        }
+    }
+    let visits = "https://tessera.health/Id/rx1/visit-number";
+    for n in (0..SENDERS * EACH).step_by(5).chain(acked.iter().copied()) {
+        assert_eq!(count("Patient", mrn, format!("K{tag}{n}")).await, 1, "message {n}: one patient");
+        assert_eq!(count("Encounter", visits, format!("V{tag}{n}")).await, 1, "message {n}: one encounter");
+    }
+    let total = send(&client, &token, "GET", format!("{base}/Provenance?agent=Organization/rx1&_summary=count"), None).await.unwrap().1["total"].as_u64().unwrap();
+    assert_eq!(total as usize, SENDERS * EACH, "one record of each message");
+    eprintln!("{} of {} messages acknowledged before SIGKILL; all in the record once after the resend", acked.len(), SENDERS * EACH);
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_acknowledged_hl7_messages_survive_sigkill_and_apply_once() {
+    kill_during_mllp(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_acknowledged_hl7_messages_survive_sigkill_and_apply_once() {
+    on_postgres_schema("tessera_killm", async |url| kill_during_mllp(Some(url)).await).await;
+}
