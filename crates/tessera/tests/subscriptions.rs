@@ -18,6 +18,7 @@ on_both_backends!(
     the_outbox_commits_with_the_change,
     subscriptions_are_validated_and_owned,
     hl7v2_subscription_sends_adt_over_mllp,
+    websocket_clients_bind_and_are_pinged,
 );
 
 fn subscription(criteria: &str, channel: Value) -> Value {
@@ -250,4 +251,59 @@ async fn hl7v2_subscription_sends_adt_over_mllp(s: &Server) {
     wait_for("the ADT delivered", || async { outbox(s, &[OutboxState::Delivered]).await.iter().any(|e| e.item.resource_type == "Encounter") }).await;
     // The Patient's own change (its registration) was an A08 of the same feed.
     assert!(outbox(s, &[]).await.iter().any(|e| e.item.resource_type == "Patient"));
+}
+
+async fn websocket(s: &Server, token: &str) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/$subscription-websocket", s.base.replace("http://", "ws://"));
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(request).await.unwrap_or_else(|e| panic!("websocket upgrade: {e}")).0
+}
+
+async fn next_text(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, within: Duration) -> Option<String> {
+    use futures::StreamExt;
+    loop {
+        match tokio::time::timeout(within, ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn websocket_clients_bind_and_are_pinged(s: &Server) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    load_demo(s).await;
+    let _worker = common::start_worker(s);
+    let sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "ward display", "criteria": "Observation?code=http://loinc.org|8867-4", "channel": {"type": "websocket"}});
+    let id = s.engine.create(&Access::system("rx1"), "Subscription", sub, None).await.unwrap().resource.id().to_string();
+    let northgate = s.auth.issue_system_token("system", "rx1-general", "system/*.*", tessera_auth::now(), 60);
+    let southbank = s.auth.issue_system_token("system", "rx2", "system/*.*", tessera_auth::now(), 60);
+    // No token: no upgrade.
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let request = format!("{}/$subscription-websocket", s.base.replace("http://", "ws://")).into_client_request().unwrap();
+        assert!(tokio_tungstenite::connect_async(request).await.is_err(), "a token is required");
+    }
+    let mut own = websocket(s, &northgate).await;
+    own.send(Message::Text(format!("bind {id}").into())).await.unwrap();
+    assert_eq!(next_text(&mut own, Duration::from_secs(5)).await.as_deref(), Some(format!("bound {id}").as_str()));
+    // Another organisation's token cannot bind: the subscription is absent for it.
+    let mut other = websocket(s, &southbank).await;
+    other.send(Message::Text(format!("bind {id}").into())).await.unwrap();
+    let answer = next_text(&mut other, Duration::from_secs(5)).await.unwrap();
+    assert!(answer.starts_with(&format!("error {id}")), "{answer}");
+    // A matching Observation: the bound client is pinged; the other receives nothing.
+    let o = observation("jane-smith", "8867-4", 64.0);
+    s.engine.create(&Access::system("rx1-general"), "Observation", o, None).await.unwrap();
+    assert_eq!(next_text(&mut own, Duration::from_secs(10)).await.as_deref(), Some(format!("ping {id}").as_str()));
+    assert_eq!(next_text(&mut other, Duration::from_millis(500)).await, None);
+    wait_for("the ping recorded", || async { outbox(s, &[OutboxState::Delivered]).await.len() == 1 }).await;
+    // With no client bound, a notification fails and is retried (then dead, replayable).
+    drop(own);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.engine.create(&Access::system("rx1-general"), "Observation", observation("jane-smith", "8867-4", 65.0), None).await.unwrap();
+    wait_for("dead without a client", || async { outbox(s, &[OutboxState::Dead]).await.len() == 1 }).await;
 }
