@@ -14,6 +14,8 @@
 //! * [`patient`] maps PID to a FHIR R4 Patient (identifiers with NHS number and MRN
 //!   systems, names, birth date, gender, addresses, telecoms, death).
 //! * [`visit`] reads PV1 (class, location, attending doctors, visit number, dates).
+//! * [`encode`] writes the other way: a FHIR Patient and Encounter as `ADT^A01`…`A08`, a
+//!   DiagnosticReport and its Observations as `ORU^R01`.
 //!
 //! Parsing never panics, whatever the input, and uses memory in proportion to it. Errors
 //! say where: the message in a batch, the segment (from 1) and its name, the field.
