@@ -1335,5 +1335,6 @@ async fn hl7v2_subscriptions_send_only_what_the_subscriber_sees(s: &Server) {
     assert!(southbank.received().is_empty(), "nothing for Southbank");
     let oru = &riverside.received()[0];
     assert!(oru.contains("ORU^R01"), "{oru:?}");
+    assert!(oru.contains("OBX") && oru.contains("5.5"), "the visible observation is in the message: {oru:?}");
     assert!(!oru.contains("777.25") && !oru.contains(&hiv), "the hidden observation is not in the message: {oru:?}");
 }

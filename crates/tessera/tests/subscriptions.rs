@@ -243,11 +243,11 @@ async fn hl7v2_subscription_sends_adt_over_mllp(s: &Server) {
     let msg = tessera_hl7v2::message::Message::parse(adt).unwrap_or_else(|e| panic!("{e}: {adt:?}"));
     let msh = msg.segment("MSH").unwrap();
     assert!(msh.fields().iter().any(|f| f.value().starts_with("ADT")), "{adt:?}");
-    if let Some(pid_seg) = msg.segment("PID") {
-        assert!(adt.contains("MRN-4242"), "PID-3 carries the identifier: {adt:?}");
-        let _ = pid_seg;
-        assert!(msg.segment("PV1").is_some(), "PV1 of the encounter: {adt:?}");
-    }
+    let pid_segment = msg.segment("PID").unwrap_or_else(|| panic!("PID: {adt:?}"));
+    assert!(pid_segment.fields().iter().any(|f| f.value().contains("MRN-4242")) || adt.contains("MRN-4242"), "PID-3 carries the identifier: {adt:?}");
+    assert!(adt.contains("|Mllp^Test|"), "PID-5 the name: {adt:?}");
+    let pv1 = msg.segment("PV1").unwrap_or_else(|| panic!("PV1 of the encounter: {adt:?}"));
+    assert!(pv1.fields().iter().any(|f| f.value() == "I"), "PV1-2 inpatient: {adt:?}");
     wait_for("the ADT delivered", || async { outbox(s, &[OutboxState::Delivered]).await.iter().any(|e| e.item.resource_type == "Encounter") }).await;
     // The Patient's own change (its registration) was an A08 of the same feed.
     assert!(outbox(s, &[]).await.iter().any(|e| e.item.resource_type == "Patient"));
