@@ -79,7 +79,7 @@ impl Engine {
                     normalise_nhs_numbers(&mut map)?;
                 }
                 if resource_type == "Subscription" {
-                    crate::subscription::check(&mut map)?;
+                    crate::subscription::check(&mut map);
                 }
                 Ok(map)
             }

@@ -2,8 +2,8 @@
 //!
 //! A `Subscription` is an ordinary resource, written through the engine and owned by the
 //! writer's organisation (its class is configuration: domain administrators and service
-//! accounts with the scope write it). [`check`] validates what this server can deliver and
-//! sets `status` to `active`. The engine keeps the active subscriptions in memory
+//! accounts with the scope write it). [`check`] sets `status` to `active` when this server can
+//! deliver what it asks for, and to `error` (with the reason in `error`) when it cannot. The engine keeps the active subscriptions in memory
 //! ([`Engine::refresh_subscriptions`]: at start, and after every commit that writes a
 //! Subscription).
 //!
@@ -69,29 +69,23 @@ impl ActiveSubscription {
     }
 }
 
-fn invalid(message: impl Into<String>, at: &str) -> FhirError {
-    FhirError::new(422, IssueType::Invariant, message.into()).at(at)
-}
-
-/// Splits `Type?params`.
-fn split_criteria(criteria: &str) -> Result<(String, String), FhirError> {
+/// Splits `Type?params`; why not, in words.
+fn split_criteria(criteria: &str) -> Result<(String, String), String> {
     let (t, q) = criteria.split_once('?').unwrap_or((criteria, ""));
     let t = t.trim_start_matches('/');
     if !tessera_fhir::definitions::is_resource_type(t) {
-        return Err(invalid(format!("Subscription.criteria '{criteria}' does not start with a resource type (Type?params)"), "Subscription.criteria"));
+        return Err(format!("Subscription.criteria '{criteria}' does not start with a resource type (Type?params)"));
     }
     for (k, _) in form_urlencoded::parse(q.as_bytes()) {
         if k.is_empty() || k.starts_with("_include") || k.starts_with("_revinclude") || matches!(k.as_ref(), "_count" | "_sort" | "_summary" | "_elements" | "_total" | "_id") {
-            return Err(invalid(format!("Subscription.criteria: '{k}' is not a filter a subscription can use"), "Subscription.criteria"));
+            return Err(format!("Subscription.criteria: '{k}' is not a filter a subscription can use"));
         }
     }
     Ok((t.to_string(), q.to_string()))
 }
 
-/// Validates a Subscription being written and, when it asks to be active (`requested` or
-/// `active`), accepts it: `status` becomes `active`. Refused (422): criteria that are not
-/// `Type?params`, a channel this server cannot deliver.
-pub fn check(map: &mut Map<String, Value>) -> Result<(), FhirError> {
+/// Whether this server can deliver what a Subscription asks for; why not, in words.
+pub fn deliverable(map: &Map<String, Value>) -> Result<(), String> {
     let criteria = map.get("criteria").and_then(Value::as_str).unwrap_or_default().to_string();
     let (resource_type, _) = split_criteria(&criteria)?;
     let channel = map.get("channel").cloned().unwrap_or(Value::Null);
@@ -101,44 +95,60 @@ pub fn check(map: &mut Map<String, Value>) -> Result<(), FhirError> {
     match kind {
         "rest-hook" => {
             if endpoint.starts_with("https://") {
-                return Err(invalid("Subscription.channel.endpoint: this server delivers rest-hook notifications over http:// only (https:// is not supported yet; use a TLS-terminating relay)", "Subscription.channel.endpoint"));
+                return Err("Subscription.channel.endpoint: this server delivers rest-hook notifications over http:// only (https:// is not supported yet: use a TLS-terminating relay)".into());
             }
             if !endpoint.starts_with("http://") || endpoint.len() <= "http://".len() {
-                return Err(invalid("Subscription.channel.endpoint: a rest-hook needs an http:// URL", "Subscription.channel.endpoint"));
+                return Err("Subscription.channel.endpoint: a rest-hook needs an http:// URL".into());
             }
             if let Some(p) = payload {
                 if !matches!(p, "application/fhir+json" | "application/json") {
-                    return Err(invalid(format!("Subscription.channel.payload '{p}': rest-hook payloads are application/fhir+json (or none)"), "Subscription.channel.payload"));
+                    return Err(format!("Subscription.channel.payload '{p}': rest-hook payloads are application/fhir+json (or none)"));
                 }
             }
         }
         "websocket" => {}
         "message" => {
             let Some(address) = endpoint.strip_prefix("mllp://") else {
-                return Err(invalid("Subscription.channel.endpoint: a message channel delivers HL7 v2 over MLLP to mllp://host:port", "Subscription.channel.endpoint"));
+                return Err("Subscription.channel.endpoint: a message channel delivers HL7 v2 over MLLP to mllp://host:port".into());
             };
             if address.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
-                return Err(invalid(format!("Subscription.channel.endpoint: '{endpoint}' is not mllp://host:port"), "Subscription.channel.endpoint"));
+                return Err(format!("Subscription.channel.endpoint: '{endpoint}' is not mllp://host:port"));
             }
             if payload != Some(HL7V2_PAYLOAD) {
-                return Err(invalid(format!("Subscription.channel.payload: a message channel's payload is {HL7V2_PAYLOAD}"), "Subscription.channel.payload"));
+                return Err(format!("Subscription.channel.payload: a message channel's payload is {HL7V2_PAYLOAD}"));
             }
             if !matches!(resource_type.as_str(), "Encounter" | "Patient" | "DiagnosticReport") {
-                return Err(invalid(
-                    "Subscription.criteria: an HL7 v2 subscription follows Encounter (ADT A01/A02/A03/A04/A08, and its patients' changes), Patient (ADT A08) or DiagnosticReport (ORU^R01)",
-                    "Subscription.criteria",
-                ));
+                return Err(
+                    "Subscription.criteria: an HL7 v2 subscription follows Encounter (ADT A01/A02/A03/A04/A08, and its patients' changes), Patient (ADT A08) or DiagnosticReport (ORU^R01)"
+                        .into(),
+                );
             }
         }
         other => {
-            return Err(invalid(format!("Subscription.channel.type '{other}': this server delivers rest-hook, websocket and message (HL7 v2 over MLLP)"), "Subscription.channel.type"));
+            return Err(format!("Subscription.channel.type '{other}': this server delivers rest-hook, websocket and message (HL7 v2 over MLLP)"));
         }
     }
-    if matches!(map.get("status").and_then(Value::as_str), Some("requested" | "active")) {
-        map.insert("status".into(), Value::String("active".into()));
-        map.remove("error");
-    }
     Ok(())
+}
+
+/// A Subscription being written that asks to be active (`status` `requested` or `active`)
+/// becomes `active` when this server can deliver it ([`deliverable`]), and `error` with the
+/// reason in `error` when it cannot (R4: the server manages the status). Others (`off`,
+/// `error`) are kept as written.
+pub fn check(map: &mut Map<String, Value>) {
+    if !matches!(map.get("status").and_then(Value::as_str), Some("requested" | "active")) {
+        return;
+    }
+    match deliverable(map) {
+        Ok(()) => {
+            map.insert("status".into(), Value::String("active".into()));
+            map.remove("error");
+        }
+        Err(why) => {
+            map.insert("status".into(), Value::String("error".into()));
+            map.insert("error".into(), Value::String(why));
+        }
+    }
 }
 
 /// The active subscription a stored Subscription describes, if it is one.
@@ -456,7 +466,7 @@ mod tests {
     fn accepts_and_activates() {
         let mut m = map(json!({"resourceType": "Subscription", "status": "requested", "criteria": "Observation?code=1234-5", "reason": "x",
             "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/hook", "payload": "application/fhir+json", "header": ["Authorization: Bearer x"]}}));
-        check(&mut m).unwrap();
+        check(&mut m);
         assert_eq!(m["status"], "active");
         let a = active_of("s1", Some("rx1"), &Value::Object(m)).unwrap();
         assert_eq!(a.resource_type, "Observation");
@@ -465,7 +475,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_what_cannot_be_delivered() {
+    fn marks_what_cannot_be_delivered_as_error() {
         for (criteria, channel) in [
             ("Nothing?x=1", json!({"type": "rest-hook", "endpoint": "http://h/"})),
             ("Observation", json!({"type": "rest-hook", "endpoint": "ftp://h/"})),
@@ -477,7 +487,9 @@ mod tests {
             ("Observation?_include=Observation:subject", json!({"type": "websocket"})),
         ] {
             let mut m = map(json!({"resourceType": "Subscription", "status": "requested", "criteria": criteria, "reason": "x", "channel": channel}));
-            assert!(check(&mut m).is_err(), "{criteria} {channel}");
+            check(&mut m);
+            assert_eq!(m["status"], "error", "{criteria} {channel}");
+            assert!(m["error"].as_str().is_some_and(|e| e.starts_with("Subscription.")), "{m:?}");
         }
     }
 }

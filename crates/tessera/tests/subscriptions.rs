@@ -202,10 +202,20 @@ async fn subscriptions_are_validated_and_owned(s: &Server) {
         json!({"type": "email", "endpoint": "mailto:someone@example.org"}),
         json!({"type": "message", "endpoint": "mllp://127.0.0.1:2575"}),
     ] {
+        // Stored (a valid resource), but not active: `error`, with the reason.
         let r = s.post("Subscription", &subscription("Encounter", channel.clone())).await;
-        assert_eq!(r.status, 422, "{channel}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.status, 201, "{channel}: {}", String::from_utf8_lossy(&r.body));
+        let sub = r.json();
+        assert_eq!(sub["status"], "error", "{channel}: {sub}");
+        assert!(sub["error"].as_str().is_some_and(|e| e.contains("Subscription.channel")), "{sub}");
     }
-    assert_eq!(s.post("Subscription", &subscription("NotAType?x=1", json!({"type": "websocket"}))).await.status, 422);
+    let r = s.post("Subscription", &subscription("NotAType?x=1", json!({"type": "websocket"}))).await.json();
+    assert_eq!(r["status"], "error");
+    assert!(r["error"].as_str().unwrap().contains("Subscription.criteria"), "{r}");
+    assert!(s.engine.active_subscriptions().is_empty(), "none of them is active");
+    // The websocket endpoint is in the CapabilityStatement.
+    let cs = s.get("metadata").await.json();
+    assert_eq!(cs["rest"][0]["extension"][0]["valueUrl"], format!("{}/$subscription-websocket", s.base.replace("http://", "ws://")));
     // A clinician cannot subscribe (configuration is written by administrators and systems).
     load_demo(s).await;
     let patel = s.user_token("dr.patel", Some("doctor"), Some("rx1-general"), Some("ward-7a"));
