@@ -1297,6 +1297,25 @@ async fn subscriptions_deliver_only_what_the_subscriber_sees(s: &Server) {
     let audit = s.store.audit_query(&tessera_store::AuditQuery { action: Some("transmit".into()), limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(audit.len(), 10);
     assert_eq!(audit.iter().filter(|a| String::from_utf8_lossy(&a.event).contains("not delivered")).count(), 7);
+    // A subscription (its receiver's address and credentials) is read, searched and
+    // changed only by its own trust: absent for everyone else, domain administrators included.
+    let subs = s.engine.active_subscriptions();
+    let southbank_sub = subs.iter().find(|a| a.owner == "rx2-southbank-hc").unwrap().id.clone();
+    let southbank_token = s.auth.issue_system_token("system", "rx2", "system/*.*", tessera_auth::now(), 60);
+    let r = s.request_as(&southbank_token, "GET", &format!("Subscription/{southbank_sub}"), None).await;
+    assert_eq!(r.status, 200, "its own trust: {}", String::from_utf8_lossy(&r.body));
+    let northgate_system = s.auth.issue_system_token("system", "rx1", "system/*.*", tessera_auth::now(), 60);
+    for t in [northgate_system, token(s, CARTER), token(s, PATEL)] {
+        assert_eq!(s.request_as(&t, "GET", &format!("Subscription/{southbank_sub}"), None).await.status, 404);
+        let b = s.request_as(&t, "GET", "Subscription?_total=accurate", None).await.json();
+        assert!(!b.to_string().contains(&southbank_sub) && !b.to_string().contains(&southbank.url()), "{b}");
+        let h = s.request_as(&t, "GET", "Subscription/_history", None).await;
+        assert!(!String::from_utf8_lossy(&h.body).contains(&southbank.url()));
+        let off = json!({"resourceType": "Subscription", "id": southbank_sub, "status": "off", "reason": "x", "criteria": "Observation", "channel": {"type": "websocket"}});
+        let r = s.request_as(&t, "PUT", &format!("Subscription/{southbank_sub}"), Some(&serde_json::to_vec(&off).unwrap())).await;
+        assert!(matches!(r.status, 403 | 404), "{}", r.status);
+    }
+    assert!(s.engine.active_subscriptions().iter().any(|a| a.id == southbank_sub), "still active");
 }
 
 /// The same for HL7 v2: an ORU^R01 subscription of another organisation is sent the reports
