@@ -76,10 +76,16 @@ fn split_criteria(criteria: &str) -> Result<(String, String), String> {
     if !tessera_fhir::definitions::is_resource_type(t) {
         return Err(format!("Subscription.criteria '{criteria}' does not start with a resource type (Type?params)"));
     }
-    for (k, _) in form_urlencoded::parse(q.as_bytes()) {
-        if k.is_empty() || k.starts_with("_include") || k.starts_with("_revinclude") || matches!(k.as_ref(), "_count" | "_sort" | "_summary" | "_elements" | "_total" | "_id") {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    for (k, _) in &pairs {
+        if k.is_empty() || k.starts_with("_include") || k.starts_with("_revinclude") || matches!(k.as_str(), "_count" | "_sort" | "_summary" | "_elements" | "_total" | "_id" | "_offset" | "_cursor") {
             return Err(format!("Subscription.criteria: '{k}' is not a filter a subscription can use"));
         }
+    }
+    // Strictly: a misspelt parameter must not widen the subscription to every resource.
+    if let Err(errors) = tessera_search::query::parse(Some(t), &pairs, true) {
+        let messages: Vec<String> = errors.into_iter().map(|e| e.message).collect();
+        return Err(format!("Subscription.criteria: {}", messages.join("; ")));
     }
     Ok((t.to_string(), q.to_string()))
 }
@@ -343,7 +349,7 @@ impl Engine {
         let id_param = format!("_id={}", percent_encoding::utf8_percent_encode(&item.resource_id, percent_encoding::NON_ALPHANUMERIC));
         let query = if item.resource_type == sub.resource_type && !sub.params.is_empty() { format!("{}&{id_param}", sub.params) } else { id_param };
         let hidden = || Prepared::Suppressed(format!("{}/{} does not match the criteria, or the subscriber's view may not see it", item.resource_type, item.resource_id));
-        let bundle = match self.search(&access, Scope::Type(Some(&item.resource_type)), &query, false).await {
+        let bundle = match self.search(&access, Scope::Type(Some(&item.resource_type)), &query, true).await {
             Ok(b) => b,
             Err(e) if e.status == 403 => return Ok(Prepared::Suppressed(format!("the subscriber's scopes do not reach {}", item.resource_type))),
             Err(e) => return Err(e),
@@ -485,6 +491,7 @@ mod tests {
             ("Encounter", json!({"type": "message", "endpoint": "mllp://h", "payload": "application/hl7-v2+er7"})),
             ("Encounter", json!({"type": "message", "endpoint": "mllp://h:2575"})),
             ("Observation?_include=Observation:subject", json!({"type": "websocket"})),
+            ("Observation?cdoe=1234-5", json!({"type": "websocket"})),
         ] {
             let mut m = map(json!({"resourceType": "Subscription", "status": "requested", "criteria": criteria, "reason": "x", "channel": channel}));
             check(&mut m);

@@ -209,9 +209,12 @@ async fn subscriptions_are_validated_and_owned(s: &Server) {
         assert_eq!(sub["status"], "error", "{channel}: {sub}");
         assert!(sub["error"].as_str().is_some_and(|e| e.contains("Subscription.channel")), "{sub}");
     }
-    let r = s.post("Subscription", &subscription("NotAType?x=1", json!({"type": "websocket"}))).await.json();
-    assert_eq!(r["status"], "error");
-    assert!(r["error"].as_str().unwrap().contains("Subscription.criteria"), "{r}");
+    for criteria in ["NotAType?x=1", "Observation?cdoe=8867-4", "Observation?_sort=date"] {
+        // A misspelt filter would widen the subscription to every Observation: not active.
+        let r = s.post("Subscription", &subscription(criteria, json!({"type": "websocket"}))).await.json();
+        assert_eq!(r["status"], "error", "{criteria}");
+        assert!(r["error"].as_str().unwrap().contains("Subscription.criteria"), "{r}");
+    }
     assert!(s.engine.active_subscriptions().is_empty(), "none of them is active");
     // The websocket endpoint is in the CapabilityStatement.
     let cs = s.get("metadata").await.json();
