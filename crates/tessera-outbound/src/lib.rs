@@ -5,7 +5,8 @@
 //! The engine adds an outbox item for every version written that an active subscription's
 //! criteria type concerns, in the transaction of the change (`tessera_engine::subscription`).
 //! This crate takes the open items oldest first and delivers, per subscription and patient,
-//! one at a time and in order: an item is not attempted while an earlier item of the same
+//! one at a time and in order (items of different subscriptions or patients side by side):
+//! an item is not attempted while an earlier item of the same
 //! subscription and patient is open (pending, or failed and waiting for its retry). Before
 //! sending, [`tessera_engine::Engine::outbox_prepare`] decides the item as the subscription
 //! owner's system view and reads the payload through the Gate: what that view may not see is
@@ -66,6 +67,9 @@ impl Config {
     }
 }
 
+/// Deliveries made at the same time (each of another subscription or patient).
+const CONCURRENT: usize = 16;
+
 /// Starts the delivery worker.
 pub fn start(engine: Engine, config: Config) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(engine, config))
@@ -104,18 +108,21 @@ pub async fn deliver_due(engine: &Engine, config: &Config, client: &HttpClientHa
     let open = engine.outbox_list(&OutboxQuery { states: vec![OutboxState::Pending, OutboxState::Failed], after_seq: 0, limit: 1000 }).await?;
     let now = tessera_store::now_micros();
     let mut heads = HashSet::new();
-    let mut attempted = 0;
+    let mut due = Vec::new();
     for entry in open {
         // Only the oldest open item of a subscription and patient; the others wait for it.
         if !heads.insert((entry.item.subscription.clone(), entry.item.patient.clone())) {
             continue;
         }
-        if entry.next_attempt_micros > now {
-            continue;
+        if entry.next_attempt_micros <= now {
+            due.push(entry);
         }
-        attempt(engine, config, client, entry).await;
-        attempted += 1;
     }
+    let attempted = due.len();
+    // Items of different subscriptions or patients go out side by side (a slow receiver
+    // does not hold up the others); each of them is the only one of its own.
+    use futures::StreamExt;
+    futures::stream::iter(due).for_each_concurrent(CONCURRENT, |entry| attempt(engine, config, client, entry)).await;
     Ok(attempted)
 }
 
