@@ -377,7 +377,7 @@ impl<'a> Gate<'a> {
         // only their own trust reads (and so changes) them.
         if s.resource_type == "Subscription" {
             let own = self.domain.trust_of(&self.access.organisation);
-            if !s.owner.as_deref().is_some_and(|o| self.domain.trust_of(o) == own) {
+            if s.owner.as_deref().is_none_or(|o| self.domain.trust_of(o) != own) {
                 return Ok(Decision::Deny);
             }
         }
