@@ -105,7 +105,9 @@ fn http_client() -> HttpClient {
 /// One round: attempts the first open item of each subscription and patient that is due.
 /// Returns how many items it attempted.
 pub async fn deliver_due(engine: &Engine, config: &Config, client: &HttpClientHandle) -> Result<usize, tessera_engine::FhirError> {
-    let open = engine.outbox_list(&OutboxQuery { states: vec![OutboxState::Pending, OutboxState::Failed], after_seq: 0, limit: 1000 }).await?;
+    // The oldest open item of each subscription and patient (a long backlog of one
+    // receiver does not hide the others').
+    let open = engine.outbox_list(&OutboxQuery { states: vec![OutboxState::Pending, OutboxState::Failed], after_seq: 0, limit: 1000, heads_only: true }).await?;
     let now = tessera_store::now_micros();
     let mut heads = HashSet::new();
     let mut due = Vec::new();

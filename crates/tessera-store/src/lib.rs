@@ -575,6 +575,9 @@ pub struct OutboxQuery {
     /// Only items with `seq > after_seq`.
     pub after_seq: i64,
     pub limit: usize,
+    /// Only the oldest open (pending or failed) item of each subscription and patient: what
+    /// the delivery worker may attempt (with `states` empty).
+    pub heads_only: bool,
 }
 
 /// Writes that commit all-or-nothing.

@@ -247,10 +247,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox (seq) WHERE state IN ('pending', 'failed');
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, seq);
+CREATE INDEX IF NOT EXISTS outbox_group ON outbox (subscription, patient, seq) WHERE state IN ('pending', 'failed');
 "#;
 
 /// Every relation [`SCHEMA`] creates.
-pub(crate) const SCHEMA_OBJECTS: [&str; 20] = [
+pub(crate) const SCHEMA_OBJECTS: [&str; 21] = [
     "resource_seq",
     "resource_version",
     "resource_version_seq",
@@ -271,6 +272,7 @@ pub(crate) const SCHEMA_OBJECTS: [&str; 20] = [
     "outbox",
     "outbox_open",
     "outbox_state",
+    "outbox_group",
 ];
 
 /// Advisory lock class ids (first key of the two-key form; the second is the schema).
@@ -1243,7 +1245,14 @@ impl Store for PostgresStore {
         let limit = q.limit.min(i64::MAX as usize) as i64;
         let rows = c
             .query(
-                &format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > $1 AND state = ANY($2::text[]) ORDER BY seq LIMIT $3"),
+                &format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > $1 AND state = ANY($2::text[]){} ORDER BY seq LIMIT $3",
+                    if q.heads_only {
+                        " AND (patient, seq) IN (SELECT patient, min(seq) FROM outbox WHERE state IN ('pending', 'failed') GROUP BY subscription, patient)"
+                    } else {
+                        ""
+                    }
+                ),
                 &[&q.after_seq, &states, &limit],
             )
             .await

@@ -150,6 +150,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_open ON outbox (seq) WHERE state IN ('pending', 'failed');
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, seq);
+CREATE INDEX IF NOT EXISTS outbox_group ON outbox (subscription, patient, seq) WHERE state IN ('pending', 'failed');
 "#;
 
 const MAX_BATCH_WRITES: usize = 20_000;
@@ -1079,7 +1080,12 @@ impl Store for SqliteStore {
     async fn outbox_list(&self, q: &OutboxQuery) -> Result<Vec<OutboxEntry>> {
         let states: Vec<String> = q.states.iter().map(|s| format!("'{}'", s.code())).collect();
         let filter = if states.is_empty() { String::new() } else { format!(" AND state IN ({})", states.join(", ")) };
-        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > ?1{filter} ORDER BY seq LIMIT ?2");
+        let heads = if q.heads_only {
+            " AND seq IN (SELECT min(seq) FROM outbox WHERE state IN ('pending', 'failed') GROUP BY subscription, patient)"
+        } else {
+            ""
+        };
+        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > ?1{filter}{heads} ORDER BY seq LIMIT ?2");
         self.with_reader(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(params![q.after_seq, q.limit.min(i64::MAX as usize) as i64], row_to_outbox)?;

@@ -1288,7 +1288,7 @@ async fn outbox_command(command: OutboxCommand) -> anyhow::Result<()> {
                 .map(|s| tessera_store::OutboxState::parse(s).ok_or_else(|| anyhow::anyhow!("--state {s}: one of pending, failed, dead, delivered, suppressed")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let (engine, _) = open_engine_shared(&store, EngineConfig::default()).await?;
-            let items = engine.outbox_list(&tessera_store::OutboxQuery { states, after_seq: after, limit }).await?;
+            let items = engine.outbox_list(&tessera_store::OutboxQuery { states, after_seq: after, limit, heads_only: false }).await?;
             println!("{:>8}  {:<38} {:<60} {:<38} {:<10} {:>8}  LAST ERROR", "ID", "SUBSCRIPTION", "RESOURCE", "PATIENT", "STATE", "ATTEMPTS");
             for e in &items {
                 let resource = format!("{}/{}/_history/{}", e.item.resource_type, e.item.resource_id, e.item.version);

@@ -1252,7 +1252,7 @@ const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confiden
 async fn outbox_settled(s: &Server, expected: usize) -> Vec<tessera_store::OutboxEntry> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let all = s.engine.outbox_list(&tessera_store::OutboxQuery { states: vec![], after_seq: 0, limit: 1000 }).await.unwrap();
+        let all = s.engine.outbox_list(&tessera_store::OutboxQuery { states: vec![], after_seq: 0, limit: 1000, heads_only: false }).await.unwrap();
         if all.len() >= expected && all.iter().all(|e| !e.state.is_open()) {
             return all;
         }

@@ -41,7 +41,7 @@ async fn created(s: &Server, path: &str, body: &Value) -> Value {
 }
 
 async fn outbox(s: &Server, states: &[OutboxState]) -> Vec<tessera_store::OutboxEntry> {
-    s.engine.outbox_list(&OutboxQuery { states: states.to_vec(), after_seq: 0, limit: 1000 }).await.unwrap()
+    s.engine.outbox_list(&OutboxQuery { states: states.to_vec(), after_seq: 0, limit: 1000, heads_only: false }).await.unwrap()
 }
 
 async fn wait_for<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
@@ -185,6 +185,9 @@ async fn the_outbox_commits_with_the_change(s: &Server) {
     assert_eq!(items.len(), 3, "{items:?}");
     assert!(items.iter().all(|e| e.state == OutboxState::Pending), "no worker runs in this test");
     assert!(items.windows(2).all(|w| w[0].seq < w[1].seq));
+    // What the worker may attempt: the oldest open item of each subscription and patient.
+    let heads = s.engine.outbox_list(&OutboxQuery { states: vec![], after_seq: 0, limit: 1000, heads_only: true }).await.unwrap();
+    assert_eq!(heads.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![items[0].seq], "one patient, one subscription: its first item");
     // Without an active subscription, nothing is added.
     let sub = s.get("Subscription").await.json()["entry"][0]["resource"].clone();
     let mut off = sub.clone();
