@@ -987,11 +987,11 @@ impl Store for PostgresStore {
     }
 
     async fn commit_outbox(&self, tx: Transaction, audit: Vec<NewAudit>, outbox: Vec<OutboxItem>) -> Result<()> {
-        if tx.is_empty() && audit.is_empty() {
-            return Ok(());
-        }
         if tx.is_empty() && !outbox.is_empty() {
             return Err(StoreError::Backend("outbox items are committed with the writes they notify".into()));
+        }
+        if tx.is_empty() && audit.is_empty() {
+            return Ok(());
         }
         let mut tx = tx;
         for w in &mut tx {
