@@ -40,7 +40,10 @@ pub fn event(access: &Access, name: &str, outcome_ok: bool, entities: &[String],
         kind,
         recorded_micros: tessera_store::now_micros(),
         outcome: if outcome_ok { Outcome::Success } else { Outcome::MinorFailure },
-        outcome_desc: if outcome_ok {
+        outcome_desc: if matches!(name, "transmit" | "outbox-replay") {
+            // A delivery of the outbox: to whom, and what happened.
+            detail.map(str::to_string)
+        } else if outcome_ok {
             // A write's note: the patient index's decision, a merge's summary.
             detail.filter(|_| matches!(name, "create" | "update" | "transaction" | "batch" | "$merge" | "$unmerge" | "$resolve" | "$migrate-preview" | "$change-request" | "$approve" | "$apply" | "$withdraw" | "$onboard" | "$upgrade")).map(str::to_string)
         } else {

@@ -74,6 +74,9 @@ impl Engine {
         if !system_operations.is_empty() {
             rest["operation"] = Value::Array(system_operations);
         }
+        // Where the websocket channel of Subscriptions is (R4: bind, bound, ping).
+        let websocket = format!("{}/$subscription-websocket", base.trim_end_matches('/').replacen("https://", "wss://", 1).replacen("http://", "ws://", 1));
+        rest["extension"] = json!([{"url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket", "valueUrl": websocket}]);
         json!({
             "resourceType": "CapabilityStatement",
             "status": "active",

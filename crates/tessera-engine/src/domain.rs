@@ -26,7 +26,7 @@ impl Engine {
                 self.set_domain(domain);
             }
         }
-        Ok(())
+        self.refresh_subscriptions().await
     }
 
     async fn store_domain(&self, domain: &Domain) -> Result<(), FhirError> {

@@ -373,6 +373,14 @@ impl<'a> Gate<'a> {
                 _ => Decision::Deny,
             });
         }
+        // Subscriptions name their receivers and carry their credentials (`channel.header`):
+        // only their own trust reads (and so changes) them.
+        if s.resource_type == "Subscription" {
+            let own = self.domain.trust_of(&self.access.organisation);
+            if s.owner.as_deref().is_none_or(|o| self.domain.trust_of(o) != own) {
+                return Ok(Decision::Deny);
+            }
+        }
         let facts = meta_facts(&s.json);
         let patient = if s.resource_type == "Patient" { Some(s.id.as_str()) } else { s.compartment.as_deref() };
         let pf = match patient {

@@ -48,6 +48,7 @@ pub mod references;
 mod residual;
 pub mod rest;
 pub mod search;
+pub mod subscription;
 pub mod terminology;
 pub mod validate_op;
 pub mod worklist;
@@ -210,13 +211,15 @@ struct Inner {
     break_glass: std::sync::atomic::AtomicU64,
     /// The patient index's in-memory candidates ([`patient_index`]).
     patient_index: patient_index::PatientIndex,
+    /// The active subscriptions and the websocket clients bound to them ([`subscription`]).
+    subscriptions: subscription::Subscriptions,
 }
 
 impl Engine {
     /// An engine over `store`, starting with the bootstrap domain; call
     /// [`Engine::load_domain`] to use the domain stored in the database.
     pub fn new(store: DynStore, config: EngineConfig) -> Self {
-        Engine { inner: Arc::new(Inner { store, config, domain: RwLock::new(Arc::new(Domain::bootstrap())), cache: Default::default(), break_glass: Default::default(), patient_index: Default::default() }) }
+        Engine { inner: Arc::new(Inner { store, config, domain: RwLock::new(Arc::new(Domain::bootstrap())), cache: Default::default(), break_glass: Default::default(), patient_index: Default::default(), subscriptions: Default::default() }) }
     }
 
     /// Break-glass grants made since the server started.

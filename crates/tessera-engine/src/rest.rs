@@ -78,6 +78,9 @@ impl Engine {
                 if resource_type == "Patient" {
                     normalise_nhs_numbers(&mut map)?;
                 }
+                if resource_type == "Subscription" {
+                    crate::subscription::check(&mut map);
+                }
                 Ok(map)
             }
             _ => unreachable!("checked above"),
@@ -194,10 +197,18 @@ impl Engine {
             touched.extend(w.compartment.iter().cloned());
             touched.extend(w.links.iter().map(|l| l.patient.clone()));
         }
+        // Notifications of active subscriptions commit with the change (the outbox).
+        let outbox = self.outbox_items(&writes);
+        let subscriptions = writes.iter().any(|w| w.resource_type == "Subscription");
         // Before and after: a concurrent reader must not cache the state in between.
         self.cache().invalidate(touched.iter().map(String::as_str));
-        let result = self.store().commit_audited(writes, audit).await;
+        let result = self.store().commit_outbox(writes, audit, outbox).await;
         self.cache().invalidate(touched.iter().map(String::as_str));
+        if subscriptions && result.is_ok() {
+            if let Err(e) = self.refresh_subscriptions().await {
+                tracing::warn!(error = %e, "reloading the active subscriptions failed; the delivery worker retries");
+            }
+        }
         result
     }
 

@@ -14,6 +14,7 @@ mod metrics;
 mod negotiate;
 mod terminology;
 mod transport;
+mod websocket;
 
 pub use cors::{check_origin as check_cors_origin, DEMO_ORIGINS as DEMO_CORS_ORIGINS};
 pub use edge::{Edge, EdgeRefusal};
@@ -97,6 +98,8 @@ pub fn router_with_edge(engine: Engine, config: HttpConfig) -> (Router, Edge) {
         .route("/fhir/.well-known/smart-configuration", get(auth::smart_configuration))
         .route("/admin/domain", get(admin_domain_get).put(admin_domain_put))
         .route("/admin/users/{id}/unlock", post(admin_unlock))
+        // Subscriptions' websocket channel (websocket.rs).
+        .route("/fhir/$subscription-websocket", get(crate::websocket::subscription_websocket))
         // The server's OperationDefinitions: generated metadata, read-only (operations.rs).
         .route("/fhir/OperationDefinition", get(operation_definitions))
         .route("/fhir/OperationDefinition/{id}", get(operation_definition))
@@ -156,7 +159,10 @@ pub async fn serve_with(
     options: ServeOptions,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Shutdown: every connection is told to finish its open request and close; `open`
+    // counts the connections still running (one reference each).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let open = Arc::new(());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(options.idle_timeout).keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
@@ -178,14 +184,27 @@ pub async fn serve_with(
             req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             req
         });
-        let connection = http.serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
+        // With upgrades: the websocket channel of Subscriptions.
+        let connection = http.serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service)).with_upgrades();
+        let mut stopped = stopped.clone();
+        let token = open.clone();
         tokio::spawn(async move {
+            let _token = token;
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+            connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         });
     }
     drop(listener);
     // Let open requests finish (bounded, so a stalled client cannot hold the shutdown).
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), graceful.shutdown()).await;
+    let _ = stop.send(true);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Arc::strong_count(&open) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     Ok(())
 }

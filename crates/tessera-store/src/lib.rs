@@ -496,6 +496,90 @@ impl AuditDamage {
     }
 }
 
+
+/// A notification to deliver, added to the outbox in the transaction of the change it
+/// notifies (see [`Store::commit_outbox`]): the change and its notifications commit together
+/// or not at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// The id of the `Subscription` that asked for it.
+    pub subscription: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub version: u64,
+    /// The patient compartment of the resource (the Patient's own id for a Patient; `""`
+    /// for a resource outside every compartment): delivery is in order per subscription
+    /// and patient, and the table is distributed by it.
+    pub patient: String,
+    pub created_micros: i64,
+}
+
+/// Where an outbox item stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxState {
+    /// Not attempted yet.
+    Pending,
+    /// Attempted and failed; retried at `next_attempt_micros`.
+    Failed,
+    /// Delivered (the receiver acknowledged it).
+    Delivered,
+    /// Not delivered, and never will be: the subscriber's view may not see the resource, or
+    /// it no longer matches the criteria.
+    Suppressed,
+    /// Failed too often: on the dead-letter list until an operator replays it.
+    Dead,
+}
+
+impl OutboxState {
+    pub const ALL: [OutboxState; 5] = [OutboxState::Pending, OutboxState::Failed, OutboxState::Delivered, OutboxState::Suppressed, OutboxState::Dead];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Failed => "failed",
+            OutboxState::Delivered => "delivered",
+            OutboxState::Suppressed => "suppressed",
+            OutboxState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<OutboxState> {
+        OutboxState::ALL.into_iter().find(|s| s.code() == code)
+    }
+
+    /// Still to be delivered (pending or to be retried).
+    pub fn is_open(self) -> bool {
+        matches!(self, OutboxState::Pending | OutboxState::Failed)
+    }
+}
+
+/// A stored outbox item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Position in the outbox (increasing in commit order): the item's id.
+    pub seq: i64,
+    pub item: OutboxItem,
+    pub state: OutboxState,
+    pub attempts: u32,
+    /// When the next attempt is due (microseconds since the epoch).
+    pub next_attempt_micros: i64,
+    pub last_error: Option<String>,
+    pub updated_micros: i64,
+}
+
+/// Which outbox items to list, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxQuery {
+    /// Only items in one of these states (none: every state).
+    pub states: Vec<OutboxState>,
+    /// Only items with `seq > after_seq`.
+    pub after_seq: i64,
+    pub limit: usize,
+    /// Only the oldest open (pending or failed) item of each subscription and patient: what
+    /// the delivery worker may attempt (with `states` empty).
+    pub heads_only: bool,
+}
+
 /// Writes that commit all-or-nothing.
 pub type Transaction = Vec<Write>;
 
@@ -648,7 +732,21 @@ pub trait Store: Send + Sync + 'static {
     /// Commits all writes and appends the audit records, or does neither (if a
     /// precondition fails, the audit records are not stored either: audit the failure
     /// with [`Store::append_audit`]). Returns once durable.
-    async fn commit_audited(&self, tx: Transaction, audit: Vec<NewAudit>) -> Result<()>;
+    async fn commit_audited(&self, tx: Transaction, audit: Vec<NewAudit>) -> Result<()> {
+        self.commit_outbox(tx, audit, Vec::new()).await
+    }
+    /// [`Store::commit_audited`], with outbox items added in the same database
+    /// transaction: stored if and only if the writes are.
+    async fn commit_outbox(&self, tx: Transaction, audit: Vec<NewAudit>, outbox: Vec<OutboxItem>) -> Result<()>;
+    /// Outbox items, oldest first.
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxEntry>>;
+    /// Records the outcome of a delivery attempt (state, attempts, next attempt, error) of
+    /// the item `entry.seq`.
+    async fn outbox_update(&self, entry: &OutboxEntry) -> Result<()>;
+    /// Puts items back on the queue (state pending, attempts 0, due now): those of `seqs`
+    /// that are dead, failed or suppressed, or every dead item when `seqs` is empty. Returns
+    /// the items it changed, as they were.
+    async fn outbox_replay(&self, seqs: &[i64]) -> Result<Vec<OutboxEntry>>;
     /// Appends audit records (of reads, searches, logins, refusals …) through the
     /// group-commit writer. Returns once durable.
     async fn append_audit(&self, audit: Vec<NewAudit>) -> Result<()> {

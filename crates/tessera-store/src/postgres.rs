@@ -23,6 +23,7 @@
 //! SELECT create_distributed_table('care_link', 'patient', colocate_with => 'resource_version');
 //! SELECT create_distributed_table('audit_log', 'seq');
 //! SELECT create_distributed_table('audit_patient', 'patient', colocate_with => 'resource_version');
+//! SELECT create_distributed_table('outbox', 'patient', colocate_with => 'resource_version');
 //! SELECT create_reference_table('tessera_meta');
 //! ```
 //!
@@ -68,6 +69,11 @@
 //!   query by user fans out). The code never updates or deletes its rows.
 //! * `audit_patient`: `(patient, seq)` for "who accessed this patient" queries;
 //!   distributed by patient.
+//! * `outbox`: the notifications of subscriptions, added by the writer in the transaction
+//!   of the change they notify, keyed `(patient, seq)` (`seq` from `outbox_seq`, drawn in
+//!   commit order): distributed by patient and co-located with the patient's data, since
+//!   delivery is in order per subscription and patient. Resources outside every
+//!   compartment use the patient `''`.
 //! * `tessera_meta`: a tiny key/value table for server state; a reference table
 //!   (replicated to every node).
 //! * `resource_seq`: the global commit sequence (`seq`), drawn by the single writer.
@@ -89,8 +95,8 @@
 
 use crate::{
     codec, parse_patients, token_matches, AuditQuery, AuditRecord, CareLink, ChainHead, ConflictReason, Criteria,
-    HistoryQuery, NewAudit, PendingAudit, Precondition, Result, Store, StoreError, StoreMetrics, StoreStats, Stored,
-    Transaction, Write,
+    HistoryQuery, NewAudit, OutboxEntry, OutboxItem, OutboxQuery, OutboxState, PendingAudit, Precondition, Result, Store,
+    StoreError, StoreMetrics, StoreStats, Stored, Transaction, Write,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
@@ -223,10 +229,29 @@ CREATE TABLE IF NOT EXISTS token_count (
     live   bigint NOT NULL,
     PRIMARY KEY (p, code, system)
 );
+CREATE SEQUENCE IF NOT EXISTS outbox_seq AS bigint;
+CREATE TABLE IF NOT EXISTS outbox (
+    patient      text   NOT NULL,
+    seq          bigint NOT NULL,
+    subscription text   NOT NULL,
+    res_type     text   NOT NULL,
+    res_id       text   NOT NULL,
+    version      bigint NOT NULL,
+    created      bigint NOT NULL,
+    state        text   NOT NULL,
+    attempts     integer NOT NULL,
+    next_attempt bigint NOT NULL,
+    last_error   text,
+    updated      bigint NOT NULL,
+    PRIMARY KEY (patient, seq)
+);
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (seq) WHERE state IN ('pending', 'failed');
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, seq);
+CREATE INDEX IF NOT EXISTS outbox_group ON outbox (subscription, patient, seq) WHERE state IN ('pending', 'failed');
 "#;
 
 /// Every relation [`SCHEMA`] creates.
-pub(crate) const SCHEMA_OBJECTS: [&str; 16] = [
+pub(crate) const SCHEMA_OBJECTS: [&str; 21] = [
     "resource_seq",
     "resource_version",
     "resource_version_seq",
@@ -243,6 +268,11 @@ pub(crate) const SCHEMA_OBJECTS: [&str; 16] = [
     "audit_patient",
     "type_count",
     "token_count",
+    "outbox_seq",
+    "outbox",
+    "outbox_open",
+    "outbox_state",
+    "outbox_group",
 ];
 
 /// Advisory lock class ids (first key of the two-key form; the second is the schema).
@@ -263,6 +293,8 @@ const POOL_SIZE: usize = 16;
 struct Work {
     writes: Transaction,
     audit: Vec<PendingAudit>,
+    /// Outbox items, stored if and only if the writes are.
+    outbox: Vec<OutboxItem>,
 }
 
 type Job = (Work, oneshot::Sender<Result<()>>);
@@ -954,7 +986,10 @@ impl Store for PostgresStore {
         find_ids(&c, criteria).await
     }
 
-    async fn commit_audited(&self, tx: Transaction, audit: Vec<NewAudit>) -> Result<()> {
+    async fn commit_outbox(&self, tx: Transaction, audit: Vec<NewAudit>, outbox: Vec<OutboxItem>) -> Result<()> {
+        if tx.is_empty() && !outbox.is_empty() {
+            return Err(StoreError::Backend("outbox items are committed with the writes they notify".into()));
+        }
         if tx.is_empty() && audit.is_empty() {
             return Ok(());
         }
@@ -965,7 +1000,7 @@ impl Store for PostgresStore {
         let audit = PendingAudit::prepare(audit);
         let (ack, done) = oneshot::channel();
         let writer = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        writer.send((Work { writes: tx, audit }, ack)).await.map_err(|_| StoreError::Closed)?;
+        writer.send((Work { writes: tx, audit, outbox }, ack)).await.map_err(|_| StoreError::Closed)?;
         done.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -1200,6 +1235,67 @@ impl Store for PostgresStore {
                 })
             })
             .collect()
+    }
+
+    async fn outbox_list(&self, q: &OutboxQuery) -> Result<Vec<OutboxEntry>> {
+        let c = self.client().await?;
+        let states: Vec<&str> = q.states.iter().map(|s| s.code()).collect();
+        let all: Vec<&str> = OutboxState::ALL.iter().map(|s| s.code()).collect();
+        let states = if states.is_empty() { all } else { states };
+        let limit = q.limit.min(i64::MAX as usize) as i64;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > $1 AND state = ANY($2::text[]){} ORDER BY seq LIMIT $3",
+                    if q.heads_only {
+                        " AND (patient, seq) IN (SELECT patient, min(seq) FROM outbox WHERE state IN ('pending', 'failed') GROUP BY subscription, patient)"
+                    } else {
+                        ""
+                    }
+                ),
+                &[&q.after_seq, &states, &limit],
+            )
+            .await
+            .map_err(pg)?;
+        rows.iter().map(row_to_outbox).collect()
+    }
+
+    async fn outbox_update(&self, e: &OutboxEntry) -> Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE outbox SET state = $3, attempts = $4, next_attempt = $5, last_error = $6, updated = $7 WHERE patient = $1 AND seq = $2",
+            &[&e.item.patient, &e.seq, &e.state.code(), &(e.attempts as i32), &e.next_attempt_micros, &e.last_error, &e.updated_micros],
+        )
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn outbox_replay(&self, seqs: &[i64]) -> Result<Vec<OutboxEntry>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let rows = if seqs.is_empty() {
+            tx.query(&format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'dead' ORDER BY seq FOR UPDATE"), &[]).await
+        } else {
+            tx.query(
+                &format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq = ANY($1::bigint[]) AND state IN ('dead', 'failed', 'suppressed') ORDER BY seq FOR UPDATE"),
+                &[&seqs.to_vec()],
+            )
+            .await
+        }
+        .map_err(pg)?;
+        let chosen: Vec<OutboxEntry> = rows.iter().map(row_to_outbox).collect::<Result<_>>()?;
+        let now = crate::now_micros();
+        for e in &chosen {
+            tx.execute(
+                "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt = $3, last_error = NULL, updated = $3 WHERE patient = $1 AND seq = $2",
+                &[&e.item.patient, &e.seq, &now],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(chosen)
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
@@ -1574,6 +1670,7 @@ async fn apply_jobs<'a>(
     // 3. Preconditions, job by job, each seeing the jobs accepted before it.
     let mut results = Vec::with_capacity(jobs.len());
     let mut accepted: Vec<&Write> = Vec::new();
+    let mut outbox: Vec<&OutboxItem> = Vec::new();
     let mut chained: Vec<Chained<'a>> = Vec::new();
     let mut criteria_slot = 0; // index into `stored_matches` of the next conditional create
     for work in jobs {
@@ -1620,6 +1717,7 @@ async fn apply_jobs<'a>(
             plan.undo(undo);
         } else {
             accepted.extend(job.iter());
+            outbox.extend(work.outbox.iter());
             for a in &work.audit {
                 let (seq, prev, hash) = head.chain(a);
                 chained.push((seq, prev, hash, a));
@@ -1633,6 +1731,7 @@ async fn apply_jobs<'a>(
         write_audit(tx, &chained).await?;
     } else {
         futures::try_join!(write_accepted(tx, &plan, &accepted), write_audit(tx, &chained))?;
+        write_outbox(tx, &outbox).await?;
     }
     Ok(results)
 }
@@ -1859,6 +1958,56 @@ async fn write_search_index(
 }
 
 /// Inserts chained audit records.
+const OUTBOX_COLUMNS: &str = "seq, subscription, res_type, res_id, version, patient, created, state, attempts, next_attempt, last_error, updated";
+
+fn row_to_outbox(r: &tokio_postgres::Row) -> Result<OutboxEntry> {
+    let state: &str = r.try_get(7).map_err(pg)?;
+    Ok(OutboxEntry {
+        seq: r.try_get(0).map_err(pg)?,
+        item: OutboxItem {
+            subscription: r.try_get(1).map_err(pg)?,
+            resource_type: r.try_get(2).map_err(pg)?,
+            resource_id: r.try_get(3).map_err(pg)?,
+            version: r.try_get::<_, i64>(4).map_err(pg)? as u64,
+            patient: r.try_get(5).map_err(pg)?,
+            created_micros: r.try_get(6).map_err(pg)?,
+        },
+        state: OutboxState::parse(state).unwrap_or(OutboxState::Failed),
+        attempts: r.try_get::<_, i32>(8).map_err(pg)? as u32,
+        next_attempt_micros: r.try_get(9).map_err(pg)?,
+        last_error: r.try_get(10).map_err(pg)?,
+        updated_micros: r.try_get(11).map_err(pg)?,
+    })
+}
+
+/// Adds the outbox items of the accepted jobs (pending, due now), numbered in order.
+async fn write_outbox(tx: &deadpool_postgres::Transaction<'_>, items: &[&OutboxItem]) -> Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let n = i64::try_from(items.len()).unwrap_or(i64::MAX);
+    let stmt = tx.prepare_cached("SELECT nextval('outbox_seq') FROM generate_series(1, $1::bigint)").await.map_err(pg)?;
+    let mut seqs: Vec<i64> =
+        tx.query(&stmt, &[&n]).await.map_err(pg)?.iter().map(|r| r.try_get::<_, i64>(0)).collect::<std::result::Result<_, _>>().map_err(pg)?;
+    seqs.sort_unstable();
+    let patient: Vec<&str> = items.iter().map(|i| i.patient.as_str()).collect();
+    let subscription: Vec<&str> = items.iter().map(|i| i.subscription.as_str()).collect();
+    let res_type: Vec<&str> = items.iter().map(|i| i.resource_type.as_str()).collect();
+    let res_id: Vec<&str> = items.iter().map(|i| i.resource_id.as_str()).collect();
+    let version: Vec<i64> = items.iter().map(|i| i.version as i64).collect();
+    let created: Vec<i64> = items.iter().map(|i| i.created_micros).collect();
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO outbox (patient, seq, subscription, res_type, res_id, version, created, state, attempts, next_attempt, last_error, updated) \
+             SELECT p, s, sub, t, i, v, c, 'pending', 0, c, NULL, c \
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[]) AS x(p, s, sub, t, i, v, c)",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(&stmt, &[&patient, &seqs, &subscription, &res_type, &res_id, &version, &created]).await.map_err(pg)?;
+    Ok(())
+}
+
 async fn write_audit(tx: &deadpool_postgres::Transaction<'_>, chained: &[Chained<'_>]) -> Result<()> {
     if chained.is_empty() {
         return Ok(());

@@ -21,8 +21,8 @@ use crate::journal::{self, Chained, Journal};
 use crate::search;
 use crate::{
     codec, parse_patients, AuditDamage, AuditQuery, AuditRecord, CareLink, ChainHead, ConflictReason, Criteria, DamageKind,
-    HistoryQuery, NewAudit, PendingAudit, Precondition, Result, Store, StoreError, StoreMetrics,
-    StoreStats, Stored, Transaction, Write,
+    HistoryQuery, NewAudit, OutboxEntry, OutboxItem, OutboxQuery, OutboxState, PendingAudit, Precondition, Result, Store,
+    StoreError, StoreMetrics, StoreStats, Stored, Transaction, Write,
 };
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -134,6 +134,23 @@ CREATE TABLE IF NOT EXISTS audit_patient (
     seq     INTEGER NOT NULL,
     PRIMARY KEY (patient, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq          INTEGER PRIMARY KEY,
+    subscription TEXT    NOT NULL,
+    res_type     TEXT    NOT NULL,
+    res_id       TEXT    NOT NULL,
+    version      INTEGER NOT NULL,
+    patient      TEXT    NOT NULL,
+    created      INTEGER NOT NULL,
+    state        TEXT    NOT NULL,
+    attempts     INTEGER NOT NULL,
+    next_attempt INTEGER NOT NULL,
+    last_error   TEXT,
+    updated      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (seq) WHERE state IN ('pending', 'failed');
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, seq);
+CREATE INDEX IF NOT EXISTS outbox_group ON outbox (subscription, patient, seq) WHERE state IN ('pending', 'failed');
 "#;
 
 const MAX_BATCH_WRITES: usize = 20_000;
@@ -143,6 +160,8 @@ struct Job {
     /// The search index rows of each write (computed by the caller, off the writer thread).
     rows: Vec<Vec<search::Row>>,
     audit: Vec<PendingAudit>,
+    /// Outbox items, stored if and only if the writes are.
+    outbox: Vec<OutboxItem>,
     ack: oneshot::Sender<Result<()>>,
 }
 
@@ -288,7 +307,7 @@ impl SqliteStore {
             writer
                 .as_ref()
                 .ok_or(StoreError::Closed)?
-                .send(Job { writes: Vec::new(), rows: Vec::new(), audit: Vec::new(), ack })
+                .send(Job { writes: Vec::new(), rows: Vec::new(), audit: Vec::new(), outbox: Vec::new(), ack })
                 .map_err(|_| StoreError::Closed)?;
         }
         done.await.map_err(|_| StoreError::Closed)?
@@ -778,7 +797,10 @@ impl Store for SqliteStore {
         self.with_reader(|c| find_ids(c, criteria))
     }
 
-    async fn commit_audited(&self, tx: Transaction, audit: Vec<NewAudit>) -> Result<()> {
+    async fn commit_outbox(&self, tx: Transaction, audit: Vec<NewAudit>, outbox: Vec<OutboxItem>) -> Result<()> {
+        if tx.is_empty() && !outbox.is_empty() {
+            return Err(StoreError::Backend("outbox items are committed with the writes they notify".into()));
+        }
         if tx.is_empty() && audit.is_empty() {
             return Ok(());
         }
@@ -795,7 +817,7 @@ impl Store for SqliteStore {
             writer
                 .as_ref()
                 .ok_or_else(|| self.no_writer())?
-                .send(Job { writes: tx, rows, audit, ack })
+                .send(Job { writes: tx, rows, audit, outbox, ack })
                 .map_err(|_| StoreError::Closed)?;
         }
         done.await.map_err(|_| StoreError::Closed)?
@@ -1053,6 +1075,66 @@ impl Store for SqliteStore {
             let rows = stmt.query_map(params![location, kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
+    }
+
+    async fn outbox_list(&self, q: &OutboxQuery) -> Result<Vec<OutboxEntry>> {
+        let states: Vec<String> = q.states.iter().map(|s| format!("'{}'", s.code())).collect();
+        let filter = if states.is_empty() { String::new() } else { format!(" AND state IN ({})", states.join(", ")) };
+        let heads = if q.heads_only {
+            " AND seq IN (SELECT min(seq) FROM outbox WHERE state IN ('pending', 'failed') GROUP BY subscription, patient)"
+        } else {
+            ""
+        };
+        let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq > ?1{filter}{heads} ORDER BY seq LIMIT ?2");
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![q.after_seq, q.limit.min(i64::MAX as usize) as i64], row_to_outbox)?;
+            rows.collect()
+        })
+    }
+
+    async fn outbox_update(&self, e: &OutboxEntry) -> Result<()> {
+        let conn = self.maintenance_connection()?;
+        conn.execute(
+            "UPDATE outbox SET state = ?2, attempts = ?3, next_attempt = ?4, last_error = ?5, updated = ?6 WHERE seq = ?1",
+            params![e.seq, e.state.code(), e.attempts as i64, e.next_attempt_micros, e.last_error, e.updated_micros],
+        )
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn outbox_replay(&self, seqs: &[i64]) -> Result<Vec<OutboxEntry>> {
+        let mut conn = self.maintenance_connection()?;
+        let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(db)?;
+        let now = crate::now_micros();
+        let mut replayed = Vec::new();
+        {
+            let chosen: Vec<OutboxEntry> = if seqs.is_empty() {
+                let mut stmt = txn.prepare(&format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE state = 'dead' ORDER BY seq")).map_err(db)?;
+                let rows = stmt.query_map([], row_to_outbox).map_err(db)?;
+                rows.collect::<rusqlite::Result<_>>().map_err(db)?
+            } else {
+                let mut out = Vec::new();
+                let mut stmt = txn.prepare(&format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE seq = ?1")).map_err(db)?;
+                for seq in seqs {
+                    if let Some(e) = stmt.query_row([seq], row_to_outbox).optional().map_err(db)? {
+                        out.push(e);
+                    }
+                }
+                out
+            };
+            let mut upd = txn
+                .prepare("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt = ?2, last_error = NULL, updated = ?2 WHERE seq = ?1")
+                .map_err(db)?;
+            for e in chosen {
+                if matches!(e.state, OutboxState::Dead | OutboxState::Failed | OutboxState::Suppressed) {
+                    upd.execute(params![e.seq, now]).map_err(db)?;
+                    replayed.push(e);
+                }
+            }
+        }
+        txn.commit().map_err(db)?;
+        Ok(replayed)
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
@@ -1467,6 +1549,7 @@ fn apply_batch(
         let applied = apply_transaction(&txn, &job.writes, &job.rows, &deferred).and_then(|outcome| {
             if outcome.is_ok() {
                 append_audit(&txn, &job.audit, &mut chain)?;
+                insert_outbox(&txn, &job.outbox)?;
             }
             Ok(outcome)
         });
@@ -1504,6 +1587,43 @@ struct IndexChanges {
     add: Vec<(i64, Vec<search::Row>)>,
     /// Versions written earlier in the batch (rows not inserted yet) that this one replaced.
     superseded: Vec<i64>,
+}
+
+/// Adds outbox items (pending, due now), in order.
+fn insert_outbox(c: &Connection, items: &[OutboxItem]) -> rusqlite::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let mut ins = c.prepare_cached(
+        "INSERT INTO outbox (subscription, res_type, res_id, version, patient, created, state, attempts, next_attempt, last_error, updated) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?6, NULL, ?6)",
+    )?;
+    for i in items {
+        ins.execute(params![i.subscription, i.resource_type, i.resource_id, i.version as i64, i.patient, i.created_micros])?;
+    }
+    Ok(())
+}
+
+const OUTBOX_COLUMNS: &str = "seq, subscription, res_type, res_id, version, patient, created, state, attempts, next_attempt, last_error, updated";
+
+fn row_to_outbox(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxEntry> {
+    let state: String = r.get(7)?;
+    Ok(OutboxEntry {
+        seq: r.get(0)?,
+        item: OutboxItem {
+            subscription: r.get(1)?,
+            resource_type: r.get(2)?,
+            resource_id: r.get(3)?,
+            version: r.get::<_, i64>(4)? as u64,
+            patient: r.get(5)?,
+            created_micros: r.get(6)?,
+        },
+        state: OutboxState::parse(&state).unwrap_or(OutboxState::Failed),
+        attempts: r.get::<_, i64>(8)? as u32,
+        next_attempt_micros: r.get(9)?,
+        last_error: r.get(10)?,
+        updated_micros: r.get(11)?,
+    })
 }
 
 /// Appends audit records after `head`, advancing it.

@@ -76,6 +76,7 @@ conformance!(
     audit_by_patient_is_complete,
     counts_follow_writes,
     code_counts_follow_writes,
+    outbox_commits_with_its_transaction,
 );
 
 fn write(ty: &str, id: &str, version: u64, body: serde_json::Value) -> Write {
@@ -1035,3 +1036,63 @@ async fn code_counts_follow_writes(s: &DynStore) {
     expect(s, 3 + 4).await;
 }
 
+
+fn outbox_item(subscription: &str, id: &str, version: u64, patient: &str) -> OutboxItem {
+    OutboxItem { subscription: subscription.into(), resource_type: "Observation".into(), resource_id: id.into(), version, patient: patient.into(), created_micros: now_micros() }
+}
+
+async fn outbox_commits_with_its_transaction(s: &DynStore) {
+    let obs = |id: &str, v: u64, patient: &str| write("Observation", id, v, serde_json::json!({"resourceType": "Observation", "subject": {"reference": format!("Patient/{patient}")}}));
+    let all = || OutboxQuery { states: vec![], after_seq: 0, limit: 100, heads_only: false };
+    s.commit_outbox(vec![obs("o1", 1, "p1")], Vec::new(), vec![outbox_item("s1", "o1", 1, "p1"), outbox_item("s2", "o1", 1, "p1")]).await.unwrap();
+    // A transaction whose precondition fails stores none of its items …
+    let mut bad = obs("o1", 2, "p1");
+    bad.precondition = Precondition::Version(7);
+    assert!(s.commit_outbox(vec![obs("o2", 1, "p1"), bad], Vec::new(), vec![outbox_item("s1", "o2", 1, "p1")]).await.is_err());
+    // … also when it fails beside others committed in the same group.
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut w = obs("o1", 2, "p1");
+            w.precondition = Precondition::Version(1);
+            s.commit_outbox(vec![w], Vec::new(), vec![outbox_item("s1", "o1", 2, &format!("race{t}"))]).await.is_ok()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    let items = s.outbox_list(&all()).await.unwrap();
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert!(items.windows(2).all(|w| w[0].seq < w[1].seq), "in commit order");
+    assert!(items.iter().all(|e| e.state == OutboxState::Pending && e.attempts == 0));
+    assert_eq!(items.iter().filter(|e| e.item.patient.starts_with("race")).count(), 1, "the winner's item only");
+    // Items alone are refused: they commit with the writes they notify.
+    assert!(s.commit_outbox(Vec::new(), Vec::new(), vec![outbox_item("s1", "o9", 1, "p1")]).await.is_err());
+    // Heads: the oldest open item of each subscription and patient.
+    s.commit_outbox(vec![obs("o3", 1, "p1")], Vec::new(), vec![outbox_item("s1", "o3", 1, "p1")]).await.unwrap();
+    let heads = s.outbox_list(&OutboxQuery { heads_only: true, ..all() }).await.unwrap();
+    assert_eq!(heads.len(), 3, "s1/p1, s2/p1, s1/race: {heads:?}");
+    assert!(heads.iter().any(|e| e.item.subscription == "s1" && e.item.resource_id == "o1"));
+    assert!(!heads.iter().any(|e| e.item.resource_id == "o3"), "waits for s1/p1's first");
+    // Updates and the dead-letter list.
+    let mut first = heads.iter().find(|e| e.item.subscription == "s1" && e.item.patient == "p1").unwrap().clone();
+    first.state = OutboxState::Dead;
+    first.attempts = 8;
+    first.last_error = Some("POST: 500".into());
+    first.updated_micros = now_micros();
+    s.outbox_update(&first).await.unwrap();
+    let dead = s.outbox_list(&OutboxQuery { states: vec![OutboxState::Dead], ..all() }).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].attempts, dead[0].last_error.as_deref()), (8, Some("POST: 500")));
+    let heads = s.outbox_list(&OutboxQuery { heads_only: true, ..all() }).await.unwrap();
+    assert!(heads.iter().any(|e| e.item.resource_id == "o3"), "a dead item no longer holds up the next: {heads:?}");
+    // Replay: dead → pending, attempts reset; a pending item is left alone.
+    let replayed = s.outbox_replay(&[]).await.unwrap();
+    assert_eq!(replayed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![first.seq]);
+    assert!(s.outbox_replay(&[first.seq]).await.unwrap().is_empty(), "pending now: not replayed again");
+    let again = s.outbox_list(&all()).await.unwrap().into_iter().find(|e| e.seq == first.seq).unwrap();
+    assert_eq!((again.state, again.attempts, again.last_error), (OutboxState::Pending, 0, None));
+}

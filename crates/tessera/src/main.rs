@@ -100,6 +100,19 @@ enum Command {
     /// HL7 v2: send message files over MLLP and print the acknowledgements.
     #[command(subcommand)]
     Hl7(Hl7Command),
+    /// The outbox of subscriptions' notifications (FHIR rest-hook and websocket, HL7 v2 over
+    /// MLLP): list the items and their state, put dead ones back on the queue.
+    ///
+    /// Every change an active Subscription's criteria type concerns adds an item in the
+    /// transaction of the change; `tessera serve` delivers them in order per subscription
+    /// and patient, as the subscription owner's view allows (what it may not see is
+    /// `suppressed`), retrying failures with backoff until `--outbox-max-attempts`, after
+    /// which an item is `dead` (docs/integrators.md, docs/operators.md). Examples:
+    ///   tessera outbox list --state dead
+    ///   tessera outbox replay 42 43
+    ///   tessera outbox replay --dead
+    #[command(subcommand, verbatim_doc_comment)]
+    Outbox(OutboxCommand),
     /// Upgrade the domain's model content to this build's (or a signed package's): a dry run
     /// lists every change and who it reaches; the real run refuses during a freeze.
     ///
@@ -258,6 +271,39 @@ enum AuditCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// List outbox items, oldest first: id, subscription, resource, patient, state,
+    /// attempts, last error. Safe beside a running server.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only items in this state: pending (not tried yet), failed (retried later),
+        /// dead (given up: replay it), delivered, suppressed (the subscriber's view may not
+        /// see it, or it no longer matches). Repeatable.
+        #[arg(long = "state", value_name = "STATE")]
+        states: Vec<String>,
+        /// Only items after this id.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Items listed at most.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Put items back on the queue (pending, attempts reset, due now): the ids given, or
+    /// every dead item with --dead. Audited (outbox-replay). The server delivers them (on
+    /// SQLite, run it while the server is stopped: one process owns a data directory).
+    Replay {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Every dead item.
+        #[arg(long, conflicts_with = "ids")]
+        dead: bool,
+        /// Item ids (the first column of `tessera outbox list`).
+        ids: Vec<i64>,
+    },
+}
+
 #[derive(Args, Clone)]
 struct StoreArgs {
     /// Directory of the embedded SQLite database.
@@ -303,6 +349,20 @@ struct ServeArgs {
     /// it) instead of the first declared one.
     #[arg(long, env = "TESSERA_MLLP_ORG")]
     mllp_org: Option<String>,
+    /// Do not deliver the outbox from this server (subscriptions' notifications): for all
+    /// but one of several servers sharing a PostgreSQL database.
+    #[arg(long, env = "TESSERA_NO_OUTBOX")]
+    no_outbox: bool,
+    /// Delivery attempts of a notification before it is dead (then `tessera outbox replay`).
+    #[arg(long, env = "TESSERA_OUTBOX_MAX_ATTEMPTS", default_value_t = 8)]
+    outbox_max_attempts: u32,
+    /// Seconds before the first retry of a failed delivery; doubled after each further
+    /// failure, up to --outbox-max-backoff-seconds.
+    #[arg(long, env = "TESSERA_OUTBOX_BACKOFF_SECONDS", default_value_t = 1.0)]
+    outbox_backoff_seconds: f64,
+    /// Longest wait between two attempts of a delivery, in seconds.
+    #[arg(long, env = "TESSERA_OUTBOX_MAX_BACKOFF_SECONDS", default_value_t = 300.0)]
+    outbox_max_backoff_seconds: f64,
     /// Refuse PUT on an absent id instead of creating the resource.
     #[arg(long, env = "TESSERA_NO_UPDATE_CREATE")]
     no_update_create: bool,
@@ -869,6 +929,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Content(command) => content_command(command).await,
         Command::Env(command) => env_command(command).await,
         Command::Onboard(command) => onboard_command(command).await,
+        Command::Outbox(command) => outbox_command(command).await,
         Command::Hl7(Hl7Command::Send { files, to }) => {
             let mut messages = Vec::new();
             for f in &files {
@@ -1225,6 +1286,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("CORS allows any origin (--cors-origin '*'): any web page may call this API with a token it holds");
     }
     open_interfaces(&engine, &args).await?;
+    if args.no_outbox {
+        tracing::info!("the outbox is not delivered by this server (--no-outbox)");
+    } else {
+        anyhow::ensure!(args.outbox_backoff_seconds > 0.0 && args.outbox_max_backoff_seconds >= args.outbox_backoff_seconds, "--outbox-backoff-seconds must be positive and at most --outbox-max-backoff-seconds");
+        let config = tessera_outbound::Config {
+            max_attempts: args.outbox_max_attempts.max(1),
+            backoff_base: std::time::Duration::from_secs_f64(args.outbox_backoff_seconds),
+            backoff_cap: std::time::Duration::from_secs_f64(args.outbox_max_backoff_seconds),
+            ..tessera_outbound::Config::default()
+        };
+        tessera_outbound::start(engine.clone(), config);
+    }
     let router = tessera_web::app(engine.clone(), http, tessera_web::WebConfig::from_env());
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     tracing::info!(backend = engine.backend(), %base_url, "Tessera is serving FHIR R4");
@@ -1273,6 +1346,53 @@ async fn open_interfaces(engine: &tessera_engine::Engine, args: &ServeArgs) -> a
         }
     }
     Ok(())
+}
+
+async fn outbox_command(command: OutboxCommand) -> anyhow::Result<()> {
+    match command {
+        OutboxCommand::List { store, states, after, limit } => {
+            let states = states
+                .iter()
+                .map(|s| tessera_store::OutboxState::parse(s).ok_or_else(|| anyhow::anyhow!("--state {s}: one of pending, failed, dead, delivered, suppressed")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (engine, _) = open_engine_shared(&store, EngineConfig::default()).await?;
+            let items = engine.outbox_list(&tessera_store::OutboxQuery { states, after_seq: after, limit, heads_only: false }).await?;
+            println!("{:>8}  {:<38} {:<60} {:<38} {:<10} {:>8}  LAST ERROR", "ID", "SUBSCRIPTION", "RESOURCE", "PATIENT", "STATE", "ATTEMPTS");
+            for e in &items {
+                let resource = format!("{}/{}/_history/{}", e.item.resource_type, e.item.resource_id, e.item.version);
+                let patient = if e.item.patient.is_empty() { "-" } else { e.item.patient.as_str() };
+                println!(
+                    "{:>8}  {:<38} {:<60} {:<38} {:<10} {:>8}  {}",
+                    e.seq,
+                    e.item.subscription,
+                    resource,
+                    patient,
+                    e.state.code(),
+                    e.attempts,
+                    e.last_error.as_deref().unwrap_or("")
+                );
+            }
+            eprintln!("{} item(s)", items.len());
+            Ok(())
+        }
+        OutboxCommand::Replay { store, dead, ids } => {
+            anyhow::ensure!(dead || !ids.is_empty(), "name the items to replay (ids from `tessera outbox list`) or give --dead");
+            // The replay is audited: on SQLite that needs the data directory's owner.
+            let (engine, _) = open_engine(&store, EngineConfig::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:#}\nOn SQLite, stop the server that owns the data directory to replay its outbox (the server then delivers the items when it starts again)"))?;
+            let replayed = engine.outbox_replay(&Access::bootstrap(), &ids).await?;
+            for e in &replayed {
+                println!("{} ({}/{}/_history/{} for Subscription/{}): was {}, now pending", e.seq, e.item.resource_type, e.item.resource_id, e.item.version, e.item.subscription, e.state.code());
+            }
+            let missing: Vec<String> = ids.iter().filter(|id| !replayed.iter().any(|e| e.seq == **id)).map(|id| id.to_string()).collect();
+            if !missing.is_empty() {
+                eprintln!("not replayed (unknown, pending or delivered): {}", missing.join(", "));
+            }
+            println!("{} item(s) back on the queue", replayed.len());
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -265,3 +265,44 @@ fn onboarding_environments_and_upgrades_from_the_command_line() {
     let (ok, text) = tessera(&["onboard", "--help"]);
     assert!(ok && ["new-domain", "copy-domain", "join", "join-model", "optimise"].iter().all(|c| text.contains(c)), "{text}");
 }
+
+#[test]
+fn outbox_list_and_replay_from_the_command_line() {
+    let (ok, text) = tessera(&["outbox", "--help"]);
+    assert!(ok && text.contains("list") && text.contains("replay") && text.contains("dead"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let subscription = dir.path().join("subscription.ndjson");
+    std::fs::write(
+        &subscription,
+        r#"{"resourceType":"Subscription","id":"cli-sub","status":"requested","reason":"cli","criteria":"Observation","channel":{"type":"rest-hook","endpoint":"http://127.0.0.1:9/hook"}}"#,
+    )
+    .unwrap();
+    let observations = dir.path().join("observations.ndjson");
+    std::fs::write(
+        &observations,
+        r#"{"resourceType":"Observation","id":"cli-obs","status":"final","code":{"text":"heart rate"}}"#,
+    )
+    .unwrap();
+    for file in [&subscription, &observations] {
+        let (ok, text) = tessera(&["import", "--data-dir", data_arg, file.to_str().unwrap()]);
+        assert!(ok, "{text}");
+    }
+    // The import's Observation was committed with its notification.
+    let (ok, text) = tessera(&["outbox", "list", "--data-dir", data_arg]);
+    assert!(ok, "{text}");
+    assert!(text.contains("SUBSCRIPTION") && text.contains("cli-sub") && text.contains("Observation/cli-obs/_history/1") && text.contains("pending"), "{text}");
+    assert!(text.contains("1 item(s)"), "{text}");
+    let (ok, text) = tessera(&["outbox", "list", "--state", "dead", "--data-dir", data_arg]);
+    assert!(ok && text.contains("0 item(s)"), "{text}");
+    let (ok, text) = tessera(&["outbox", "list", "--state", "lost", "--data-dir", data_arg]);
+    assert!(!ok && text.contains("pending, failed, dead"), "{text}");
+    // A pending item is not replayed; nothing named is refused.
+    let (ok, text) = tessera(&["outbox", "replay", "1", "--data-dir", data_arg]);
+    assert!(ok && text.contains("0 item(s) back on the queue") && text.contains("not replayed"), "{text}");
+    let (ok, text) = tessera(&["outbox", "replay", "--data-dir", data_arg]);
+    assert!(!ok && text.contains("--dead"), "{text}");
+    let (ok, text) = tessera(&["outbox", "replay", "--dead", "--data-dir", data_arg]);
+    assert!(ok && text.contains("0 item(s) back on the queue"), "{text}");
+}

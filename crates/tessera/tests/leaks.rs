@@ -27,6 +27,8 @@ on_both_backends!(
     web_pages_follow_the_gate,
     patient_bound_tokens_reach_one_record,
     content_paths_follow_the_gate,
+    subscriptions_deliver_only_what_the_subscriber_sees,
+    hl7v2_subscriptions_send_only_what_the_subscriber_sees,
 );
 
 /// Expected visibility.
@@ -1232,4 +1234,126 @@ async fn content_paths_follow_the_gate(s: &Server) {
         assert!(matches!(s.request_as(&t, "POST", &format!("Task/{id}/$approve"), Some(b"{\"resourceType\":\"Parameters\",\"parameter\":[{\"name\":\"decision\",\"valueCode\":\"approve\"}]}")).await.status, 403 | 404));
     }
     assert!(matches!(s.request_as(&token(s, PATEL), "DELETE", &format!("Task/{id}"), None).await.status, 404 | 405));
+}
+
+/// Writes an Observation for a patient as a trust's system, labelled with `security`.
+async fn labelled_observation(s: &Server, org: &str, patient: &str, code: &str, value: f64, security: Value) -> String {
+    let mut o = json!({"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+        "subject": {"reference": format!("Patient/{patient}")}, "valueQuantity": {"value": value, "unit": "1"}});
+    if !security.is_null() {
+        o["meta"] = json!({"security": security});
+    }
+    s.engine.create(&Access::system(org), "Observation", o, None).await.unwrap().resource.id().to_string()
+}
+
+const HIV: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+const CONFIDENTIALITY: &str = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality";
+
+async fn outbox_settled(s: &Server, expected: usize) -> Vec<tessera_store::OutboxEntry> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let all = s.engine.outbox_list(&tessera_store::OutboxQuery { states: vec![], after_seq: 0, limit: 1000, heads_only: false }).await.unwrap();
+        if all.len() >= expected && all.iter().all(|e| !e.state.is_open()) {
+            return all;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "outbox not settled: {all:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A FHIR subscription of another organisation receives what that organisation's system
+/// view may see under the sharing table — and never hidden data, data behind the glass, or
+/// the record of a patient who dissents from sharing.
+async fn subscriptions_deliver_only_what_the_subscriber_sees(s: &Server) {
+    load_demo(s).await;
+    let riverside = common::Hook::start().await;
+    let southbank = common::Hook::start().await;
+    let _worker = common::start_worker(s);
+    for (org, hook) in [("rx3", &riverside), ("rx2-southbank-hc", &southbank)] {
+        let sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "results feed", "criteria": "Observation",
+            "channel": {"type": "rest-hook", "endpoint": hook.url(), "payload": "application/fhir+json"}});
+        s.engine.create(&Access::system(org), "Subscription", sub, None).await.unwrap();
+    }
+    // Northgate writes: plain clinical (shared with Riverside, break-glass for Southbank),
+    // HIV-labelled (hidden from both), restricted (break-glass: a system never breaks the
+    // glass), and Tom Hughes's (he dissents from sharing).
+    let plain = labelled_observation(s, "rx1-general", "jane-smith", "8867-4", 71.0, Value::Null).await;
+    let hiv = labelled_observation(s, "rx1-general", "jane-smith", "8867-4", 72.0, json!([{"system": HIV, "code": "HIV"}])).await;
+    let restricted = labelled_observation(s, "rx1-general", "jane-smith", "8867-4", 73.0, json!([{"system": CONFIDENTIALITY, "code": "R"}])).await;
+    let dissent = labelled_observation(s, "rx1-general", "tom-hughes", "8867-4", 74.0, Value::Null).await;
+    // Southbank's own, which it receives.
+    let own = labelled_observation(s, "rx2-southbank-hc", "jane-smith", "8867-4", 75.0, Value::Null).await;
+    let items = outbox_settled(s, 10).await;
+    let ids = |h: &common::Hook| -> Vec<String> { h.received().iter().filter_map(|r| r.body["id"].as_str().map(str::to_string)).collect() };
+    assert_eq!(ids(&riverside), vec![plain.clone(), own.clone()], "Riverside: Northgate's shared clinical data and Southbank's (shared with all)");
+    assert_eq!(ids(&southbank), vec![own.clone()], "Southbank: its own only (Northgate's clinical data is break-glass for it)");
+    for hidden in [&hiv, &restricted, &dissent] {
+        for h in [&riverside, &southbank] {
+            assert!(!h.received().iter().any(|r| String::from_utf8_lossy(&r.raw).contains(hidden.as_str())), "{hidden} never sent");
+        }
+        assert!(items.iter().filter(|e| &e.item.resource_id == hidden).all(|e| e.state == tessera_store::OutboxState::Suppressed), "{hidden}: suppressed");
+    }
+    // The suppressions are audited (as refused transmits of the subscriber).
+    let audit = s.store.audit_query(&tessera_store::AuditQuery { action: Some("transmit".into()), limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(audit.len(), 10);
+    assert_eq!(audit.iter().filter(|a| String::from_utf8_lossy(&a.event).contains("not delivered")).count(), 7);
+    // A subscription (its receiver's address and credentials) is read, searched and
+    // changed only by its own trust: absent for everyone else, domain administrators included.
+    let subs = s.engine.active_subscriptions();
+    let southbank_sub = subs.iter().find(|a| a.owner == "rx2-southbank-hc").unwrap().id.clone();
+    let southbank_token = s.auth.issue_system_token("system", "rx2", "system/*.*", tessera_auth::now(), 60);
+    let r = s.request_as(&southbank_token, "GET", &format!("Subscription/{southbank_sub}"), None).await;
+    assert_eq!(r.status, 200, "its own trust: {}", String::from_utf8_lossy(&r.body));
+    let northgate_system = s.auth.issue_system_token("system", "rx1", "system/*.*", tessera_auth::now(), 60);
+    for t in [northgate_system, token(s, CARTER), token(s, PATEL)] {
+        assert_eq!(s.request_as(&t, "GET", &format!("Subscription/{southbank_sub}"), None).await.status, 404);
+        let b = s.request_as(&t, "GET", "Subscription?_total=accurate", None).await.json();
+        assert!(!b.to_string().contains(&southbank_sub) && !b.to_string().contains(&southbank.url()), "{b}");
+        let h = s.request_as(&t, "GET", "Subscription/_history", None).await;
+        assert!(!String::from_utf8_lossy(&h.body).contains(&southbank.url()));
+        let off = json!({"resourceType": "Subscription", "id": southbank_sub, "status": "off", "reason": "x", "criteria": "Observation", "channel": {"type": "websocket"}});
+        let r = s.request_as(&t, "PUT", &format!("Subscription/{southbank_sub}"), Some(&serde_json::to_vec(&off).unwrap())).await;
+        assert!(matches!(r.status, 403 | 404), "{}", r.status);
+    }
+    assert!(s.engine.active_subscriptions().iter().any(|a| a.id == southbank_sub), "still active");
+}
+
+/// The same for HL7 v2: an ORU^R01 subscription of another organisation is sent the reports
+/// its view may see, each with only the observations that view may see.
+async fn hl7v2_subscriptions_send_only_what_the_subscriber_sees(s: &Server) {
+    load_demo(s).await;
+    let riverside = common::MllpPeer::start("AA").await;
+    let southbank = common::MllpPeer::start("AA").await;
+    let _worker = common::start_worker(s);
+    for (org, peer) in [("rx3", &riverside), ("rx2", &southbank)] {
+        let sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "results feed", "criteria": "DiagnosticReport",
+            "channel": {"type": "message", "endpoint": format!("mllp://{}", peer.addr), "payload": "application/hl7-v2+er7"}});
+        s.engine.create(&Access::system(org), "Subscription", sub, None).await.unwrap();
+    }
+    let plain = labelled_observation(s, "rx1-general", "jane-smith", "2345-7", 5.5, Value::Null).await;
+    let hiv = labelled_observation(s, "rx1-general", "jane-smith", "2345-7", 777.25, json!([{"system": HIV, "code": "HIV"}])).await;
+    let report = |results: &[&String], security: Value| {
+        let mut r = json!({"resourceType": "DiagnosticReport", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "24323-8"}]},
+            "subject": {"reference": "Patient/jane-smith"}, "issued": "2026-12-07T09:00:00Z",
+            "result": results.iter().map(|id| json!({"reference": format!("Observation/{id}")})).collect::<Vec<_>>()});
+        if !security.is_null() {
+            r["meta"] = json!({"security": security});
+        }
+        r
+    };
+    let shared = s.engine.create(&Access::system("rx1-general"), "DiagnosticReport", report(&[&plain, &hiv], Value::Null), None).await.unwrap().resource.id().to_string();
+    let hidden = s.engine.create(&Access::system("rx1-general"), "DiagnosticReport", report(&[&plain], json!([{"system": HIV, "code": "HIV"}])), None).await.unwrap().resource.id().to_string();
+    let items = outbox_settled(s, 4).await;
+    let state = |org_peer_sub: &str, id: &str| items.iter().find(|e| e.item.subscription == org_peer_sub && e.item.resource_id == id).map(|e| e.state);
+    let subs = s.engine.active_subscriptions();
+    let sub_of = |owner: &str| subs.iter().find(|a| a.owner == owner).unwrap().id.clone();
+    assert_eq!(state(&sub_of("rx3"), &shared), Some(tessera_store::OutboxState::Delivered));
+    assert_eq!(state(&sub_of("rx3"), &hidden), Some(tessera_store::OutboxState::Suppressed));
+    assert_eq!(state(&sub_of("rx2"), &shared), Some(tessera_store::OutboxState::Suppressed), "break-glass for Southbank's system");
+    assert_eq!(riverside.received().len(), 1, "one ORU^R01 for Riverside");
+    assert!(southbank.received().is_empty(), "nothing for Southbank");
+    let oru = &riverside.received()[0];
+    assert!(oru.contains("ORU^R01"), "{oru:?}");
+    assert!(oru.contains("OBX") && oru.contains("5.5"), "the visible observation is in the message: {oru:?}");
+    assert!(!oru.contains("777.25") && !oru.contains(&hiv), "the hidden observation is not in the message: {oru:?}");
 }

@@ -230,3 +230,157 @@ impl Server {
         self.user_token(who.0, Some(who.1), Some(who.2), who.3)
     }
 }
+
+/// Delivery attempts of the test worker before an item is dead.
+pub const WORKER_ATTEMPTS: u32 = 3;
+
+/// The outbox delivery worker, with short waits, for as long as the guard lives.
+pub fn start_worker(s: &Server) -> WorkerGuard {
+    let config = tessera_outbound::Config {
+        poll: std::time::Duration::from_millis(30),
+        max_attempts: WORKER_ATTEMPTS,
+        backoff_base: std::time::Duration::from_millis(40),
+        backoff_cap: std::time::Duration::from_millis(160),
+        timeout: std::time::Duration::from_secs(5),
+        refresh: std::time::Duration::from_secs(60),
+    };
+    WorkerGuard(tessera_outbound::start(s.engine.clone(), config))
+}
+
+pub struct WorkerGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A request a [`Hook`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: http::HeaderMap,
+    pub raw: Vec<u8>,
+    /// The body as JSON (`null` when empty or not JSON).
+    pub body: Value,
+    /// What the hook answered.
+    pub status: u16,
+    pub order_key: String,
+}
+
+/// A rest-hook receiver on a loopback port: records every request, answers 200 (or 500 for
+/// the next [`Hook::fail_next`] requests).
+pub struct Hook {
+    pub addr: std::net::SocketAddr,
+    received: Arc<std::sync::Mutex<Vec<Received>>>,
+    failures: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Hook {
+    pub async fn start() -> Hook {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+        let failures: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let (r, f) = (received.clone(), failures.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (r, f) = (r.clone(), f.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (r, f) = (r.clone(), f.clone());
+                        async move {
+                            let headers = req.headers().clone();
+                            let raw = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                            let fail = f.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| if n == 0 { None } else if n == usize::MAX { Some(n) } else { Some(n - 1) }).is_ok();
+                            let status = if fail { 500 } else { 200 };
+                            let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+                            let order_key = body["id"].as_str().unwrap_or_default().to_string();
+                            r.lock().unwrap().push(Received { headers, raw, body, status, order_key });
+                            Ok::<_, std::convert::Infallible>(hyper::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Hook { addr, received, failures, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// The next `n` requests are answered 500 (`usize::MAX`: all of them, until changed).
+    pub fn fail_next(&self, n: usize) {
+        self.failures.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An HL7 v2 receiver over MLLP on a loopback port: records each message and acknowledges
+/// it with `code` (AA, AE, AR).
+pub struct MllpPeer {
+    pub addr: std::net::SocketAddr,
+    received: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MllpPeer {
+    pub async fn start(code: &'static str) -> MllpPeer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let r = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let Ok(n) = stream.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+                            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+                            let text = String::from_utf8_lossy(&frame[..frame.len() - 2]).trim_start_matches('\u{0b}').to_string();
+                            let control = text.split('\r').next().and_then(|msh| msh.split('|').nth(9)).unwrap_or("").to_string();
+                            r.lock().unwrap().push(text);
+                            let ack = format!("\u{0b}MSH|^~\\&|PEER|PEER|TESSERA|TESSERA|20261207000000||ACK|A{control}|P|2.5.1\rMSA|{code}|{control}\r\u{1c}\r");
+                            if stream.write_all(ack.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        MllpPeer { addr, received, task }
+    }
+
+    pub fn received(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+impl Drop for MllpPeer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
