@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::time::Duration;
 use tessera_hl7v2::map::{self, Context, Method};
 
-on_both_backends!(adt_over_mllp, every_shared_sample_over_mllp);
+on_both_backends!(adt_over_mllp, every_shared_sample_over_mllp, an_independent_hl7_implementation);
 
 fn a04(control: &str, nhs: &str, mrn: &str, family: &str, birth: &str) -> String {
     format!(
@@ -305,4 +305,30 @@ fn agree(mapped: &Value, stored: &Value, at: &str) {
         (Value::Number(a), Value::Number(b)) => assert_eq!(a.to_string().parse::<f64>().ok(), b.to_string().parse::<f64>().ok(), "{at}"),
         (a, b) => assert_eq!(a, b, "{at}"),
     }
+}
+
+/// The interface driven by an independent implementation: messages built with the Python
+/// package `hl7apy`, sent and their acknowledgements parsed with the package `hl7`
+/// (clients/python/test_hl7_peer.py; installed by `.ci/run`), malformed ones included.
+async fn an_independent_hl7_implementation(s: &Server) {
+    s.load_demo().await;
+    let domain = s.engine.domain();
+    let declared = domain.interface("rx1-pas").expect("the demo declares Northgate's interface");
+    let addr = listen(s, tessera_mllp::Interface::from_domain(&domain, declared)).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
+    let dir = root.join("clients/python");
+    let venv = dir.join(".venv/bin/python");
+    let python = if venv.exists() { venv } else { std::path::PathBuf::from("python3") };
+    let installed = std::process::Command::new(&python).args(["-c", "import hl7, hl7apy"]).output().is_ok_and(|o| o.status.success());
+    if !installed {
+        assert!(std::env::var("TESSERA_CLIENTS_REQUIRED").as_deref() != Ok("1"), "hl7/hl7apy (Python) are not installed, and TESSERA_CLIENTS_REQUIRED=1");
+        eprintln!("hl7/hl7apy (Python) are not installed: skipped");
+        return;
+    }
+    let mut c = std::process::Command::new(&python);
+    c.current_dir(&dir).args(["-m", "unittest", "-v", "test_hl7_peer"]).env("TESSERA_MLLP", &addr).env("TESSERA_BASE", &s.base).env("TESSERA_TOKEN", &s.system_token);
+    let out = tokio::task::spawn_blocking(move || c.output()).await.unwrap().unwrap();
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the hl7/hl7apy peer failed:\n{text}");
+    eprintln!("{text}");
 }
