@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::time::Duration;
 use tessera_hl7v2::map::{self, Context, Method};
 
-on_both_backends!(adt_over_mllp, every_shared_sample_over_mllp, an_independent_hl7_implementation);
+on_both_backends!(adt_over_mllp, every_shared_sample_over_mllp, an_independent_hl7_implementation, a_stay_and_its_results);
 
 fn a04(control: &str, nhs: &str, mrn: &str, family: &str, birth: &str) -> String {
     format!(
@@ -331,4 +331,120 @@ async fn an_independent_hl7_implementation(s: &Server) {
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the hl7/hl7apy peer failed:\n{text}");
     eprintln!("{text}");
+}
+
+fn northgate(kind: &str, control: &str, rest: &str) -> String {
+    format!("MSH|^~\\&|PAS|RX1|TESSERA|DOMAIN|20261207120000||{kind}|{control}|P|2.5\rEVN||20261207120000\rPID|1||9449305552^^^NHS^NH~NG000777^^^RX1^MR||SMITH^JANE||19580314|F\r{rest}")
+}
+
+fn oru(control: &str, placer: &str, filler: &str, status: &str, potassium: &str) -> String {
+    northgate(
+        "ORU^R01^ORU_R01",
+        control,
+        &format!(
+            "PV1|1|I|7A||||||||||||||||V100\rOBR|1|{placer}|{filler}|24326-1^Electrolytes panel^LN|||202612071015|||||||||||||||202612071100|||{status}\r\
+             OBX|1|NM|2823-3^Potassium^LN||{potassium}|mmol/L^^UCUM|3.5-5.3|{flag}|||{status}\r\
+             OBX|2|NM|2951-2^Sodium^LN||131|mmol/L^^UCUM|133-146|L|||{status}\r",
+            flag = if potassium.parse::<f64>().unwrap() > 5.3 { "H" } else { "N" }
+        ),
+    )
+}
+
+/// A stay through every ADT event, results filed to the right patient and encounter and
+/// corrected in place, a duplicate admission, a result for an unknown order.
+async fn a_stay_and_its_results(s: &Server) {
+    s.load_demo().await;
+    let domain = s.engine.domain();
+    let addr = listen(s, tessera_mllp::Interface::from_domain(&domain, domain.interface("rx1-pas").unwrap())).await;
+    let send = |messages: Vec<String>| {
+        let addr = addr.clone();
+        async move { tessera_mllp::send(&addr, &messages, Duration::from_secs(30)).await.unwrap().into_iter().map(|mut r| r.remove(0)).collect::<Vec<String>>() }
+    };
+    let encounter = || async { s.get("Encounter?identifier=https://tessera.health/Id/rx1/visit-number|V100").await.json() };
+    let pv1 = |ward: &str, extra: &str| format!("PV1|1|I|{ward}^1^A||||C123^JONES^ANN^^^DR||||||||||||V100|||||||||||||||||||||||||202612071000{extra}\r");
+
+    // Admission, and the same admission sent again under a new control id.
+    let acks = send(vec![northgate("ADT^A01^ADT_A01", "S1", &pv1("7A", "")), northgate("ADT^A01^ADT_A01", "S1b", &pv1("7A", ""))]).await;
+    assert!(acks.iter().all(|a| tessera_mllp::msa_code(a) == "AA"), "{acks:?}");
+    let found = encounter().await;
+    assert_eq!(found["total"], 1, "one encounter for the visit, however often it is admitted");
+    let e = &found["entry"][0]["resource"];
+    let id = e["id"].as_str().unwrap().to_string();
+    assert_eq!(e["subject"]["reference"], "Patient/jane-smith", "filed to the patient the NHS number names");
+    assert_eq!(e["status"], "in-progress");
+    assert_eq!(e["location"][0]["location"]["reference"], "Location/ward-7a");
+    assert_eq!(e["serviceProvider"]["reference"], "Organization/rx1-general");
+    assert_eq!(e["participant"][0]["individual"]["identifier"]["value"], "C123");
+
+    // Transfer to 3B, cancelled; discharge, cancelled; the admission cancelled.
+    let step = |kind: &'static str, control: &'static str, ward: &'static str, extra: &'static str| northgate(kind, control, &pv1(ward, extra));
+    assert_eq!(tessera_mllp::msa_code(&send(vec![step("ADT^A02^ADT_A02", "S2", "3B", "")]).await[0]), "AA");
+    let e = encounter().await["entry"][0]["resource"].clone();
+    assert_eq!(e["id"], id.as_str());
+    assert_eq!(e["location"][1]["location"]["reference"], "Location/ward-3b");
+    assert_eq!(e["location"][1]["status"], "active");
+    assert_eq!(e["location"][0]["status"], "completed");
+    assert_eq!(e["serviceProvider"]["reference"], "Organization/rx1-st-annes", "the ward's hospital");
+    send(vec![step("ADT^A12^ADT_A12", "S3", "3B", "")]).await;
+    let e = encounter().await["entry"][0]["resource"].clone();
+    assert_eq!(e["location"].as_array().unwrap().len(), 1, "the transfer undone: {e}");
+    assert_eq!(e["location"][0]["status"], "active");
+    send(vec![step("ADT^A03^ADT_A03", "S4", "7A", "|202612081200")]).await;
+    let e = encounter().await["entry"][0]["resource"].clone();
+    assert_eq!(e["status"], "finished");
+    assert_eq!(e["period"]["end"], "2026-12-08T12:00:00+00:00");
+    send(vec![step("ADT^A13^ADT_A01", "S5", "7A", "")]).await;
+    let e = encounter().await["entry"][0]["resource"].clone();
+    assert_eq!(e["status"], "in-progress");
+    assert!(e["period"].get("end").is_none());
+
+    // Results: filed to Jane and to the encounter of PV1-19; corrected in place.
+    let ack = &send(vec![oru("R1", "P100", "F100", "F", "4.1")]).await[0];
+    assert_eq!(tessera_mllp::msa_code(ack), "AA", "{ack}");
+    let reports = s.get("DiagnosticReport?identifier=https://tessera.health/Id/rx1/filler-order|F100").await.json();
+    assert_eq!(reports["total"], 1);
+    let report = reports["entry"][0]["resource"].clone();
+    assert_eq!(report["subject"]["reference"], "Patient/jane-smith");
+    assert_eq!(report["encounter"]["reference"], format!("Encounter/{id}"));
+    assert_eq!(report["status"], "final");
+    let first = report["result"][0]["reference"].as_str().unwrap().to_string();
+    let k = s.get(&first).await.json();
+    assert_eq!(k["valueQuantity"]["value"], serde_json::json!(4.1));
+    assert_eq!(k["subject"]["reference"], "Patient/jane-smith");
+    let ack = &send(vec![oru("R2", "P100", "F100", "C", "5.9")]).await[0];
+    assert_eq!(tessera_mllp::msa_code(ack), "AA", "{ack}");
+    let again = s.get("DiagnosticReport?identifier=https://tessera.health/Id/rx1/filler-order|F100").await.json();
+    assert_eq!(again["total"], 1, "the correction updates the report, it does not add one");
+    let corrected = &again["entry"][0]["resource"];
+    assert_eq!(corrected["status"], "corrected");
+    assert_eq!(corrected["result"][0]["reference"], first.as_str(), "the same observation, corrected");
+    let k = s.get(&first).await.json();
+    assert_eq!(k["status"], "corrected");
+    assert_eq!(k["valueQuantity"]["value"], serde_json::json!(5.9));
+    assert_eq!(k["interpretation"][0]["coding"][0]["code"], "H");
+    assert_eq!(k["meta"]["versionId"], "2");
+
+    // A message naming two patients is refused whole.
+    let two = oru("R3", "P101", "F101", "F", "4.0").replace("PV1|", "PID|2||9434765919^^^NHS^NH||LOVELACE^ADA||19801210|F\rPV1|");
+    let ack = &send(vec![two]).await[0];
+    assert_eq!(tessera_mllp::msa_code(ack), "AE", "{ack}");
+    assert_eq!(s.get("DiagnosticReport?identifier=https://tessera.health/Id/rx1/filler-order|F101&_summary=count").await.json()["total"], 0);
+
+    // The admission cancelled: the encounter too.
+    send(vec![step("ADT^A11^ADT_A09", "S6", "7A", "")]).await;
+    assert_eq!(encounter().await["entry"][0]["resource"]["status"], "cancelled");
+
+    // An interface that requires orders: a result for an order the record lacks is AE
+    // naming OBR; once the order is placed (ORM), the result is filed.
+    let mut strict = tessera_mllp::Interface::from_domain(&domain, domain.interface("rx1-pas").unwrap());
+    strict.require_order = true;
+    strict.id = "rx1-lab".into();
+    let lab = listen(s, strict).await;
+    let r = tessera_mllp::send(&lab, &[oru("L1", "P300", "F300", "F", "4.4")], Duration::from_secs(30)).await.unwrap();
+    assert_eq!(tessera_mllp::msa_code(&r[0][0]), "AE", "{}", r[0][0]);
+    assert!(err_segment(&r[0][0]).contains("|OBR^1^2|204^"), "{}", r[0][0]);
+    let orm = northgate("ORM^O01^ORM_O01", "L2", "ORC|NW|P300\rOBR|1|P300||24326-1^Electrolytes panel^LN\r");
+    let r = tessera_mllp::send(&lab, &[orm, oru("L3", "P300", "F300", "F", "4.4")], Duration::from_secs(30)).await.unwrap();
+    assert_eq!(tessera_mllp::msa_code(&r[0][0]), "AA", "{}", r[0][0]);
+    assert_eq!(tessera_mllp::msa_code(&r[1][0]), "AA", "{}", r[1][0]);
 }
