@@ -81,19 +81,45 @@ fn family(n: usize) -> String {
     c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
 }
 
+/// A date of birth spread over 80 years, a different day for neighbouring people.
+fn birth_date(n: usize) -> String {
+    let mut day = (n * 7919) % 29_200;
+    let mut year = 1930;
+    loop {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let len = if leap { 366 } else { 365 };
+        if day < len {
+            break;
+        }
+        day -= len;
+        year += 1;
+    }
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let months = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let mut month = 0;
+    while day >= months[month] {
+        day -= months[month];
+        month += 1;
+    }
+    format!("{year}{:02}{:02}", month + 1, day + 1)
+}
+
 fn pid(n: usize, run: &str) -> String {
-    let family = family(n);
-    let given = GIVENS[(n / FAMILIES.len()) % GIVENS.len()];
-    let year = 1930 + (n * 7 % 90);
-    let month = 1 + n * 5 % 12;
-    let day = 1 + n * 11 % 28;
+    let surname = family(n);
+    let given = GIVENS[(n / 7) % GIVENS.len()];
     let stem = 400_000_000 + (n as u64 * 7919 + fnv(run)) % 500_000_000;
+    let h = fnv(&format!("{run}{n}"));
     format!(
-        "PID|1||{nhs}^^^NHS^NH~B{run}{n}^^^RX1^MR||{family}^{given}^^^||{year}{month:02}{day:02}|{sex}|||{n} Bench Road^^Northgate^^NG{d} {m}AB^GBR\r",
+        "PID|1||{nhs}^^^NHS^NH~B{run}{n}^^^RX1^MR||{surname}^{given}^^^||{birth}|{sex}|||{house} {street} Road^^Northgate^^NG{d} {m}{a}{b}^GBR\r",
         nhs = nhs_number(stem),
+        birth = birth_date(n),
         sex = if n % 2 == 0 { "F" } else { "M" },
-        d = n % 9 + 1,
-        m = n % 7 + 1,
+        house = 1 + h % 300,
+        street = family(n / 3 + 7),
+        d = 1 + h % 20,
+        m = h / 20 % 10,
+        a = (b'A' + (h / 200 % 26) as u8) as char,
+        b = (b'A' + (h / 5200 % 26) as u8) as char,
     )
 }
 

@@ -22,10 +22,11 @@ use std::collections::BTreeMap;
 use tessera_domain::{Domain, Hl7Interface};
 use tessera_engine::{Access, Engine};
 use tessera_hl7v2::IdentifierMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::rustls;
 
 /// One interface: who owns what it brings, and how its identifiers and places read.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Interface {
     /// Its id (`[[interfaces]]` of the domain file): the audit names it `hl7v2:{id}`.
     pub id: String,
@@ -43,6 +44,21 @@ pub struct Interface {
     pub read_timeout: Duration,
     /// The largest message accepted (bytes).
     pub max_message: usize,
+    /// TLS: connections are TLS sessions (the domain file's `tls_cert`/`tls_key`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Interface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interface")
+            .field("id", &self.id)
+            .field("organisation", &self.organisation)
+            .field("sending_facility", &self.sending_facility)
+            .field("wards", &self.wards)
+            .field("require_order", &self.require_order)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Interface {
@@ -59,7 +75,32 @@ impl Interface {
             require_order: false,
             read_timeout: Duration::from_secs(300),
             max_message: 4 << 20,
+            tls: None,
         }
+    }
+
+    /// The same interface over TLS, with the certificate chain and private key of these PEM
+    /// files.
+    pub fn with_tls(mut self, cert: &std::path::Path, key: &std::path::Path) -> Result<Interface, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| format!("{}: {e}", cert.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate", cert.display()));
+        }
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        let provider = Arc::new(crypto_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("the TLS certificate and key do not go together: {e}"))?;
+        self.tls = Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)));
+        Ok(self)
     }
 
     /// The interface the domain file declares.
@@ -75,6 +116,7 @@ impl Interface {
             require_order: declared.require_order,
             read_timeout: Duration::from_secs(declared.read_timeout_seconds),
             max_message: declared.max_message_bytes,
+            tls: None,
         }
     }
 
@@ -102,6 +144,14 @@ impl Interface {
     }
 }
 
+/// The TLS implementation: rustls on *ring* (TLS 1.2 and 1.3, X25519 and the NIST curves),
+/// which builds quickly everywhere; it has no post-quantum key exchange, which rustls now
+/// offers only on aws-lc-rs.
+#[allow(deprecated)]
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 /// Serves `interface` on `listener` until the task is dropped: each connection in its own
 /// task, messages one after another on it, each acknowledged before the next is read.
 pub async fn serve(engine: Engine, interface: Interface, listener: tokio::net::TcpListener) {
@@ -117,16 +167,24 @@ pub async fn serve(engine: Engine, interface: Interface, listener: tokio::net::T
         };
         let engine = engine.clone();
         let interface = interface.clone();
+        let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            if let Err(e) = connection(engine, &interface, stream, peer).await {
+            let result = match &interface.tls {
+                None => connection(engine, &interface, stream, peer).await,
+                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => connection(engine, &interface, tls, peer).await,
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no TLS handshake in time")),
+                },
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "MLLP connection closed");
             }
         });
     }
 }
 
-async fn connection(engine: Engine, interface: &Interface, mut stream: tokio::net::TcpStream, peer: SocketAddr) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(engine: Engine, interface: &Interface, mut stream: S, peer: SocketAddr) -> std::io::Result<()> {
     let mut reader = frame::FrameReader::new(interface.max_message);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -159,8 +217,36 @@ async fn connection(engine: Engine, interface: &Interface, mut stream: tokio::ne
 /// none when it asked for none (`NE`). When whether a reply comes depends on the outcome
 /// (`ER`, `SU`) and none has come, the wait after the last possible reply is `grace`.
 pub async fn send(addr: &str, messages: &[String], timeout: Duration) -> std::io::Result<Vec<Vec<String>>> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
+    exchange(stream, messages, timeout).await
+}
+
+/// [`send`] over TLS, trusting the certificates of the PEM file `ca` (the server's own
+/// certificate, or the authority that signed it); `server_name` is checked against the
+/// certificate (a DNS name or an IP address).
+pub async fn send_tls(addr: &str, server_name: &str, ca: &std::path::Path, messages: &[String], timeout: Duration) -> std::io::Result<Vec<Vec<String>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| invalid(format!("{}: {e}", ca.display())))? {
+        roots.add(cert.map_err(|e| invalid(format!("{}: {e}", ca.display())))?).map_err(|e| invalid(e.to_string()))?;
+    }
+    let provider = Arc::new(crypto_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| invalid(format!("{server_name}: {e}")))?;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream).await?;
+    exchange(tls, messages, timeout).await
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, messages: &[String], timeout: Duration) -> std::io::Result<Vec<Vec<String>>> {
     let mut reader = frame::FrameReader::new(16 << 20);
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];

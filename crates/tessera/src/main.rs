@@ -473,6 +473,13 @@ enum Hl7Command {
         files: Vec<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:2575")]
         to: String,
+        /// Connect over TLS, trusting the certificates of this PEM file (the interface's
+        /// certificate or the authority that signed it).
+        #[arg(long, value_name = "PEM")]
+        tls_ca: Option<PathBuf>,
+        /// The name the interface's certificate must carry (default: the host of --to).
+        #[arg(long, requires = "tls_ca")]
+        server_name: Option<String>,
     },
 }
 
@@ -930,7 +937,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Env(command) => env_command(command).await,
         Command::Onboard(command) => onboard_command(command).await,
         Command::Outbox(command) => outbox_command(command).await,
-        Command::Hl7(Hl7Command::Send { files, to }) => {
+        Command::Hl7(Hl7Command::Send { files, to, tls_ca, server_name }) => {
             let mut messages = Vec::new();
             for f in &files {
                 let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
@@ -941,7 +948,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
-            let acks = tessera_mllp::send(&to, &messages, std::time::Duration::from_secs(30)).await.with_context(|| format!("MLLP to {to}"))?;
+            let timeout = std::time::Duration::from_secs(30);
+            let acks = match &tls_ca {
+                None => tessera_mllp::send(&to, &messages, timeout).await,
+                Some(ca) => {
+                    let host = server_name.clone().unwrap_or_else(|| to.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()).unwrap_or_else(|| to.clone()));
+                    tessera_mllp::send_tls(&to, &host, ca, &messages, timeout).await
+                }
+            }
+            .with_context(|| format!("MLLP to {to}"))?;
             let mut refused = 0;
             for replies in &acks {
                 if replies.is_empty() {
@@ -1308,6 +1323,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A declared interface, over TLS when it names a certificate and key.
+fn declared_interface(domain: &tessera_domain::Domain, declared: &tessera_domain::Hl7Interface) -> anyhow::Result<tessera_mllp::Interface> {
+    let interface = tessera_mllp::Interface::from_domain(domain, declared);
+    match (&declared.tls_cert, &declared.tls_key) {
+        (Some(cert), Some(key)) => interface.with_tls(std::path::Path::new(cert), std::path::Path::new(key)).map_err(|e| anyhow::anyhow!("interface {}: {e}", declared.id)),
+        _ => Ok(interface),
+    }
+}
+
 /// Opens the HL7 v2 interfaces: those the domain file declares with an address, and the
 /// one `--mllp-listen`/`--mllp-org` name.
 async fn open_interfaces(engine: &tessera_engine::Engine, args: &ServeArgs) -> anyhow::Result<()> {
@@ -1315,7 +1339,7 @@ async fn open_interfaces(engine: &tessera_engine::Engine, args: &ServeArgs) -> a
     let mut interfaces: Vec<(tessera_mllp::Interface, String, bool)> = Vec::new();
     for declared in &domain.interfaces {
         if let Some(listen) = &declared.listen {
-            interfaces.push((tessera_mllp::Interface::from_domain(&domain, declared), listen.clone(), false));
+            interfaces.push((declared_interface(&domain, declared)?, listen.clone(), false));
         }
     }
     if let Some(addr) = args.mllp_listen {
@@ -1326,7 +1350,7 @@ async fn open_interfaces(engine: &tessera_engine::Engine, args: &ServeArgs) -> a
             }
             (None, Some(first)) => {
                 interfaces.retain(|(i, _, _)| i.id != first.id);
-                interfaces.insert(0, (tessera_mllp::Interface::from_domain(&domain, first), addr.to_string(), true));
+                interfaces.insert(0, (declared_interface(&domain, first)?, addr.to_string(), true));
             }
             (None, None) => anyhow::bail!("--mllp-listen needs --mllp-org (the organisation whose interface it is): the domain file declares no [[interfaces]]"),
         }

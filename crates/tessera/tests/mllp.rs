@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::time::Duration;
 use tessera_hl7v2::map::{self, Context, Method};
 
-on_both_backends!(adt_over_mllp, every_shared_sample_over_mllp, an_independent_hl7_implementation, a_stay_and_its_results);
+on_both_backends!(adt_over_mllp, every_shared_sample_over_mllp, an_independent_hl7_implementation, a_stay_and_its_results, an_interface_over_tls);
 
 fn a04(control: &str, nhs: &str, mrn: &str, family: &str, birth: &str) -> String {
     format!(
@@ -447,4 +447,27 @@ async fn a_stay_and_its_results(s: &Server) {
     let r = tessera_mllp::send(&lab, &[orm, oru("L3", "P300", "F300", "F", "4.4")], Duration::from_secs(30)).await.unwrap();
     assert_eq!(tessera_mllp::msa_code(&r[0][0]), "AA", "{}", r[0][0]);
     assert_eq!(tessera_mllp::msa_code(&r[1][0]), "AA", "{}", r[1][0]);
+}
+
+/// An interface over TLS: a client trusting its certificate is answered; a plain MLLP
+/// client gets nothing it can read.
+async fn an_interface_over_tls(s: &Server) {
+    s.load_demo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("mllp.crt"), dir.path().join("mllp.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let interface = tessera_mllp::Interface::new(&s.engine.domain(), "rx1").with_tls(&cert, &key).unwrap();
+    let addr = listen(s, interface).await;
+    let r = tessera_mllp::send_tls(&addr, "127.0.0.1", &cert, &[a04("T1", "9434765919", "TLS1", "Lovelace", "19801210")], Duration::from_secs(30)).await.unwrap();
+    assert_eq!(tessera_mllp::msa_code(&r[0][0]), "AA", "{}", r[0][0]);
+    assert!(tessera_mllp::send(&addr, &[a04("T2", "9434765919", "TLS2", "Lovelace", "19801210")], Duration::from_secs(5)).await.is_err(), "plain MLLP to a TLS interface");
+    assert!(tessera_mllp::Interface::new(&s.engine.domain(), "rx1").with_tls(&key, &key).is_err(), "a key is no certificate");
 }
