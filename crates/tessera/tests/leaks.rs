@@ -29,6 +29,7 @@ on_both_backends!(
     content_paths_follow_the_gate,
     subscriptions_deliver_only_what_the_subscriber_sees,
     hl7v2_subscriptions_send_only_what_the_subscriber_sees,
+    hl7v2_interfaces_follow_the_gate,
 );
 
 /// Expected visibility.
@@ -1356,4 +1357,64 @@ async fn hl7v2_subscriptions_send_only_what_the_subscriber_sees(s: &Server) {
     assert!(oru.contains("ORU^R01"), "{oru:?}");
     assert!(oru.contains("OBX") && oru.contains("5.5"), "the visible observation is in the message: {oru:?}");
     assert!(!oru.contains("777.25") && !oru.contains(&hiv), "the hidden observation is not in the message: {oru:?}");
+}
+
+/// HL7 v2 interfaces write as their organisation through the Gate: an interface of another
+/// trust cannot reach, change, cancel or merge away what it does not own, and its
+/// acknowledgements name nothing of a record but the ids it wrote.
+async fn hl7v2_interfaces_follow_the_gate(s: &Server) {
+    load_demo(s).await;
+    let domain = s.engine.domain();
+    let serve = |interface: tessera_mllp::Interface| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(tessera_mllp::serve(s.engine.clone(), interface, listener));
+        addr
+    };
+    let northgate = serve(tessera_mllp::Interface::from_domain(&domain, domain.interface("rx1-pas").unwrap())).await;
+    let mut southbank = tessera_mllp::Interface::new(&domain, "rx2");
+    southbank.wards.insert("DC".into(), "rx2-diabetes-clinic".into());
+    let southbank = serve(southbank).await;
+    let send = |addr: String, message: String| async move { tessera_mllp::send(&addr, &[message], std::time::Duration::from_secs(30)).await.unwrap().remove(0).remove(0) };
+    let adt = |kind: &str, control: &str, pid: &str, pv1: &str| format!("MSH|^~\\&|PAS|X|TESSERA|DOMAIN|20261207120000||{kind}|{control}|P|2.5\rEVN||20261207120000\r{pid}\r{pv1}\r");
+    let jane = "PID|1||9449305552^^^NHS^NH||SMITH^JANE||19580314|F";
+    let daniel = "PID|1||9449306613^^^NHS^NH||OKAFOR^DANIEL||19900101|M";
+
+    // Northgate admits Jane (visit V900).
+    let ack = send(northgate.clone(), adt("ADT^A01^ADT_A01", "G1", jane, "PV1|1|I|7A||||||||||||||||V900")).await;
+    assert_eq!(tessera_mllp::msa_code(&ack), "AA", "{ack}");
+    let visit = "Encounter?identifier=https://tessera.health/Id/rx1/visit-number|V900";
+    assert_eq!(s.get(visit).await.json()["entry"][0]["resource"]["status"], "in-progress");
+
+    // Southbank's interface names the same visit number: it cannot cancel or discharge
+    // Northgate's stay (its visits are its own), and learns nothing of it.
+    let ack = send(southbank.clone(), adt("ADT^A11^ADT_A09", "G2", jane, "PV1|1|O|DC||||||||||||||||V900")).await;
+    assert_eq!(tessera_mllp::msa_code(&ack), "AE", "{ack}");
+    assert!(!ack.contains("Encounter/") && !ack.to_lowercase().contains("ward"), "{ack}");
+    let ack = send(southbank.clone(), adt("ADT^A03^ADT_A03", "G3", jane, "PV1|1|O|DC||||||||||||||||V900")).await;
+    assert_eq!(tessera_mllp::msa_code(&ack), "AA", "{ack}");
+    assert_eq!(s.get(visit).await.json()["entry"][0]["resource"]["status"], "in-progress", "Northgate's stay untouched");
+    // A place of another trust is refused, not borrowed.
+    let ack = send(southbank.clone(), adt("ADT^A01^ADT_A01", "G4", jane, "PV1|1|I|7A||||||||||||||||S901")).await;
+    assert_eq!(tessera_mllp::msa_code(&ack), "AE", "{ack}");
+
+    // A result for a patient with hidden data: the acknowledgement names only what it wrote.
+    let oru = format!("MSH|^~\\&|LAB|X|TESSERA|DOMAIN|20261207120000||ORU^R01^ORU_R01|G5|P|2.5\r{daniel}\rOBR|1||SB1|2345-7^Glucose^LN|||202612071015|||||||||||||||202612071100|||F\rOBX|1|NM|2345-7^Glucose^LN||5.4|mmol/L^^UCUM|3.5-7.8|N|||F\r");
+    let ack = send(southbank.clone(), oru).await;
+    assert_eq!(tessera_mllp::msa_code(&ack), "AA", "{ack}");
+    for secret in ["Okafor", "OKAFOR", "psy", "Condition", "daniel-okafor/"] {
+        assert!(!ack.contains(secret), "the ACK reveals nothing of the record ({secret}): {ack}");
+    }
+
+    // A merge across trusts: Southbank's interface cannot merge Northgate's patient away.
+    let merge = format!(
+        "MSH|^~\\&|PAS|X|TESSERA|DOMAIN|20261207120000||ADT^A40^ADT_A39|G6|P|2.5\rEVN|A40|20261207120000\rPID|1||SB777^^^RX2^MR||SMITH^JANE||19580314|F\rMRG|9449305552^^^NHS^NH\r"
+    );
+    send(southbank.clone(), adt("ADT^A28^ADT_A05", "G7", "PID|1||SB777^^^RX2^MR||SMYTHE^JANET||19600101|F", "PV1|1|N")).await;
+    let ack = send(southbank.clone(), merge).await;
+    assert_eq!(tessera_mllp::msa_code(&ack), "AE", "{ack}");
+    assert!(ack.contains("merge"), "refused as a merge it may not make: {ack}");
+    let jane_now = s.get("Patient/jane-smith").await.json();
+    assert_ne!(jane_now["active"], false, "Jane's record is not merged away");
+    assert!(jane_now.get("link").is_none_or(|l| !l.to_string().contains("replaced-by")), "{jane_now}");
 }
