@@ -191,10 +191,14 @@ impl SqliteStore {
         let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join("tessera.db");
         let conn = Connection::open(&path).map_err(db)?;
+        // The writer's page cache is kept small (12 MiB): at the end of every write
+        // transaction SQLite may scan the whole cache's hash table, which at 48 MiB took 15 %
+        // of the CPU of a stream of HL7 v2 results; the pages it no longer holds are in the
+        // operating system's cache.
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; \
              PRAGMA wal_autocheckpoint=65536; PRAGMA journal_size_limit=67108864; \
-             PRAGMA cache_size=-49152; PRAGMA temp_store=MEMORY;",
+             PRAGMA cache_size=-12288; PRAGMA temp_store=MEMORY;",
         )
         .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
