@@ -49,16 +49,15 @@ impl MllpReport {
 }
 
 /// A valid NHS number (mod 11 check digit) from a 9-digit stem.
-pub fn nhs_number(stem: u64) -> String {
+pub fn nhs_number(mut stem: u64) -> String {
     loop {
         let digits: Vec<u64> = format!("{:09}", stem % 1_000_000_000).bytes().map(|b| (b - b'0') as u64).collect();
         let sum: u64 = digits.iter().enumerate().map(|(i, d)| d * (10 - i as u64)).sum();
-        let check = 11 - sum % 11;
-        let check = if check == 11 { 0 } else { check };
+        let check = (11 - sum % 11) % 11;
         if check != 10 {
             return format!("{}{check}", digits.iter().map(|d| d.to_string()).collect::<String>());
         }
-        return nhs_number(stem + 1);
+        stem += 1;
     }
 }
 
@@ -72,7 +71,7 @@ const SYLLABLES: &[&str] = &[
 /// A surname: a common one, or (mostly) one made of three syllables, so that most
 /// registrations are distinct people as in a real feed.
 fn family(n: usize) -> String {
-    if n % 10 == 0 {
+    if n.is_multiple_of(10) {
         return FAMILIES[(n / 10) % FAMILIES.len()].to_string();
     }
     let k = SYLLABLES.len();
@@ -113,7 +112,7 @@ fn pid(n: usize, run: &str) -> String {
         "PID|1||{nhs}^^^NHS^NH~B{run}{n}^^^RX1^MR||{surname}^{given}^^^||{birth}|{sex}|||{house} {street} Road^^Northgate^^NG{d} {m}{a}{b}^GBR\r",
         nhs = nhs_number(stem),
         birth = birth_date(n),
-        sex = if n % 2 == 0 { "F" } else { "M" },
+        sex = if n.is_multiple_of(2) { "F" } else { "M" },
         house = 1 + h % 300,
         street = family(n / 3 + 7),
         d = 1 + h % 20,
