@@ -817,3 +817,23 @@ fn patient_index_settings_in_the_file() {
     assert_eq!(demo.organisation_of_mrn_system("https://fhir.rx3.nhs.example/Id/mrn").map(|o| o.id.as_str()), Some("rx3"));
     assert_eq!(parse_domain_file(BASE).unwrap().mrn_system("rx1"), "https://tessera.health/Id/mrn/rx1");
 }
+
+#[test]
+fn interfaces_are_checked() {
+    let ok = parse_domain_file(&format!(
+        "{BASE}\n[[interfaces]]\nid = \"rx1-pas\"\nname = \"PAS\"\norganisation = \"rx1\"\nlisten = \"127.0.0.1:2575\"\nwards = {{ \"7A\" = \"ward-7a\" }}\nidentifier_systems = {{ RX1 = \"https://example.org/Id/mrn\" }}\n"
+    ))
+    .unwrap();
+    let i = ok.interface("rx1-pas").unwrap();
+    assert_eq!(i.wards["7A"], "ward-7a");
+    assert_eq!(i.read_timeout_seconds, 300);
+    assert!(demo().interface("rx1-pas").is_some_and(|i| i.listen.as_deref() == Some("127.0.0.1:2575")), "the demo's interface");
+    let bad = |extra: &str| refused(&format!("{BASE}\n[[interfaces]]\nid = \"feed\"\nname = \"Feed\"\n{extra}\n"));
+    assert_mentions(&bad("organisation = \"rx9\""), &["interface `feed`", "organisation `rx9` is not an organisation"]);
+    assert_mentions(&bad("organisation = \"rx2\"\nwards = { \"7A\" = \"ward-7a\" }"), &["ward `7A` maps to `ward-7a`, a location of another organisation"]);
+    assert_mentions(&bad("organisation = \"rx1\"\nwards = { \"7A\" = \"ward-9z\" }"), &["not a location of the domain"]);
+    assert_mentions(&bad("organisation = \"rx1\"\nlisten = \"port 2575\""), &["is not an address and port"]);
+    assert_mentions(&bad("organisation = \"rx1\"\ntls_cert = \"/etc/x.crt\""), &["TLS needs both tls_cert and tls_key"]);
+    assert_mentions(&bad("organisation = \"rx1\"\nidentifier_systems = { RX1 = \"not a uri\" }"), &["is not a URI"]);
+    assert_mentions(&bad("organisation = \"rx1\"\nlisten_on = \"x\""), &["listen_on"]);
+}

@@ -75,6 +75,7 @@ fn domain() -> Domain {
         apps: Vec::new(),
         governance: Default::default(),
         patient_index: Default::default(),
+        interfaces: Vec::new(),
     }
 }
 
