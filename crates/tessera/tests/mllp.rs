@@ -363,6 +363,25 @@ async fn a_stay_and_its_results(s: &Server) {
     let encounter = || async { s.get("Encounter?identifier=https://tessera.health/Id/rx1/visit-number|V100").await.json() };
     let pv1 = |ward: &str, extra: &str| format!("PV1|1|I|{ward}^1^A||||C123^JONES^ANN^^^DR||||||||||||V100|||||||||||||||||||||||||202612071000{extra}\r");
 
+    // The care relationship an admission gives: a nurse of Ward 7A sees a new patient's
+    // results once the patient is admitted there, and not once the admission is cancelled.
+    let jones = s.token(("nurse.jones", "nurse", "rx1-general", Some("ward-7a")));
+    let ada = "PID|1||9434765919^^^NHS^NH~NG5555^^^RX1^MR||LOVELACE^ADA||19801210|F";
+    let result = format!(
+        "MSH|^~\\&|LAB|RX1|TESSERA|DOMAIN|20261207120000||ORU^R01^ORU_R01|C0|P|2.5\r{ada}\rOBR|1||FADA|2345-7^Glucose^LN|||202612071015|||||||||||||||202612071100|||F\rOBX|1|NM|2345-7^Glucose^LN||5.4|mmol/L^^UCUM|3.5-7.8|N|||F\r"
+    );
+    assert_eq!(tessera_mllp::msa_code(&send(vec![result]).await[0]), "AA");
+    let report = s.get("DiagnosticReport?identifier=https://tessera.health/Id/rx1/filler-order|FADA").await.json();
+    let glucose = report["entry"][0]["resource"]["result"][0]["reference"].as_str().unwrap().to_string();
+    let seen = |token: String, path: String| async move { s.request_as(&token, "GET", &path, None).await.status };
+    assert_ne!(seen(jones.clone(), glucose.clone()).await, 200, "no relationship before the admission");
+    let admit = format!("MSH|^~\\&|PAS|RX1|TESSERA|DOMAIN|20261207120000||ADT^A01^ADT_A01|C1|P|2.5\rEVN||20261207120000\r{ada}\rPV1|1|I|7A||||||||||||||||V700\r");
+    assert_eq!(tessera_mllp::msa_code(&send(vec![admit.clone()]).await[0]), "AA");
+    assert_eq!(seen(jones.clone(), glucose.clone()).await, 200, "the admission to Ward 7A gives its nurses the relationship");
+    let cancel = admit.replace("ADT^A01^ADT_A01|C1", "ADT^A11^ADT_A09|C2");
+    assert_eq!(tessera_mllp::msa_code(&send(vec![cancel]).await[0]), "AA");
+    assert_ne!(seen(jones.clone(), glucose.clone()).await, 200, "a cancelled admission gives none");
+
     // Admission, and the same admission sent again under a new control id.
     let acks = send(vec![northgate("ADT^A01^ADT_A01", "S1", &pv1("7A", "")), northgate("ADT^A01^ADT_A01", "S1b", &pv1("7A", ""))]).await;
     assert!(acks.iter().all(|a| tessera_mllp::msa_code(a) == "AA"), "{acks:?}");
