@@ -474,11 +474,7 @@ pub(crate) mod test_support {
     /// A sample message of the shared data, as sent and with its segments ended by CR, LF
     /// and CRLF; `None` (and a note) when the data is not there.
     pub fn sample(name: &str) -> Option<Vec<Message>> {
-        let path = format!("{}/../../../shared/data/hl7v2/{name}", env!("CARGO_MANIFEST_DIR"));
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            eprintln!("skipped: {path} is not there");
-            return None;
-        };
+        let text = sample_text(name)?;
         let mut out = vec![Message::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"))];
         let one: String = text.replace("\r\n", "\r").replace('\n', "\r");
         for sep in ["\r", "\n", "\r\n"] {
@@ -487,9 +483,12 @@ pub(crate) mod test_support {
         Some(out)
     }
 
-    /// The paths of the empty strings, arrays and objects in `v`, and of `id`s.
+    /// The paths of what a mapped resource must not have: empty strings, arrays and
+    /// objects, nulls, a resource `id`, a `system` or `reference` with spaces, a `code` with
+    /// leading, trailing or doubled spaces.
     pub fn empties(v: &Value, path: &str, out: &mut Vec<String>) {
         match v {
+            Value::Null => out.push(path.to_string()),
             Value::String(s) if s.trim().is_empty() => out.push(path.to_string()),
             Value::Array(a) if a.is_empty() => out.push(path.to_string()),
             Value::Object(o) if o.is_empty() => out.push(path.to_string()),
@@ -498,10 +497,31 @@ pub(crate) mod test_support {
                 if path.matches('.').count() == 0 && o.contains_key("id") {
                     out.push(format!("{path}.id"));
                 }
-                o.iter().for_each(|(k, x)| empties(x, &format!("{path}.{k}"), out))
+                for (k, x) in o {
+                    let bad_text = match (k.as_str(), x.as_str()) {
+                        ("system" | "reference", Some(s)) => s.contains(char::is_whitespace),
+                        ("code", Some(s)) => s.split_whitespace().collect::<Vec<_>>().join(" ") != s,
+                        _ => false,
+                    };
+                    if bad_text {
+                        out.push(format!("{path}.{k}"));
+                    }
+                    empties(x, &format!("{path}.{k}"), out);
+                }
             }
             _ => {}
         }
+    }
+
+    /// The text of a sample message of the shared data, as it is; `None` (and a note) when
+    /// the data is not there.
+    pub fn sample_text(name: &str) -> Option<String> {
+        let path = format!("{}/../../../shared/data/hl7v2/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path);
+        if text.is_err() {
+            eprintln!("skipped: {path} is not there");
+        }
+        text.ok()
     }
 
     /// Panics when an entry's resource has an `id` or anything empty, or two entries share

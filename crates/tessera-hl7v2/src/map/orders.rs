@@ -270,51 +270,13 @@ pub fn oml_o21(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{assert_clean, sample_text as sample, with_context as with_ctx};
     use super::*;
-    use crate::map::Systems;
-
-    fn with_ctx<T>(f: impl FnOnce(&Context) -> T) -> T {
-        let systems = Systems::for_organisation("rx1");
-        let ctx = Context { systems: &systems, patient: "urn:uuid:p", encounter: Some("urn:uuid:e"), organisation: "Organization/rx1", location: &|_| Some("Location/w".into()), require_order: false };
-        f(&ctx)
-    }
 
     fn map(text: &str) -> Result<Vec<Entry>, FieldError> {
         let msg = Message::parse(text).expect("parses");
         let oml = msg.message_type().is_some_and(|t| t.code == "OML");
         with_ctx(|ctx| if oml { oml_o21(&msg, ctx) } else { orm_o01(&msg, ctx) })
-    }
-
-    fn sample(name: &str) -> Option<String> {
-        let path = format!("{}/../../../shared/data/hl7v2/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(path).ok()
-    }
-
-    /// No empty string, array or object anywhere; no `id`; the required elements.
-    fn assert_clean(v: &Value, at: &str) {
-        match v {
-            Value::String(s) => assert!(!s.trim().is_empty(), "empty string at {at}"),
-            Value::Array(a) => {
-                assert!(!a.is_empty(), "empty array at {at}");
-                for (i, x) in a.iter().enumerate() {
-                    assert_clean(x, &format!("{at}[{i}]"));
-                }
-            }
-            Value::Object(o) => {
-                assert!(!o.is_empty(), "empty object at {at}");
-                for (k, x) in o {
-                    if let (Some(s), "system" | "reference") = (x.as_str(), k.as_str()) {
-                        assert!(!s.contains(char::is_whitespace), "a uri with spaces at {at}.{k}");
-                    }
-                    if let (Some(s), "code") = (x.as_str(), k.as_str()) {
-                        assert_eq!(s.split_whitespace().collect::<Vec<_>>().join(" "), s, "a code with odd spaces at {at}.{k}");
-                    }
-                    assert_clean(x, &format!("{at}.{k}"));
-                }
-            }
-            Value::Null => panic!("null at {at}"),
-            _ => {}
-        }
     }
 
     fn assert_entries_clean(entries: &[Entry]) {
@@ -328,8 +290,8 @@ mod tests {
             assert!(r.get("id").is_none());
             assert!(r.get("status").is_some() && r.get("code").is_some() && r.get("subject").is_some());
             assert_eq!(r["intent"], "order");
-            assert_clean(r, "ServiceRequest");
         }
+        assert_clean(entries);
     }
 
     #[test]

@@ -685,6 +685,7 @@ pub fn oru_r01(msg: &Message, ctx: &Context) -> Result<Vec<Entry>, FieldError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{assert_clean, sample_text as sample};
     use super::*;
     use crate::map::Systems;
     use proptest::prelude::*;
@@ -700,51 +701,14 @@ mod tests {
         with_ctx(false, |ctx| oru_r01(&msg, ctx))
     }
 
-    fn sample(name: &str) -> Option<String> {
-        let path = format!("{}/../../../shared/data/hl7v2/{name}", env!("CARGO_MANIFEST_DIR"));
-        std::fs::read_to_string(path).ok()
-    }
-
-    /// No empty string, array or object anywhere; no `id`.
-    fn assert_clean(v: &Value, at: &str) {
-        match v {
-            Value::String(s) => assert!(!s.trim().is_empty(), "empty string at {at}"),
-            Value::Array(a) => {
-                assert!(!a.is_empty(), "empty array at {at}");
-                for (i, x) in a.iter().enumerate() {
-                    assert_clean(x, &format!("{at}[{i}]"));
-                }
-            }
-            Value::Object(o) => {
-                assert!(!o.is_empty(), "empty object at {at}");
-                for (k, x) in o {
-                    if let (Some(s), "system" | "reference") = (x.as_str(), k.as_str()) {
-                        assert!(!s.contains(char::is_whitespace), "a uri with spaces at {at}.{k}");
-                    }
-                    if let (Some(s), "code") = (x.as_str(), k.as_str()) {
-                        assert_eq!(s.split_whitespace().collect::<Vec<_>>().join(" "), s, "a code with odd spaces at {at}.{k}");
-                    }
-                    assert_clean(x, &format!("{at}.{k}"));
-                }
-            }
-            Value::Null => panic!("null at {at}"),
-            _ => {}
-        }
-    }
-
     fn assert_entries_clean(entries: &[Entry]) {
-        let mut urls: Vec<&str> = entries.iter().map(|e| e.full_url.as_str()).collect();
-        urls.sort();
-        urls.dedup();
-        assert_eq!(urls.len(), entries.len(), "full URLs are unique");
+        assert_clean(entries);
         let mut queries: Vec<String> = entries.iter().filter_map(|e| if let Method::Upsert(q) = &e.method { Some(format!("{}?{q}", e.resource["resourceType"])) } else { None }).collect();
         let n = queries.len();
         queries.sort();
         queries.dedup();
         assert_eq!(queries.len(), n, "conditional writes are unique");
         for e in entries {
-            assert!(e.resource.get("id").is_none());
-            assert_clean(&e.resource, e.resource["resourceType"].as_str().unwrap());
             let rt = e.resource["resourceType"].as_str().unwrap();
             assert!(e.resource.get("status").is_some() && e.resource.get("code").is_some(), "{rt} has status and code");
         }
